@@ -1,0 +1,3 @@
+"""rvseg: right-ventricle segmentation for cardiac MRI."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from rvseg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""Contour files and the one rasterisation rule.
+
+Contour files (RVSC, Sunnybrook) hold one ``x y`` pair of floats per line, in pixel coordinates of
+the image: ``x`` along columns, ``y`` along rows, pixel centres at integer coordinates (0-based).
+
+**Rasterisation rule.** A pixel ``(row r, column c)`` belongs to the mask of a closed polygon iff its
+centre ``(x=c, y=r)`` lies inside the polygon (even-odd rule; ``skimage.draw.polygon``). With this
+rule the mask's pixel count matches the polygon's shoelace area to well under 1% for the contour
+sizes of cardiac MRI, and the mask moves exactly with integer translations of the points.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from skimage.draw import polygon as draw_polygon
+from skimage.measure import find_contours, label
+
+from rvseg.errors import DataError
+
+#: How far outside the image (in pixels) a contour point may lie before the file is rejected.
+#: Expert contours hug the image edge at most; anything beyond this is the wrong image or units.
+OUTSIDE_TOLERANCE_PX = 2.0
+
+
+def read_contour_file(path: str | Path, image_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read an ``x y`` contour file.
+
+    Args:
+        path: the text file.
+        image_shape: (H, W) of the image it belongs to; when given, points far outside are rejected.
+
+    Returns:
+        float64 array of shape (N, 2), columns ``(x, y)``.
+
+    Raises:
+        DataError: a malformed line, fewer than 3 points, a NaN/inf, or a point far outside the image.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="strict")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read contour file ({exc.__class__.__name__}: {exc})", path) from None
+    points = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.replace(",", " ").split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise DataError(f"line {number} is malformed: expected 'x y', got {line.strip()!r}", path)
+        try:
+            x, y = float(fields[0]), float(fields[1])
+        except ValueError:
+            raise DataError(f"line {number} is malformed: {line.strip()!r} is not two numbers", path) from None
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise DataError(f"line {number} holds a non-finite coordinate ({line.strip()!r})", path)
+        points.append((x, y))
+    if len(points) < 3:
+        raise DataError(f"a contour needs at least 3 points, this file has {len(points)}", path)
+    xy = np.asarray(points, dtype=np.float64)
+    if image_shape is not None:
+        check_points_inside(xy, image_shape, path)
+    return xy
+
+
+def check_points_inside(xy: np.ndarray, image_shape: tuple[int, int], path: str | Path) -> None:
+    """Raise :class:`DataError` if any ``(x, y)`` point lies far outside an (H, W) image."""
+    height, width = image_shape
+    tol = OUTSIDE_TOLERANCE_PX
+    outside = (xy[:, 0] < -tol) | (xy[:, 0] > width - 1 + tol) | (xy[:, 1] < -tol) | (xy[:, 1] > height - 1 + tol)
+    if outside.any():
+        x, y = xy[np.argmax(outside)]
+        raise DataError(
+            f"{int(outside.sum())} contour point(s) lie outside the {height} x {width} image "
+            f"(first: x={x:.1f}, y={y:.1f})",
+            path,
+        )
+
+
+def write_contour_file(path: str | Path, xy: np.ndarray) -> None:
+    """Write ``(x, y)`` points as an RVSC-style contour file, atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            for x, y in np.asarray(xy, dtype=np.float64):
+                handle.write(f"{x:.6f} {y:.6f}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def polygon_area(xy: np.ndarray) -> float:
+    """Shoelace area of a closed polygon given as (N, 2) ``(x, y)`` points."""
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def polygon_to_mask(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Rasterise a closed polygon with the pixel-centre rule (module docstring).
+
+    Args:
+        xy: (N, 2) points ``(x, y)``; the polygon closes from the last point back to the first.
+        shape: (H, W) of the mask.
+
+    Returns:
+        bool array of shape (H, W).
+    """
+    mask = np.zeros(shape, dtype=bool)
+    rows, cols = draw_polygon(xy[:, 1], xy[:, 0], shape=shape)
+    mask[rows, cols] = True
+    return mask
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected foreground region of a bool (H, W) mask (empty stays empty)."""
+    labels = label(mask, connectivity=2)
+    if labels.max() == 0:
+        return np.zeros_like(mask, dtype=bool)
+    counts = np.bincount(labels.ravel())
+    counts[0] = 0
+    return labels == int(np.argmax(counts))
+
+
+def mask_to_contour(mask: np.ndarray) -> np.ndarray | None:
+    """Boundary of the largest region of a bool (H, W) mask as (N, 2) ``(x, y)`` points.
+
+    The boundary is the 0.5 iso-line of the region (``skimage.measure.find_contours`` on the padded
+    mask), so rasterising it again with :func:`polygon_to_mask` gives back the region's pixels.
+    Returns None for an empty mask.
+    """
+    region = largest_component(mask)
+    if not region.any():
+        return None
+    padded = np.pad(region.astype(np.float64), 1)
+    contours = find_contours(padded, 0.5)
+    outer = max(contours, key=lambda c: polygon_area(c[:, ::-1]))
+    rows, cols = outer[:, 0] - 1, outer[:, 1] - 1
+    if len(outer) > 1 and np.allclose(outer[0], outer[-1]):
+        rows, cols = rows[:-1], cols[:-1]
+    return np.stack([cols, rows], axis=1)

@@ -1,0 +1,98 @@
+"""The one in-memory form every reader produces.
+
+A :class:`Sample` is one 2D short-axis slice at one cardiac phase, with its named binary masks.
+A :class:`ReadReport` is what a reader returns for a whole folder: the samples plus everything it
+noticed on the way (images without contours, contours without images, outlines it could not fill,
+files skipped with ``skip_bad``), so that nothing is ever dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rvseg.errors import DataError
+
+PHASES = ("ED", "ES", "unknown")
+
+
+@dataclass
+class Sample:
+    """One annotated 2D slice.
+
+    Attributes:
+        id: unique within a data set, e.g. ``"P09-0020"``.
+        patient: patient id, e.g. ``"P09"``; splits never put one patient in two splits.
+        image: float32 array of shape (H, W), raw intensities (no normalisation).
+        masks: label name -> bool array of shape (H, W), e.g. ``{"endo": ..., "epi": ...}``.
+        spacing_mm: (row spacing, column spacing) in mm, or None when the source has none.
+        slice: slice id within the patient (a string, e.g. the rounded slice location or index).
+        frame: frame (time point) number within the cine, or None.
+        phase: ``"ED"``, ``"ES"`` or ``"unknown"``.
+        slice_location: position of the slice along its normal in mm, when known.
+        slice_thickness_mm: slice thickness (or spacing between slices) in mm, when known.
+        sources: what was read: ``"image"`` and each label name -> file path.
+    """
+
+    id: str
+    patient: str
+    image: np.ndarray
+    masks: dict[str, np.ndarray]
+    spacing_mm: tuple[float, float] | None = None
+    slice: str = ""
+    frame: int | None = None
+    phase: str = "unknown"
+    slice_location: float | None = None
+    slice_thickness_mm: float | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, not {self.phase!r}")
+        for label, mask in self.masks.items():
+            if mask.shape != self.image.shape:
+                raise DataError(
+                    f"mask '{label}' has shape {mask.shape} but the image has {self.image.shape}",
+                    self.sources.get(label, self.id),
+                )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.image.shape  # type: ignore[return-value]
+
+
+@dataclass
+class ReadReport:
+    """Everything a reader found in a folder.
+
+    Attributes:
+        format: the layout read (``rvsc``, ``sunnybrook``, ``pngpairs``, ``acdc``).
+        labels: the label names every sample may carry, in output-channel order.
+        samples: the annotated samples, sorted by id.
+        unmatched_images: images with no contour (not an error: most cine frames are unlabelled).
+        unmatched_contours: contour files with no image to go with.
+        unfillable: contour maps / outlines that could not be turned into a filled mask.
+        skipped: ``{"path": ..., "reason": ...}`` for each bad file passed over with ``skip_bad``.
+        notes: other findings worth reporting (e.g. an o-contour without its i-contour).
+    """
+
+    format: str
+    labels: tuple[str, ...]
+    samples: list[Sample] = field(default_factory=list)
+    unmatched_images: list[str] = field(default_factory=list)
+    unmatched_contours: list[str] = field(default_factory=list)
+    unfillable: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def bad_file(self, path: str | Path, reason: str, skip_bad: bool) -> None:
+        """Record a bad file when ``skip_bad``; otherwise stop with a :class:`DataError`."""
+        if not skip_bad:
+            raise DataError(reason, path)
+        self.skipped.append({"path": str(path), "reason": reason})
+
+    @property
+    def patients(self) -> list[str]:
+        return sorted({s.patient for s in self.samples})
