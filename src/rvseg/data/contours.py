@@ -12,8 +12,6 @@ sizes of cardiac MRI, and the mask moves exactly with integer translations of th
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from skimage.draw import polygon as draw_polygon
 from skimage.measure import find_contours, label
 
 from rvseg.errors import DataError
+from rvseg.io import write_text
 
 #: How far outside the image (in pixels) a contour point may lie before the file is rejected.
 #: Expert contours hug the image edge at most; anything beyond this is the wrong image or units.
@@ -82,18 +81,9 @@ def check_points_inside(xy: np.ndarray, image_shape: tuple[int, int], path: str 
 
 
 def write_contour_file(path: str | Path, xy: np.ndarray) -> None:
-    """Write ``(x, y)`` points as an RVSC-style contour file, atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            for x, y in np.asarray(xy, dtype=np.float64):
-                handle.write(f"{x:.6f} {y:.6f}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``(x, y)`` points as an RVSC-style contour file, atomically."""
+    lines = "".join(f"{x:.6f} {y:.6f}\n" for x, y in np.asarray(xy, dtype=np.float64))
+    write_text(path, lines)
 
 
 def polygon_area(xy: np.ndarray) -> float:

@@ -1,0 +1,67 @@
+"""Segmentation networks and their registry.
+
+Every model maps a float tensor (B, in_channels, H, W) to logits (B, out_channels, H, W), one
+channel per target label, for any H and W (see :class:`~rvseg.models.unet.UNet` for the padding).
+
+Parameter counts (``count_parameters``, 1 input and 1 output channel, depth 4):
+
+=================  ============  ============
+model              width 64      width 16
+=================  ============  ============
+``unet``           31,036,481    1,942,289
+``dilated-unet``   49,914,945    3,122,961
+=================  ============  ============
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from rvseg.errors import ConfigError
+from rvseg.models.unet import DilatedUNet, UNet
+
+#: Model name (as used in configurations and on the command line) -> constructor.
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "unet": UNet,
+    "dilated-unet": DilatedUNet,
+}
+
+
+def build_model(
+    name: str,
+    *,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    width: int = 64,
+    depth: int = 4,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """Build the model registered under ``name``, freshly initialised.
+
+    Args:
+        name: a key of :data:`MODELS`.
+        in_channels: image channels.
+        out_channels: target labels (one logit channel each).
+        width: channels of the first level (doubling per level).
+        depth: number of poolings.
+        dropout: dropout probability at the bottleneck (training mode only).
+
+    Raises:
+        ConfigError: an unknown name (the message lists the known ones) or an option out of range.
+    """
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    return MODELS[name](
+        in_channels=in_channels, out_channels=out_channels, width=width, depth=depth, dropout=dropout
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of scalar parameters of ``model`` (trainable or not; buffers such as BatchNorm
+    running statistics are not parameters and are not counted)."""
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+__all__ = ["MODELS", "DilatedUNet", "UNet", "build_model", "count_parameters"]

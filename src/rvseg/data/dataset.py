@@ -1,0 +1,137 @@
+"""Prepared data sets: the folder ``rvseg prepare`` writes, and loading it back.
+
+A prepared data set is a folder with:
+
+- ``images.npy``: float32 (N, C, H, W), normalised intensities (C = 1, or 3 for the RGB variant).
+- ``masks.npy``: uint8 (N, L, H, W), FILLED 0/1 masks, one channel per label in ``dataset.json``.
+- ``present.npy``: bool (N, L), whether a sample carries that label at all (Sunnybrook has epi on
+  only some images; an absent label is not an empty one).
+- ``samples.csv``: one row per sample (``id, patient, phase, slice, frame, height, width, ...``).
+- ``dataset.json``: labels, source format, options, counts, the read report and a content hash.
+
+When samples of different sizes are stacked (no ``--size``), each is padded at the bottom/right
+to the largest size; ``height``/``width`` in ``samples.csv`` give the real extent.
+
+Targets are always stored filled; the study's other target encodings (``outline``, ``grey``) are
+derived from them by :func:`encode_targets`, so metrics are always computed on filled masks.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rvseg.errors import DataError
+
+MASK_STYLES = ("filled", "outline", "grey")
+ARRAY_FILES = ("images.npy", "masks.npy", "present.npy")
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared data set in memory.
+
+    Attributes:
+        root: the folder it was loaded from.
+        images: float32 (N, C, H, W).
+        masks: uint8 (N, L, H, W), filled 0/1.
+        present: bool (N, L).
+        rows: the ``samples.csv`` rows (strings, as read).
+        meta: the ``dataset.json`` content.
+    """
+
+    root: Path
+    images: np.ndarray
+    masks: np.ndarray
+    present: np.ndarray
+    rows: list[dict[str, str]]
+    meta: dict
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta["labels"])
+
+    @property
+    def mask_style(self) -> str:
+        return self.meta["options"].get("mask_style", "filled")
+
+    @property
+    def patients(self) -> list[str]:
+        return sorted({row["patient"] for row in self.rows})
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def column(self, name: str) -> list[str]:
+        return [row[name] for row in self.rows]
+
+    def indices_of_patients(self, patients: list[str] | set[str]) -> np.ndarray:
+        wanted = set(patients)
+        return np.array([i for i, row in enumerate(self.rows) if row["patient"] in wanted], dtype=np.int64)
+
+    def label_indices(self, targets: list[str]) -> list[int]:
+        """Channel indices of the requested target labels (ConfigError-like DataError if unknown)."""
+        missing = [t for t in targets if t not in self.labels]
+        if missing:
+            raise DataError(f"label(s) {', '.join(missing)} not in this data set (it has {', '.join(self.labels)})",
+                            self.root)
+        return [self.labels.index(t) for t in targets]
+
+    def spacing(self, index: int) -> tuple[float, float] | None:
+        row = self.rows[index]
+        if not row.get("spacing_mm"):
+            return None
+        return float(row["spacing_mm"]), float(row["spacing_col_mm"])
+
+
+def load_dataset(root: str | Path) -> PreparedDataset:
+    """Load a folder written by :func:`rvseg.data.prepare.prepare`."""
+    root = Path(root)
+    meta_path = root / "dataset.json"
+    if not meta_path.is_file():
+        raise DataError("not a prepared data set (no dataset.json); run `rvseg prepare` first", root)
+    try:
+        meta = json.loads(meta_path.read_text())
+        images = np.load(root / "images.npy")
+        masks = np.load(root / "masks.npy")
+        present = np.load(root / "present.npy")
+        with open(root / "samples.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise DataError(f"prepared data set is damaged ({exc})", root) from None
+    if not (len(images) == len(masks) == len(present) == len(rows)):
+        raise DataError("prepared data set is damaged (array and samples.csv lengths differ)", root)
+    return PreparedDataset(root, images, masks, present, rows, meta)
+
+
+def encode_targets(masks: torch.Tensor, style: str) -> torch.Tensor:
+    """Encode filled masks as the study's target styles.
+
+    Args:
+        masks: float (B, L, H, W), filled 0/1.
+        style: ``filled`` (0/1), ``outline`` (1 on the region's 4-connected inner boundary, else 0)
+            or ``grey`` (region 1 on a 0.5 background, the study's "filled on grey").
+
+    Returns:
+        float (B, L, H, W) targets in [0, 1].
+    """
+    if style == "filled":
+        return masks
+    if style == "grey":
+        return 0.5 + 0.5 * masks
+    if style == "outline":
+        # A foreground pixel is on the outline when any 4-neighbour is background:
+        # erosion by a plus-shaped kernel is a min-pool over the cross.
+        padded = F.pad(masks, (1, 1, 1, 1), value=0.0)
+        eroded = torch.minimum(
+            torch.minimum(padded[..., 1:-1, :-2], padded[..., 1:-1, 2:]),
+            torch.minimum(padded[..., :-2, 1:-1], padded[..., 2:, 1:-1]),
+        )
+        return masks * (1.0 - torch.minimum(eroded, masks))
+    raise DataError(f"unknown mask style {style!r}; choose one of {', '.join(MASK_STYLES)}")

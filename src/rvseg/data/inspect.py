@@ -1,0 +1,58 @@
+"""``rvseg inspect``: what a prepared data set holds, and a montage of images with their contours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rvseg.data.dataset import PreparedDataset
+from rvseg.io import save_figure
+
+LABEL_COLOURS = ("#ffd400", "#00c8ff", "#ff3c3c", "#5dff5d")
+
+
+def dataset_summary(dataset: PreparedDataset) -> dict:
+    """The prepare-time summary, with label statistics recomputed from the arrays on disk."""
+    summary = dict(dataset.meta["summary"])
+    extents = np.array([[int(r["height"]), int(r["width"])] for r in dataset.rows])
+    pixels = extents[:, 0] * extents[:, 1]
+    labels = {}
+    for k, name in enumerate(dataset.labels):
+        have = dataset.present[:, k]
+        areas = dataset.masks[have, k].reshape(int(have.sum()), -1).sum(axis=1)
+        labels[name] = {
+            "count": int(have.sum()),
+            "mean_foreground_fraction": float((areas / pixels[have]).mean()) if have.any() else 0.0,
+        }
+    summary["labels"] = labels
+    summary["shape"] = list(dataset.images.shape)
+    summary["content_hash"] = dataset.meta["content_hash"]
+    return summary
+
+
+def draw_montage(dataset: PreparedDataset, path: str | Path, n: int = 16, columns: int = 4) -> None:
+    """Draw ``n`` samples spread evenly over the set, each with every label's contour overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picks = np.unique(np.linspace(0, len(dataset) - 1, num=min(n, len(dataset))).round().astype(int))
+    rows = int(np.ceil(len(picks) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, index in zip(axes.ravel(), picks):
+        row = dataset.rows[index]
+        h, w = int(row["height"]), int(row["width"])
+        ax.imshow(dataset.images[index, 0, :h, :w], cmap="gray")
+        for k, label in enumerate(dataset.labels):
+            if dataset.present[index, k] and dataset.masks[index, k].any():
+                ax.contour(dataset.masks[index, k, :h, :w], levels=[0.5], colors=LABEL_COLOURS[k % 4],
+                           linewidths=0.8)
+        ax.set_title(f"{row['id']} ({row['phase']})", fontsize=8)
+    handles = [plt.Line2D([], [], color=LABEL_COLOURS[k % 4], label=label) for k, label in enumerate(dataset.labels)]
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    save_figure(figure, path, dpi=110)

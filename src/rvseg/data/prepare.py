@@ -1,0 +1,224 @@
+"""``rvseg prepare``: read any layout, normalise, optionally resize, and write a prepared data set.
+
+The folder is written to a temporary sibling and renamed into place at the end, so an interrupted
+or failed ``prepare`` never leaves a half-written data set behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from skimage.exposure import equalize_adapthist
+from skimage.transform import resize
+
+from rvseg import __version__
+from rvseg.data.dataset import ARRAY_FILES, MASK_STYLES
+from rvseg.data.formats import read_dataset
+from rvseg.data.sample import PHASES, ReadReport, Sample
+from rvseg.errors import ConfigError, DataError
+from rvseg.io import checksum
+
+NORMALISATIONS = ("percentile", "zscore", "none")
+
+
+@dataclass
+class PrepareOptions:
+    """Options of ``rvseg prepare`` (saved in ``dataset.json``).
+
+    Attributes:
+        format: layout name or ``auto``.
+        size: (H, W) to resize every slice to, or None to keep native resolution.
+        channels: 1 (grayscale) or 3 (the study's RGB variant: the gray image repeated).
+        mask_style: how training targets are encoded: ``filled``, ``outline`` or ``grey``.
+        normalize: ``percentile`` (1st-99th percentile of each image mapped to [0, 1], clipped),
+            ``zscore`` (per image), or ``none``.
+        clahe: apply contrast-limited adaptive histogram equalisation (after normalisation).
+        skip_bad: record bad files and go on instead of stopping.
+        labels: label names for layouts whose contours are not RV (Sunnybrook), e.g. ("endo", "epi").
+    """
+
+    format: str = "auto"
+    size: tuple[int, int] | None = None
+    channels: int = 1
+    mask_style: str = "filled"
+    normalize: str = "percentile"
+    clahe: bool = False
+    skip_bad: bool = False
+    labels: tuple[str, ...] | None = None
+
+    def validate(self) -> None:
+        if self.channels not in (1, 3):
+            raise ConfigError(f"--channels must be 1 or 3, not {self.channels}")
+        if self.mask_style not in MASK_STYLES:
+            raise ConfigError(f"--mask-style must be one of {', '.join(MASK_STYLES)}, not {self.mask_style!r}")
+        if self.normalize not in NORMALISATIONS:
+            raise ConfigError(f"--normalize must be one of {', '.join(NORMALISATIONS)}, not {self.normalize!r}")
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 8):
+            raise ConfigError(f"--size needs two values of at least 8 (H W), not {self.size}")
+
+
+def normalise_image(image: np.ndarray, method: str, clahe: bool) -> np.ndarray:
+    """Normalise one float (H, W) image; returns float32 (H, W)."""
+    image = image.astype(np.float32)
+    if method == "percentile" or clahe:
+        low, high = np.percentile(image, [1.0, 99.0])
+        image = np.clip((image - low) / max(high - low, 1e-6), 0.0, 1.0)
+        if clahe:
+            image = equalize_adapthist(image, clip_limit=0.01).astype(np.float32)
+    if method == "zscore":
+        image = (image - image.mean()) / max(float(image.std()), 1e-6)
+    return image.astype(np.float32)
+
+
+def resize_sample(image: np.ndarray, masks: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Resize a (H, W) image bilinearly and (L, H, W) masks by nearest neighbour."""
+    image = resize(image, size, order=1, preserve_range=True, anti_aliasing=True).astype(np.float32)
+    masks = np.stack([resize(m, size, order=0, preserve_range=True, anti_aliasing=False) for m in masks])
+    return image, masks.astype(np.uint8)
+
+
+def summarize_report(report: ReadReport, masks: np.ndarray, present: np.ndarray, extents: np.ndarray) -> dict:
+    """The JSON summary printed by ``prepare --json`` and ``inspect --json``."""
+    pixels = extents[:, 0] * extents[:, 1]
+    labels = {}
+    for k, name in enumerate(report.labels):
+        have = present[:, k]
+        fractions = masks[have, k].reshape(int(have.sum()), -1).sum(axis=1) / pixels[have]
+        labels[name] = {
+            "count": int(have.sum()),
+            "mean_foreground_fraction": float(fractions.mean()) if have.any() else 0.0,
+        }
+    phases = {phase: 0 for phase in PHASES}
+    for sample in report.samples:
+        phases[sample.phase] += 1
+    return {
+        "format": report.format,
+        "n_samples": len(report.samples),
+        "n_patients": len(report.patients),
+        "labels": labels,
+        "phases": phases,
+        "unmatched": {"images": report.unmatched_images, "contours": report.unmatched_contours},
+        "unfillable": report.unfillable,
+        "skipped": report.skipped,
+        "notes": report.notes,
+    }
+
+
+def stack_samples(samples: list[Sample], labels: tuple[str, ...], options: PrepareOptions):
+    """Normalise, resize and stack samples.
+
+    Returns:
+        images float32 (N, C, H, W), masks uint8 (N, L, H, W), present bool (N, L),
+        extents int (N, 2) (real H, W of each sample inside the stack), spacings (N, 2) float (NaN
+        where unknown).
+    """
+    images, masks, extents, spacings = [], [], [], []
+    present = np.zeros((len(samples), len(labels)), dtype=bool)
+    for i, sample in enumerate(samples):
+        image = normalise_image(sample.image, options.normalize, options.clahe)
+        stacked = np.zeros((len(labels), *image.shape), dtype=np.uint8)
+        for k, label in enumerate(labels):
+            if label in sample.masks:
+                stacked[k] = sample.masks[label]
+                present[i, k] = True
+        spacing = np.array(sample.spacing_mm if sample.spacing_mm else (np.nan, np.nan), dtype=np.float64)
+        if options.size is not None and tuple(image.shape) != tuple(options.size):
+            spacing = spacing * np.array(image.shape) / np.array(options.size)
+            image, stacked = resize_sample(image, stacked, options.size)
+        images.append(image)
+        masks.append(stacked)
+        extents.append(image.shape)
+        spacings.append(spacing)
+    extents = np.array(extents, dtype=np.int64)
+    height, width = extents.max(axis=0)
+    image_stack = np.zeros((len(samples), options.channels, height, width), dtype=np.float32)
+    mask_stack = np.zeros((len(samples), len(labels), height, width), dtype=np.uint8)
+    for i, (image, mask) in enumerate(zip(images, masks)):
+        h, w = image.shape
+        image_stack[i, :, :h, :w] = image
+        mask_stack[i, :, :h, :w] = mask
+    return image_stack, mask_stack, present, extents, np.array(spacings)
+
+
+def sample_rows(samples: list[Sample], labels, masks, present, extents, spacings) -> list[dict]:
+    rows = []
+    for i, s in enumerate(samples):
+        row = {
+            "id": s.id,
+            "patient": s.patient,
+            "phase": s.phase,
+            "slice": s.slice,
+            "frame": "" if s.frame is None else s.frame,
+            "spacing_mm": "" if np.isnan(spacings[i, 0]) else f"{spacings[i, 0]:.6g}",
+            "spacing_col_mm": "" if np.isnan(spacings[i, 1]) else f"{spacings[i, 1]:.6g}",
+            "height": int(extents[i, 0]),
+            "width": int(extents[i, 1]),
+            "orig_height": s.image.shape[0],
+            "orig_width": s.image.shape[1],
+            "slice_location": "" if s.slice_location is None else f"{s.slice_location:.6g}",
+            "slice_thickness_mm": "" if s.slice_thickness_mm is None else f"{s.slice_thickness_mm:.6g}",
+            "source_image": s.sources.get("image", ""),
+        }
+        for k, label in enumerate(labels):
+            row[f"has_{label}"] = int(present[i, k])
+            row[f"area_px_{label}"] = int(masks[i, k].sum())
+        rows.append(row)
+    return rows
+
+
+def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = None, force: bool = False) -> dict:
+    """Read ``src`` and write a prepared data set to ``out``.
+
+    Returns:
+        the summary (also stored in ``dataset.json`` under ``summary``).
+    """
+    options = options or PrepareOptions()
+    options.validate()
+    src, out = Path(src), Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise DataError("output folder exists and is not empty (use --force to replace it)", out)
+    report = read_dataset(src, options.format, skip_bad=options.skip_bad, labels=options.labels)
+    if not report.samples:
+        raise DataError(f"no annotated samples found in this {report.format} folder", src)
+    samples = sorted(report.samples, key=lambda s: s.id)
+    images, masks, present, extents, spacings = stack_samples(samples, report.labels, options)
+    summary = summarize_report(report, masks, present, extents)
+    rows = sample_rows(samples, report.labels, masks, present, extents, spacings)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        np.save(tmp / "images.npy", images)
+        np.save(tmp / "masks.npy", masks)
+        np.save(tmp / "present.npy", present)
+        with open(tmp / "samples.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        meta = {
+            "rvseg_version": __version__,
+            "source": str(src.resolve()),
+            "format": report.format,
+            "labels": list(report.labels),
+            "options": {**asdict(options), "format": report.format},
+            "shape": list(images.shape),
+            "counts": {"n_samples": summary["n_samples"], "n_patients": summary["n_patients"],
+                       "phases": summary["phases"]},
+            "content_hash": checksum(*(tmp / name for name in (*ARRAY_FILES, "samples.csv"))),
+            "summary": summary,
+        }
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary

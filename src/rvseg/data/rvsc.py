@@ -1,0 +1,319 @@
+"""Reader for the RVSC-MICCAI 2012 native layout (DICOM frames + manual contour files).
+
+Layout, for ``root`` = a folder of patient folders or one patient folder::
+
+    patient09/
+        P09dicom/P09-0020.dcm                                  one cine frame per file
+        P09contours-manual/P09-0020-icontour-manual.txt         RV endocardium -> label "endo"
+        P09contours-manual/P09-0020-ocontour-manual.txt         RV epicardium  -> label "epi"
+        P09list.txt                                             optional list of the contour files
+
+``P09list.txt`` holds Windows-style paths relative to the folder above the patient folder
+(``.\\patient09\\P09contours-manual\\P09-0020-icontour-manual.txt``). Contours are matched to frames
+by the ``PNN-FFFF`` stem.
+
+Phase: a frame is ED when it is the first frame of its slice (lowest TriggerTime among the slice's
+frames, or TriggerTime 0 when it is the only frame of its slice read); any other annotated frame
+is ES (RVSC annotates ED and ES only). Without a slice location or trigger times to decide, the
+phase is ``unknown``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter, defaultdict
+from pathlib import Path, PureWindowsPath
+from typing import NamedTuple
+
+import numpy as np
+
+from rvseg.data.contours import polygon_to_mask, read_contour_file
+from rvseg.data.dicom import DicomImage, read_dicom
+from rvseg.data.sample import ReadReport, Sample
+from rvseg.errors import DataError
+
+LABELS = ("endo", "epi")
+LABEL_OF_CONTOUR = {"i": "endo", "o": "epi"}
+#: Fraction of the i-contour mask allowed outside the o-contour mask before a note is added:
+#: expert contours drawn on the same image touch at most along a few boundary pixels.
+NESTING_TOLERANCE = 0.01
+
+PATIENT_DIR_NAME = re.compile(r"patient(\d+)", re.IGNORECASE)
+DICOM_NAME = re.compile(r"(P\d+-\d+)\.dcm", re.IGNORECASE)
+CONTOUR_NAME = re.compile(r"(P\d+-\d+)-([io])contour-manual\.txt", re.IGNORECASE)
+
+
+class _Frame(NamedTuple):
+    """What phase and size checks need from every frame, annotated or not."""
+
+    path: Path
+    shape: tuple[int, int]
+    trigger_time: float | None
+    slice_location: float | None
+
+
+def looks_like_rvsc(root: str | Path) -> bool:
+    """Whether ``root`` is an RVSC patient folder or holds one (folder names only, no file reads)."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    return any((folder / f"{_patient_id(folder)}dicom").is_dir() for folder in _patient_dirs(root))
+
+
+def read_rvsc(root: str | Path, *, skip_bad: bool = False) -> ReadReport:
+    """Read RVSC patients in their native layout (module docstring).
+
+    Args:
+        root: a folder of ``patientNN/`` folders, or one ``patientNN`` folder.
+        skip_bad: record bad files in ``report.skipped`` and carry on instead of raising.
+
+    Returns:
+        a :class:`ReadReport` with format ``"rvsc"`` and labels ``("endo", "epi")``. Each sample:
+        id ``PNN-FFFF``, patient ``PNN``, image float32 (H, W), bool (H, W) masks, frame ``FFFF``,
+        slice = slice location formatted with 2 decimals, phase ED/ES/unknown.
+
+    Raises:
+        DataError: ``root`` holds no patient folder, or (without ``skip_bad``) a bad file: corrupt
+            DICOM, malformed contour, list entry outside the patient folder or missing, image size
+            differing from the rest of the patient.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("RVSC folder does not exist or is not a folder", root)
+    patient_dirs = _patient_dirs(root)
+    if not patient_dirs:
+        raise DataError(
+            "no RVSC patient found: expected this folder to be a patientNN folder or to hold "
+            "patientNN/ folders, each with PNNdicom/*.dcm and PNNcontours-manual/ or PNNlist.txt",
+            root,
+        )
+    report = ReadReport(format="rvsc", labels=LABELS)
+    for patient_dir in patient_dirs:
+        _read_patient(patient_dir, report, skip_bad)
+    report.samples.sort(key=lambda sample: sample.id)
+    return report
+
+
+def slice_key(slice_location: float | None) -> str:
+    """The slice id of a sample: its location in mm with 2 decimals (``"22.45"``), or ``""``."""
+    return "" if slice_location is None else f"{slice_location:.2f}"
+
+
+def contour_masks(
+    contour_files: dict[str, Path], image_shape: tuple[int, int], report: ReadReport, skip_bad: bool
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Fill each label's contour file into a bool (H, W) mask of the image's shape.
+
+    A bad contour file goes through ``report.bad_file``; a contour too small to hold a pixel centre
+    is listed in ``report.unfillable``. Either way its label is left out of the result.
+
+    Returns:
+        (label -> bool mask of shape ``image_shape``, label -> contour file path).
+    """
+    masks: dict[str, np.ndarray] = {}
+    sources: dict[str, str] = {}
+    for label, path in contour_files.items():
+        try:
+            points = read_contour_file(path, image_shape)
+        except DataError as error:
+            report.bad_file(path, error.message, skip_bad)
+            continue
+        mask = polygon_to_mask(points, image_shape)
+        if not mask.any():
+            report.unfillable.append(str(path))
+            continue
+        masks[label] = mask
+        sources[label] = str(path)
+    return masks, sources
+
+
+def note_unnested(sample_id: str, masks: dict[str, np.ndarray], inner: str, outer: str, report: ReadReport) -> None:
+    """Add a note when more than :data:`NESTING_TOLERANCE` of the ``inner`` mask lies outside ``outer``.
+
+    An endocardium outside its epicardium means misaligned or swapped contours; the sample is kept
+    (the file is readable) but the user should know.
+    """
+    if inner not in masks or outer not in masks:
+        return
+    outside = int(np.count_nonzero(masks[inner] & ~masks[outer]))
+    total = int(np.count_nonzero(masks[inner]))
+    if outside > NESTING_TOLERANCE * total:
+        report.notes.append(
+            f"{sample_id}: {outside} of {total} '{inner}' pixels lie outside '{outer}' (the contours do not nest)"
+        )
+
+
+def _patient_dirs(root: Path) -> list[Path]:
+    if PATIENT_DIR_NAME.fullmatch(root.name):
+        return [root]
+    return sorted(child for child in root.iterdir() if child.is_dir() and PATIENT_DIR_NAME.fullmatch(child.name))
+
+
+def _patient_id(patient_dir: Path) -> str:
+    """``patient09`` -> ``P09`` (the prefix of the patient's folders and files)."""
+    return "P" + PATIENT_DIR_NAME.fullmatch(patient_dir.name).group(1)  # type: ignore[union-attr]
+
+
+def _read_patient(patient_dir: Path, report: ReadReport, skip_bad: bool) -> None:
+    patient = _patient_id(patient_dir)
+    dicom_dir = patient_dir / f"{patient}dicom"
+    dicom_files = sorted(dicom_dir.glob("*.dcm"))
+    if not dicom_files:
+        report.bad_file(dicom_dir, f"no DICOM frames: expected {patient}dicom/{patient}-FFFF.dcm files", skip_bad)
+        return
+    contours = _contours_by_stem(_contour_files(patient_dir, patient, report, skip_bad), report, skip_bad)
+    frames, images = _read_frames(dicom_files, set(contours), report, skip_bad)
+    _drop_odd_sized_frames(frames, images, patient, report, skip_bad)
+    frames_by_slice: dict[str, list[_Frame]] = defaultdict(list)
+    for frame in frames.values():
+        frames_by_slice[slice_key(frame.slice_location)].append(frame)
+
+    dicom_stems = {path.stem.upper() for path in dicom_files}
+    for stem, contour_files in sorted(contours.items()):
+        if stem in dicom_stems and stem not in images:
+            report.notes.append(f"{stem}: contours not used, the DICOM frame was skipped")
+            continue
+        if stem not in images:
+            report.unmatched_contours.extend(str(path) for path in contour_files.values())
+            continue
+        image = images[stem]
+        _note_missing_contours(stem, contour_files, report)
+        masks, sources = contour_masks(contour_files, image.shape, report, skip_bad)
+        if not masks:
+            continue
+        note_unnested(stem, masks, *LABELS, report)
+        key = slice_key(image.slice_location)
+        report.samples.append(
+            Sample(
+                id=stem,
+                patient=patient,
+                image=image.pixels,
+                masks=masks,
+                spacing_mm=image.spacing_mm,
+                slice=key,
+                frame=int(stem.split("-")[1]),
+                phase=_phase(frames[stem], frames_by_slice[key]),
+                slice_location=image.slice_location,
+                slice_thickness_mm=image.slice_thickness_mm,
+                sources={"image": str(image.path), **sources},
+            )
+        )
+    report.unmatched_images.extend(str(frames[stem].path) for stem in sorted(frames) if stem not in contours)
+
+
+def _contour_files(patient_dir: Path, patient: str, report: ReadReport, skip_bad: bool) -> list[Path]:
+    list_file = patient_dir / f"{patient}list.txt"
+    contour_dir = patient_dir / f"{patient}contours-manual"
+    on_disk = sorted(contour_dir.glob("*contour-manual.txt")) if contour_dir.is_dir() else []
+    if not list_file.is_file():
+        return on_disk
+    listed = _listed_contour_files(list_file, patient_dir, report, skip_bad)
+    unlisted = sorted(set(on_disk) - set(listed))
+    if unlisted:
+        report.notes.append(
+            f"{list_file}: {len(unlisted)} contour file(s) in {contour_dir.name}/ are not listed and were not read "
+            f"(first: {unlisted[0].name})"
+        )
+    return listed
+
+
+def _listed_contour_files(list_file: Path, patient_dir: Path, report: ReadReport, skip_bad: bool) -> list[Path]:
+    """The contour files a ``PNNlist.txt`` names, each checked to exist inside the patient folder."""
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        report.bad_file(list_file, f"cannot read contour list ({exc.__class__.__name__}: {exc})", skip_bad)
+        return []
+    patient_abs = Path(os.path.abspath(patient_dir))
+    listed: list[Path] = []
+    for number, line in enumerate(lines, start=1):
+        entry = line.strip()
+        if not entry:
+            continue
+        relative = entry.replace("\\", "/")
+        # Lexical normalisation (not resolve()) so that '..' cannot climb out, whatever symlinks
+        # the data folder itself is reached through.
+        candidate = Path(os.path.normpath(patient_abs.parent / relative))
+        if PureWindowsPath(entry).drive or relative.startswith("/") or not candidate.is_relative_to(patient_abs):
+            report.bad_file(list_file, f"line {number}: {entry!r} points outside the patient folder {patient_abs}", skip_bad)
+            continue
+        if not candidate.is_file():
+            report.bad_file(list_file, f"line {number}: listed contour file {entry!r} does not exist ({candidate})", skip_bad)
+            continue
+        if candidate not in listed:
+            listed.append(candidate)
+    return listed
+
+
+def _contours_by_stem(paths: list[Path], report: ReadReport, skip_bad: bool) -> dict[str, dict[str, Path]]:
+    """Group contour files as stem ``PNN-FFFF`` -> label -> path."""
+    contours: dict[str, dict[str, Path]] = defaultdict(dict)
+    for path in paths:
+        match = CONTOUR_NAME.fullmatch(path.name)
+        if match is None:
+            report.bad_file(path, "contour file name does not follow PNN-FFFF-{i,o}contour-manual.txt", skip_bad)
+            continue
+        stem, kind = match.group(1).upper(), match.group(2).lower()
+        contours[stem][LABEL_OF_CONTOUR[kind]] = path
+    return dict(contours)
+
+
+def _read_frames(
+    dicom_files: list[Path], annotated: set[str], report: ReadReport, skip_bad: bool
+) -> tuple[dict[str, _Frame], dict[str, DicomImage]]:
+    """Read every frame (all are needed for phases and size checks); keep pixels of annotated ones."""
+    frames: dict[str, _Frame] = {}
+    images: dict[str, DicomImage] = {}
+    for path in dicom_files:
+        match = DICOM_NAME.fullmatch(path.name)
+        if match is None:
+            report.bad_file(path, "DICOM file name does not follow PNN-FFFF.dcm", skip_bad)
+            continue
+        try:
+            image = read_dicom(path)
+        except DataError as error:
+            report.bad_file(path, error.message, skip_bad)
+            continue
+        stem = match.group(1).upper()
+        frames[stem] = _Frame(path, image.shape, image.trigger_time, image.slice_location)
+        if stem in annotated:
+            images[stem] = image
+    return frames, images
+
+
+def _drop_odd_sized_frames(
+    frames: dict[str, _Frame], images: dict[str, DicomImage], patient: str, report: ReadReport, skip_bad: bool
+) -> None:
+    """Reject frames whose size differs from the patient's most common size (one cine, one size)."""
+    sizes = Counter(frame.shape for frame in frames.values())
+    if len(sizes) < 2:
+        return
+    usual = sizes.most_common(1)[0][0]
+    for stem, frame in sorted(frames.items()):
+        if frame.shape != usual:
+            report.bad_file(
+                frame.path,
+                f"image is {frame.shape[0]} x {frame.shape[1]} but the other images of patient {patient} "
+                f"are {usual[0]} x {usual[1]}",
+                skip_bad,
+            )
+            del frames[stem]
+            images.pop(stem, None)
+
+
+def _phase(frame: _Frame, slice_frames: list[_Frame]) -> str:
+    if frame.trigger_time is None or frame.slice_location is None:
+        return "unknown"
+    times = [other.trigger_time for other in slice_frames]
+    if None in times or len(times) < 2:
+        # Without the slice's other trigger times only TriggerTime 0 (the R wave) proves ED.
+        return "ED" if frame.trigger_time == 0 else "unknown"
+    return "ED" if frame.trigger_time == min(times) else "ES"  # type: ignore[type-var]
+
+
+def _note_missing_contours(stem: str, contour_files: dict[str, Path], report: ReadReport) -> None:
+    for kind, label in LABEL_OF_CONTOUR.items():
+        if label not in contour_files:
+            present = ", ".join(f"'{name}'" for name in contour_files)
+            report.notes.append(f"{stem}: no {kind}-contour file; the sample has only {present}")

@@ -1,0 +1,192 @@
+"""Reader for the Sunnybrook Cardiac Data as distributed with a ``link.csv``.
+
+Layout::
+
+    link.csv                                                 patient_id,original_id
+    dicoms/<patient_id>/<N>.dcm                              one image per file
+    contourfiles/<original_id>/i-contours/IM-0001-NNNN-icontour-manual.txt
+    contourfiles/<original_id>/o-contours/IM-0001-NNNN-ocontour-manual.txt
+
+``NNNN`` is ``N`` zero-padded to 4 digits. The contours are of the LEFT ventricle: the i-contour
+(endocardium) gives ``labels[0]`` and the o-contour (epicardium) ``labels[1]``; the names come from
+the caller. The layout does not say which images are ED or ES, so every phase is ``unknown``.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from rvseg.data.dicom import read_dicom
+from rvseg.data.rvsc import contour_masks, note_unnested, slice_key
+from rvseg.data.sample import ReadReport, Sample
+from rvseg.errors import ConfigError, DataError
+
+LINK_FILE = "link.csv"
+LINK_COLUMNS = ("patient_id", "original_id")
+DICOM_NAME = re.compile(r"(\d+)\.dcm", re.IGNORECASE)
+CONTOUR_NAME = re.compile(r"IM-0001-(\d+)-([io])contour-manual\.txt", re.IGNORECASE)
+CONTOUR_KINDS = ("i", "o")
+
+
+def looks_like_sunnybrook(root: str | Path) -> bool:
+    """Whether ``root`` holds ``link.csv``, ``dicoms/`` and ``contourfiles/`` (no file reads)."""
+    root = Path(root)
+    return (root / LINK_FILE).is_file() and (root / "dicoms").is_dir() and (root / "contourfiles").is_dir()
+
+
+def read_sunnybrook(
+    root: str | Path, *, labels: tuple[str, str] = ("endo", "epi"), skip_bad: bool = False
+) -> ReadReport:
+    """Read a Sunnybrook folder with a ``link.csv`` (module docstring).
+
+    Args:
+        root: the folder holding ``link.csv``, ``dicoms/`` and ``contourfiles/``.
+        labels: the names of the i-contour and o-contour labels, in that order.
+        skip_bad: record bad files (and patients missing on disk) in ``report.skipped`` and carry
+            on instead of raising.
+
+    Returns:
+        a :class:`ReadReport` with format ``"sunnybrook"``. Each sample: id ``<patient_id>-<NNNN>``,
+        patient ``<patient_id>``, image float32 (H, W), bool (H, W) masks, frame ``N``, slice = slice
+        location formatted with 2 decimals, phase ``unknown``.
+
+    Raises:
+        ConfigError: ``labels`` is not two distinct non-empty names.
+        DataError: ``root`` is not in this layout, ``link.csv`` is malformed, or (without
+            ``skip_bad``) a patient folder is missing or a file is bad.
+    """
+    labels = _checked_labels(labels)
+    root = Path(root)
+    if not looks_like_sunnybrook(root):
+        raise DataError(
+            f"not a Sunnybrook folder: expected {LINK_FILE}, dicoms/ and contourfiles/ in it", root
+        )
+    links = _read_links(root / LINK_FILE)
+    report = ReadReport(format="sunnybrook", labels=labels)
+    _note_unlinked_folders(root, links, report)
+    for patient_id, original_id in links:
+        dicom_dir = root / "dicoms" / patient_id
+        contour_dir = root / "contourfiles" / original_id
+        missing = next((folder for folder in (dicom_dir, contour_dir) if not folder.is_dir()), None)
+        if missing is not None:
+            report.bad_file(
+                missing, f"patient {patient_id} ({original_id}) is listed in {LINK_FILE} but this folder does not exist", skip_bad
+            )
+            continue
+        _read_patient(patient_id, dicom_dir, contour_dir, labels, report, skip_bad)
+    report.samples.sort(key=lambda sample: sample.id)
+    return report
+
+
+def _checked_labels(labels: tuple[str, str]) -> tuple[str, str]:
+    labels = tuple(labels)  # type: ignore[assignment]
+    if len(labels) != 2 or not all(isinstance(name, str) and name for name in labels) or labels[0] == labels[1]:
+        raise ConfigError(f"Sunnybrook labels must be two distinct names (i-contour, o-contour), not {labels!r}")
+    return labels
+
+
+def _read_links(path: Path) -> list[tuple[str, str]]:
+    """The ``(patient_id, original_id)`` rows of ``link.csv``."""
+    try:
+        rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read ({exc.__class__.__name__}: {exc})", path) from None
+    header = tuple(cell.strip() for cell in rows[0]) if rows else ()
+    if header != LINK_COLUMNS:
+        raise DataError(f"expected the header 'patient_id,original_id', got {','.join(header)!r}", path)
+    links: list[tuple[str, str]] = []
+    for number, row in enumerate(rows[1:], start=2):
+        cells = [cell.strip() for cell in row]
+        if not any(cells):
+            continue
+        if len(cells) != 2 or not all(cells):
+            raise DataError(f"line {number} is malformed: expected 'patient_id,original_id', got {','.join(row)!r}", path)
+        if any(cells[0] == patient or cells[1] == original for patient, original in links):
+            raise DataError(f"line {number}: {','.join(cells)!r} repeats a patient already listed", path)
+        links.append((cells[0], cells[1]))
+    if not links:
+        raise DataError("lists no patient", path)
+    return links
+
+
+def _note_unlinked_folders(root: Path, links: list[tuple[str, str]], report: ReadReport) -> None:
+    for folder, linked in (("dicoms", {p for p, _ in links}), ("contourfiles", {o for _, o in links})):
+        unlinked = sorted(child.name for child in (root / folder).iterdir() if child.is_dir() and child.name not in linked)
+        if unlinked:
+            report.notes.append(f"{root / folder}: folder(s) not in {LINK_FILE}, not read: {', '.join(unlinked)}")
+
+
+def _read_patient(
+    patient_id: str,
+    dicom_dir: Path,
+    contour_dir: Path,
+    labels: tuple[str, str],
+    report: ReadReport,
+    skip_bad: bool,
+) -> None:
+    contours = _contours_by_number(contour_dir, labels, report, skip_bad)
+    images = _dicoms_by_number(dicom_dir, report, skip_bad)
+    for number, contour_files in sorted(contours.items()):
+        if number not in images:
+            report.unmatched_contours.extend(str(path) for path in contour_files.values())
+            continue
+        sample_id = f"{patient_id}-{number:04d}"
+        if labels[0] not in contour_files:
+            report.notes.append(f"{sample_id}: o-contour without an i-contour; the sample has only '{labels[1]}'")
+        try:
+            image = read_dicom(images[number])
+        except DataError as error:
+            report.bad_file(images[number], error.message, skip_bad)
+            report.notes.append(f"{sample_id}: contours not used, the DICOM image was skipped")
+            continue
+        masks, sources = contour_masks(contour_files, image.shape, report, skip_bad)
+        if not masks:
+            continue
+        note_unnested(sample_id, masks, *labels, report)
+        location = image.slice_location
+        report.samples.append(
+            Sample(
+                id=sample_id,
+                patient=patient_id,
+                image=image.pixels,
+                masks=masks,
+                spacing_mm=image.spacing_mm,
+                slice=slice_key(location),
+                frame=number,
+                phase="unknown",
+                slice_location=location,
+                slice_thickness_mm=image.slice_thickness_mm,
+                sources={"image": str(image.path), **sources},
+            )
+        )
+    report.unmatched_images.extend(str(images[number]) for number in sorted(images) if number not in contours)
+
+
+def _contours_by_number(
+    contour_dir: Path, labels: tuple[str, str], report: ReadReport, skip_bad: bool
+) -> dict[int, dict[str, Path]]:
+    """Group the patient's contour files as image number ``N`` -> label -> path."""
+    contours: dict[int, dict[str, Path]] = defaultdict(dict)
+    for kind, label in zip(CONTOUR_KINDS, labels):
+        for path in sorted((contour_dir / f"{kind}-contours").glob("*.txt")):
+            match = CONTOUR_NAME.fullmatch(path.name)
+            if match is None or match.group(2).lower() != kind:
+                report.bad_file(path, f"file name does not follow IM-0001-NNNN-{kind}contour-manual.txt", skip_bad)
+                continue
+            contours[int(match.group(1))][label] = path
+    return dict(contours)
+
+
+def _dicoms_by_number(dicom_dir: Path, report: ReadReport, skip_bad: bool) -> dict[int, Path]:
+    """The patient's DICOM files as image number ``N`` -> path (not read: most have no contour)."""
+    images: dict[int, Path] = {}
+    for path in sorted(dicom_dir.glob("*.dcm")):
+        match = DICOM_NAME.fullmatch(path.name)
+        if match is None:
+            report.bad_file(path, "DICOM file name does not follow <N>.dcm", skip_bad)
+            continue
+        images[int(match.group(1))] = path
+    return images

@@ -1,0 +1,65 @@
+"""Checkpoints: written atomically, loaded with ``weights_only=True``.
+
+``weights_only`` loading accepts only tensors and plain containers, so a checkpoint file cannot
+run code; that is why a run keeps all its randomness in ``torch.Generator`` states (tensors) and
+its configuration as a plain dict.
+
+``last.pt`` holds everything needed to continue exactly: model, optimizer, scheduler, grad scaler,
+generator states, the position inside the current epoch and the running loss sums. ``best.pt``
+holds the model weights of the best validation epoch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rvseg.errors import DataError
+from rvseg.io import atomic_path
+from rvseg.models import build_model
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("no such checkpoint", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged or unsafe files
+        raise DataError(f"not a loadable rvseg checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})",
+                        path) from None
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or ``best.pt`` (else ``last.pt``) inside a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise DataError("run folder holds no best.pt or last.pt", path)
+    return path
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict, dict]:
+    """Rebuild the model stored in a checkpoint (or run folder).
+
+    Returns:
+        ``(model in eval mode on the CPU, the run's config dict, the checkpoint's data info)``.
+    """
+    path = find_checkpoint(path)
+    state = load_checkpoint(path)
+    if "model" not in state or "config" not in state:
+        raise DataError("checkpoint lacks the model or its config", path)
+    config, data = state["config"], state.get("data", {})
+    model = build_model(config["arch"], in_channels=data.get("in_channels", 1), out_channels=len(config["target"]),
+                        width=config["width"], depth=config["depth"], dropout=config["dropout"])
+    model.load_state_dict(state["model"])
+    return model.eval(), config, data

@@ -1,0 +1,187 @@
+"""The training configuration: one typed dataclass, every field a ``rvseg train`` flag.
+
+Defaults are the reference study's baseline (Adam, lr 5e-4, 100 epochs, batch 16, Dice loss,
+target ``endo``). A YAML file (``--config run.yaml``) may set any field; flags given on the
+command line override it. The resolved configuration (with ``switch_tau`` resolved, the data
+hash and the package version) is saved as ``config.yaml`` in every run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from rvseg.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    # data and split
+    target: list[str] = field(default_factory=lambda: ["endo"])
+    val_patients: list[str] = field(default_factory=list)
+    fold: int | None = None
+    folds: int | None = None
+    split_seed: int = 0
+    val_fraction: float = 0.2
+    fraction: float = 1.0
+    # model
+    arch: str = "unet"
+    width: int = 64
+    depth: int = 4
+    dropout: float = 0.0
+    # loss
+    loss: str = "dice"
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    switch_lambda: float = 0.75
+    switch_tau: str = "auto"
+    switch_per: str = "image"
+    # optimisation
+    optimizer: str = "adam"
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    scheduler: str = "none"
+    step_size: int = 30
+    gamma: float = 0.1
+    sgdr_t0: int = 50
+    min_lr: float = 1e-6
+    epochs: int = 100
+    batch_size: int = 16
+    seed: int = 0
+    # augmentation (on the training device)
+    augment: bool = True
+    rotate_deg: float = 180.0
+    scale_min: float = 0.85
+    scale_max: float = 1.15
+    translate: float = 0.05
+    intensity: float = 0.1
+    elastic: float = 0.0
+    oversample_small: float = 1.0
+    # runtime
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    pause_after: int | None = None
+    # resolved when the run starts (recorded, not set by users)
+    resolved_tau: float | None = None
+    data_hash: str = ""
+    rvseg_version: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        from rvseg.io import write_text
+
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+#: Fields recorded by the run itself, not options.
+RESOLVED_FIELDS = ("resolved_tau", "data_hash", "rvseg_version")
+
+HELP = {
+    "target": "label(s) to segment, comma-separated (one output channel each)",
+    "val_patients": "validation patients, comma-separated (e.g. P13,P14,P15,P16)",
+    "fold": "cross-validation fold index (with --folds)",
+    "folds": "number of patient-wise folds",
+    "split_seed": "seed of the patient split",
+    "val_fraction": "share of patients held out when no list or fold is given",
+    "fraction": "seeded share of the training slices to train on (the study: 1.0/0.8/0.7/0.4)",
+    "arch": "unet | dilated-unet",
+    "width": "channels of the first level (doubles per level)",
+    "depth": "number of poolings",
+    "loss": "dice | inverse-dice | bce | dice-bce | dice-bce-inverse | focal | switching",
+    "switch_tau": "switching threshold on the foreground share, or auto (mean share of the training split)",
+    "switch_per": "image | batch: where the switching loss measures the foreground share",
+    "optimizer": "adam | adamw | sgd",
+    "scheduler": "none | cosine | step | sgdr",
+    "sgdr_t0": "epochs of the first SGDR cycle",
+    "augment": "batched on-device flips, rotation, scaling, intensity jitter",
+    "oversample_small": "weight of slices with < 1%% foreground in the batch draw (1 = uniform; the paper oversampled)",
+    "elastic": "elastic deformation amplitude in pixels (0 = off)",
+    "device": "auto | cpu | cuda | cuda:N",
+    "precision": "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32",
+    "compile": "torch.compile the model",
+    "pause_after": "stop cleanly after this epoch (resume later with --resume)",
+}
+
+
+def field_kind(f: dataclasses.Field) -> type:
+    """The scalar type of a field (int, float, str, bool or list) with Optional removed."""
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+def parse_value(name: str, kind: type, value):
+    """Convert a YAML or command-line value to the field's type, with a clear message."""
+    if value is None:
+        return None
+    try:
+        if kind is list:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [str(item).strip() for item in items if str(item).strip()]
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "yes", "1")
+            return bool(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {name}: {value!r} is not a valid {kind.__name__}") from None
+
+
+def user_fields() -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(TrainConfig) if f.name not in RESOLVED_FIELDS]
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Build a config from an optional YAML file and explicit overrides (later wins)."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config ({exc})", path) from None
+        if not isinstance(loaded, dict):
+            raise ConfigError("a config file must hold a mapping of option: value", path)
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(unknown)}", path)
+    parsed = {name: parse_value(name, field_kind(known[name]), v) for name, v in values.items()}
+    return TrainConfig(**parsed)
+
+
+def add_train_arguments(parser) -> None:
+    """One flag per user field; every default is None so that only given flags override YAML."""
+    defaults = TrainConfig()
+    for f in user_fields():
+        flag = "--" + f.name.replace("_", "-")
+        kind = field_kind(f)
+        default = getattr(defaults, f.name)
+        shown = ",".join(default) if isinstance(default, list) else default
+        text = f"{HELP.get(f.name, f.name.replace('_', ' '))} (default: {shown})"
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=text)
+            parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
+                                help=argparse.SUPPRESS)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=kind.__name__.upper(), help=text)
+
+
+def overrides_from_args(args) -> dict:
+    return {f.name: getattr(args, f.name) for f in user_fields() if getattr(args, f.name, None) is not None}

@@ -1,0 +1,46 @@
+"""Registries of the optimizers and learning-rate schedules the study compared.
+
+Schedules are stepped once per epoch, so ``metrics.csv`` shows each schedule's curve directly
+(``step``: a staircase; ``cosine``: one half-cosine from ``lr`` to ``min_lr`` over the run; ``sgdr``:
+cosine cycles restarting after ``sgdr_t0`` epochs, each cycle twice as long, as in Dang et al.).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, CosineAnnealingWarmRestarts, LRScheduler, StepLR
+
+from rvseg.errors import ConfigError
+from rvseg.train.config import TrainConfig
+
+OPTIMIZERS: dict[str, Callable[[Iterable, TrainConfig], torch.optim.Optimizer]] = {
+    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
+    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
+                                             weight_decay=c.weight_decay),
+}
+
+SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer, TrainConfig], LRScheduler]] = {
+    "none": lambda opt, c: ConstantLR(opt, factor=1.0, total_iters=0),
+    "cosine": lambda opt, c: CosineAnnealingLR(opt, T_max=max(c.epochs, 1), eta_min=c.min_lr),
+    "step": lambda opt, c: StepLR(opt, step_size=c.step_size, gamma=c.gamma),
+    "sgdr": lambda opt, c: CosineAnnealingWarmRestarts(opt, T_0=max(c.sgdr_t0, 1), T_mult=2, eta_min=c.min_lr),
+}
+
+
+def pick(registry: dict, name: str, what: str):
+    if name not in registry:
+        raise ConfigError(f"unknown {what} {name!r}; choose one of {', '.join(registry)}")
+    return registry[name]
+
+
+def build_optimizer(params: Iterable, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd" and config.nesterov and config.momentum <= 0:
+        raise ConfigError("--nesterov needs a positive --momentum")
+    return pick(OPTIMIZERS, config.optimizer, "optimizer")(params, config)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> LRScheduler:
+    return pick(SCHEDULERS, config.scheduler, "scheduler")(optimizer, config)

@@ -1,0 +1,83 @@
+"""What a run shows while it trains: ``metrics.csv``, ``progress.png`` and a terminal progress line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import time
+from pathlib import Path
+
+from rvseg.io import save_figure, write_text
+
+
+class MetricsLog:
+    """``metrics.csv``: one row per epoch, rewritten atomically after each epoch (it is tiny)."""
+
+    def __init__(self, path: Path, resume_until_epoch: int | None = None):
+        self.path = path
+        self.rows: list[dict] = []
+        if resume_until_epoch is not None and path.is_file():
+            with open(path, newline="") as handle:
+                # Rows past the checkpoint were written by the interrupted run after its last save.
+                self.rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) <= resume_until_epoch]
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(self.rows[0]))
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.path, buffer.getvalue())
+
+
+def draw_progress(rows: list[dict], path: Path) -> None:
+    """``progress.png``: losses, validation Dice per label, and learning rate per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) for r in rows]
+    figure, (ax_loss, ax_dice, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key, style in (("train_loss", "-"), ("val_loss", "--")):
+        ax_loss.plot(epochs, [float(r[key]) for r in rows], style, label=key.replace("_", " "))
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.legend()
+    for key in (k for k in rows[0] if k.startswith("val_dice_")):
+        ax_dice.plot(epochs, [float(r[key]) for r in rows], label=key.removeprefix("val_dice_"))
+    ax_dice.set(xlabel="epoch", ylabel="Dice", title="validation Dice (per image)", ylim=(0, 1))
+    ax_dice.legend()
+    ax_lr.plot(epochs, [float(r["lr"]) for r in rows])
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate", yscale="log")
+    figure.tight_layout()
+    save_figure(figure, path, dpi=100)
+
+
+class ProgressLine:
+    """A self-updating line with ETA on a terminal; one plain line per epoch otherwise."""
+
+    def __init__(self, total_epochs: int, start_epoch: int, enabled: bool = True):
+        self.total = total_epochs
+        self.start_epoch = start_epoch
+        self.started = time.perf_counter()
+        self.enabled = enabled
+        self.tty = sys.stdout.isatty()
+
+    def update(self, epoch: int, text: str) -> None:
+        if not self.enabled:
+            return
+        done = epoch - self.start_epoch
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / max(done, 1) * (self.total - epoch)
+        line = f"epoch {epoch}/{self.total} {text} | {elapsed:.0f}s, eta {eta:.0f}s"
+        if self.tty:
+            print("\r" + line.ljust(100), end="\n" if epoch == self.total else "", flush=True)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print(flush=True)

@@ -1,0 +1,93 @@
+"""Where and how a run computes: device, precision, and the distributed context.
+
+Multi-GPU and multi-node training use PyTorch's own launcher: ``torchrun --nproc_per_node=N -m
+rvseg train ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and every rank runs the same loop
+(gloo on CPU, NCCL on CUDA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from rvseg.errors import ConfigError
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str  # bf16 | fp16 | fp32
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @property
+    def channels_last(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device")
+        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    if name != "cpu":
+        raise ConfigError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
+    return torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
+    return precision
+
+
+def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    """Resolve the device and precision, joining the process group when launched by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    resolved = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if resolved.type == "cuda" else "gloo"
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        dist.init_process_group(backend=backend)
+    return Runtime(resolved, resolve_precision(precision, resolved), rank, world_size)
+
+
+def teardown_runtime(runtime: Runtime) -> None:
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """Sum a tensor over ranks (a no-op on one process)."""
+    if runtime.distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
