@@ -96,6 +96,20 @@ def test_pixel_centre_rule_on_a_square():
     assert polygon_area(square) == 16.0
 
 
+def test_centres_on_edges_follow_the_top_left_rule():
+    # Integer corners put 20 pixel centres on the edges: only those with the interior below-right
+    # of them count, so the square covers exactly its area and two squares sharing an edge never
+    # share a pixel.
+    left = np.array([[2.0, 2.0], [6.0, 2.0], [6.0, 6.0], [2.0, 6.0]])
+    right = left + [4.0, 0.0]
+    left_mask, right_mask = polygon_to_mask(left, (10, 12)), polygon_to_mask(right, (10, 12))
+    expected = np.zeros((10, 12), dtype=bool)
+    expected[2:6, 2:6] = True
+    assert np.array_equal(left_mask, expected)
+    assert np.count_nonzero(right_mask) == 16
+    assert not (left_mask & right_mask).any()
+
+
 def test_x_runs_along_columns():
     # A wide, flat rectangle: 8 columns (x 1..8) by 2 rows (y 1..2).
     rectangle = np.array([[0.5, 0.5], [8.5, 0.5], [8.5, 2.5], [0.5, 2.5]])

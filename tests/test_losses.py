@@ -299,7 +299,9 @@ def test_build_loss_rejects_bad_switching_params(params, message):
         build_loss("switching", **params)
 
 
-@pytest.mark.parametrize(("params", "message"), [(dict(focal_alpha=-0.1), "focal alpha"), (dict(focal_gamma=-1), "focal gamma")])
+@pytest.mark.parametrize(
+    ("params", "message"), [(dict(focal_alpha=-0.1), "focal alpha"), (dict(focal_gamma=-1), "focal gamma")]
+)
 def test_build_loss_rejects_bad_focal_params(params, message):
     with pytest.raises(ConfigError, match=message):
         build_loss("focal", **params)

@@ -336,7 +336,9 @@ def test_dice_per_image_equals_segmentation_metrics_dice():
     probs[2, 1] = 0.2  # predicted empty, reference not
     dice = dice_per_image(torch.from_numpy(probs).float(), torch.from_numpy(targets).float(), threshold=0.5)
     assert dice.shape == (3, 2) and dice.dtype == torch.float32
-    expected = [[segmentation_metrics(probs[b, c] > 0.5, targets[b, c], None)["dice"] for c in range(2)] for b in range(3)]
+    expected = [
+        [segmentation_metrics(probs[b, c] > 0.5, targets[b, c], None)["dice"] for c in range(2)] for b in range(3)
+    ]
     np.testing.assert_allclose(dice.numpy(), expected, rtol=1e-6)
     assert dice[1, 0] == 1.0 and dice[2, 1] == 0.0
     as_masks = dice_per_image(torch.from_numpy(probs > 0.5), torch.from_numpy(targets))

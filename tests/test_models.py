@@ -142,7 +142,14 @@ def test_unknown_model_name_lists_the_known_ones():
 
 @pytest.mark.parametrize(
     "options",
-    [dict(width=0), dict(depth=0), dict(in_channels=2.0), dict(dropout=1.0), dict(dropout=-0.1), dict(out_channels=True)],
+    [
+        dict(width=0),
+        dict(depth=0),
+        dict(in_channels=2.0),
+        dict(dropout=1.0),
+        dict(dropout=-0.1),
+        dict(out_channels=True),
+    ],
 )
 def test_invalid_architecture_options_raise_config_error(options):
     with pytest.raises(ConfigError, match="model "):

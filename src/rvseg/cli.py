@@ -111,10 +111,116 @@ def cmd_train(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- evaluation and prediction
+
+
+def cmd_evaluate(args) -> int:
+    from rvseg.evaluate import evaluate
+
+    summary = evaluate(args.checkpoint, args.dataset, split=args.split, out=args.out, tta=args.tta,
+                       postprocess=not args.no_postprocess, batch_size=args.batch_size, device=args.device,
+                       force=args.force)
+    if args.json:
+        print_json(summary)
+        return 0
+    print(f"evaluated {summary['n_samples']} samples of {len(summary['patients'])} patients "
+          f"({args.split} split) -> {args.out}")
+    for label, stats in summary["labels"].items():
+        for group, cells in stats["table"].items():
+            print(f"  {label} {group:>3} (n={cells['n']}): Dice {number(cells['dice_mean'])} "
+                  f"({number(cells['dice_sd'])}), HD {number(cells['hd_mean'], 2)} ({number(cells['hd_sd'], 2)}) "
+                  f"{summary['units']}")
+        overall = stats["overall"]
+        print(f"  {label}: {overall['n_both_empty']} both empty, {overall['n_one_empty']} with one empty mask")
+    if "unit_note" in summary:
+        print(f"  note: {summary['unit_note']}")
+    return 0
+
+
+def number(value, digits: int = 3) -> str:
+    """A float with ``digits`` decimals, or ``-`` for an undefined (None) value."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def cmd_predict(args) -> int:
+    from rvseg.predict import predict
+
+    summary = predict(args.checkpoints, args.src, args.out, ensemble=args.ensemble, tta=args.tta,
+                      batch_size=args.batch_size, device=args.device, force=args.force)
+    for skipped in summary["skipped"]:
+        print(f"rvseg: skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"segmented {summary['n_images']} image(s), skipped {summary['n_skipped']} -> {args.out}")
+        for stack, volumes in summary["volumes"].items():
+            print(f"  {stack}: EDV {number(volumes['ed_volume_ml'], 1)} mL, ESV {number(volumes['es_volume_ml'], 1)} "
+                  f"mL, EF {number(volumes['ef_percent'], 1)} %")
+        for note in summary["notes"]:
+            print(f"  note: {note}")
+    return 1 if summary["skipped"] else 0
+
+
 def cmd_demo(args) -> int:
     from rvseg.demo import run_demo
 
     run_demo(Path(args.out), quick=args.quick)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from rvseg.bench import BenchOptions, format_table, run_bench
+    from rvseg.io import write_json
+
+    options = BenchOptions(
+        device=args.device, size=tuple(args.size) if args.size else None, batch_size=args.batch_size,
+        arch=args.arch, width=args.width, depth=args.depth, loss=args.loss, precision=args.precision,
+        channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode,
+        cuda_graph=args.cuda_graph, cudnn_benchmark=args.cudnn_benchmark, steps=args.steps,
+        repeats=args.repeats, warmup=args.warmup, parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()),
+        dataset=Path(args.dataset) if args.dataset else None,
+    )
+    result = run_bench(options)
+    if args.out:
+        write_json(args.out, result)
+    if args.json:
+        print_json(result)
+    else:
+        print(format_table(result))
+    return 1 if result["errors"] else 0
+
+
+# ---------------------------------------------------------------- sweeps and reports
+
+
+def cmd_sweep(args) -> int:
+    import yaml
+
+    from rvseg.errors import ConfigError
+    from rvseg.sweep import SweepOptions, format_summary, resolve_spec, run_sweep
+    from rvseg.sweeps.spec import make_overrides
+
+    overrides = make_overrides(epochs=args.epochs, size=args.size, width=args.width, depth=args.depth,
+                               batch_size=args.batch_size, device=args.device, repeats=args.repeats,
+                               assignments=args.set, only=args.only, test=args.test)
+    spec = resolve_spec(args.spec, tuple(args.preset) if args.preset else None, overrides)
+    if args.print_spec:
+        print(yaml.safe_dump(spec.to_dict(), sort_keys=False), end="")
+        return 0
+    if not args.out:
+        raise ConfigError("rvseg sweep needs --out SWEEP")
+    summary = run_sweep(spec, args.out, SweepOptions(storage=args.storage, workers=args.workers,
+                                                     study_name=args.study, grace_s=args.grace_period,
+                                                     retry_failed=args.retry_failed))
+    print(format_summary(summary))
+    return 1 if summary["by_status"].get("failed") else 0
+
+
+def cmd_report(args) -> int:
+    from rvseg.report.html import write_report
+
+    written = write_report(args.path, args.out, dataset=args.dataset)
+    print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
 
@@ -130,6 +236,13 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clahe", action="store_true", help="contrast-limited adaptive histogram equalisation")
     parser.add_argument("--labels", help="label names for the i- and o-contours (Sunnybrook), e.g. endo,epi")
     parser.add_argument("--skip-bad", action="store_true", help="record bad files in the summary and go on")
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,10 +282,90 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(handler=cmd_train)
 
+    p = commands.add_parser("evaluate", help="Dice, HD (mm) and more of a checkpoint on a prepared data set")
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("--split", default="val", help="val (the checkpoint's) | test (patients it never saw) | all")
+    p.add_argument("--out", required=True, metavar="EVAL", help="output folder")
+    add_inference_arguments(p)
+    p.add_argument("--no-postprocess", action="store_true", help="score the raw masks (not the largest region)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = commands.add_parser("predict", help="segment DICOM / PNG images, write masks, contours and RV volumes")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files or run folders")
+    p.add_argument("src", metavar="SRC", help="a DICOM / PNG / JPEG file, a folder of them, an RVSC patient folder "
+                                              "or a prepared data set")
+    p.add_argument("--out", required=True, metavar="PRED", help="output folder")
+    p.add_argument("--ensemble", default="mean", help="mean (average probability) | vote (majority)")
+    add_inference_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=cmd_predict)
+
     p = commands.add_parser("demo", help="phantom -> prepare -> train -> evaluate -> predict, on the CPU")
     p.add_argument("--out", default="demo-output")
     p.add_argument("--quick", action="store_true", help="a much smaller run (for tests)")
     p.set_defaults(handler=cmd_demo)
+
+    p = commands.add_parser("bench", help="measure training, evaluation and prediction speed on this machine")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="image size (default: 256 208 on CUDA, 128 112 on CPU; with --dataset, its size)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--arch", default="unet", help="unet | dilated-unet")
+    p.add_argument("--width", type=int, help="channels of the first level (default: 64 on CUDA, 16 on CPU)")
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--loss", default="dice", help="training loss of the raw step and the loop")
+    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last raw step and prediction (default: as the training loop, on for CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (raw step and loop)")
+    p.add_argument("--compile-mode", default="default", help="default | reduce-overhead | max-autotune (raw step)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="capture the whole raw training step as one CUDA graph and replay it")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN pick the fastest kernels (all parts)")
+    p.add_argument("--steps", type=int, help="timed steps per repeat (default: 30 on CUDA, 5 on CPU)")
+    p.add_argument("--repeats", type=int, help="timed repeats; figures are their median (default: 5 on CUDA, 3 on CPU)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    p.add_argument("--parts", default="raw,loop,loop-noaug,eval,predict", help="what to measure (comma-separated)")
+    p.add_argument("--dataset", help="prepared data set for the loop, eval and predict (default: a synthetic phantom)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    p.add_argument("--out", help="also write the JSON result to this file")
+    p.set_defaults(handler=cmd_bench)
+
+    p = commands.add_parser("sweep", help="a resumable, parallel hyperparameter sweep (Optuna)")
+    p.add_argument("spec", nargs="?", help="sweep SPEC (YAML); or use --preset")
+    p.add_argument("--preset", nargs=2, metavar=("NAME", "DATASET"),
+                   help="lr-grid | losses | preprocessing | baseline, on DATASET (prepared, or a raw study "
+                        "folder, which preprocessing and --size need)")
+    p.add_argument("--out", help="sweep folder (rerun the same command to continue a sweep)")
+    p.add_argument("--storage", help="journal:PATH, or a sqlite://, postgresql:// or mysql:// URL "
+                                     "(default: sqlite:///SWEEP/study.db)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one GPU each)")
+    p.add_argument("--study", help="study name (default: spec name and fingerprint)")
+    p.add_argument("--grace-period", type=float, default=300.0,
+                   help="seconds without heartbeat after which another machine's trial is presumed dead")
+    p.add_argument("--retry-failed", action="store_true", help="train the points of failed trials again")
+    p.add_argument("--test", help="prepared set of held-out patients, scored with rvseg evaluate")
+    p.add_argument("--epochs", type=int, help="scale down: epochs per run")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="scale down: prepare the data at H x W")
+    p.add_argument("--width", type=int, help="scale down: U-Net width")
+    p.add_argument("--depth", type=int, help="scale down: U-Net depth")
+    p.add_argument("--batch-size", type=int, help="batch size of every run")
+    p.add_argument("--device", help="device of every run (auto | cpu | cuda)")
+    p.add_argument("--repeats", type=int, help="seeds per point")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set a training option of every run (repeatable)")
+    p.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
+                   help="keep only these values of an axis (repeatable)")
+    p.add_argument("--print-spec", action="store_true", help="print the resolved SPEC as YAML and stop")
+    p.set_defaults(handler=cmd_sweep)
+
+    p = commands.add_parser("report", help="a self-contained HTML report of a sweep or a run (+ Markdown tables)")
+    p.add_argument("path", help="a sweep folder or a run folder")
+    p.add_argument("--out", required=True, help="HTML file to write (report.md is written beside it)")
+    p.add_argument("--dataset", help="run reports: prepared set for best/worst examples (default: none)")
+    p.set_defaults(handler=cmd_report)
     return parser
 
 

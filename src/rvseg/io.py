@@ -28,8 +28,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 text exactly as given (no newline translation), atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8", newline="")
 
 
 def write_json(path: str | Path, data) -> None:

@@ -183,7 +183,9 @@ def batch_metrics(
     return rows
 
 
-def summarize(rows: Sequence[dict[str, Any]], by: Sequence[str] = (), metrics: Sequence[str] | None = None) -> dict[str, Any]:
+def summarize(
+    rows: Sequence[dict[str, Any]], by: Sequence[str] = (), metrics: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Mean and sample standard deviation of per-slice metrics, overall and per group.
 
     Args:
@@ -237,7 +239,9 @@ def dice_per_image(probs_or_masks: torch.Tensor, targets: torch.Tensor, threshol
         ValueError: the shapes differ or have fewer than 3 dimensions.
     """
     if probs_or_masks.shape != targets.shape:
-        raise ValueError(f"predictions {tuple(probs_or_masks.shape)} and targets {tuple(targets.shape)} differ in shape")
+        raise ValueError(
+            f"predictions {tuple(probs_or_masks.shape)} and targets {tuple(targets.shape)} differ in shape"
+        )
     if probs_or_masks.ndim < 3:
         raise ValueError(f"expected (B, C, *spatial) tensors, got shape {tuple(probs_or_masks.shape)}")
     pred = probs_or_masks if probs_or_masks.dtype == torch.bool else probs_or_masks > threshold

@@ -43,10 +43,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,6 +55,7 @@ from scipy.ndimage import gaussian_filter
 
 from rvseg.data.contours import polygon_area, polygon_to_mask, write_contour_file
 from rvseg.errors import ConfigError, DataError
+from rvseg.io import write_text
 
 #: Slice thickness and distance between slice centres (no gap), in mm.
 SLICE_THICKNESS_MM = 7.0
@@ -74,8 +73,10 @@ _PATIENT_FOLDER = re.compile(r"patient\d{2}")
 _CONTOUR_DECIMALS = 6
 #: Samples along each arc of a crescent before resampling to the contour's point count.
 _DENSE_ARC_SAMPLES = 720
-_CIRCLE_SAMPLES = 180
-_BISECTION_STEPS = 40
+#: Vertices of the LV outlines (never written; few keep the rasterisation fast) and muscles.
+_LV_SAMPLES = 96
+_PAPILLARY_SAMPLES = 24
+_BISECTION_STEPS = 24
 _SYNTHETIC_NOTE = "SYNTHETIC PHANTOM written by rvseg - not patient data"
 
 
@@ -148,6 +149,10 @@ class PhantomSummary:
         return {"generator": GENERATOR, "complete": True, "folders": _patient_folders(self.patients), **data}
 
 
+#: :class:`PatientTruth` fields that JSON stores as lists.
+_TUPLE_FIELDS = ("annotated_slices", "ed_areas_px", "es_areas_px")
+
+
 def load_phantom_summary(out: str | Path) -> PhantomSummary:
     """Read ``out/phantom.json`` back as a :class:`PhantomSummary`.
 
@@ -183,9 +188,6 @@ def load_phantom_summary(out: str | Path) -> PhantomSummary:
         raise DataError(f"malformed phantom summary ({exc.__class__.__name__}: {exc})", path) from None
 
 
-_TUPLE_FIELDS = ("annotated_slices", "ed_areas_px", "es_areas_px")
-
-
 def write_phantom(
     out: str | Path,
     *,
@@ -194,7 +196,7 @@ def write_phantom(
     slices: int = 8,
     frames: int = 20,
     shape: tuple[int, int] = (256, 216),
-    spacing_mm: float = 1.40,
+    spacing_mm: float = 0.70,
 ) -> PhantomSummary:
     """Write a synthetic short-axis cine study in the RVSC native layout (module docstring).
 
@@ -221,7 +223,7 @@ def write_phantom(
     # Every patient's geometry is drawn and checked before the first file is touched.
     phantom_patients = [_draw_patient(number, study) for number in range(1, patients + 1)]
     _prepare_output(out)
-    _write_text_atomic(
+    write_text(
         out / PHANTOM_JSON,
         json.dumps({"generator": GENERATOR, "complete": False, "folders": _patient_folders(patients)}, indent=2),
     )
@@ -246,7 +248,7 @@ def write_phantom(
         annotated_samples=sum(len(truth.annotated_slices) * 2 for truth in truths),
         truth=truths,
     )
-    _write_text_atomic(out / PHANTOM_JSON, json.dumps(summary.to_dict(), indent=2))
+    write_text(out / PHANTOM_JSON, json.dumps(summary.to_dict(), indent=2))
     return summary
 
 
@@ -333,18 +335,6 @@ def _prepare_output(out: Path) -> None:
             shutil.rmtree(out / name)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` exactly as given (no newline translation): temp file, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------------------------
 # Random anatomy of one patient
 
@@ -369,6 +359,8 @@ class _Heart:
     rv_width: float  # largest cavity width
     rv_exponent: float  # bluntness of the crescent's tips
     rv_skew: float  # asymmetry of the crescent (-: thicker at the start, +: at the end)
+    rv_ripple: float  # relative amplitude of a slow wave along the free wall
+    rv_ripple_phase: float
     rv_wall: float
     rv_ef: float  # fraction, the target of each slice's ES/ED area ratio
     rv_on_apex: bool  # whether the most apical slice still cuts the RV
@@ -419,6 +411,8 @@ class _Patient:
     body: _Body
     look: _Look
     es_frame: int
+    orientation: np.ndarray  # (6,) ImageOrientationPatient: row direction, column direction
+    base_location_mm: float  # SliceLocation of slice 0
     shapes: list[list[_FrameShapes]]  # [slice][frame]
     rng: np.random.Generator  # continues after the geometry, for textures and noise
 
@@ -428,6 +422,7 @@ class _Patient:
 
 
 def _draw_patient(number: int, study: _Study) -> _Patient:
+    """Draw patient ``number``'s anatomy and every frame's polygons, from ``(seed, number)`` only."""
     rng = np.random.default_rng([study.seed, number])
     heart = _draw_heart(rng, study.slices)
     body = _draw_body(rng)
@@ -442,8 +437,10 @@ def _draw_patient(number: int, study: _Study) -> _Patient:
         heart_rate_bpm=round(rng.uniform(58, 82), 1),
     )
     es_frame = min(max(round(study.frames * rng.uniform(0.35, 0.45)), 1), study.frames - 1)
+    orientation = _short_axis_orientation(rng)
+    base_location_mm = round(float(rng.uniform(-10.0, 30.0)), 2)
     shapes = [_slice_shapes(heart, index, study, es_frame) for index in range(study.slices)]
-    patient = _Patient(number, heart, body, look, es_frame, shapes, rng)
+    patient = _Patient(number, heart, body, look, es_frame, orientation, base_location_mm, shapes, rng)
     _check_heart_fits(patient, study)
     return patient
 
@@ -452,7 +449,7 @@ def _draw_heart(rng: np.random.Generator, slices: int) -> _Heart:
     scale = rng.uniform(0.85, 1.15)
     rotation = rng.uniform(-0.35, 0.35)
     rv_angle = math.radians(205.0) + rotation + rng.uniform(-0.2, 0.2)
-    rv_width = scale * rng.uniform(17.0, 23.0)
+    rv_width = scale * rng.uniform(20.0, 27.0)
     rv_wall = rng.uniform(2.0, 3.0)
     # Shift the LV away from the RV so the whole heart, not the LV, sits near the image centre.
     rv_direction = np.array([math.cos(rv_angle), math.sin(rv_angle)])
@@ -469,10 +466,12 @@ def _draw_heart(rng: np.random.Generator, slices: int) -> _Heart:
         lv_axis=rotation + rng.uniform(0, math.pi),
         lv_ef=rng.uniform(0.5, 0.65),
         rv_angle=rv_angle,
-        rv_half_span=math.radians(rng.uniform(68.0, 82.0)),
+        rv_half_span=math.radians(rng.uniform(70.0, 88.0)),
         rv_width=rv_width,
         rv_exponent=rng.uniform(0.45, 0.65),
         rv_skew=rng.uniform(-0.3, 0.3),
+        rv_ripple=rng.uniform(0.0, 0.12),
+        rv_ripple_phase=rng.uniform(0, 2 * math.pi),
         rv_wall=rv_wall,
         rv_ef=rng.uniform(0.45, 0.60),
         rv_on_apex=slices < 3 or bool(rng.uniform() < 0.5),
@@ -507,10 +506,17 @@ def _polar(angles: np.ndarray, radii: np.ndarray) -> np.ndarray:
     return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
 
 
-def _rv_span_and_width(heart: _Heart, position: float, contraction: float, es_width_ratio: float) -> tuple[float, float]:
+def _rv_span_and_width(
+    heart: _Heart, position: float, contraction: float, es_width_ratio: float
+) -> tuple[float, float]:
+    """Half the angle the RV crescent wraps (radians) and its largest cavity width (mm)."""
     half_span = heart.rv_half_span * (1.0 - 0.25 * position) * (1.0 - 0.1 * contraction)
     width = heart.rv_width * (1.0 - 0.55 * position) * (1.0 - contraction * (1.0 - es_width_ratio))
     return half_span, width
+
+
+#: Gap (mm) between the septum and the RV cavity's septal edge; far below a pixel.
+_SEPTAL_GAP_MM = 0.1
 
 
 def _rv_crescents(heart: _Heart, septum_radius: float, half_span: float, width: float) -> tuple[np.ndarray, np.ndarray]:
@@ -521,9 +527,17 @@ def _rv_crescents(heart: _Heart, septum_radius: float, half_span: float, width: 
     """
     u = np.linspace(-1.0, 1.0, _DENSE_ARC_SAMPLES)
     angles = heart.rv_angle + u * half_span
-    cavity_width = width * (1.0 - u**2) ** heart.rv_exponent * (1.0 + heart.rv_skew * u)
+    cavity_width = (
+        width
+        * (1.0 - u**2) ** heart.rv_exponent
+        * (1.0 + heart.rv_skew * u)
+        * (1.0 + heart.rv_ripple * np.sin(2.5 * math.pi * u + heart.rv_ripple_phase))
+    )
     septum = _ellipse_radius(heart, septum_radius, angles)
-    endo = np.concatenate([_polar(angles, septum + cavity_width), _polar(angles[-2:0:-1], septum[-2:0:-1])])
+    # The cavity's septal edge sits a hair outside the septum, so that the resampled endo and epi
+    # polygons (different vertices along the same curve) never let an endo pixel poke out of epi.
+    inner = septum + np.minimum(_SEPTAL_GAP_MM, 0.5 * cavity_width)
+    endo = np.concatenate([_polar(angles, septum + cavity_width), _polar(angles[-2:0:-1], inner[-2:0:-1])])
 
     wall = heart.rv_wall
     cap_span = 1.5 * wall / septum_radius
@@ -569,10 +583,10 @@ def _slice_shapes(heart: _Heart, index: int, study: _Study, es_frame: int) -> li
         contraction = cardiac_contraction(frame, study.frames, es_frame)
         centre = heart.centre + index * heart.drift_per_slice + contraction * heart.beat_shift
         cavity_radius, epi_radius = _lv_radii(heart, position, contraction)
-        circle = np.linspace(0.0, 2 * math.pi, _CIRCLE_SAMPLES, endpoint=False)
+        circle = np.linspace(0.0, 2 * math.pi, _LV_SAMPLES, endpoint=False)
         lv_endo = _polar(circle, _ellipse_radius(heart, cavity_radius, circle))
         lv_epi = _polar(circle, _ellipse_radius(heart, epi_radius, circle))
-        papillary = _papillary_muscles(heart, cavity_radius, circle)
+        papillary = _papillary_muscles(heart, cavity_radius)
         rv_endo = rv_epi = None
         if has_rv:
             half_span, width = _rv_span_and_width(heart, position, contraction, es_width_ratio)
@@ -590,10 +604,11 @@ def _slice_shapes(heart: _Heart, index: int, study: _Study, es_frame: int) -> li
     return shapes
 
 
-def _papillary_muscles(heart: _Heart, cavity_radius: float, circle: np.ndarray) -> list[np.ndarray]:
+def _papillary_muscles(heart: _Heart, cavity_radius: float) -> list[np.ndarray]:
     """Two small dark discs inside the LV cavity, opposite the RV; none once the cavity is small."""
     if cavity_radius < 12.0:
         return []
+    circle = np.linspace(0.0, 2 * math.pi, _PAPILLARY_SAMPLES, endpoint=False)
     radius = 0.11 * cavity_radius
     muscles = []
     for offset in (math.radians(135.0), math.radians(225.0)):
@@ -624,12 +639,14 @@ def _contour_polygon(dense_mm: np.ndarray, study: _Study) -> np.ndarray:
 
 
 def _check_heart_fits(patient: _Patient, study: _Study) -> None:
+    """Raise :class:`ConfigError` when a heart outline comes within ``IMAGE_MARGIN_PX`` of the edge."""
     rows, cols = study.shape
+    lowest = np.array([IMAGE_MARGIN_PX, IMAGE_MARGIN_PX])
+    highest = np.array([cols - 1 - IMAGE_MARGIN_PX, rows - 1 - IMAGE_MARGIN_PX])  # (x, y)
     for frames in patient.shapes:
         for shapes in frames:
             outline = np.vstack([shapes.lv_epi] + ([shapes.rv_epi] if shapes.rv_epi is not None else []))
-            low, high = outline.min(axis=0), outline.max(axis=0)
-            if (low < IMAGE_MARGIN_PX).any() or high[0] > cols - 1 - IMAGE_MARGIN_PX or high[1] > rows - 1 - IMAGE_MARGIN_PX:
+            if (outline.min(axis=0) < lowest).any() or (outline.max(axis=0) > highest).any():
                 raise ConfigError(
                     f"phantom images of {rows} x {cols} pixels at {study.spacing_mm} mm cannot hold the heart of "
                     f"patient {patient.id} ({rows * study.spacing_mm:.0f} x {cols * study.spacing_mm:.0f} mm field "
@@ -655,8 +672,8 @@ def _inside_ellipse(x: np.ndarray, y: np.ndarray, centre: tuple[float, float], a
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
     """Smooth random float32 (H, W) field with zero mean and unit standard deviation."""
-    field_ = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_px, mode="reflect")
-    return (field_ - field_.mean()) / max(float(field_.std()), 1e-6)
+    smooth = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_px, mode="reflect")
+    return (smooth - smooth.mean()) / max(float(smooth.std()), 1e-6)
 
 
 def _draw_body(rng: np.random.Generator) -> _Body:
@@ -752,39 +769,21 @@ def _widen(polygon: np.ndarray, pixels: float) -> np.ndarray:
 def _write_patient(out: Path, patient: _Patient, study: _Study) -> tuple[PatientTruth, int, int]:
     """Write a patient's DICOMs, contours and list file; returns (truth, DICOM count, contour count)."""
     folder = out / f"patient{patient.number:02d}"
-    dicom_dir = folder / f"{patient.id}dicom"
-    contour_dir = folder / f"{patient.id}contours-manual"
-    dicom_dir.mkdir(parents=True)
-    contour_dir.mkdir()
-    rr_ms = 60000.0 / patient.look.heart_rate_bpm
-    template = _dicom_template(patient, study, rr_ms)
-    orientation, origin = _slice_orientation(patient)
+    (folder / f"{patient.id}dicom").mkdir(parents=True)
+    (folder / f"{patient.id}contours-manual").mkdir()
+    template = _dicom_template(patient, study)
     listed: list[str] = []
     annotated, ed_areas, es_areas = [], [], []
-    for index, frames in enumerate(patient.shapes):
-        background = _background(patient, index, study)
-        texture_and_bias = (1.0 + 0.06 * _smooth_field(patient.rng, study.shape, 6.0)) * _bias_field(patient.rng, study)
-        slice_location = origin + index * SLICE_THICKNESS_MM
-        for frame, shapes in enumerate(frames):
-            file_index = index * study.frames + frame
-            stem = f"{patient.id}-{file_index:04d}"
-            pixels = _draw_frame(background, shapes, patient.look, texture_and_bias, patient.rng)
-            _write_dicom(
-                dicom_dir / f"{stem}.dcm", template, pixels, file_index, frame * rr_ms / study.frames,
-                slice_location, orientation, study,
-            )
-            if shapes.rv_endo is None or frame not in (0, patient.es_frame):
-                continue
-            for kind, polygon in (("i", shapes.rv_endo), ("o", shapes.rv_epi)):
-                name = f"{stem}-{kind}contour-manual.txt"
-                write_contour_file(contour_dir / name, polygon)
-                listed.append(f".\\{folder.name}\\{contour_dir.name}\\{name}")
-            area = int(polygon_to_mask(shapes.rv_endo, study.shape).sum())
-            (ed_areas if frame == 0 else es_areas).append(area)
-        if frames[0].rv_endo is not None:
+    for index in range(study.slices):
+        contour_files, areas = _write_slice(folder, patient, index, template, study)
+        listed += [f".\\{folder.name}\\{path.parent.name}\\{path.name}" for path in contour_files]
+        if areas is not None:
             annotated.append(index)
-    _write_text_atomic(folder / f"{patient.id}list.txt", "".join(f"{line}\r\n" for line in listed))
+            ed_areas.append(areas[0])
+            es_areas.append(areas[1])
+    write_text(folder / f"{patient.id}list.txt", "".join(f"{line}\r\n" for line in listed))
     voxel_ml = study.spacing_mm**2 * SLICE_THICKNESS_MM / 1000.0
+    # The base slice always cuts the RV, so the ED volume is never zero.
     ed_volume, es_volume = sum(ed_areas) * voxel_ml, sum(es_areas) * voxel_ml
     truth = PatientTruth(
         patient=patient.id,
@@ -795,20 +794,58 @@ def _write_patient(out: Path, patient: _Patient, study: _Study) -> tuple[Patient
         es_areas_px=tuple(es_areas),
         ed_volume_ml=ed_volume,
         es_volume_ml=es_volume,
-        ef_percent=100.0 * (ed_volume - es_volume) / ed_volume if ed_volume > 0 else 0.0,
+        ef_percent=100.0 * (ed_volume - es_volume) / ed_volume,
     )
     return truth, study.slices * study.frames, len(listed)
 
 
-def _slice_orientation(patient: _Patient) -> tuple[np.ndarray, float]:
-    """An oblique short-axis ImageOrientationPatient (6,) and the base slice's location in mm."""
-    rng = np.random.default_rng([patient.number, 7])
+def _write_slice(
+    folder: Path, patient: _Patient, index: int, template: Dataset, study: _Study
+) -> tuple[list[Path], tuple[int, int] | None]:
+    """Write every frame of one slice and its ED/ES contours.
+
+    Returns:
+        the contour files written (ED then ES, i before o), and the RV cavity pixel counts
+        (ED, ES), or None when the slice does not cut the RV.
+    """
+    background = _background(patient, index, study)
+    texture = 1.0 + 0.06 * _smooth_field(patient.rng, study.shape, sigma_px=6.0)
+    texture_and_bias = texture * _bias_field(patient.rng, study)
+    rr_ms = 60000.0 / patient.look.heart_rate_bpm
+    contour_files: list[Path] = []
+    areas: list[int] = []
+    for frame, shapes in enumerate(patient.shapes[index]):
+        file_index = index * study.frames + frame
+        stem = f"{patient.id}-{file_index:04d}"
+        pixels = _draw_frame(background, shapes, patient.look, texture_and_bias, patient.rng)
+        _write_dicom(
+            folder / f"{patient.id}dicom" / f"{stem}.dcm",
+            template,
+            pixels,
+            file_index=file_index,
+            trigger_time_ms=frame * rr_ms / study.frames,
+            slice_location=patient.base_location_mm + index * SLICE_THICKNESS_MM,
+            orientation=patient.orientation,
+            study=study,
+        )
+        if shapes.rv_endo is None or frame not in (0, patient.es_frame):
+            continue
+        for kind, polygon in (("i", shapes.rv_endo), ("o", shapes.rv_epi)):
+            path = folder / f"{patient.id}contours-manual" / f"{stem}-{kind}contour-manual.txt"
+            write_contour_file(path, polygon)
+            contour_files.append(path)
+        areas.append(int(polygon_to_mask(shapes.rv_endo, study.shape).sum()))
+    return contour_files, (areas[0], areas[1]) if areas else None
+
+
+def _short_axis_orientation(rng: np.random.Generator) -> np.ndarray:
+    """An oblique short-axis ImageOrientationPatient (6,), near that of the RVSC files."""
     row = np.array([0.50, 0.84, -0.23]) + rng.uniform(-0.05, 0.05, size=3)
     row /= np.linalg.norm(row)
     column = np.array([-0.47, 0.04, -0.88])
     column -= np.dot(column, row) * row
     column /= np.linalg.norm(column)
-    return np.concatenate([row, column]), round(float(rng.uniform(-10.0, 30.0)), 2)
+    return np.concatenate([row, column])
 
 
 def _ds(value: float) -> str:
@@ -821,9 +858,10 @@ def _uid(*parts: object) -> str:
     return generate_uid(entropy_srcs=["rvseg-phantom", *map(str, parts)])
 
 
-def _dicom_template(patient: _Patient, study: _Study, rr_ms: float) -> Dataset:
+def _dicom_template(patient: _Patient, study: _Study) -> Dataset:
     """The tags shared by every frame of a patient; :func:`_write_dicom` fills in the rest."""
     rows, cols = study.shape
+    rr_ms = 60000.0 / patient.look.heart_rate_bpm
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
@@ -870,6 +908,7 @@ def _write_dicom(
     path: Path,
     ds: Dataset,
     pixels: np.ndarray,
+    *,
     file_index: int,
     trigger_time_ms: float,
     slice_location: float,

@@ -174,7 +174,7 @@ def sample_rows(samples: list[Sample], labels, masks, present, extents, spacings
 
 
 def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = None, force: bool = False) -> dict:
-    """Read ``src`` and write a prepared data set to ``out``.
+    """Read ``src`` (any supported layout) and write a prepared data set to ``out``.
 
     Returns:
         the summary (also stored in ``dataset.json`` under ``summary``).
@@ -182,11 +182,23 @@ def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = N
     options = options or PrepareOptions()
     options.validate()
     src, out = Path(src), Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise DataError("output folder exists and is not empty (use --force to replace it)", out)
+    check_output_folder(out, force)
     report = read_dataset(src, options.format, skip_bad=options.skip_bad, labels=options.labels)
     if not report.samples:
         raise DataError(f"no annotated samples found in this {report.format} folder", src)
+    return write_prepared(report, out, options, source=src)
+
+
+def check_output_folder(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError("output path exists and is not a folder", out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise DataError("output folder exists and is not empty (use --force to replace it)", out)
+
+
+def write_prepared(report: ReadReport, out: str | Path, options: PrepareOptions, source: str | Path = "") -> dict:
+    """Write the samples of a :class:`ReadReport` as a prepared data set (atomically)."""
+    out = Path(out)
     samples = sorted(report.samples, key=lambda s: s.id)
     images, masks, present, extents, spacings = stack_samples(samples, report.labels, options)
     summary = summarize_report(report, masks, present, extents)
@@ -204,7 +216,7 @@ def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = N
             writer.writerows(rows)
         meta = {
             "rvseg_version": __version__,
-            "source": str(src.resolve()),
+            "source": str(Path(source).resolve()) if source else "",
             "format": report.format,
             "labels": list(report.labels),
             "options": {**asdict(options), "format": report.format},

@@ -236,10 +236,12 @@ def _listed_contour_files(list_file: Path, patient_dir: Path, report: ReadReport
         # the data folder itself is reached through.
         candidate = Path(os.path.normpath(patient_abs.parent / relative))
         if PureWindowsPath(entry).drive or relative.startswith("/") or not candidate.is_relative_to(patient_abs):
-            report.bad_file(list_file, f"line {number}: {entry!r} points outside the patient folder {patient_abs}", skip_bad)
+            reason = f"line {number}: {entry!r} points outside the patient folder {patient_abs}"
+            report.bad_file(list_file, reason, skip_bad)
             continue
         if not candidate.is_file():
-            report.bad_file(list_file, f"line {number}: listed contour file {entry!r} does not exist ({candidate})", skip_bad)
+            reason = f"line {number}: listed contour file {entry!r} does not exist ({candidate})"
+            report.bad_file(list_file, reason, skip_bad)
             continue
         if candidate not in listed:
             listed.append(candidate)

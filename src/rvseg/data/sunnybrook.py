@@ -72,9 +72,8 @@ def read_sunnybrook(
         contour_dir = root / "contourfiles" / original_id
         missing = next((folder for folder in (dicom_dir, contour_dir) if not folder.is_dir()), None)
         if missing is not None:
-            report.bad_file(
-                missing, f"patient {patient_id} ({original_id}) is listed in {LINK_FILE} but this folder does not exist", skip_bad
-            )
+            reason = f"patient {patient_id} ({original_id}) is listed in {LINK_FILE} but this folder does not exist"
+            report.bad_file(missing, reason, skip_bad)
             continue
         _read_patient(patient_id, dicom_dir, contour_dir, labels, report, skip_bad)
     report.samples.sort(key=lambda sample: sample.id)
@@ -103,7 +102,8 @@ def _read_links(path: Path) -> list[tuple[str, str]]:
         if not any(cells):
             continue
         if len(cells) != 2 or not all(cells):
-            raise DataError(f"line {number} is malformed: expected 'patient_id,original_id', got {','.join(row)!r}", path)
+            got = ",".join(row)
+            raise DataError(f"line {number} is malformed: expected 'patient_id,original_id', got {got!r}", path)
         if any(cells[0] == patient or cells[1] == original for patient, original in links):
             raise DataError(f"line {number}: {','.join(cells)!r} repeats a patient already listed", path)
         links.append((cells[0], cells[1]))
@@ -114,7 +114,8 @@ def _read_links(path: Path) -> list[tuple[str, str]]:
 
 def _note_unlinked_folders(root: Path, links: list[tuple[str, str]], report: ReadReport) -> None:
     for folder, linked in (("dicoms", {p for p, _ in links}), ("contourfiles", {o for _, o in links})):
-        unlinked = sorted(child.name for child in (root / folder).iterdir() if child.is_dir() and child.name not in linked)
+        children = (root / folder).iterdir()
+        unlinked = sorted(child.name for child in children if child.is_dir() and child.name not in linked)
         if unlinked:
             report.notes.append(f"{root / folder}: folder(s) not in {LINK_FILE}, not read: {', '.join(unlinked)}")
 

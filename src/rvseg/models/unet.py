@@ -160,7 +160,8 @@ def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, 
 
 def check_architecture(in_channels: int, out_channels: int, width: int, depth: int, dropout: float) -> None:
     """Raise :class:`ConfigError` for an architecture option out of range."""
-    for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("width", width), ("depth", depth)):
+    options = {"in_channels": in_channels, "out_channels": out_channels, "width": width, "depth": depth}
+    for name, value in options.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"model {name} must be a positive integer, not {value!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:

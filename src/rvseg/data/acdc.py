@@ -1,0 +1,196 @@
+"""ACDC (MICCAI 2017 Automated Cardiac Diagnosis Challenge) NIfTI volumes.
+
+Layout: ``root`` holds ``patientNNN/`` folders (or is one), each with
+
+* ``patientNNN_frameFF.nii.gz``: one 3D short-axis volume per annotated time frame ``FF``;
+* ``patientNNN_frameFF_gt.nii.gz``: its label volume, 0 = background, 1 = RV cavity,
+  2 = LV myocardium, 3 = LV cavity (label names ``rv``, ``myo``, ``lv``);
+* ``Info.cfg``: ``key: value`` lines, among them ``ED: 1`` and ``ES: 12``, the frame numbers of
+  end-diastole and end-systole.
+
+The whole cine ``patientNNN_4d.nii.gz`` is not read (its annotated frames are the files above).
+Uncompressed ``.nii`` files are read as well.
+
+**Orientation.** A volume's voxel array has axes (i, j, k), k across the short-axis slices. The 2D
+sample of slice ``z`` is ``data[:, :, z]`` as stored, not rotated for display: rows run along i and
+columns along j, so ``spacing_mm = (zooms[0], zooms[1])`` of ``header.get_zooms()`` and the slice
+thickness is ``zooms[2]``. Image and masks are cut the same way, so they always agree.
+
+One sample per slice of each frame that has a ground truth, with id ``patientNNN-frameFF-sliceZZ``;
+a slice whose ground truth is empty is still a sample (all its masks are empty).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from rvseg.data.sample import ReadReport, Sample
+from rvseg.errors import DataError
+
+LABELS = ("rv", "myo", "lv")
+#: Label value of each label name in the ground-truth volumes.
+LABEL_VALUES = {"rv": 1, "myo": 2, "lv": 3}
+PATIENT_FOLDER = re.compile(r"^patient\d+$")
+FRAME_FILE = re.compile(r"^(?P<patient>patient\d+)_frame(?P<frame>\d+)(?P<gt>_gt)?\.nii(\.gz)?$")
+
+
+def looks_like_acdc(root: str | Path) -> bool:
+    """Whether ``root`` is, or holds, a ``patientNNN`` folder with ``patientNNN_frameFF[_gt].nii[.gz]`` files."""
+    root = Path(root)
+    return root.is_dir() and any(frame_files(folder) for folder in patient_folders(root))
+
+
+def read_acdc(root: str | Path, *, skip_bad: bool = False) -> ReadReport:
+    """Read ACDC patient folders (module docstring).
+
+    Args:
+        root: a folder of ``patientNNN/`` folders, or one patient folder.
+        skip_bad: record bad files in ``report.skipped`` and go on, instead of raising.
+
+    Returns:
+        a :class:`ReadReport` with format ``acdc`` and labels ``("rv", "myo", "lv")``. Each sample's
+        image is float32 (H, W) = (size along i, size along j); each mask bool (H, W). Frames without
+        a ground truth are in ``unmatched_images``, ground truths without their frame in
+        ``unmatched_contours``.
+
+    Raises:
+        DataError: ``root`` holds no patient folder with frame files; and, unless ``skip_bad``, an
+            unreadable volume or ``Info.cfg``, a ground truth with label values outside {0, 1, 2, 3}
+            or whose shape differs from its image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("is not a folder (expected ACDC patientNNN folders)", root)
+    folders = [folder for folder in patient_folders(root) if frame_files(folder)]
+    if not folders:
+        raise DataError("holds no patientNNN folder with patientNNN_frameFF.nii.gz files (ACDC layout)", root)
+    report = ReadReport(format="acdc", labels=LABELS)
+    for folder in folders:
+        report.samples.extend(read_patient(folder, report, skip_bad))
+    report.samples.sort(key=lambda sample: sample.id)
+    return report
+
+
+def patient_folders(root: Path) -> list[Path]:
+    """``root`` itself when it is a patient folder, else its ``patientNNN`` sub-folders, sorted."""
+    if PATIENT_FOLDER.match(root.name):
+        return [root]
+    return sorted(path for path in root.iterdir() if path.is_dir() and PATIENT_FOLDER.match(path.name))
+
+
+def frame_files(folder: Path) -> dict[tuple[int, bool], Path]:
+    """``(frame number, is ground truth) -> path`` for the frame files of one patient folder."""
+    found = {}
+    for path in sorted(folder.iterdir()):
+        match = FRAME_FILE.match(path.name)
+        if match and match["patient"] == folder.name and path.is_file():
+            found[(int(match["frame"]), match["gt"] is not None)] = path
+    return found
+
+
+def read_patient(folder: Path, report: ReadReport, skip_bad: bool) -> list[Sample]:
+    """The samples of one patient folder; unmatched and bad files go to ``report``."""
+    files = frame_files(folder)
+    phases = read_phases(folder / "Info.cfg", report, skip_bad)
+    samples = []
+    for (frame, is_gt), path in sorted(files.items()):
+        if is_gt and (frame, False) not in files:
+            report.unmatched_contours.append(str(path))
+        elif not is_gt and (frame, True) not in files:
+            report.unmatched_images.append(str(path))
+        elif not is_gt:
+            samples.extend(read_frame(folder.name, frame, path, files[(frame, True)], phases, report, skip_bad))
+    return samples
+
+
+def read_phases(path: Path, report: ReadReport, skip_bad: bool) -> dict[int, str]:
+    """``frame number -> "ED"/"ES"`` from an ``Info.cfg`` (empty when the file is missing or skipped)."""
+    if not path.is_file():
+        return {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        report.bad_file(path, f"cannot read ({exc.__class__.__name__}: {exc})", skip_bad)
+        return {}
+    phases = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() not in ("ED", "ES"):
+            continue
+        try:
+            phases[int(value)] = key.strip()
+        except ValueError:
+            report.bad_file(path, f"{key.strip()} should be a frame number, not {value.strip()!r}", skip_bad)
+            return {}
+    return phases
+
+
+def read_frame(
+    patient: str,
+    frame: int,
+    image_path: Path,
+    gt_path: Path,
+    phases: dict[int, str],
+    report: ReadReport,
+    skip_bad: bool,
+) -> list[Sample]:
+    """One sample per slice of a frame with a ground truth; [] when a file is bad (and skipped)."""
+    loaded = load_volume(image_path, report, skip_bad)
+    if loaded is None:
+        return []
+    image, zooms = loaded
+    loaded = load_volume(gt_path, report, skip_bad)
+    if loaded is None:
+        return []
+    labels, _ = loaded
+    if labels.shape != image.shape:
+        shapes = f"{labels.shape} but its image {image_path.name} has {image.shape}"
+        report.bad_file(gt_path, f"has shape {shapes}", skip_bad)
+        return []
+    unexpected = np.setdiff1d(np.unique(labels), [0, *LABEL_VALUES.values()])
+    if unexpected.size:
+        shown = ", ".join(f"{value:g}" for value in unexpected[:5])
+        report.bad_file(gt_path, f"holds label values outside {{0, 1, 2, 3}}: {shown}", skip_bad)
+        return []
+    return [
+        Sample(
+            id=f"{patient}-frame{frame:02d}-slice{z:02d}",
+            patient=patient,
+            image=np.ascontiguousarray(image[:, :, z]),
+            masks={name: labels[:, :, z] == value for name, value in LABEL_VALUES.items()},
+            spacing_mm=(zooms[0], zooms[1]),
+            slice=str(z),
+            frame=frame,
+            phase=phases.get(frame, "unknown"),
+            slice_thickness_mm=zooms[2] if len(zooms) > 2 else None,
+            sources={"image": str(image_path), **{name: str(gt_path) for name in LABELS}},
+        )
+        for z in range(image.shape[2])
+    ]
+
+
+def load_volume(path: Path, report: ReadReport, skip_bad: bool) -> tuple[np.ndarray, tuple[float, ...]] | None:
+    """A NIfTI volume as float32 (I, J, K) plus its voxel sizes in mm; None when bad (and skipped).
+
+    Trailing axes of size 1 (e.g. a time axis) are dropped; a 2D image is one slice (K = 1) and then
+    has only two voxel sizes.
+    """
+    try:
+        volume = nib.load(path)
+        data = np.asarray(volume.get_fdata(dtype=np.float32))
+        zooms = tuple(float(size) for size in volume.header.get_zooms())
+    except Exception as exc:  # noqa: BLE001 - nibabel and the gzip layer raise many kinds of errors
+        report.bad_file(path, f"cannot be read as a NIfTI volume ({exc.__class__.__name__}: {exc})", skip_bad)
+        return None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[:, :, np.newaxis]
+    if data.ndim != 3:
+        report.bad_file(path, f"is not a 3D volume (shape {data.shape})", skip_bad)
+        return None
+    return data, zooms[:3]

@@ -1,0 +1,279 @@
+"""``rvseg evaluate``: the RVSC challenge's metrics of a checkpoint on a prepared data set.
+
+**Which samples** (``split``): ``val``, the checkpoint's own validation patients; ``test``, the
+patients of the data set in neither the checkpoint's training nor validation list; ``all``, every
+sample. A label a sample does not carry (e.g. a Sunnybrook epicardium) is unknown, not empty: that
+(sample, label) is left out and counted as ``n_absent``.
+
+**How.** Each sample is segmented from its real extent (the stacking padding cropped using
+``height``/``width``) as :mod:`rvseg.inference` describes, at the data set's resolution, and compared
+with its reference mask by :func:`rvseg.metrics.segmentation_metrics`: Dice, Jaccard, sensitivity,
+precision, Hausdorff distance and HD95, areas. Distances are in mm from the data set's pixel
+spacing (for a resized set, the spacing after resizing); for samples without spacing they are in
+pixels and areas in px^2, and the summary's ``units`` says so. Empty masks follow the rule of
+:mod:`rvseg.metrics` (both empty: Dice 1, HD 0; one empty: Dice 0, HD undefined), and the summary
+counts each case.
+
+**Output folder** ``EVAL/`` (written to a temporary sibling and renamed into place, so it is never
+half-written): ``per_case.csv`` (one row per sample and label), ``summary.json`` (per label: mean
+and sd overall, per patient and per phase, the ED/ES table of the RVSC results, empty-case counts,
+the settings and the checkpoint's checksum), ``examples_best.png`` and ``examples_worst.png`` (the
+samples of highest and lowest Dice of the first label, with reference and predicted contours), and
+``dice_histogram.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rvseg import __version__
+from rvseg.data.dataset import PreparedDataset, load_dataset
+from rvseg.errors import ConfigError, DataError
+from rvseg.inference import Predictor, extent, masks_from_scores, prepared_inputs
+from rvseg.io import checksum, write_json
+from rvseg.metrics import METRIC_FIELDS, segmentation_metrics, summarize
+from rvseg.report.figures import ExamplePanel, draw_dice_histogram, draw_examples
+
+SPLITS = ("val", "test", "all")
+#: Numeric fields of a metric row that are summarised (mean, sd).
+SUMMARY_METRICS = tuple(name for name in METRIC_FIELDS if name not in ("empty", "unit"))
+PER_CASE_FIELDS = ("id", "patient", "phase", "slice", "frame", "label", *METRIC_FIELDS)
+#: Examples in each of examples_best.png and examples_worst.png.
+N_EXAMPLES = 6
+EMPTY_RULE = ("both masks empty: Dice, Jaccard, sensitivity, precision 1 and HD 0; one mask empty: Dice and Jaccard "
+              "0, HD and HD95 undefined (left out of their means, counted in n_hd_undefined)")
+
+
+def evaluate(checkpoint: str | Path, dataset: str | Path, split: str = "val", out: str | Path | None = None, *,
+             tta: bool = False, postprocess: bool = True, batch_size: int = 16, device: str = "cpu",
+             force: bool = False) -> dict:
+    """Evaluate a checkpoint on a prepared data set (module docstring).
+
+    Args:
+        checkpoint: a checkpoint file or a run folder (its ``best.pt``, else ``last.pt``).
+        dataset: a folder written by ``rvseg prepare``.
+        split: ``val``, ``test`` or ``all``.
+        out: the output folder, or None to only compute and return the summary.
+        tta: flip test-time augmentation.
+        postprocess: keep each label's largest region with holes filled (as ``rvseg predict``).
+        batch_size: images per forward pass.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        force: replace an existing non-empty ``out``.
+
+    Returns:
+        the summary (also ``out/summary.json``); with ``out``, ``summary["files"]`` lists the files.
+
+    Raises:
+        ConfigError: an unknown split, a test split with no patient left, or a data set normalised
+            unlike the checkpoint's.
+        DataError: an unreadable checkpoint or data set, labels the data set lacks, or ``out`` not empty.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+    out = Path(out) if out is not None else None
+    if out is not None:
+        check_output_folder(out, force)
+    predictor = Predictor.from_checkpoints([checkpoint], tta=tta, batch_size=batch_size, device=device)
+    data = load_dataset(dataset)
+    channels = data.label_indices(predictor.labels)
+    indices, patients = split_indices(data, predictor.data, split)
+    inputs = prepared_inputs(predictor, data, indices)
+    shapes = [extent(data, i) for i in indices]
+    predictions = [masks_from_scores(score, postprocess) for score in predictor.score_maps(inputs, shapes)]
+    rows = case_rows(data, indices, predictions, predictor.labels, channels)
+    summary = summarise(rows, predictor.labels)
+    summary.update(
+        checkpoint=str(predictor.checkpoints[0]),
+        checkpoint_checksum=checksum(predictor.checkpoints[0]),
+        dataset=str(data.root),
+        dataset_content_hash=data.meta.get("content_hash", ""),
+        same_data_as_training=data.meta.get("content_hash") == predictor.data.get("content_hash"),
+        split=split,
+        patients=patients,
+        n_samples=len(indices),
+        settings={"tta": tta, "postprocess": postprocess, "mask_style": predictor.mask_style,
+                  "batch_size": batch_size, "device": str(predictor.device),
+                  "model_prepare": predictor.prepare, "dataset_prepare": data.meta.get("options", {})},
+        empty_rule=EMPTY_RULE,
+        rvseg_version=__version__,
+    )
+    summary = json_safe(summary)
+    if out is not None:
+        summary["files"] = write_evaluation(out, rows, summary, data, indices, predictions, predictor.labels,
+                                            channels)
+    return summary
+
+
+def check_output_folder(out: Path, force: bool) -> None:
+    """Raise DataError if ``out`` is a file, or a non-empty folder and not ``force``."""
+    if out.exists() and not out.is_dir():
+        raise DataError("output exists and is not a folder", out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise DataError("output folder exists and is not empty (use --force to replace it)", out)
+
+
+def split_indices(data: PreparedDataset, info: dict, split: str) -> tuple[np.ndarray, list[str]]:
+    """Sample indices and patients of ``split`` (module docstring), using the checkpoint's patient lists.
+
+    Raises:
+        DataError: no sample of the split's patients is in the data set.
+    """
+    train, val = set(info.get("train_patients", [])), set(info.get("val_patients", []))
+    if split == "all":
+        patients = data.patients
+    elif split == "val":
+        patients = sorted(set(data.patients) & val)
+        if not patients:
+            raise DataError(f"none of the checkpoint's validation patients ({', '.join(sorted(val)) or 'none'}) "
+                            "is in this data set; use --split test or all", data.root)
+    else:
+        patients = sorted(set(data.patients) - train - val)
+        if not patients:
+            raise DataError("every patient of this data set was used to train or validate the checkpoint, so "
+                            "there is no test patient; use --split val or all", data.root)
+    return data.indices_of_patients(patients), patients
+
+
+def case_rows(data: PreparedDataset, indices: Sequence[int], predictions: Sequence[np.ndarray],
+              labels: Sequence[str], channels: Sequence[int]) -> list[dict]:
+    """One metric row per (sample, label) the sample carries, in sample order.
+
+    Args:
+        data: the prepared data set.
+        indices: the samples evaluated.
+        predictions: bool (L, h, w) masks at each sample's real extent.
+        labels: the L label names; ``channels`` their mask channels in ``data``.
+    """
+    rows = []
+    for index, predicted in zip(indices, predictions):
+        row = data.rows[index]
+        height, width = extent(data, index)
+        spacing = data.spacing(index)
+        for k, (label, channel) in enumerate(zip(labels, channels)):
+            if not data.present[index, channel]:
+                continue
+            reference = data.masks[index, channel, :height, :width] > 0
+            rows.append({"id": row["id"], "patient": row["patient"], "phase": row["phase"], "slice": row["slice"],
+                         "frame": row["frame"], "label": label,
+                         **segmentation_metrics(predicted[k], reference, spacing)})
+    return rows
+
+
+def summarise(rows: Sequence[dict], labels: Sequence[str]) -> dict:
+    """Per label: summaries overall, per patient and per phase, the ED/ES table and the units."""
+    per_label = {}
+    for label in labels:
+        label_rows = [row for row in rows if row["label"] == label]
+        summary = summarize(label_rows, by=("patient", "phase"), metrics=SUMMARY_METRICS)
+        per_label[label] = {
+            "n": len(label_rows),
+            "overall": summary["overall"],
+            "by_patient": summary["by"]["patient"],
+            "by_phase": summary["by"]["phase"],
+            "table": rvsc_table(summary),
+        }
+    units = sorted({row["unit"] for row in rows})
+    result = {"labels": per_label, "units": units[0] if len(units) == 1 else "mixed" if units else "mm"}
+    if "px" in units:
+        n_px = sum(1 for row in rows if row["unit"] == "px")
+        result["unit_note"] = (f"{n_px} of {len(rows)} rows have no pixel spacing: their distances are in pixels "
+                               "and areas in px^2")
+    return result
+
+
+def rvsc_table(summary: dict) -> dict:
+    """The layout of the RVSC results tables: Dice and HD, mean and sd, at ED, ES and overall."""
+    groups = {**{phase: stats for phase, stats in summary["by"]["phase"].items() if phase in ("ED", "ES")},
+              "all": summary["overall"]}
+    return {group: {"n": stats["n"],
+                    **{f"{name}_{stat}": stats["metrics"][name][stat] for name in ("dice", "hd", "hd95")
+                       for stat in ("mean", "sd")}}
+            for group, stats in groups.items()}
+
+
+def write_evaluation(out: Path, rows: Sequence[dict], summary: dict, data: PreparedDataset, indices: Sequence[int],
+                     predictions: Sequence[np.ndarray], labels: Sequence[str], channels: Sequence[int]) -> dict:
+    """Write the output folder atomically (temporary sibling, then rename); returns name -> path."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    files = {name: str(out / name) for name in ("per_case.csv", "summary.json", "examples_best.png",
+                                                   "examples_worst.png", "dice_histogram.png")}
+    try:
+        write_per_case(tmp / "per_case.csv", rows)
+        best, worst = example_rows(rows, labels[0])
+        position = {data.rows[index]["id"]: i for i, index in enumerate(indices)}
+        for name, chosen, caption in (("examples_best.png", best, "highest"), ("examples_worst.png", worst, "lowest")):
+            panels = [example_panel(data, indices[position[row["id"]]], predictions[position[row["id"]]], labels,
+                                    channels, row) for row in chosen]
+            draw_examples(panels, tmp / name, title=f"{caption} Dice ({labels[0]}), {summary['split']} split")
+        draw_dice_histogram({label: [row["dice"] for row in rows if row["label"] == label] for label in labels},
+                            tmp / "dice_histogram.png", title=f"{summary['split']} split, {summary['n_samples']} samples")
+        write_json(tmp / "summary.json", {**summary, "files": files})
+        if out.exists():  # empty, or ``force`` (checked before any work was done)
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return files
+
+
+def write_per_case(path: Path, rows: Sequence[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=PER_CASE_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: format_value(row[key]) for key in PER_CASE_FIELDS})
+
+
+def example_rows(rows: Sequence[dict], label: str) -> tuple[list[dict], list[dict]]:
+    """The rows of highest and lowest Dice of ``label``.
+
+    Cases where both masks are empty are left out of the best ones: a correct "nothing here" shows
+    nothing. Ties are broken by id, so the choice is reproducible.
+    """
+    label_rows = [row for row in rows if row["label"] == label]
+    shown = [row for row in label_rows if row["empty"] != "both"]
+    best = sorted(shown, key=lambda row: (-row["dice"], row["id"]))[:N_EXAMPLES]
+    worst = sorted(label_rows, key=lambda row: (row["dice"], row["id"]))[:N_EXAMPLES]
+    return best, worst
+
+
+def example_panel(data: PreparedDataset, index: int, predicted: np.ndarray, labels: Sequence[str],
+                  channels: Sequence[int], row: dict) -> ExamplePanel:
+    height, width = extent(data, index)
+    references = {label: data.masks[index, channel, :height, :width] > 0
+                  for label, channel in zip(labels, channels) if data.present[index, channel]}
+    hd = row["hd"]
+    hd_text = "HD -" if hd is None or (isinstance(hd, float) and math.isnan(hd)) else f"HD {hd:.1f} {row['unit']}"
+    return ExamplePanel(image=data.images[index, 0, :height, :width],
+                        predictions={label: predicted[k] for k, label in enumerate(labels)},
+                        references=references,
+                        title=f"{row['id']} {row['phase']}  Dice {row['dice']:.3f}  {hd_text}")
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def json_safe(value):
+    """A copy of nested dicts/lists with NaN floats replaced by None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value

@@ -1,0 +1,331 @@
+"""Segmenting images with one or more trained checkpoints, exactly as their data were prepared.
+
+A :class:`Predictor` holds the models of one or more checkpoints and the preparation options their
+data set was made with (``prepare`` in the checkpoint's data info). For one raw image (H, W):
+
+1. **Preprocess** as ``rvseg prepare`` did: :func:`~rvseg.data.prepare.normalise_image` (percentile /
+   z-score / none, CLAHE) at native resolution, then, when the models were trained on resized
+   images, :func:`~rvseg.data.prepare.resize_sample` to their size, then the grey image repeated to
+   the models' channel count. The result is the model input, float32 (C, h, w).
+2. **Probabilities**: the sigmoid of each model's logits, (L, h, w), one channel per label. With
+   ``tta`` each model also sees the image flipped left-right, up-down and both; each output is
+   flipped back and the four are averaged. Flips form a group, so the averaged output is exactly
+   flip-equivariant: segmenting a flipped image gives the flipped segmentation.
+3. **Scores**: each model's probabilities are first turned into a *filled score*, a map in [0, 1]
+   whose foreground is ``score > 0.5`` (:func:`filled_scores`: the probability itself for filled
+   targets, ``2 p - 1`` for the grey targets whose decision threshold is 0.75, and the hole-filled
+   outline for outline targets). The ensemble then combines them:
+
+   - ``mean`` (the paper's average-probability ensemble): the mean of the models' probabilities,
+     turned into a filled score.
+   - ``vote`` (majority vote): the share of models whose own mask (filled score > 0.5) covers the
+     pixel; a pixel is foreground with a strict majority, so a tie between two models is background.
+
+   One checkpoint given twice gives exactly what it gives once, with either rule.
+4. **Original geometry**: the score map is resized bilinearly back to (H, W) (half-pixel centres,
+   the grid convention of the resize in step 1, so the two are inverse maps) and thresholded at 0.5
+   there. Masks are therefore at the resolution of the original image, not the model's.
+5. **Post-processing** (``postprocess``): each label keeps its largest 8-connected region with its
+   holes filled, the region a single closed contour describes (RVSC contours are one closed polygon
+   per structure). Predicted masks, written contours and areas then agree with each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import binary_fill_holes
+from torch import nn
+
+from rvseg.data.contours import largest_component
+from rvseg.data.outlines import fill_contour_map
+from rvseg.data.prepare import normalise_image, resize_sample
+from rvseg.errors import ConfigError, DataError
+from rvseg.train.checkpoint import find_checkpoint, model_from_checkpoint
+from rvseg.train.loop import decision_threshold
+from rvseg.train.runtime import resolve_device
+
+ENSEMBLES = ("mean", "vote")
+#: Preparation options that change what a model sees; checkpoints of an ensemble must agree on them.
+PREPROCESSING_KEYS = ("size", "channels", "normalize", "clahe")
+#: The flips of test-time augmentation, as tensor dimensions of (B, C, H, W) to flip.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
+
+
+@dataclass
+class Predictor:
+    """Models of one or more checkpoints, with how their inputs must be prepared.
+
+    Attributes:
+        models: networks mapping float (B, C, h, w) to logits (B, L, h, w), in eval mode.
+        labels: the L label names, in output-channel order (e.g. ``["endo"]``).
+        prepare: the preparation options of the models' data set (``size``, ``channels``,
+            ``normalize``, ``clahe``, ...), as saved by ``rvseg prepare``.
+        mask_style: the training target encoding: ``filled``, ``grey`` or ``outline``.
+        ensemble: ``mean`` or ``vote`` (module docstring).
+        tta: average over the four flips.
+        batch_size: images per forward pass.
+        device: where the models run.
+        checkpoints: the checkpoint files (for the record).
+        data: the first checkpoint's data info (``train_patients``, ``val_patients``, ...).
+    """
+
+    models: list[nn.Module]
+    labels: list[str]
+    prepare: dict
+    mask_style: str = "filled"
+    ensemble: str = "mean"
+    tta: bool = False
+    batch_size: int = 16
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    checkpoints: list[Path] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ensemble not in ENSEMBLES:
+            raise ConfigError(f"--ensemble must be one of {', '.join(ENSEMBLES)}, not {self.ensemble!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be a positive integer, not {self.batch_size!r}")
+        if not self.models:
+            raise ConfigError("at least one model (checkpoint) is needed")
+        self.models = [model.to(self.device).eval() for model in self.models]
+
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[str | Path], *, ensemble: str = "mean", tta: bool = False,
+                         batch_size: int = 16, device: str = "cpu") -> Predictor:
+        """Load checkpoint files or run folders (``best.pt``, else ``last.pt``).
+
+        Raises:
+            DataError: a checkpoint cannot be loaded or does not record its data preparation.
+            ConfigError: the checkpoints disagree on labels, target style or preprocessing.
+        """
+        if not paths:
+            raise ConfigError("at least one checkpoint is needed")
+        files = [find_checkpoint(path) for path in paths]
+        models, infos = [], []
+        for file in files:
+            model, _, data = model_from_checkpoint(file)
+            if "prepare" not in data or "labels" not in data:
+                raise DataError("checkpoint does not record its labels and data preparation; retrain it with "
+                                "this version of rvseg", file)
+            models.append(model)
+            infos.append(data)
+        check_same_preprocessing(files, infos)
+        first = infos[0]
+        return cls(models=models, labels=list(first["labels"]), prepare=dict(first["prepare"]),
+                   mask_style=first.get("mask_style", "filled"), ensemble=ensemble, tta=tta,
+                   batch_size=batch_size, device=resolve_device(device), checkpoints=files, data=first)
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(h, w) every input is resized to, or None when the models saw native resolution."""
+        size = self.prepare.get("size")
+        return (int(size[0]), int(size[1])) if size else None
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.prepare.get("channels", 1))
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """Model input of one raw float (H, W) image: float32 (C, h, w) (module docstring, step 1)."""
+        normalised = normalise_image(image, self.prepare.get("normalize", "percentile"), bool(self.prepare.get("clahe")))
+        return self.to_model_input(normalised)
+
+    def to_model_input(self, normalised: np.ndarray) -> np.ndarray:
+        """Resize a normalised float (H, W) image as the models' data were, and repeat it to C channels."""
+        size = self.input_size
+        if size is not None and tuple(normalised.shape) != size:
+            # resize_sample is the resize the data set was prepared with; it always takes masks too.
+            normalised, _ = resize_sample(normalised, np.zeros((1, *normalised.shape), dtype=np.uint8), size)
+        return np.repeat(normalised[None].astype(np.float32), self.in_channels, axis=0)
+
+    @torch.no_grad()
+    def model_probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        """Sigmoid probabilities of every model (TTA-averaged when ``tta``).
+
+        Args:
+            inputs: float32 (N, C, h, w) model inputs.
+
+        Returns:
+            float32 (M, N, L, h, w), one entry per model.
+        """
+        flips = TTA_FLIPS if self.tta else ((),)
+        outputs = []
+        for model in self.models:
+            per_model = []
+            for start in range(0, len(inputs), self.batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(inputs[start:start + self.batch_size])).to(self.device)
+                total = torch.zeros((), device=self.device)
+                for dims in flips:
+                    flipped = torch.flip(batch, dims) if dims else batch
+                    probabilities = torch.sigmoid(model(flipped).float())
+                    total = total + (torch.flip(probabilities, dims) if dims else probabilities)
+                per_model.append((total / len(flips)).cpu().numpy())
+            outputs.append(np.concatenate(per_model))
+        return np.stack(outputs)
+
+    def scores(self, inputs: np.ndarray) -> np.ndarray:
+        """Combined filled scores (foreground: > 0.5) of float32 (N, C, h, w) inputs: (N, L, h, w)."""
+        return combine(self.model_probabilities(inputs), self.ensemble, self.mask_style)
+
+    def score_maps(self, inputs: Sequence[np.ndarray], shapes: Sequence[tuple[int, int] | None]) -> Iterator[np.ndarray]:
+        """Scores of many model inputs, each resized to its output shape.
+
+        Args:
+            inputs: float32 (C, h_i, w_i) model inputs; equal shapes are batched together.
+            shapes: for each input the (H, W) to map its scores to, or None to keep (h_i, w_i).
+
+        Yields:
+            float32 (L, H_i, W_i) score maps, in input order.
+        """
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = range(start, min(start + self.batch_size, len(inputs)))
+            by_shape: dict[tuple, list[int]] = {}
+            for i in chunk:
+                by_shape.setdefault(inputs[i].shape, []).append(i)
+            maps: dict[int, np.ndarray] = {}
+            for members in by_shape.values():
+                batch_scores = self.scores(np.stack([inputs[i] for i in members]))
+                for i, score in zip(members, batch_scores):
+                    maps[i] = to_original_geometry(score, shapes[i] or score.shape[-2:])
+            yield from (maps[i] for i in chunk)
+
+    def predict(self, images: Sequence[np.ndarray], postprocess: bool = True) -> list[np.ndarray]:
+        """Masks of raw images at their own resolution.
+
+        Args:
+            images: raw float (H_i, W_i) images (intensities as read, not normalised).
+            postprocess: keep each label's largest region, holes filled (module docstring, step 5).
+
+        Returns:
+            bool (L, H_i, W_i) masks, one per image, channels in the order of ``labels``.
+        """
+        inputs = [self.preprocess(image) for image in images]
+        return [masks_from_scores(score, postprocess)
+                for score in self.score_maps(inputs, [image.shape for image in images])]
+
+
+def check_same_preprocessing(files: Sequence[Path], infos: Sequence[dict]) -> None:
+    """Raise ConfigError when checkpoints disagree on labels, target style or input preparation."""
+    first = infos[0]
+    for file, info in zip(files[1:], infos[1:]):
+        pairs = [("labels", list(first["labels"]), list(info["labels"])),
+                 ("mask style", first.get("mask_style", "filled"), info.get("mask_style", "filled"))]
+        pairs += [(f"prepare option '{key}'", _option(first["prepare"], key), _option(info["prepare"], key))
+                  for key in PREPROCESSING_KEYS]
+        for what, expected, found in pairs:
+            if expected != found:
+                raise ConfigError(f"checkpoints cannot be combined: {files[0]} has {what} {expected!r} but "
+                                  f"{file} has {found!r}")
+
+
+def combine(probabilities: np.ndarray, ensemble: str, mask_style: str) -> np.ndarray:
+    """Combine per-model probabilities into filled scores (module docstring, step 3).
+
+    Args:
+        probabilities: float (M, N, L, h, w), one entry per model.
+        ensemble: ``mean`` or ``vote``.
+        mask_style: the models' target encoding.
+
+    Returns:
+        float32 (N, L, h, w) in [0, 1]; foreground is ``> 0.5``.
+    """
+    if ensemble == "mean":
+        return filled_scores(probabilities.mean(axis=0), mask_style)
+    if ensemble == "vote":
+        votes = np.stack([filled_scores(p, mask_style) > 0.5 for p in probabilities])
+        return votes.mean(axis=0, dtype=np.float32)
+    raise ConfigError(f"--ensemble must be one of {', '.join(ENSEMBLES)}, not {ensemble!r}")
+
+
+def filled_scores(probabilities: np.ndarray, mask_style: str) -> np.ndarray:
+    """Map probabilities of a target style to scores in [0, 1] whose foreground is ``> 0.5``.
+
+    Args:
+        probabilities: float (..., h, w) sigmoid outputs.
+        mask_style: ``filled`` (returned as they are), ``grey`` (``2 p - 1``: 0.5 is background, 1
+            foreground, so the decision threshold 0.75 becomes 0.5) or ``outline`` (the outline
+            ``p > 0.5`` hole-filled into a region, :func:`~rvseg.data.outlines.fill_contour_map`;
+            scores 0 or 1).
+
+    Returns:
+        float32 array of the input's shape.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    if mask_style == "filled":
+        return probabilities
+    if mask_style == "grey":
+        scale = 0.5 / (decision_threshold("grey") - 0.5)
+        return np.clip(0.5 + (probabilities - decision_threshold("grey")) * scale, 0.0, 1.0).astype(np.float32)
+    if mask_style == "outline":
+        flat = probabilities.reshape(-1, *probabilities.shape[-2:])
+        filled = [fill_contour_map(outline > 0.5) for outline in flat]
+        return np.stack([np.zeros(outline.shape, bool) if region is None else region
+                         for outline, region in zip(flat, filled)]).astype(np.float32).reshape(probabilities.shape)
+    raise ConfigError(f"unknown mask style {mask_style!r}")
+
+
+def to_original_geometry(scores: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize float (L, h, w) scores bilinearly to (L, H, W) (half-pixel centres, as the input resize)."""
+    if tuple(scores.shape[-2:]) == tuple(shape):
+        return scores
+    tensor = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))[None]
+    return F.interpolate(tensor, size=tuple(int(s) for s in shape), mode="bilinear", align_corners=False)[0].numpy()
+
+
+def masks_from_scores(scores: np.ndarray, postprocess: bool = True) -> np.ndarray:
+    """Bool (L, H, W) masks of float (L, H, W) filled scores, optionally post-processed per label."""
+    masks = scores > 0.5
+    if postprocess:
+        masks = np.stack([single_region(mask) for mask in masks])
+    return masks
+
+
+def single_region(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected region of a bool (H, W) mask, holes filled (empty stays empty)."""
+    return binary_fill_holes(largest_component(mask))
+
+
+def _option(prepare: dict, key: str):
+    value = prepare.get(key)
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def check_prepared_compatible(predictor: Predictor, dataset) -> None:
+    """Raise ConfigError when a prepared data set's intensities were normalised unlike the models' data.
+
+    The image size and channel count may differ: inputs are taken from the first channel of each
+    sample's real extent and resized / repeated as the models' data were (a set prepared at another
+    fixed size is thereby resampled twice, a small approximation).
+    """
+    options = dataset.meta.get("options", {})
+    for key in ("normalize", "clahe"):
+        if _option(options, key) != _option(predictor.prepare, key):
+            raise ConfigError(f"the data set was prepared with {key}={_option(options, key)!r} but the model's data "
+                              f"with {key}={_option(predictor.prepare, key)!r}; prepare it again with the model's "
+                              "options", dataset.root)
+
+
+def prepared_inputs(predictor: Predictor, dataset, indices: Sequence[int]) -> list[np.ndarray]:
+    """Model inputs, float32 (C, h, w), of samples of a :class:`~rvseg.data.dataset.PreparedDataset`.
+
+    Each sample's real extent (``height`` x ``width``, without the stacking padding) is taken from
+    its first channel, resized to the models' size if they have one, and repeated to C channels.
+    """
+    check_prepared_compatible(predictor, dataset)
+    inputs = []
+    for index in indices:
+        height, width = extent(dataset, index)
+        inputs.append(predictor.to_model_input(dataset.images[index, 0, :height, :width]))
+    return inputs
+
+
+def extent(dataset, index: int) -> tuple[int, int]:
+    """(height, width) of a prepared sample inside its padded array."""
+    row = dataset.rows[index]
+    return int(row["height"]), int(row["width"])

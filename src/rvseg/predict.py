@@ -1,0 +1,391 @@
+"""``rvseg predict``: segment new images with one or more checkpoints, write masks, contours and volumes.
+
+**Sources** (``src``):
+
+- one DICOM file, or one PNG / JPEG image;
+- a folder (searched recursively, hidden files left out): every DICOM and PNG / JPEG in it, e.g. a
+  cine series or a whole study. DICOMs are grouped into stacks by SeriesInstanceUID and ordered by
+  slice location, trigger time and instance number;
+- an RVSC patient folder (``patientNN/PNNdicom/*.dcm``) or a folder of them: each patient is a stack;
+- a prepared data set (a folder with ``dataset.json``): its (already normalised) images are used, and
+  predictions are mapped to each sample's original size (``orig_height`` x ``orig_width``); the
+  overlay then shows the prepared image resized to that size.
+
+A file that is not a readable image is skipped (``skipped.csv``, and the returned summary); the rest
+is processed. A single file that is not an image, or a folder without any, is an error.
+
+**Output folder** ``PRED/`` (written to a temporary sibling and renamed into place):
+
+- ``masks/<id>.png``: the predicted mask, 0 / 255, at the original image's size; with several
+  labels, one ``masks/<id>-<label>.png`` per label.
+- ``overlays/<id>.png``: the image with the boundary of each label's mask in colour (endo yellow,
+  epi cyan).
+- ``contours/<id>-icontour-auto.txt`` (label ``endo``) and ``<id>-ocontour-auto.txt`` (``epi``):
+  the RVSC submission format, one ``x y`` line per point in the pixel coordinates of the original
+  image, the boundary of the largest region (:func:`~rvseg.data.contours.mask_to_contour`); RVSC
+  frames have ids ``PNN-FFFF``, so the files are named ``PNN-FFFF-icontour-auto.txt``. Other labels
+  give ``<id>-<label>-contour-auto.txt``. An empty mask gives no file.
+- ``predictions.csv``: one row per image: id, source, stack, slice location, trigger time, phase,
+  size, spacing, and per label the area in pixels and mm^2 and the contour file.
+- ``volumes.csv`` (when images have a pixel spacing): rows of ``level`` ``image`` (RV cavity area
+  in mm^2 per slice and frame, with its phase), ``phase`` (the ED or ES volume in mL of a stack and
+  the slices it sums) and ``stack`` (EDV, ESV, EF), computed by :mod:`rvseg.volumes` from the
+  ``endo`` label: volumes need two or more slice locations, ED is the earliest frame of each slice
+  and ES the frame of minimum total predicted volume (or of minimum area per slice when slices have
+  different frame counts).
+- ``skipped.csv`` (``path, reason``) and ``summary.json``.
+
+Masks are post-processed as :mod:`rvseg.inference` describes (largest region, holes filled), so a
+written contour, filled again, gives back the mask.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from skimage.io import imsave
+
+from rvseg import __version__
+from rvseg.data.contours import mask_to_contour, write_contour_file
+from rvseg.data.dataset import load_dataset
+from rvseg.data.dicom import DicomImage, is_dicom, order_series, read_dicom
+from rvseg.data.pngpairs import read_gray
+from rvseg.data.rvsc import PATIENT_DIR_NAME, looks_like_rvsc
+from rvseg.data.sample import ReadReport
+from rvseg.errors import DataError
+from rvseg.evaluate import check_output_folder, format_value, json_safe
+from rvseg.inference import Predictor, extent, masks_from_scores, to_original_geometry
+from rvseg.io import checksum, write_json
+from rvseg.report.figures import overlay_image
+from rvseg.volumes import SliceArea, area_mm2, assign_phases, stack_volumes
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Contour file kind of the RVSC labels (``PNN-FFFF-icontour-auto.txt``).
+CONTOUR_KIND = {"endo": "i", "epi": "o"}
+#: The label whose area makes the RV volume (the cavity).
+VOLUME_LABEL = "endo"
+RVSC_FRAME_ID = re.compile(r"P\d+-(\d+)")
+VOLUME_FIELDS = ("level", "stack", "id", "slice_location", "trigger_time", "frame", "phase", "area_mm2", "slices",
+                 "slice_spacing_mm", "volume_ml", "ed_volume_ml", "es_volume_ml", "ef_percent", "es_rule")
+
+
+@dataclass
+class InputImage:
+    """One image to segment.
+
+    Attributes:
+        id: unique name of its outputs (file stem, made unique within the source).
+        source: the file read (or, for a prepared data set, the sample's source image).
+        pixels: float32 (h, w): raw intensities, or for a prepared data set its normalised image.
+        shape: (H, W) of the original image, the geometry of every output.
+        prepared: whether ``pixels`` are a prepared data set's (normalised, maybe resized) image.
+        stack: the patient or series it belongs to ("" when unknown).
+        spacing_mm: (row, column) pixel spacing in mm of the original image, or None.
+        slice_location: mm along the slice normal, or None.
+        trigger_time: ms after the R wave, or None.
+        frame: frame or instance number (orders frames without trigger times), or None.
+        phase: ``ED`` / ``ES`` when the source says so, else "".
+    """
+
+    id: str
+    source: str
+    pixels: np.ndarray
+    shape: tuple[int, int]
+    prepared: bool = False
+    stack: str = ""
+    spacing_mm: tuple[float, float] | None = None
+    slice_location: float | None = None
+    trigger_time: float | None = None
+    frame: int | None = None
+    phase: str = ""
+
+
+@dataclass
+class Source:
+    """What :func:`read_source` found: the kind of source, its images in order, and the skipped files."""
+
+    kind: str
+    images: list[InputImage]
+    skipped: list[dict[str, str]]
+
+
+def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path, *, ensemble: str = "mean",
+            tta: bool = False, batch_size: int = 16, device: str = "cpu", force: bool = False) -> dict:
+    """Segment every image of ``src`` and write the output folder (module docstring).
+
+    Args:
+        checkpoints: checkpoint files or run folders; several form an ensemble.
+        src: a DICOM or PNG/JPEG file, a folder of them, an RVSC patient folder or a prepared data set.
+        out: the output folder.
+        ensemble: ``mean`` or ``vote`` (see :mod:`rvseg.inference`).
+        tta: flip test-time augmentation.
+        batch_size: images per forward pass.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        force: replace an existing non-empty ``out``.
+
+    Returns:
+        the summary (also ``out/summary.json``): counts, ``skipped`` (``{"path", "reason"}`` each),
+        ``volumes`` (stack -> EDV, ESV, EF...), settings and the output files.
+
+    Raises:
+        DataError: ``src`` is missing, is a single file that is not an image, or holds no readable
+            image; a checkpoint cannot be read; ``out`` is not empty.
+        ConfigError: an invalid option, or checkpoints that cannot be combined.
+    """
+    out = Path(out)
+    check_output_folder(out, force)
+    predictor = Predictor.from_checkpoints(checkpoints, ensemble=ensemble, tta=tta, batch_size=batch_size,
+                                           device=device)
+    source = read_source(Path(src))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        records = segment_and_write(predictor, source.images, tmp)
+        volumes, notes = write_volumes(tmp / "volumes.csv", source.images, records, predictor.labels)
+        write_csv(tmp / "predictions.csv", records)
+        write_csv(tmp / "skipped.csv", source.skipped, fieldnames=("path", "reason"))
+        summary = json_safe({
+            "out": str(out), "source": str(src), "source_kind": source.kind, "n_images": len(records),
+            "n_skipped": len(source.skipped), "skipped": source.skipped, "labels": predictor.labels,
+            "checkpoints": [str(path) for path in predictor.checkpoints],
+            "checkpoint_checksums": [checksum(path) for path in predictor.checkpoints],
+            "ensemble": ensemble, "tta": tta, "model_prepare": predictor.prepare,
+            "volumes": {item["stack"]: item for item in volumes}, "notes": notes, "rvseg_version": __version__,
+            "files": {name: str(out / name) for name in ("masks", "overlays", "contours", "predictions.csv",
+                                                          "volumes.csv", "skipped.csv", "summary.json")
+                      if (tmp / name).exists() or name == "summary.json"},
+        })
+        write_json(tmp / "summary.json", summary)
+        if out.exists():  # empty, or ``force`` (checked before any work was done)
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+# ---------------------------------------------------------------- reading the source
+
+
+def read_source(src: Path) -> Source:
+    """Find and read the images of ``src`` (module docstring), in stack / slice / time order."""
+    if not src.exists():
+        raise DataError("no such file or folder", src)
+    if src.is_file():
+        images, skipped = read_files([src], stack=safe_name(src.stem))
+        if skipped:
+            raise DataError(skipped[0]["reason"], src)
+        return Source("dicom" if is_dicom(src) else "image", images, [])
+    if (src / "dataset.json").is_file():
+        return Source("prepared", prepared_images(src), [])
+    if looks_like_rvsc(src):
+        patients = [src] if PATIENT_DIR_NAME.fullmatch(src.name) else sorted(
+            folder for folder in src.iterdir() if folder.is_dir() and PATIENT_DIR_NAME.fullmatch(folder.name))
+        images, skipped = [], []
+        for folder in patients:
+            patient = "P" + PATIENT_DIR_NAME.fullmatch(folder.name).group(1)  # type: ignore[union-attr]
+            found, bad = read_files(sorted((folder / f"{patient}dicom").glob("*")), stack=patient)
+            images += found
+            skipped += bad
+        kind = "rvsc"
+    else:
+        files = sorted(path for path in src.rglob("*")
+                       if path.is_file() and not any(part.startswith(".") for part in path.relative_to(src).parts))
+        images, skipped = read_files(files, stack=src.name, root=src)
+        kind = "folder"
+    if not images:
+        raise DataError(f"holds no readable DICOM, PNG or JPEG image ({len(skipped)} other file(s))", src)
+    return Source(kind, images, skipped)
+
+
+def read_files(files: Sequence[Path], stack: str, root: Path | None = None) -> tuple[list[InputImage], list[dict]]:
+    """Read image files; DICOMs are grouped by series and ordered, unreadable files listed as skipped.
+
+    Args:
+        files: the candidate files.
+        stack: stack name of the images (a series UID, when a folder holds several series, is added).
+        root: the folder searched, used to make duplicate file stems unique; None for a flat folder.
+    """
+    ids = unique_ids(files, root)
+    dicoms: list[tuple[DicomImage, str]] = []
+    others: list[InputImage] = []
+    skipped = []
+    for path in files:
+        image = read_image_file(path, ids[path])
+        if isinstance(image, str):
+            skipped.append({"path": str(path), "reason": image})
+        elif isinstance(image, DicomImage):
+            dicoms.append((image, ids[path]))
+        else:
+            others.append(image)
+    series = list(dict.fromkeys(image.series_uid for image, _ in dicoms))
+    id_of = {image.path: name for image, name in dicoms}
+    ordered = []
+    for number, uid in enumerate(series, start=1):
+        members = [image for image, _ in dicoms if image.series_uid == uid]
+        name = stack if len(series) == 1 else f"{stack}-series{number}"
+        ordered += [dicom_input(image, id_of[image.path], name) for image in order_series(members)]
+    return ordered + others, skipped
+
+
+def read_image_file(path: Path, image_id: str) -> InputImage | DicomImage | str:
+    """A DICOM (as :class:`DicomImage`) or PNG/JPEG image, or the reason it cannot be read."""
+    try:
+        if is_dicom(path):
+            return read_dicom(path)
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            pixels = read_gray(path, ReadReport("image", ()), skip_bad=False)
+            return InputImage(id=image_id, source=str(path), pixels=pixels, shape=pixels.shape)
+    except DataError as error:
+        return error.message
+    return "not a DICOM (no 'DICM' marker after the 128-byte preamble) or PNG/JPEG image"
+
+
+def dicom_input(image: DicomImage, image_id: str, stack: str) -> InputImage:
+    match = RVSC_FRAME_ID.fullmatch(image_id)
+    return InputImage(id=image_id, source=str(image.path), pixels=image.pixels, shape=image.shape, stack=stack,
+                      spacing_mm=image.spacing_mm, slice_location=image.slice_location,
+                      trigger_time=image.trigger_time,
+                      frame=int(match.group(1)) if match else image.instance_number)
+
+
+def unique_ids(files: Sequence[Path], root: Path | None) -> dict[Path, str]:
+    """File -> output id: its stem, or, when stems repeat, its path below ``root`` joined by ``_``."""
+    stems = Counter(safe_name(path.stem) for path in files)
+    ids = {}
+    for path in files:
+        stem = safe_name(path.stem)
+        if stems[stem] > 1 and root is not None:
+            stem = safe_name("_".join(path.relative_to(root).with_suffix("").parts))
+        ids[path] = stem
+    return ids
+
+
+def safe_name(name: str) -> str:
+    """``name`` with every character other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "image"
+
+
+def prepared_images(root: Path) -> list[InputImage]:
+    """The samples of a prepared data set as inputs, with their original size and spacing."""
+    data = load_dataset(root)
+    images = []
+    for index, row in enumerate(data.rows):
+        height, width = extent(data, index)
+        shape = (int(row["orig_height"]), int(row["orig_width"]))
+        spacing = data.spacing(index)
+        if spacing is not None:
+            spacing = (spacing[0] * height / shape[0], spacing[1] * width / shape[1])
+        images.append(InputImage(
+            id=safe_name(row["id"]), source=row.get("source_image", "") or str(root), prepared=True,
+            pixels=data.images[index, 0, :height, :width], shape=shape, stack=row["patient"], spacing_mm=spacing,
+            slice_location=float(row["slice_location"]) if row.get("slice_location") else None,
+            frame=int(row["frame"]) if row.get("frame") else None,
+            phase=row["phase"] if row["phase"] in ("ED", "ES") else ""))
+    return images
+
+
+# ---------------------------------------------------------------- segmenting and writing
+
+
+def segment_and_write(predictor: Predictor, images: Sequence[InputImage], folder: Path) -> list[dict]:
+    """Segment the images batch by batch, write their masks, overlays and contours; one record each."""
+    for name in ("masks", "overlays", "contours"):
+        (folder / name).mkdir()
+    records = []
+    for start in range(0, len(images), predictor.batch_size):
+        chunk = images[start:start + predictor.batch_size]
+        inputs = [predictor.to_model_input(image.pixels) if image.prepared else predictor.preprocess(image.pixels)
+                  for image in chunk]
+        for image, scores in zip(chunk, predictor.score_maps(inputs, [image.shape for image in chunk])):
+            masks = masks_from_scores(scores, postprocess=True)
+            records.append(write_image_outputs(folder, image, masks, predictor.labels))
+    return records
+
+
+def write_image_outputs(folder: Path, image: InputImage, masks: np.ndarray, labels: Sequence[str]) -> dict:
+    """Write one image's mask PNG(s), overlay and contour files; returns its ``predictions.csv`` row."""
+    for label, mask in zip(labels, masks):
+        name = f"{image.id}.png" if len(labels) == 1 else f"{image.id}-{label}.png"
+        imsave(folder / "masks" / name, (mask * 255).astype(np.uint8), check_contrast=False)
+    display = to_original_geometry(image.pixels[None], image.shape)[0] if image.prepared else image.pixels
+    imsave(folder / "overlays" / f"{image.id}.png", overlay_image(display, list(masks)), check_contrast=False)
+    record = {"id": image.id, "source": image.source, "stack": image.stack,
+              "slice_location": image.slice_location, "trigger_time": image.trigger_time, "frame": image.frame,
+              "phase": image.phase, "height": image.shape[0], "width": image.shape[1],
+              "spacing_mm": image.spacing_mm[0] if image.spacing_mm else None,
+              "spacing_col_mm": image.spacing_mm[1] if image.spacing_mm else None}
+    for label, mask in zip(labels, masks):
+        contour = mask_to_contour(mask)
+        name = contour_file_name(image.id, label)
+        if contour is not None:
+            write_contour_file(folder / "contours" / name, contour)
+        record[f"area_px_{label}"] = int(mask.sum())
+        record[f"area_mm2_{label}"] = area_mm2(mask, image.spacing_mm) if image.spacing_mm else None
+        record[f"contour_{label}"] = name if contour is not None else ""
+    return record
+
+
+def contour_file_name(image_id: str, label: str) -> str:
+    """``<id>-icontour-auto.txt`` (endo), ``<id>-ocontour-auto.txt`` (epi), ``<id>-<label>-contour-auto.txt``."""
+    kind = CONTOUR_KIND.get(label)
+    return f"{image_id}-{kind}contour-auto.txt" if kind else f"{image_id}-{label}-contour-auto.txt"
+
+
+def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
+                  labels: Sequence[str]) -> tuple[list[dict], list[str]]:
+    """Areas, phases and volumes (module docstring) to ``volumes.csv``; fills in the records' phases.
+
+    Returns:
+        (one :meth:`~rvseg.volumes.StackVolumes.to_dict` per stack with a volume, notes).
+    """
+    if VOLUME_LABEL not in labels:
+        return [], [f"no volumes: the model does not segment '{VOLUME_LABEL}' (the RV cavity)"]
+    with_spacing = [(image, record) for image, record in zip(images, records) if image.spacing_mm]
+    if not with_spacing:
+        return [], ["no areas in mm^2 or volumes: the images have no pixel spacing"]
+    areas = [SliceArea(stack=image.stack, id=image.id, slice_location=image.slice_location,
+                       area_mm2=record[f"area_mm2_{VOLUME_LABEL}"], trigger_time=image.trigger_time,
+                       frame=image.frame, phase=image.phase)
+             for image, record in with_spacing if image.slice_location is not None]
+    areas, rules = assign_phases(areas)
+    phase_of = {(area.stack, area.id): area.phase for area in areas}
+    for image, record in with_spacing:
+        record["phase"] = phase_of.get((image.stack, image.id), record["phase"])
+    volumes = stack_volumes(areas, rules)
+    notes = [f"{item.stack}: {note}" for item in volumes for note in item.notes]
+    if any(image.slice_location is None for image, _ in with_spacing):
+        notes.append("images without a slice location have areas but enter no volume")
+    rows = [{"level": "image", "stack": image.stack, "id": image.id, "slice_location": image.slice_location,
+             "trigger_time": image.trigger_time, "frame": image.frame, "phase": record["phase"],
+             "area_mm2": record[f"area_mm2_{VOLUME_LABEL}"]} for image, record in with_spacing]
+    for item in volumes:
+        for phase, volume, slices in (("ED", item.ed_volume_ml, item.ed_slices), ("ES", item.es_volume_ml, item.es_slices)):
+            if volume is not None:
+                rows.append({"level": "phase", "stack": item.stack, "phase": phase, "slices": slices,
+                             "slice_spacing_mm": item.slice_spacing_mm, "volume_ml": volume})
+        rows.append({"level": "stack", "stack": item.stack, "slices": item.n_slices,
+                     "slice_spacing_mm": item.slice_spacing_mm, "ed_volume_ml": item.ed_volume_ml,
+                     "es_volume_ml": item.es_volume_ml, "ef_percent": item.ef_percent, "es_rule": item.es_rule})
+    write_csv(path, rows, fieldnames=VOLUME_FIELDS)
+    return [item.to_dict() for item in volumes], notes
+
+
+def write_csv(path: Path, rows: Sequence[dict], fieldnames: Sequence[str] | None = None) -> None:
+    """Rows to CSV (columns: ``fieldnames`` or the first row's keys); None and NaN as empty cells."""
+    fieldnames = list(fieldnames or (rows[0] if rows else []))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: "" if row.get(key) is None else format_value(row[key]) for key in fieldnames})

@@ -1,0 +1,3 @@
+"""Parts of ``rvseg sweep``: the SPEC format and presets (:mod:`.spec`), run-folder claims
+(:mod:`.claims`), the child-process launcher (:mod:`.child`) and the results table (:mod:`.results`).
+The sweep itself is :mod:`rvseg.sweep`."""

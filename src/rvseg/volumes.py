@@ -1,0 +1,261 @@
+"""RV areas per slice, volumes by summation of discs, and the ejection fraction.
+
+**Volume of one phase** (summation of discs, Simpson's rule as used for cine MRI):
+``V = sum over the slices of the stack of (RV cavity area on the slice, mm^2) x (slice spacing, mm)``,
+divided by 1000 to give mL. The cavity is the ``endo`` label (the RVSC i-contour).
+
+**Slice spacing** is the distance between the centres of neighbouring slices: the median difference
+of the sorted distinct slice locations of the stack (locations rounded to 0.01 mm). It is *not* the
+slice thickness: each slice's area stands for the slab of heart between it and its neighbours, and
+when slices have a gap the slab is wider than the slice. RVSC patient 9, for example, has 7 mm thick
+slices whose locations are 8.4 mm apart; multiplying by the thickness would leave out the 1.4 mm
+gaps, 17% of the volume. The median makes one missing slice in a stack count as missing (its slab
+is not filled in) instead of stretching the spacing of every slice. A volume therefore needs at
+least two slice locations; a stack with fewer gets areas only.
+
+**Phases**, when the source does not give them (a new cine study):
+
+- ED is, on each slice, the frame with the lowest trigger time (the R wave of the ECG), frame
+  number breaking ties and standing in for a missing trigger time.
+- ES, when every slice has the same number of frames (a cine whose k-th frames belong to the same
+  instant of the cycle on every slice), is the frame index k, counted in trigger-time order, with
+  the smallest total volume of the stack: one instant for the whole heart, as in clinical practice,
+  and robust to a single slice whose predicted area dips at the wrong frame.
+- Otherwise ES is, on each slice, the frame of smallest area other than the ED frame (no ES on a
+  slice with a single frame).
+
+When the source gives phases (a prepared data set records ED/ES per sample), they are kept as given.
+EDV and ESV are summed over the slices carrying that phase; the ejection fraction
+``EF = 100 (EDV - ESV) / EDV`` is reported only when the same slices carry both phases, since an
+EF over different slice sets would mix anatomy with function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+#: Slice locations closer than this (mm) are the same slice.
+LOCATION_DECIMALS = 2
+#: The quantities compared by :func:`volume_errors`.
+VOLUME_KEYS = ("ed_volume_ml", "es_volume_ml", "ef_percent")
+
+
+@dataclass(frozen=True)
+class SliceArea:
+    """The RV cavity area on one image of a cine stack.
+
+    Attributes:
+        stack: the patient or series the image belongs to (volumes are computed per stack).
+        id: the image id.
+        slice_location: position of the slice along its normal in mm.
+        area_mm2: cavity area in mm^2.
+        trigger_time: ms after the R wave, or None.
+        frame: frame number (orders frames when trigger times are missing), or None.
+        phase: ``"ED"``, ``"ES"`` or ``""`` (neither, or not known yet).
+    """
+
+    stack: str
+    id: str
+    slice_location: float
+    area_mm2: float
+    trigger_time: float | None = None
+    frame: int | None = None
+    phase: str = ""
+
+    @property
+    def slice_key(self) -> float:
+        return round(self.slice_location, LOCATION_DECIMALS)
+
+
+@dataclass
+class StackVolumes:
+    """Volumes of one stack.
+
+    Attributes:
+        stack: the patient or series.
+        slice_spacing_mm: distance between slice centres (module docstring).
+        n_slices: distinct slice locations of the stack.
+        ed_slices: slices carrying an ED image; ``es_slices`` likewise.
+        ed_volume_ml: RV end-diastolic volume, or None without ED images; ``es_volume_ml`` likewise.
+        ef_percent: ejection fraction, or None (no ED or ES volume, or different slice sets).
+        es_rule: how ES was chosen: ``given``, ``min-total-volume`` or ``min-area-per-slice``.
+        notes: anything the reader of the numbers should know.
+    """
+
+    stack: str
+    slice_spacing_mm: float
+    n_slices: int
+    ed_slices: int
+    es_slices: int
+    ed_volume_ml: float | None
+    es_volume_ml: float | None
+    ef_percent: float | None
+    es_rule: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def area_mm2(mask: np.ndarray, spacing_mm: tuple[float, float]) -> float:
+    """Area of a bool (H, W) mask in mm^2, given the (row, column) pixel spacing in mm."""
+    return float(np.count_nonzero(mask)) * float(spacing_mm[0]) * float(spacing_mm[1])
+
+
+def slice_spacing_mm(locations: Sequence[float]) -> float | None:
+    """Median distance between neighbouring distinct slice locations (mm); None for fewer than two."""
+    distinct = np.unique(np.round(np.asarray(locations, dtype=np.float64), LOCATION_DECIMALS))
+    if len(distinct) < 2:
+        return None
+    return float(np.median(np.diff(distinct)))
+
+
+def by_stack(areas: Sequence[SliceArea]) -> dict[str, list[SliceArea]]:
+    """Group areas by stack, keeping the input order within each."""
+    stacks: dict[str, list[SliceArea]] = defaultdict(list)
+    for area in areas:
+        stacks[area.stack].append(area)
+    return dict(stacks)
+
+
+def assign_phases(areas: Sequence[SliceArea]) -> tuple[list[SliceArea], dict[str, str]]:
+    """Choose ED and ES of every stack whose phases are not given (module docstring).
+
+    Args:
+        areas: the images of one or more stacks. A stack in which any image already has phase ED or
+            ES is taken to have its phases given and is left as it is.
+
+    Returns:
+        ``(areas with phases, stack -> ES rule)``, the areas in input order; the rule is ``given``,
+        ``min-total-volume`` or ``min-area-per-slice``.
+    """
+    phases: dict[tuple[str, str], str] = {}
+    rules: dict[str, str] = {}
+    for stack, members in by_stack(areas).items():
+        if any(area.phase in ("ED", "ES") for area in members):
+            rules[stack] = "given"
+            continue
+        slices = list(_frames_by_slice(members).values())
+        for frames in slices:
+            phases[stack, frames[0].id] = "ED"
+        n_frames = {len(frames) for frames in slices}
+        if len(n_frames) == 1 and min(n_frames) > 1:
+            rules[stack] = "min-total-volume"
+            totals = np.sum([[area.area_mm2 for area in frames] for frames in slices], axis=0)
+            # Frame 0 is ED: ES is the other end of the cycle even when the curve is flat.
+            es_index = 1 + int(np.argmin(totals[1:]))
+            for frames in slices:
+                phases[stack, frames[es_index].id] = "ES"
+        else:
+            rules[stack] = "min-area-per-slice"
+            for frames in slices:
+                if len(frames) > 1:
+                    phases[stack, min(frames[1:], key=lambda area: area.area_mm2).id] = "ES"
+    assigned = [area if rules[area.stack] == "given" else replace(area, phase=phases.get((area.stack, area.id), ""))
+                for area in areas]
+    return assigned, rules
+
+
+def stack_volumes(areas: Sequence[SliceArea], es_rules: Mapping[str, str] | None = None) -> list[StackVolumes]:
+    """EDV, ESV and EF of every stack with at least two slice locations.
+
+    Args:
+        areas: images with their phases (see :func:`assign_phases`).
+        es_rules: stack -> how ES was chosen (recorded in the result); ``given`` when absent.
+
+    Returns:
+        one :class:`StackVolumes` per stack that has two or more slice locations, in order of first
+        appearance. Stacks with fewer locations have no volume (module docstring).
+    """
+    es_rules = es_rules or {}
+    results = []
+    for stack, members in by_stack(areas).items():
+        spacing = slice_spacing_mm([area.slice_location for area in members])
+        if spacing is None:
+            continue
+        notes: list[str] = []
+        volumes, slice_sets = {}, {}
+        for phase in ("ED", "ES"):
+            chosen = [area for area in members if area.phase == phase]
+            slice_sets[phase] = {area.slice_key for area in chosen}
+            if len(slice_sets[phase]) < len(chosen):
+                notes.append(f"{phase}: more than one image on a slice; all of them were summed")
+            volumes[phase] = sum(area.area_mm2 for area in chosen) * spacing / 1000.0 if chosen else None
+        ef = None
+        if volumes["ED"] and volumes["ES"] is not None:
+            if slice_sets["ED"] == slice_sets["ES"]:
+                ef = 100.0 * (volumes["ED"] - volumes["ES"]) / volumes["ED"]
+            else:
+                notes.append(f"no EF: ED is on {len(slice_sets['ED'])} slice(s) and ES on {len(slice_sets['ES'])}, "
+                             "not the same ones")
+        n_slices = len({area.slice_key for area in members})
+        results.append(StackVolumes(
+            stack=stack, slice_spacing_mm=spacing, n_slices=n_slices, ed_slices=len(slice_sets["ED"]),
+            es_slices=len(slice_sets["ES"]), ed_volume_ml=volumes["ED"], es_volume_ml=volumes["ES"],
+            ef_percent=ef, es_rule=es_rules.get(stack, "given"), notes=notes))
+    return results
+
+
+def volume_errors(pred_volumes: Mapping[str, Mapping] | Sequence[Mapping],
+                  truth: Mapping[str, Mapping] | Sequence[Mapping]) -> dict:
+    """Errors of predicted EDV, ESV and EF against reference values, per patient (or stack).
+
+    Args:
+        pred_volumes: patient -> ``{"ed_volume_ml", "es_volume_ml", "ef_percent"}`` (e.g. the
+            ``volumes`` of :func:`rvseg.predict.predict`'s summary), or a list of such dicts each
+            with a ``stack`` or ``patient`` key (:meth:`StackVolumes.to_dict` rows).
+        truth: the same for the reference, e.g. the ``truth`` list of a phantom's ``phantom.json``.
+
+    Returns:
+        ``{"patients": {patient: {key: {"pred", "truth", "error", "relative_error"}}},
+        "max_relative_error": {key: float or None}, "missing": [patients of truth without a
+        prediction]}`` for the keys of :data:`VOLUME_KEYS`. ``error`` is pred - truth (mL, or EF
+        points); ``relative_error`` is ``|error| / |truth|``. A quantity missing on either side
+        (e.g. no EF) has None for both errors and does not enter the maxima.
+    """
+    pred, reference = _keyed(pred_volumes), _keyed(truth)
+    patients: dict[str, dict] = {}
+    for patient in sorted(set(pred) & set(reference)):
+        patients[patient] = {key: _error(pred[patient].get(key), reference[patient].get(key)) for key in VOLUME_KEYS}
+    maxima = {}
+    for key in VOLUME_KEYS:
+        values = [patients[p][key]["relative_error"] for p in patients if patients[p][key]["relative_error"] is not None]
+        maxima[key] = max(values) if values else None
+    return {"patients": patients, "max_relative_error": maxima, "missing": sorted(set(reference) - set(pred))}
+
+
+def _frames_by_slice(members: Sequence[SliceArea]) -> dict[float, list[SliceArea]]:
+    """slice key -> its images in cycle order (trigger time, then frame number; missing ones last)."""
+    slices: dict[float, list[SliceArea]] = defaultdict(list)
+    for area in members:
+        slices[area.slice_key].append(area)
+
+    def cycle_order(area: SliceArea) -> tuple:
+        return (area.trigger_time is None, area.trigger_time or 0.0, area.frame is None, area.frame or 0, area.id)
+
+    return {key: sorted(frames, key=cycle_order) for key, frames in sorted(slices.items())}
+
+
+def _keyed(volumes: Mapping[str, Mapping] | Sequence[Mapping]) -> dict[str, Mapping]:
+    if isinstance(volumes, Mapping):
+        return dict(volumes)
+    keyed = {}
+    for row in volumes:
+        name = row.get("stack", row.get("patient"))
+        if name is None:
+            raise ValueError("each volume row needs a 'stack' or 'patient' key")
+        keyed[str(name)] = row
+    return keyed
+
+
+def _error(pred: float | None, truth: float | None) -> dict:
+    if pred is None or truth is None or (isinstance(pred, float) and math.isnan(pred)):
+        return {"pred": pred, "truth": truth, "error": None, "relative_error": None}
+    error = float(pred) - float(truth)
+    relative = abs(error) / abs(float(truth)) if truth else None
+    return {"pred": float(pred), "truth": float(truth), "error": error, "relative_error": relative}

@@ -1,0 +1,171 @@
+"""ACDC NIfTI reader, on small synthetic volumes written with nibabel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from rvseg.data.acdc import looks_like_acdc, read_acdc
+from rvseg.errors import DataError
+
+SHAPE = (32, 40, 4)
+ZOOMS = (1.5, 1.6, 10.0)
+
+
+def coded_image() -> np.ndarray:
+    """Voxel (i, j, k) holds 10000 k + 100 i + j, so any slice or transpose is recognisable."""
+    i, j, k = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
+    return (10000 * k + 100 * i + j).astype(np.int16)
+
+
+def labels() -> np.ndarray:
+    """RV 6 x 10 at i 4..9, j 10..19; LV cavity 10 x 10 inside a 1-voxel myocardium ring; last slice empty."""
+    gt = np.zeros(SHAPE, dtype=np.uint8)
+    gt[4:10, 10:20, :3] = 1
+    gt[14:26, 19:31, :3] = 2
+    gt[15:25, 20:30, :3] = 3
+    return gt
+
+
+def save(path: Path, data: np.ndarray, zooms: tuple[float, ...] = ZOOMS) -> None:
+    volume = nib.Nifti1Image(data, np.diag([*zooms[:3], 1.0]))
+    volume.header.set_zooms(zooms)
+    nib.save(volume, path)
+
+
+def write_patient(root: Path, number: int, frames: dict[int, bool], info: str | None, suffix: str = ".nii.gz") -> Path:
+    """A patient folder; ``frames`` maps frame number -> whether it has a ground truth."""
+    folder = root / f"patient{number:03d}"
+    folder.mkdir(parents=True)
+    for frame, with_gt in frames.items():
+        save(folder / f"{folder.name}_frame{frame:02d}{suffix}", coded_image())
+        if with_gt:
+            save(folder / f"{folder.name}_frame{frame:02d}_gt{suffix}", labels())
+    if info is not None:
+        (folder / "Info.cfg").write_text(info)
+    return folder
+
+
+@pytest.fixture
+def acdc(tmp_path: Path) -> Path:
+    write_patient(tmp_path, 1, {1: True, 12: True}, "ED: 1\nES: 12\nGroup: DCM\nHeight: 184.0\nNbFrame: 30\n")
+    folder = write_patient(tmp_path, 2, {1: True, 5: False, 8: True}, "ED: 01\nES: 8\n", suffix=".nii")
+    save(folder / "patient002_4d.nii", np.zeros((*SHAPE, 2), dtype=np.int16), (*ZOOMS, 30.0))  # the cine: not read
+    return tmp_path
+
+
+def test_one_sample_per_slice_of_each_annotated_frame(acdc):
+    report = read_acdc(acdc)
+    assert report.format == "acdc" and report.labels == ("rv", "myo", "lv")
+    assert len(report.samples) == 2 * 2 * 4
+    assert report.patients == ["patient001", "patient002"]
+    assert report.samples[0].id == "patient001-frame01-slice00"
+    assert report.samples[-1].id == "patient002-frame08-slice03"
+    assert report.unmatched_images == [str(acdc / "patient002" / "patient002_frame05.nii")]
+    assert not (report.unmatched_contours or report.skipped or report.unfillable)
+
+
+def test_phases_come_from_info_cfg(acdc):
+    phases = {(s.patient, s.frame): s.phase for s in read_acdc(acdc).samples}
+    assert phases == {
+        ("patient001", 1): "ED",
+        ("patient001", 12): "ES",
+        ("patient002", 1): "ED",
+        ("patient002", 8): "ES",
+    }
+
+
+def test_orientation_spacing_and_label_areas(acdc):
+    samples = {s.id: s for s in read_acdc(acdc).samples}
+    sample = samples["patient001-frame12-slice02"]
+    assert sample.image.dtype == np.float32 and sample.image.shape == (32, 40)
+    assert sample.image[5, 7] == 20000 + 100 * 5 + 7  # image[row, col] == data[row, col, z]
+    assert sample.spacing_mm == pytest.approx((1.5, 1.6))
+    assert sample.slice_thickness_mm == pytest.approx(10.0)
+    assert (sample.slice, sample.frame) == ("2", 12)
+    assert {name: int(mask.sum()) for name, mask in sample.masks.items()} == {"rv": 60, "myo": 44, "lv": 100}
+    rows, cols = np.nonzero(sample.masks["rv"])
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (4, 9, 10, 19)
+    assert sample.image[rows, cols].min() == 20000 + 100 * 4 + 10
+    assert sample.sources["rv"].endswith("patient001_frame12_gt.nii.gz")
+
+
+def test_slice_with_empty_ground_truth_is_still_a_sample(acdc):
+    sample = {s.id: s for s in read_acdc(acdc).samples}["patient002-frame01-slice03"]
+    assert set(sample.masks) == {"rv", "myo", "lv"}
+    assert not any(mask.any() for mask in sample.masks.values())
+    assert sample.masks["rv"].shape == (32, 40)
+
+
+def test_root_may_be_one_patient_folder_and_info_cfg_is_optional(tmp_path):
+    folder = write_patient(tmp_path, 7, {3: True}, info=None)
+    report = read_acdc(folder)
+    assert [s.id for s in report.samples] == [f"patient007-frame03-slice{z:02d}" for z in range(4)]
+    assert {s.phase for s in report.samples} == {"unknown"}
+
+
+def test_ground_truth_without_its_image_is_unmatched(acdc):
+    (acdc / "patient001" / "patient001_frame12.nii.gz").unlink()
+    report = read_acdc(acdc)
+    assert report.unmatched_contours == [str(acdc / "patient001" / "patient001_frame12_gt.nii.gz")]
+    assert len(report.samples) == 3 * 4
+
+
+def test_label_values_outside_the_acdc_labels_are_bad(acdc):
+    gt_path = acdc / "patient001" / "patient001_frame01_gt.nii.gz"
+    bad = labels()
+    bad[0, 0, 0] = 5
+    save(gt_path, bad)
+    with pytest.raises(DataError) as error:
+        read_acdc(acdc)
+    assert error.value.path == str(gt_path)
+    assert "holds label values outside {0, 1, 2, 3}: 5" in str(error.value)
+
+    report = read_acdc(acdc, skip_bad=True)
+    assert report.skipped == [{"path": str(gt_path), "reason": "holds label values outside {0, 1, 2, 3}: 5"}]
+    assert len(report.samples) == 3 * 4 and not any(s.id.startswith("patient001-frame01") for s in report.samples)
+
+
+def test_ground_truth_shape_must_match_its_image(acdc):
+    gt_path = acdc / "patient002" / "patient002_frame08_gt.nii"
+    save(gt_path, labels()[:, :30])
+    with pytest.raises(DataError) as error:
+        read_acdc(acdc)
+    assert error.value.path == str(gt_path)
+    assert "has shape (32, 30, 4) but its image patient002_frame08.nii has (32, 40, 4)" in str(error.value)
+
+
+def test_unreadable_volume_and_bad_info_cfg(acdc):
+    image_path = acdc / "patient001" / "patient001_frame01.nii.gz"
+    image_path.write_bytes(b"not a nifti file")
+    with pytest.raises(DataError, match="patient001_frame01.nii.gz: cannot be read as a NIfTI volume"):
+        read_acdc(acdc)
+    (acdc / "patient002" / "Info.cfg").write_text("ED: first\n")
+    report = read_acdc(acdc, skip_bad=True)
+    assert [entry["path"] for entry in report.skipped] == [str(image_path), str(acdc / "patient002" / "Info.cfg")]
+    assert "ED should be a frame number, not 'first'" in report.skipped[1]["reason"]
+    assert {s.phase for s in report.samples if s.patient == "patient002"} == {"unknown"}
+
+
+def test_folders_without_acdc_files(tmp_path):
+    with pytest.raises(DataError, match="holds no patientNNN folder"):
+        read_acdc(tmp_path)
+    with pytest.raises(DataError, match="is not a folder"):
+        read_acdc(tmp_path / "missing")
+    assert not looks_like_acdc(tmp_path)
+    (tmp_path / "patient001").mkdir()
+    assert not looks_like_acdc(tmp_path)
+
+
+def test_looks_like_acdc(acdc):
+    assert looks_like_acdc(acdc)
+    assert looks_like_acdc(acdc / "patient001")
+    assert not looks_like_acdc(acdc / "patient001" / "Info.cfg")
+
+
+def test_other_layouts_do_not_look_like_acdc(shared_data):
+    assert not looks_like_acdc(shared_data / "rvsc-train-png")
+    assert not looks_like_acdc(shared_data / "rvsc-native")

@@ -1,0 +1,329 @@
+"""RVSC native reader and DICOM reading, on the real patient09 data and on broken copies of it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from rvseg.data.contours import polygon_area, read_contour_file
+from rvseg.data.dicom import is_dicom, order_series, read_dicom
+from rvseg.data.rvsc import looks_like_rvsc, read_rvsc
+from rvseg.errors import DataError
+
+ANNOTATED = ("0020", "0022", "0023")
+
+
+@pytest.fixture(scope="module")
+def rvsc_root(shared_data) -> Path:
+    return shared_data / "rvsc-native"
+
+
+@pytest.fixture(scope="module")
+def report(rvsc_root):
+    return read_rvsc(rvsc_root)
+
+
+def make_patient_copy(tmp_path: Path, rvsc_root: Path, frames=("0020", "0021", "0022", "0023")) -> Path:
+    """A copy of patient09 with only ``frames`` of the DICOMs, all 6 contours and the list file.
+
+    Returns the folder holding ``patient09/`` (the data root).
+    """
+    source = rvsc_root / "patient09"
+    patient = tmp_path / "data" / "patient09"
+    (patient / "P09dicom").mkdir(parents=True)
+    for frame in frames:
+        shutil.copy(source / "P09dicom" / f"P09-{frame}.dcm", patient / "P09dicom")
+    shutil.copytree(source / "P09contours-manual", patient / "P09contours-manual")
+    shutil.copy(source / "P09list.txt", patient)
+    return patient.parent
+
+
+def raised_message(root: Path, **kwargs) -> str:
+    with pytest.raises(DataError) as raised:
+        read_rvsc(root, **kwargs)
+    return str(raised.value)
+
+
+# --- the real patient09 -------------------------------------------------------------------------
+
+
+def test_patient09_samples_and_phases(report):
+    assert report.format == "rvsc"
+    assert report.labels == ("endo", "epi")
+    assert [(s.id, s.phase, s.frame) for s in report.samples] == [
+        ("P09-0020", "ED", 20),
+        ("P09-0022", "ED", 22),
+        ("P09-0023", "ES", 23),
+    ]
+    assert report.patients == ["P09"]
+    assert [s.slice for s in report.samples] == ["30.85", "39.25", "39.25"]
+    assert report.notes == [] and report.skipped == [] and report.unmatched_contours == []
+
+
+def test_patient09_unmatched_images(report, rvsc_root):
+    assert len(report.unmatched_images) == 21
+    expected = {f"P09-{frame:04d}.dcm" for frame in range(24)} - {f"P09-{f}.dcm" for f in ANNOTATED}
+    assert {Path(path).name for path in report.unmatched_images} == expected
+
+
+def test_patient09_geometry(report):
+    for sample in report.samples:
+        assert sample.image.shape == (256, 216)
+        assert sample.image.dtype == np.float32
+        assert sample.spacing_mm == pytest.approx((0.7014, 0.7014), abs=1e-4)
+        assert sample.slice_thickness_mm == pytest.approx(7.0)
+        assert set(sample.masks) == {"endo", "epi"}
+        assert all(mask.dtype == bool and mask.shape == (256, 216) for mask in sample.masks.values())
+    assert report.samples[0].slice_location == pytest.approx(30.8514, abs=1e-3)
+
+
+def test_patient09_masks_match_polygon_areas(report):
+    sample = report.samples[0]
+    endo_polygon = read_contour_file(sample.sources["endo"])
+    epi_polygon = read_contour_file(sample.sources["epi"])
+    assert polygon_area(endo_polygon) == pytest.approx(7106.5, abs=0.1)
+    assert polygon_area(epi_polygon) == pytest.approx(8767.7, abs=0.1)
+    assert np.count_nonzero(sample.masks["endo"]) == pytest.approx(7106.5, rel=0.01)
+    assert np.count_nonzero(sample.masks["epi"]) == pytest.approx(8767.7, rel=0.01)
+
+
+def test_patient09_epi_contains_endo(report):
+    # Measured on the real data: 0 endo pixels outside epi in all three samples.
+    for sample in report.samples:
+        outside = np.count_nonzero(sample.masks["endo"] & ~sample.masks["epi"])
+        assert outside <= 5, sample.id
+        assert np.count_nonzero(sample.masks["epi"]) > np.count_nonzero(sample.masks["endo"])
+
+
+def test_cavity_lies_on_the_image_where_the_contour_is(report):
+    # Orientation check: x is the column. The contour's centroid must fall inside the filled mask.
+    sample = report.samples[0]
+    x, y = read_contour_file(sample.sources["endo"]).mean(axis=0)
+    assert sample.masks["endo"][round(y), round(x)]
+
+
+def test_one_patient_folder_reads_the_same(report, rvsc_root):
+    single = read_rvsc(rvsc_root / "patient09")
+    assert [s.id for s in single.samples] == [s.id for s in report.samples]
+    assert np.array_equal(single.samples[2].masks["endo"], report.samples[2].masks["endo"])
+
+
+def test_looks_like_rvsc(rvsc_root, shared_data, tmp_path):
+    assert looks_like_rvsc(rvsc_root)
+    assert looks_like_rvsc(rvsc_root / "patient09")
+    assert not looks_like_rvsc(shared_data / "sunnybrook-subset")
+    assert not looks_like_rvsc(tmp_path)
+    assert not looks_like_rvsc(tmp_path / "missing")
+
+
+# --- DICOM reading ------------------------------------------------------------------------------
+
+
+def test_read_dicom_metadata(rvsc_root):
+    image = read_dicom(rvsc_root / "patient09" / "P09dicom" / "P09-0023.dcm")
+    assert image.pixels.shape == (256, 216) and image.pixels.dtype == np.float32
+    assert image.trigger_time == 322.0
+    assert image.instance_number == 48
+    assert image.slice_location == pytest.approx(39.2514, abs=1e-3)
+    assert image.series_uid.startswith("1.3.12.2.1107.5.2.33.37040")
+    assert image.pixels.max() > image.pixels.min() >= 0
+
+
+def test_read_dicom_applies_rescale_and_derives_slice_location(tmp_path, rvsc_root):
+    source = rvsc_root / "patient09" / "P09dicom" / "P09-0023.dcm"
+    original = read_dicom(source)
+    dataset = pydicom.dcmread(source)
+    dataset.RescaleSlope = 2
+    dataset.RescaleIntercept = -100
+    del dataset.SliceLocation
+    path = tmp_path / "rescaled.dcm"
+    dataset.save_as(path)
+    image = read_dicom(path)
+    assert np.array_equal(image.pixels, original.pixels * 2 - 100)
+    # Projection of ImagePositionPatient on the slice normal, computed by hand from the header.
+    orientation = np.array([float(v) for v in dataset.ImageOrientationPatient])
+    normal = np.cross(orientation[:3], orientation[3:])
+    position = np.array([float(v) for v in dataset.ImagePositionPatient])
+    assert image.slice_location == pytest.approx(float(position @ normal / np.linalg.norm(normal)))
+    assert image.slice_location != pytest.approx(original.slice_location)
+
+
+def test_order_series(rvsc_root):
+    paths = sorted((rvsc_root / "patient09" / "P09dicom").glob("*.dcm"), reverse=True)
+    ordered = order_series(read_dicom(path) for path in paths[:6])  # frames 0018-0023
+    assert [image.path.stem for image in ordered] == [
+        "P09-0018", "P09-0019", "P09-0020", "P09-0021", "P09-0022", "P09-0023",
+    ]
+
+
+def test_is_dicom(rvsc_root, tmp_path):
+    assert is_dicom(rvsc_root / "patient09" / "P09dicom" / "P09-0000.dcm")
+    assert not is_dicom(rvsc_root / "patient09" / "P09list.txt")
+    assert not is_dicom(tmp_path / "missing.dcm")
+
+
+# --- broken copies ------------------------------------------------------------------------------
+
+
+def test_copy_reads_like_the_original(tmp_path, rvsc_root):
+    report = read_rvsc(make_patient_copy(tmp_path, rvsc_root))
+    assert [(s.id, s.phase) for s in report.samples] == [("P09-0020", "ED"), ("P09-0022", "ED"), ("P09-0023", "ES")]
+    assert [Path(p).name for p in report.unmatched_images] == ["P09-0021.dcm"]
+
+
+def test_corrupt_dicom(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    path = root / "patient09" / "P09dicom" / "P09-0022.dcm"
+    path.write_bytes(path.read_bytes()[:60000])
+    message = raised_message(root)
+    assert str(path) in message
+    assert "cannot decode the DICOM pixel data" in message
+
+
+def test_not_a_dicom_file(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    path = root / "patient09" / "P09dicom" / "P09-0021.dcm"
+    path.write_text("this is not DICOM\n" * 20)
+    message = raised_message(root)
+    assert str(path) in message and "not a DICOM file" in message
+
+
+def test_dicom_without_pixel_data(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    path = root / "patient09" / "P09dicom" / "P09-0020.dcm"
+    dataset = pydicom.dcmread(path)
+    del dataset.PixelData
+    dataset.save_as(path)
+    message = raised_message(root)
+    assert str(path) in message and "holds no pixel data" in message
+
+
+@pytest.mark.parametrize(
+    ("extra_line", "problem"),
+    [
+        ("12.5 abc", "is malformed"),
+        ("nan 40.0", "non-finite coordinate"),
+        ("400.0 900.0", "1 contour point(s) lie outside the 256 x 216 image"),
+    ],
+)
+def test_bad_contour_line(tmp_path, rvsc_root, extra_line, problem):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    path = root / "patient09" / "P09contours-manual" / "P09-0022-ocontour-manual.txt"
+    path.write_text(path.read_text() + extra_line + "\n")
+    message = raised_message(root)
+    assert str(path) in message and problem in message
+
+
+def test_contour_with_too_few_points(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    path = root / "patient09" / "P09contours-manual" / "P09-0020-icontour-manual.txt"
+    path.write_text("100.0 60.0\n101.0 61.0\n")
+    message = raised_message(root)
+    assert str(path) in message and "at least 3 points, this file has 2" in message
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [r".\patient09\..\..\outside\P09-0020-icontour-manual.txt", r"C:\data\P09-0020-icontour-manual.txt", "/etc/passwd"],
+)
+def test_list_entry_escaping_the_patient_folder(tmp_path, rvsc_root, entry):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    list_file = root / "patient09" / "P09list.txt"
+    list_file.write_text(list_file.read_text() + entry + "\r\n")
+    message = raised_message(root)
+    assert message.startswith(f"{list_file}: line 7: ")
+    assert "points outside the patient folder" in message
+
+
+def test_listed_contour_missing(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    (root / "patient09" / "P09contours-manual" / "P09-0023-ocontour-manual.txt").unlink()
+    list_file = root / "patient09" / "P09list.txt"
+    message = raised_message(root)
+    assert message.startswith(f"{list_file}: line 6: ")
+    assert "P09-0023-ocontour-manual.txt" in message and "does not exist" in message
+
+
+def test_mixed_image_sizes(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    path = root / "patient09" / "P09dicom" / "P09-0021.dcm"
+    dataset = pydicom.dcmread(path)
+    cropped = np.ascontiguousarray(dataset.pixel_array[:128, :108])
+    dataset.Rows, dataset.Columns = cropped.shape
+    dataset.PixelData = cropped.tobytes()
+    dataset.save_as(path)
+    message = raised_message(root)
+    assert str(path) in message
+    assert "image is 128 x 108 but the other images of patient P09 are 256 x 216" in message
+
+
+def test_empty_folder(tmp_path):
+    message = raised_message(tmp_path)
+    assert str(tmp_path) in message and "no RVSC patient found" in message and "patientNN" in message
+
+
+def test_patient_folder_without_dicoms(tmp_path):
+    (tmp_path / "patient03" / "P03dicom").mkdir(parents=True)
+    message = raised_message(tmp_path)
+    assert str(tmp_path / "patient03" / "P03dicom") in message and "no DICOM frames" in message
+
+
+def test_skip_bad_records_a_corrupt_dicom_and_keeps_the_rest(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    bad = root / "patient09" / "P09dicom" / "P09-0023.dcm"
+    bad.write_bytes(bad.read_bytes()[:60000])
+    report = read_rvsc(root, skip_bad=True)
+    assert [s.id for s in report.samples] == ["P09-0020", "P09-0022"]
+    assert len(report.skipped) == 1
+    assert report.skipped[0]["path"] == str(bad)
+    assert "cannot decode the DICOM pixel data" in report.skipped[0]["reason"]
+    assert report.notes == ["P09-0023: contours not used, the DICOM frame was skipped"]
+    assert report.unmatched_contours == []
+
+
+def test_skip_bad_contour_keeps_the_other_label(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    bad = root / "patient09" / "P09contours-manual" / "P09-0022-icontour-manual.txt"
+    bad.write_text("1 2\n")
+    report = read_rvsc(root, skip_bad=True)
+    assert [(s.id, sorted(s.masks)) for s in report.samples] == [
+        ("P09-0020", ["endo", "epi"]),
+        ("P09-0022", ["epi"]),
+        ("P09-0023", ["endo", "epi"]),
+    ]
+    assert report.skipped == [{"path": str(bad), "reason": "a contour needs at least 3 points, this file has 1"}]
+
+
+def test_without_list_file_the_contour_folder_is_globbed(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    (root / "patient09" / "P09list.txt").unlink()
+    (root / "patient09" / "P09contours-manual" / "P09-0022-icontour-manual.txt").unlink()
+    (root / "patient09" / "P09dicom" / "P09-0023.dcm").unlink()
+    report = read_rvsc(root)
+    assert [(s.id, sorted(s.masks)) for s in report.samples] == [("P09-0020", ["endo", "epi"]), ("P09-0022", ["epi"])]
+    assert report.notes == ["P09-0022: no i-contour file; the sample has only 'epi'"]
+    assert sorted(Path(p).name for p in report.unmatched_contours) == [
+        "P09-0023-icontour-manual.txt",
+        "P09-0023-ocontour-manual.txt",
+    ]
+
+
+def test_phase_unknown_without_the_rest_of_the_slice(tmp_path, rvsc_root):
+    # Frame 0023 (TriggerTime 322) alone in its slice: nothing proves it is not the first frame.
+    # Frame 0020 alone is still ED: TriggerTime 0 is the R wave.
+    report = read_rvsc(make_patient_copy(tmp_path, rvsc_root, frames=("0020", "0023")))
+    assert [(s.id, s.phase) for s in report.samples] == [("P09-0020", "ED"), ("P09-0023", "unknown")]
+
+
+def test_unlisted_contour_files_are_noted(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    list_file = root / "patient09" / "P09list.txt"
+    kept = [line for line in list_file.read_text().splitlines() if "0023" not in line]
+    list_file.write_text("\r\n".join(kept) + "\r\n")
+    report = read_rvsc(root)
+    assert [s.id for s in report.samples] == ["P09-0020", "P09-0022"]
+    assert len(report.notes) == 1 and "2 contour file(s)" in report.notes[0] and str(list_file) in report.notes[0]

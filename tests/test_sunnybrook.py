@@ -1,0 +1,209 @@
+"""Sunnybrook (link.csv) reader, on the real subset and on broken copies of one patient."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rvseg.data.contours import polygon_area, read_contour_file
+from rvseg.data.sunnybrook import looks_like_sunnybrook, read_sunnybrook
+from rvseg.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def sunnybrook_root(shared_data) -> Path:
+    return shared_data / "sunnybrook-subset"
+
+
+@pytest.fixture(scope="module")
+def report(sunnybrook_root):
+    return read_sunnybrook(sunnybrook_root)
+
+
+def make_copy(tmp_path: Path, sunnybrook_root: Path, links=(("SCD0000101", "SC-HF-I-1"),)) -> Path:
+    """A copy holding only the patients in ``links`` and a link.csv naming them."""
+    root = tmp_path / "sunnybrook"
+    for patient_id, original_id in links:
+        shutil.copytree(sunnybrook_root / "dicoms" / patient_id, root / "dicoms" / patient_id)
+        shutil.copytree(sunnybrook_root / "contourfiles" / original_id, root / "contourfiles" / original_id)
+    rows = ["patient_id,original_id"] + [f"{p},{o}" for p, o in links]
+    (root / "link.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def raised_message(root: Path, **kwargs) -> str:
+    with pytest.raises(DataError) as raised:
+        read_sunnybrook(root, **kwargs)
+    return str(raised.value)
+
+
+# --- the real subset ----------------------------------------------------------------------------
+
+
+def test_subset_counts(report):
+    assert report.format == "sunnybrook"
+    assert report.labels == ("endo", "epi")
+    assert len(report.samples) == 96
+    assert all("endo" in s.masks for s in report.samples)
+    assert sum("epi" in s.masks for s in report.samples) == 46
+    assert len(report.unmatched_images) == 10
+    assert report.unmatched_contours == []
+    assert report.patients == ["SCD0000101", "SCD0000201", "SCD0000301", "SCD0000401", "SCD0000501"]
+    assert report.skipped == []
+
+
+def test_subset_samples(report, sunnybrook_root):
+    sample = next(s for s in report.samples if s.id == "SCD0000101-0048")
+    assert sample.patient == "SCD0000101" and sample.frame == 48 and sample.phase == "unknown"
+    assert sample.image.shape == (256, 256) and sample.image.dtype == np.float32
+    assert sample.spacing_mm == pytest.approx((1.367188, 1.367188))
+    assert sample.slice == f"{sample.slice_location:.2f}"
+    assert sample.sources["image"] == str(sunnybrook_root / "dicoms" / "SCD0000101" / "48.dcm")
+    assert sample.sources["endo"] == str(
+        sunnybrook_root / "contourfiles" / "SC-HF-I-1" / "i-contours" / "IM-0001-0048-icontour-manual.txt"
+    )
+    assert all(1.28 <= s.spacing_mm[0] <= 1.37 for s in report.samples)
+    assert [s.id for s in report.samples] == sorted(s.id for s in report.samples)
+
+
+def test_subset_mask_areas_match_polygons(report):
+    # Sunnybrook contours run in half-pixel steps along pixel centres: counting every centre on an
+    # edge as inside would make each mask 1.3-10% larger than its polygon (mean 2.4%).
+    errors, areas = [], []
+    for sample in report.samples:
+        for label, mask in sample.masks.items():
+            area = polygon_area(read_contour_file(sample.sources[label]))
+            errors.append(abs(np.count_nonzero(mask) - area) / area)
+            areas.append(area)
+    errors, areas = np.asarray(errors), np.asarray(areas)
+    assert len(errors) == 142
+    assert errors.mean() < 0.01  # measured 0.49%
+    assert errors[areas >= 1000].max() < 0.015  # measured 1.1%
+    assert errors.max() < 0.04  # measured 3.4%, on a 92 px apical contour
+
+
+def test_subset_flags_the_patient_whose_contours_do_not_nest(report):
+    # Measured: in SCD0000501 (SC-HF-I-6) every o-contour is shifted ~12 px from its i-contour, so
+    # 20-60% of the endo mask lies outside epi; elsewhere at most 7 of ~2000 pixels do.
+    flagged = sorted(note.split(":")[0] for note in report.notes if "do not nest" in note)
+    with_epi = sorted(s.id for s in report.samples if s.patient == "SCD0000501" and "epi" in s.masks)
+    assert flagged == with_epi and len(flagged) == 9
+
+
+def test_caller_names_the_labels(tmp_path, sunnybrook_root):
+    report = read_sunnybrook(make_copy(tmp_path, sunnybrook_root), labels=("lv_endo", "lv_epi"))
+    assert report.labels == ("lv_endo", "lv_epi")
+    assert {label for s in report.samples for label in s.masks} == {"lv_endo", "lv_epi"}
+    assert all("lv_endo" in s.masks for s in report.samples)
+
+
+@pytest.mark.parametrize("labels", [("endo",), ("endo", "endo"), ("endo", "")])
+def test_bad_labels(tmp_path, labels):
+    with pytest.raises(ConfigError):
+        read_sunnybrook(tmp_path, labels=labels)
+
+
+def test_looks_like_sunnybrook(sunnybrook_root, shared_data, tmp_path):
+    assert looks_like_sunnybrook(sunnybrook_root)
+    assert not looks_like_sunnybrook(shared_data / "rvsc-native")
+    assert not looks_like_sunnybrook(tmp_path)
+
+
+# --- broken copies ------------------------------------------------------------------------------
+
+
+def test_copy_of_one_patient(tmp_path, sunnybrook_root):
+    report = read_sunnybrook(make_copy(tmp_path, sunnybrook_root))
+    assert report.patients == ["SCD0000101"]
+    assert len(report.samples) == 18
+    assert sum("epi" in s.masks for s in report.samples) == 9
+    assert len(report.unmatched_images) == 2
+
+
+def test_not_a_sunnybrook_folder(tmp_path):
+    message = raised_message(tmp_path)
+    assert str(tmp_path) in message and "link.csv, dicoms/ and contourfiles/" in message
+
+
+def test_patient_in_link_csv_missing_on_disk(tmp_path, sunnybrook_root):
+    root = make_copy(tmp_path, sunnybrook_root)
+    with (root / "link.csv").open("a") as handle:
+        handle.write("SCD0000201,SC-HF-I-2\n")
+    message = raised_message(root)
+    assert str(root / "dicoms" / "SCD0000201") in message
+    assert "patient SCD0000201 (SC-HF-I-2) is listed in link.csv but this folder does not exist" in message
+
+    report = read_sunnybrook(root, skip_bad=True)
+    assert report.patients == ["SCD0000101"] and len(report.samples) == 18
+    assert [entry["path"] for entry in report.skipped] == [str(root / "dicoms" / "SCD0000201")]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("id,original\nSCD0000101,SC-HF-I-1\n", "expected the header 'patient_id,original_id'"),
+        ("patient_id,original_id\nSCD0000101\n", "line 2 is malformed"),
+        ("patient_id,original_id\nSCD0000101,SC-HF-I-1\nSCD0000101,SC-HF-I-1\n", "line 3"),
+        ("patient_id,original_id\n", "lists no patient"),
+    ],
+)
+def test_malformed_link_csv(tmp_path, sunnybrook_root, text, problem):
+    root = make_copy(tmp_path, sunnybrook_root)
+    (root / "link.csv").write_text(text)
+    message = raised_message(root)
+    assert str(root / "link.csv") in message and problem in message
+
+
+def test_corrupt_dicom(tmp_path, sunnybrook_root):
+    root = make_copy(tmp_path, sunnybrook_root)
+    path = root / "dicoms" / "SCD0000101" / "48.dcm"
+    path.write_bytes(b"\0" * 50)
+    message = raised_message(root)
+    assert str(path) in message and "not a DICOM file" in message
+
+
+def test_contour_far_outside(tmp_path, sunnybrook_root):
+    root = make_copy(tmp_path, sunnybrook_root)
+    path = root / "contourfiles" / "SC-HF-I-1" / "o-contours" / "IM-0001-0059-ocontour-manual.txt"
+    path.write_text(path.read_text() + "300.0 120.0\n")
+    message = raised_message(root)
+    assert str(path) in message and "lie outside the 256 x 256 image" in message
+
+
+def test_misnamed_contour_file(tmp_path, sunnybrook_root):
+    root = make_copy(tmp_path, sunnybrook_root)
+    folder = root / "contourfiles" / "SC-HF-I-1" / "i-contours"
+    path = folder / "IM-0001-0048-ocontour-manual.txt"  # an o-contour in the i-contour folder
+    shutil.move(folder / "IM-0001-0048-icontour-manual.txt", path)
+    message = raised_message(root)
+    assert str(path) in message and "IM-0001-NNNN-icontour-manual.txt" in message
+
+
+def test_o_contour_without_i_contour_and_contour_without_image(tmp_path, sunnybrook_root):
+    root = make_copy(tmp_path, sunnybrook_root)
+    contours = root / "contourfiles" / "SC-HF-I-1"
+    (contours / "i-contours" / "IM-0001-0059-icontour-manual.txt").unlink()
+    (root / "dicoms" / "SCD0000101" / "79.dcm").unlink()
+    report = read_sunnybrook(root)
+    sample = next(s for s in report.samples if s.id == "SCD0000101-0059")
+    assert list(sample.masks) == ["epi"]
+    assert report.notes == ["SCD0000101-0059: o-contour without an i-contour; the sample has only 'epi'"]
+    assert [Path(p).name for p in report.unmatched_contours] == [
+        "IM-0001-0079-icontour-manual.txt",
+        "IM-0001-0079-ocontour-manual.txt",
+    ]
+    assert len(report.samples) == 17
+
+
+def test_skip_bad_records_the_file_and_keeps_the_rest(tmp_path, sunnybrook_root):
+    root = make_copy(tmp_path, sunnybrook_root)
+    bad = root / "dicoms" / "SCD0000101" / "48.dcm"
+    bad.write_bytes(b"\0" * 50)
+    report = read_sunnybrook(root, skip_bad=True)
+    assert len(report.samples) == 17
+    assert "SCD0000101-0048" not in {s.id for s in report.samples}
+    assert [entry["path"] for entry in report.skipped] == [str(bad)]
+    assert "not a DICOM file" in report.skipped[0]["reason"]

@@ -1,0 +1,160 @@
+"""RV areas, volumes by summation of discs, ED/ES selection and volume errors (rvseg.volumes)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rvseg.data.phantom import write_phantom
+from rvseg.data.rvsc import read_rvsc
+from rvseg.volumes import SliceArea, area_mm2, assign_phases, slice_spacing_mm, stack_volumes, volume_errors
+
+
+def cine(stack: str, locations, areas_by_slice, trigger_step: float = 40.0) -> list[SliceArea]:
+    """Images of a cine stack: ``areas_by_slice[s][k]`` is the area of frame k on slice s."""
+    images = []
+    for s, (location, areas) in enumerate(zip(locations, areas_by_slice)):
+        for k, area in enumerate(areas):
+            images.append(SliceArea(stack=stack, id=f"{stack}-s{s}-f{k}", slice_location=location, area_mm2=area,
+                                    trigger_time=k * trigger_step, frame=100 * s + k))
+    return images
+
+
+def phases_of(areas: list[SliceArea]) -> dict[str, str]:
+    return {area.id: area.phase for area in areas if area.phase}
+
+
+def test_area_uses_both_pixel_spacings():
+    mask = np.zeros((10, 12), dtype=bool)
+    mask[2:5, 3:7] = True  # 12 pixels
+    assert area_mm2(mask, (0.5, 2.0)) == pytest.approx(12.0)
+    assert area_mm2(mask, (1.4, 1.4)) == pytest.approx(12 * 1.96)
+
+
+def test_slice_spacing_is_the_distance_between_slice_centres():
+    # RVSC patient 9: 7 mm thick slices at 22.45, 30.85, 39.25 -> 8.4 mm apart (a 1.4 mm gap).
+    assert slice_spacing_mm([22.45, 30.85, 39.25, 30.85]) == pytest.approx(8.4)
+    # One missing slice does not stretch the spacing of the others.
+    assert slice_spacing_mm([0.0, 7.0, 21.0, 28.0]) == pytest.approx(7.0)
+    assert slice_spacing_mm([5.0, 5.001]) is None
+    assert slice_spacing_mm([]) is None
+
+
+def test_summation_of_discs_with_given_phases():
+    areas = []
+    for s, (location, ed, es) in enumerate([(0.0, 1000.0, 500.0), (8.4, 800.0, 400.0), (16.8, 600.0, 300.0)]):
+        areas.append(SliceArea("P1", f"ed{s}", location, ed, phase="ED"))
+        areas.append(SliceArea("P1", f"es{s}", location, es, phase="ES"))
+    (result,) = stack_volumes(areas)
+    assert result.slice_spacing_mm == pytest.approx(8.4)
+    assert result.ed_volume_ml == pytest.approx(2400 * 8.4 / 1000)
+    assert result.es_volume_ml == pytest.approx(1200 * 8.4 / 1000)
+    assert result.ef_percent == pytest.approx(50.0)
+    assert (result.n_slices, result.ed_slices, result.es_slices, result.es_rule) == (3, 3, 3, "given")
+
+
+def test_es_is_the_frame_of_minimum_total_volume_when_slices_share_frames():
+    # Slice 0 alone has its smallest area at frame 3; the stack as a whole is smallest at frame 2.
+    areas = cine("S", [0.0, 10.0, 20.0], [[900, 700, 520, 500, 800], [700, 520, 400, 450, 650], [400, 300, 200, 260, 380]])
+    shuffled = [areas[i] for i in np.random.default_rng(0).permutation(len(areas))]
+    assigned, rules = assign_phases(shuffled)
+    assert rules == {"S": "min-total-volume"}
+    assert [area.id for area in assigned] == [area.id for area in shuffled]  # input order kept
+    assert phases_of(assigned) == {"S-s0-f0": "ED", "S-s1-f0": "ED", "S-s2-f0": "ED",
+                                   "S-s0-f2": "ES", "S-s1-f2": "ES", "S-s2-f2": "ES"}
+    (result,) = stack_volumes(assigned, rules)
+    assert result.ed_volume_ml == pytest.approx((900 + 700 + 400) * 10 / 1000)
+    assert result.es_volume_ml == pytest.approx((520 + 400 + 200) * 10 / 1000)
+    assert result.es_rule == "min-total-volume"
+
+
+def test_ed_is_the_lowest_trigger_time_not_the_first_file():
+    areas = [SliceArea("S", "late", 0.0, 100.0, trigger_time=300.0, frame=0),
+             SliceArea("S", "first", 0.0, 900.0, trigger_time=0.0, frame=1),
+             SliceArea("S", "mid", 0.0, 50.0, trigger_time=150.0, frame=2),
+             SliceArea("S", "b-first", 9.0, 800.0, trigger_time=0.0, frame=3),
+             SliceArea("S", "b-mid", 9.0, 40.0, trigger_time=150.0, frame=4),
+             SliceArea("S", "b-late", 9.0, 90.0, trigger_time=300.0, frame=5)]
+    assigned, _ = assign_phases(areas)
+    assert phases_of(assigned) == {"first": "ED", "mid": "ES", "b-first": "ED", "b-mid": "ES"}
+
+
+def test_es_per_slice_when_frame_counts_differ():
+    # As the shared RVSC patient 9: one slice with a whole cine, two with two frames each.
+    areas = cine("P09", [22.45, 30.85, 39.25], [[800, 700, 500, 650], [600, 650], [400, 300]])
+    assigned, rules = assign_phases(areas)
+    assert rules == {"P09": "min-area-per-slice"}
+    # The second slice's only other frame is ES even though its area is larger than at ED.
+    assert phases_of(assigned) == {"P09-s0-f0": "ED", "P09-s0-f2": "ES", "P09-s1-f0": "ED", "P09-s1-f1": "ES",
+                                   "P09-s2-f0": "ED", "P09-s2-f1": "ES"}
+    (result,) = stack_volumes(assigned, rules)
+    assert result.ed_volume_ml == pytest.approx((800 + 600 + 400) * 8.4 / 1000)
+    assert result.es_volume_ml == pytest.approx((500 + 650 + 300) * 8.4 / 1000)
+
+
+def test_given_phases_are_kept_and_stacks_are_separate():
+    given = [SliceArea("A", "a0", 0.0, 10.0, trigger_time=0.0, phase="ES"),
+             SliceArea("A", "a1", 0.0, 5.0, trigger_time=50.0, phase="ED")]
+    unknown = cine("B", [0.0, 5.0], [[10, 4, 6], [8, 3, 5]])
+    assigned, rules = assign_phases(given + unknown)
+    assert rules == {"A": "given", "B": "min-total-volume"}
+    assert assigned[:2] == given
+    assert phases_of(assigned[2:]) == {"B-s0-f0": "ED", "B-s1-f0": "ED", "B-s0-f1": "ES", "B-s1-f1": "ES"}
+
+
+def test_no_ef_when_ed_and_es_cover_different_slices():
+    areas = [SliceArea("P", "e0", 0.0, 100.0, phase="ED"), SliceArea("P", "e1", 7.0, 80.0, phase="ED"),
+             SliceArea("P", "s0", 0.0, 50.0, phase="ES")]
+    (result,) = stack_volumes(areas)
+    assert result.ed_volume_ml == pytest.approx(180 * 7 / 1000)
+    assert result.es_volume_ml == pytest.approx(50 * 7 / 1000)
+    assert result.ef_percent is None
+    assert any("no EF" in note for note in result.notes)
+
+
+def test_a_stack_with_one_slice_location_has_no_volume():
+    areas = cine("one", [12.0], [[100, 50, 80]]) + cine("two", [0.0, 6.0], [[10, 5], [10, 5]])
+    assigned, rules = assign_phases(areas)
+    assert [result.stack for result in stack_volumes(assigned, rules)] == ["two"]
+
+
+def test_volume_errors():
+    pred = {"P01": {"ed_volume_ml": 110.0, "es_volume_ml": 45.0, "ef_percent": None},
+            "P02": {"ed_volume_ml": 100.0, "es_volume_ml": 50.0, "ef_percent": 50.0}}
+    truth = [{"patient": "P01", "ed_volume_ml": 100.0, "es_volume_ml": 50.0, "ef_percent": 50.0},
+             {"patient": "P02", "ed_volume_ml": 100.0, "es_volume_ml": 40.0, "ef_percent": 60.0},
+             {"patient": "P03", "ed_volume_ml": 90.0, "es_volume_ml": 40.0, "ef_percent": 55.6}]
+    errors = volume_errors(pred, truth)
+    p01 = errors["patients"]["P01"]
+    assert p01["ed_volume_ml"] == {"pred": 110.0, "truth": 100.0, "error": pytest.approx(10.0),
+                                   "relative_error": pytest.approx(0.1)}
+    assert p01["es_volume_ml"]["relative_error"] == pytest.approx(0.1)
+    assert p01["ef_percent"]["relative_error"] is None
+    assert errors["patients"]["P02"]["es_volume_ml"]["relative_error"] == pytest.approx(0.25)
+    assert errors["patients"]["P02"]["ef_percent"]["error"] == pytest.approx(-10.0)
+    assert errors["max_relative_error"] == {"ed_volume_ml": pytest.approx(0.1), "es_volume_ml": pytest.approx(0.25),
+                                            "ef_percent": pytest.approx(10 / 60)}
+    assert errors["missing"] == ["P03"]
+
+
+def test_phantom_reference_masks_reproduce_the_phantom_volumes(tmp_path):
+    """The phantom's own contours, through the reader and volumes.py, give its true EDV/ESV/EF."""
+    write_phantom(tmp_path / "phantom", patients=2, slices=3, frames=4, seed=3, shape=(128, 112), spacing_mm=2.2)
+    truth = json.loads((tmp_path / "phantom" / "phantom.json").read_text())["truth"]
+    report = read_rvsc(tmp_path / "phantom")
+    areas = [SliceArea(stack=s.patient, id=s.id, slice_location=s.slice_location, phase=s.phase,
+                       area_mm2=area_mm2(s.masks["endo"], s.spacing_mm)) for s in report.samples]
+    assert {area.phase for area in areas} == {"ED", "ES"}
+    results = stack_volumes(*assign_phases(areas))
+    assert [r.stack for r in results] == ["P01", "P02"]
+    assert all(r.slice_spacing_mm == pytest.approx(7.0) and r.es_rule == "given" for r in results)
+    errors = volume_errors([r.to_dict() for r in results], truth)
+    assert errors["missing"] == []
+    for key, worst in errors["max_relative_error"].items():
+        assert worst < 0.01, key
+    for reference in truth:
+        result = next(r for r in results if r.stack == reference["patient"])
+        assert result.ed_volume_ml == pytest.approx(reference["ed_volume_ml"], rel=0.01)
+        assert result.ef_percent == pytest.approx(reference["ef_percent"], rel=0.01)
