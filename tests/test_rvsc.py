@@ -14,6 +14,8 @@ from rvseg.data.dicom import is_dicom, order_series, read_dicom
 from rvseg.data.rvsc import looks_like_rvsc, read_rvsc
 from rvseg.errors import DataError
 
+from helpers import make_patient_copy
+
 ANNOTATED = ("0020", "0022", "0023")
 
 
@@ -25,21 +27,6 @@ def rvsc_root(shared_data) -> Path:
 @pytest.fixture(scope="module")
 def report(rvsc_root):
     return read_rvsc(rvsc_root)
-
-
-def make_patient_copy(tmp_path: Path, rvsc_root: Path, frames=("0020", "0021", "0022", "0023")) -> Path:
-    """A copy of patient09 with only ``frames`` of the DICOMs, all 6 contours and the list file.
-
-    Returns the folder holding ``patient09/`` (the data root).
-    """
-    source = rvsc_root / "patient09"
-    patient = tmp_path / "data" / "patient09"
-    (patient / "P09dicom").mkdir(parents=True)
-    for frame in frames:
-        shutil.copy(source / "P09dicom" / f"P09-{frame}.dcm", patient / "P09dicom")
-    shutil.copytree(source / "P09contours-manual", patient / "P09contours-manual")
-    shutil.copy(source / "P09list.txt", patient)
-    return patient.parent
 
 
 def raised_message(root: Path, **kwargs) -> str:

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from rvseg import __version__
-from rvseg.errors import ConfigError
+from rvseg.errors import ConfigError, RvsegError
 from rvseg.losses import build_loss
 from rvseg.models import build_model
 from rvseg.train.config import TrainConfig
@@ -256,10 +256,7 @@ def make_graphed_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimize
     Returns:
         ``step(images, targets)``: copies the batch into the graph's static inputs and replays it.
     """
-    if runtime.device.type != "cuda":
-        raise ConfigError("--cuda-graph needs a CUDA device")
-    if runtime.precision == "fp16":
-        raise ConfigError("--cuda-graph supports bf16 and fp32 (fp16 needs a grad scaler, which syncs the host)")
+    check_cuda_graph(runtime)
     for group in optimizer.param_groups:
         if "capturable" in group:
             group["capturable"] = True
@@ -289,6 +286,14 @@ def make_graphed_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimize
         graph.replay()
 
     return step
+
+
+def check_cuda_graph(runtime: Runtime) -> None:
+    """ConfigError unless a whole training step can be captured on this runtime."""
+    if runtime.device.type != "cuda":
+        raise ConfigError("--cuda-graph needs a CUDA device")
+    if runtime.precision == "fp16":
+        raise ConfigError("--cuda-graph supports bf16 and fp32 (fp16 needs a grad scaler, which syncs the host)")
 
 
 def training_setup(options: BenchOptions, runtime: Runtime, in_channels: int = 1):
@@ -467,6 +472,8 @@ def run_bench(options: BenchOptions) -> dict:
     """
     options.validate()
     runtime = setup_runtime(options.device, options.precision)
+    if options.cuda_graph:
+        check_cuda_graph(runtime)
     torch.backends.cudnn.benchmark = options.cudnn_benchmark
     in_channels = 1
     if options.dataset is not None:
@@ -500,6 +507,8 @@ def run_bench(options: BenchOptions) -> dict:
             reset_peak_memory(runtime.device)
             try:
                 measured = measures[part]()
+            except RvsegError:  # the user's mistake (a bad data set...): one clear message, as everywhere
+                raise
             except Exception as exc:  # one failing part (e.g. a capture the GPU refuses) must not lose the rest
                 errors[part] = f"{type(exc).__name__}: {exc}"
                 traceback.print_exc(file=sys.stderr)
