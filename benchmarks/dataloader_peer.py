@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=8, help="DataLoader worker processes")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--repeats", type=int)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int)
     parser.add_argument("--dataset", help="prepared data set (default: synthetic slices)")
     parser.add_argument("--samples", type=int, default=256, help="synthetic slices (without --dataset)")
     parser.add_argument("--out", help="also write the JSON result here")
@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             images, masks = synthetic_slices(args.samples, options.size)
         result = measure_peer(options, runtime, args.workers, images, masks)
+        result["settings"]["dataset"] = args.dataset or f"synthetic ({args.samples} slices)"
     except RvsegError as exc:
         print(f"dataloader_peer: {exc}", file=sys.stderr)
         return 2

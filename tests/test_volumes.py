@@ -57,7 +57,8 @@ def test_summation_of_discs_with_given_phases():
 
 def test_es_is_the_frame_of_minimum_total_volume_when_slices_share_frames():
     # Slice 0 alone has its smallest area at frame 3; the stack as a whole is smallest at frame 2.
-    areas = cine("S", [0.0, 10.0, 20.0], [[900, 700, 520, 500, 800], [700, 520, 400, 450, 650], [400, 300, 200, 260, 380]])
+    areas = cine("S", [0.0, 10.0, 20.0],
+                 [[900, 700, 520, 500, 800], [700, 520, 400, 450, 650], [400, 300, 200, 260, 380]])
     shuffled = [areas[i] for i in np.random.default_rng(0).permutation(len(areas))]
     assigned, rules = assign_phases(shuffled)
     assert rules == {"S": "min-total-volume"}

@@ -58,22 +58,23 @@ PARTS = ("raw", "loop", "loop-noaug", "eval", "predict")
 #: ``torch.compile`` modes offered; ``reduce-overhead`` replays CUDA graphs (for launch-bound steps).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 #: Defaults that depend on the device: the paper's U-Net and image size on a GPU, a model and size
-#: that a 2-core CPU measures in about a minute.
+#: that a 2-core CPU measures in about a minute. One warm-up call suffices on the CPU (it builds the
+#: kernels of each new shape); a GPU also settles its allocator and kernel choices over a few steps.
 DEVICE_DEFAULTS = {
-    "cuda": {"size": (256, 208), "width": 64, "steps": 30, "repeats": 5},
-    "cpu": {"size": (128, 112), "width": 16, "steps": 5, "repeats": 3},
+    "cuda": {"size": (256, 208), "width": 64, "steps": 30, "repeats": 5, "warmup": 5},
+    "cpu": {"size": (128, 112), "width": 16, "steps": 5, "repeats": 3, "warmup": 1},
 }
 #: Frames of the series whose prediction latency is measured (a cine stack has about 20).
 SERIES_FRAMES = 20
 #: Shift (pixels) between reference and "prediction" in the evaluation part: both masks keep
 #: realistic boundaries, so the distance transforms do their real amount of work.
 EVAL_SHIFT_PX = 2
+#: Most timed predictions per repeat (the CPU preprocessing of a series dominates; a few suffice).
+PREDICT_CALLS = 5
 #: Share of positive pixels in the random targets of the raw step (about an RV cavity's share).
 RAW_FOREGROUND = 0.1
 #: Slices per phantom patient (about 11 of its 12 ED/ES images carry an RV contour).
 PHANTOM_SLICES = 6
-#: Share of phantom patients that the default split holds out for validation (TrainConfig.val_fraction).
-PHANTOM_VAL_SHARE = 0.2
 
 
 @dataclass
@@ -119,7 +120,7 @@ class BenchOptions:
     cudnn_benchmark: bool = False
     steps: int | None = None
     repeats: int | None = None
-    warmup: int = 3
+    warmup: int | None = None
     parts: tuple[str, ...] = PARTS
     dataset: Path | None = None
 
@@ -138,7 +139,7 @@ class BenchOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
-        if self.warmup < 0:
+        if self.warmup is not None and self.warmup < 0:
             raise ConfigError(f"--warmup must be at least 0, not {self.warmup}")
         if self.size is not None and (len(self.size) != 2 or min(self.size) < 8):
             raise ConfigError(f"--size needs two values of at least 8 (H W), not {self.size}")
@@ -198,11 +199,10 @@ def device_info(device: torch.device) -> dict:
 # ---------------------------------------------------------------- the training step
 
 
-def autocast_for(runtime: Runtime, *, cache_enabled: bool = True):
-    """The runtime's autocast; CUDA-graph capture needs ``cache_enabled=False`` (PyTorch's rule)."""
-    enabled = runtime.precision != "fp32"
-    dtype = torch.float16 if runtime.precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=runtime.device.type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
+def autocast_for_capture(runtime: Runtime):
+    """The runtime's autocast without its weight-cast cache, which CUDA-graph capture forbids."""
+    return torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16,
+                          enabled=runtime.precision == "bf16", cache_enabled=False)
 
 
 def make_train_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, runtime: Runtime,
@@ -228,7 +228,7 @@ def make_train_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer,
             torch.compiler.cudagraph_mark_step_begin()
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_for(runtime):
+        with runtime.autocast():
             logits = model(images)
         loss = loss_fn(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
@@ -263,7 +263,7 @@ def make_graphed_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimize
     static_images, static_targets = images.clone(), targets.clone()
 
     def forward_backward_step() -> None:
-        with autocast_for(runtime, cache_enabled=False):
+        with autocast_for_capture(runtime):
             logits = model(static_images)
         loss_fn(logits.float(), static_targets).backward()
         optimizer.step()
@@ -400,12 +400,12 @@ def measure_predict(dataset: Path, options: BenchOptions, runtime: Runtime) -> d
         batch = batch.to(runtime.device)
         if options.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with autocast_for(runtime):
+        with runtime.autocast():
             logits = model(batch)
         return (torch.sigmoid(logits.float()) > threshold).cpu().numpy()
 
     synchronize = synchronizer(runtime.device)
-    calls = max(options.steps, 3)
+    calls = min(options.steps, PREDICT_CALLS)
     latency = {}
     for name, images in (("slice", frames[:1]), ("series", frames)):
         time_repeats(lambda: [predict(images) for _ in range(max(options.warmup, 1))], 1, synchronize)
@@ -439,7 +439,8 @@ def phantom_dataset(options: BenchOptions, work: Path) -> Path:
 
     wanted_train = options.steps * options.batch_size
     per_patient = 2 * PHANTOM_SLICES  # an ED and an ES image per slice
-    patients = min(99, max(3, math.ceil(wanted_train / ((1 - PHANTOM_VAL_SHARE) * per_patient)) + 1))
+    train_share = 1 - TrainConfig().val_fraction  # the loop's default split
+    patients = min(99, max(3, math.ceil(wanted_train / (train_share * per_patient)) + 1))
     write_phantom(work / "phantom", patients=patients, slices=PHANTOM_SLICES, frames=2)
     prepare(work / "phantom", work / "prepared", PrepareOptions(size=tuple(options.size)))
     return work / "prepared"

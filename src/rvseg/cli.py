@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN pick the fastest kernels (all parts)")
     p.add_argument("--steps", type=int, help="timed steps per repeat (default: 30 on CUDA, 5 on CPU)")
     p.add_argument("--repeats", type=int, help="timed repeats; figures are their median (default: 5 on CUDA, 3 on CPU)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    p.add_argument("--warmup", type=int, help="untimed steps before timing (default: 5 on CUDA, 1 on CPU)")
     p.add_argument("--parts", default="raw,loop,loop-noaug,eval,predict", help="what to measure (comma-separated)")
     p.add_argument("--dataset", help="prepared data set for the loop, eval and predict (default: a synthetic phantom)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")

@@ -6,7 +6,9 @@ sample. A label a sample does not carry (e.g. a Sunnybrook epicardium) is unknow
 (sample, label) is left out and counted as ``n_absent``.
 
 **How.** Each sample is segmented from its real extent (the stacking padding cropped using
-``height``/``width``) as :mod:`rvseg.inference` describes, at the data set's resolution, and compared
+``height``/``width``) as :mod:`rvseg.inference` describes, at the data set's resolution and
+post-processed as ``rvseg predict`` does (largest region, holes filled; ``postprocess=False`` /
+``--no-postprocess`` scores the raw thresholded output instead), and compared
 with its reference mask by :func:`rvseg.metrics.segmentation_metrics`: Dice, Jaccard, sensitivity,
 precision, Hausdorff distance and HD95, areas. Distances are in mm from the data set's pixel
 spacing (for a resized set, the spacing after resizing); for samples without spacing they are in
@@ -214,8 +216,9 @@ def write_evaluation(out: Path, rows: Sequence[dict], summary: dict, data: Prepa
             panels = [example_panel(data, indices[position[row["id"]]], predictions[position[row["id"]]], labels,
                                     channels, row) for row in chosen]
             draw_examples(panels, tmp / name, title=f"{caption} Dice ({labels[0]}), {summary['split']} split")
-        draw_dice_histogram({label: [row["dice"] for row in rows if row["label"] == label] for label in labels},
-                            tmp / "dice_histogram.png", title=f"{summary['split']} split, {summary['n_samples']} samples")
+        dice = {label: [row["dice"] for row in rows if row["label"] == label] for label in labels}
+        draw_dice_histogram(dice, tmp / "dice_histogram.png",
+                            title=f"{summary['split']} split, {summary['n_samples']} samples")
         write_json(tmp / "summary.json", {**summary, "files": files})
         if out.exists():  # empty, or ``force`` (checked before any work was done)
             shutil.rmtree(out)

@@ -18,13 +18,15 @@ data set was made with (``prepare`` in the checkpoint's data info). For one raw 
 
    - ``mean`` (the paper's average-probability ensemble): the mean of the models' probabilities,
      turned into a filled score.
-   - ``vote`` (majority vote): the share of models whose own mask (filled score > 0.5) covers the
-     pixel; a pixel is foreground with a strict majority, so a tie between two models is background.
+   - ``vote`` (majority vote): the share of models whose own mask (step 4) covers the pixel; a
+     pixel is foreground with a strict majority, so a tie between two models is background.
 
-   One checkpoint given twice gives exactly what it gives once, with either rule.
-4. **Original geometry**: the score map is resized bilinearly back to (H, W) (half-pixel centres,
+   One checkpoint given twice gives exactly what it gives once, with either rule, and a vote of
+   one model is that model's own mask.
+4. **Original geometry**: a score map is resized bilinearly back to (H, W) (half-pixel centres,
    the grid convention of the resize in step 1, so the two are inverse maps) and thresholded at 0.5
-   there. Masks are therefore at the resolution of the original image, not the model's.
+   there: the mean's score map, or each model's own for a vote. Masks are therefore at the
+   resolution of the original image, not the model's.
 5. **Post-processing** (``postprocess``): each label keeps its largest 8-connected region with its
    holes filled, the region a single closed contour describes (RVSC contours are one closed polygon
    per structure). Predicted masks, written contours and areas then agree with each other.
@@ -133,7 +135,8 @@ class Predictor:
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """Model input of one raw float (H, W) image: float32 (C, h, w) (module docstring, step 1)."""
-        normalised = normalise_image(image, self.prepare.get("normalize", "percentile"), bool(self.prepare.get("clahe")))
+        method = self.prepare.get("normalize", "percentile")
+        normalised = normalise_image(image, method, bool(self.prepare.get("clahe")))
         return self.to_model_input(normalised)
 
     def to_model_input(self, normalised: np.ndarray) -> np.ndarray:
@@ -169,11 +172,8 @@ class Predictor:
             outputs.append(np.concatenate(per_model))
         return np.stack(outputs)
 
-    def scores(self, inputs: np.ndarray) -> np.ndarray:
-        """Combined filled scores (foreground: > 0.5) of float32 (N, C, h, w) inputs: (N, L, h, w)."""
-        return combine(self.model_probabilities(inputs), self.ensemble, self.mask_style)
-
-    def score_maps(self, inputs: Sequence[np.ndarray], shapes: Sequence[tuple[int, int] | None]) -> Iterator[np.ndarray]:
+    def score_maps(self, inputs: Sequence[np.ndarray],
+                   shapes: Sequence[tuple[int, int] | None]) -> Iterator[np.ndarray]:
         """Scores of many model inputs, each resized to its output shape.
 
         Args:
@@ -181,7 +181,7 @@ class Predictor:
             shapes: for each input the (H, W) to map its scores to, or None to keep (h_i, w_i).
 
         Yields:
-            float32 (L, H_i, W_i) score maps, in input order.
+            float32 (L, H_i, W_i) combined scores (foreground: > 0.5), in input order.
         """
         for start in range(0, len(inputs), self.batch_size):
             chunk = range(start, min(start + self.batch_size, len(inputs)))
@@ -190,9 +190,9 @@ class Predictor:
                 by_shape.setdefault(inputs[i].shape, []).append(i)
             maps: dict[int, np.ndarray] = {}
             for members in by_shape.values():
-                batch_scores = self.scores(np.stack([inputs[i] for i in members]))
-                for i, score in zip(members, batch_scores):
-                    maps[i] = to_original_geometry(score, shapes[i] or score.shape[-2:])
+                probabilities = self.model_probabilities(np.stack([inputs[i] for i in members]))
+                for j, i in enumerate(members):
+                    maps[i] = combine(probabilities[:, j], self.ensemble, self.mask_style, shapes[i])
             yield from (maps[i] for i in chunk)
 
     def predict(self, images: Sequence[np.ndarray], postprocess: bool = True) -> list[np.ndarray]:
@@ -224,21 +224,24 @@ def check_same_preprocessing(files: Sequence[Path], infos: Sequence[dict]) -> No
                                   f"{file} has {found!r}")
 
 
-def combine(probabilities: np.ndarray, ensemble: str, mask_style: str) -> np.ndarray:
-    """Combine per-model probabilities into filled scores (module docstring, step 3).
+def combine(probabilities: np.ndarray, ensemble: str, mask_style: str,
+            shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Combine per-model probabilities into filled scores at the output geometry (module docstring, 3-4).
 
     Args:
-        probabilities: float (M, N, L, h, w), one entry per model.
+        probabilities: float (M, ..., h, w), one entry per model (e.g. (M, L, h, w)).
         ensemble: ``mean`` or ``vote``.
         mask_style: the models' target encoding.
+        shape: the (H, W) to map to, or None to stay at (h, w).
 
     Returns:
-        float32 (N, L, h, w) in [0, 1]; foreground is ``> 0.5``.
+        float32 (..., H, W) in [0, 1]; foreground is ``> 0.5``.
     """
+    shape = shape or probabilities.shape[-2:]
     if ensemble == "mean":
-        return filled_scores(probabilities.mean(axis=0), mask_style)
+        return to_original_geometry(filled_scores(probabilities.mean(axis=0), mask_style), shape)
     if ensemble == "vote":
-        votes = np.stack([filled_scores(p, mask_style) > 0.5 for p in probabilities])
+        votes = np.stack([to_original_geometry(filled_scores(p, mask_style), shape) > 0.5 for p in probabilities])
         return votes.mean(axis=0, dtype=np.float32)
     raise ConfigError(f"--ensemble must be one of {', '.join(ENSEMBLES)}, not {ensemble!r}")
 
@@ -271,11 +274,13 @@ def filled_scores(probabilities: np.ndarray, mask_style: str) -> np.ndarray:
 
 
 def to_original_geometry(scores: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize float (L, h, w) scores bilinearly to (L, H, W) (half-pixel centres, as the input resize)."""
+    """Resize float (..., h, w) maps bilinearly to (..., H, W) (half-pixel centres, as the input resize)."""
     if tuple(scores.shape[-2:]) == tuple(shape):
         return scores
-    tensor = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))[None]
-    return F.interpolate(tensor, size=tuple(int(s) for s in shape), mode="bilinear", align_corners=False)[0].numpy()
+    size = tuple(int(s) for s in shape)
+    tensor = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)).reshape(1, -1, *scores.shape[-2:])
+    resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+    return resized.reshape(*scores.shape[:-2], *size).numpy()
 
 
 def masks_from_scores(scores: np.ndarray, postprocess: bool = True) -> np.ndarray:

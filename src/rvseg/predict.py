@@ -370,7 +370,8 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
              "trigger_time": image.trigger_time, "frame": image.frame, "phase": record["phase"],
              "area_mm2": record[f"area_mm2_{VOLUME_LABEL}"]} for image, record in with_spacing]
     for item in volumes:
-        for phase, volume, slices in (("ED", item.ed_volume_ml, item.ed_slices), ("ES", item.es_volume_ml, item.es_slices)):
+        phases = (("ED", item.ed_volume_ml, item.ed_slices), ("ES", item.es_volume_ml, item.es_slices))
+        for phase, volume, slices in phases:
             if volume is not None:
                 rows.append({"level": "phase", "stack": item.stack, "phase": phase, "slices": slices,
                              "slice_spacing_mm": item.slice_spacing_mm, "volume_ml": volume})

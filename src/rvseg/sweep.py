@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import itertools
 import json
 import math
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +177,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                           f"not {masked(url)!r}")
     # SQLite: wait for a busy database instead of failing, so several processes can share the file.
     engine = {"connect_args": {"timeout": 120}} if scheme == "sqlite" else {"pool_pre_ping": True}
+    url = with_available_driver(url)
     last = None
     for attempt in range(5):
         try:
@@ -188,6 +191,16 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     raise ConfigError(f"cannot open study storage {masked(url)} ({last.__class__.__name__}: {str(last)[:300]})")
 
 
+def with_available_driver(url: str) -> str:
+    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 defaults to psycopg 3,
+    2.0 to psycopg2 (the ``postgres`` extra); an explicit ``postgresql+driver://`` is kept."""
+    if not url.startswith("postgresql://"):
+        return url
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     if spec.sampler == "grid":
         return optuna.samplers.GridSampler({axis.name: axis.values for axis in spec.space}, seed=0)
@@ -198,15 +211,17 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     if spec.pruner is None:
         return optuna.pruners.NopPruner()
     options = {k: v for k, v in spec.pruner.items() if k != "name"}
+    pruner = {"median": optuna.pruners.MedianPruner, "threshold": optuna.pruners.ThresholdPruner}[spec.pruner["name"]]
     try:
-        return optuna.pruners.MedianPruner(**options)
-    except TypeError as exc:
-        raise ConfigError(f"pruner median: {exc}") from None
+        return pruner(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"pruner {spec.pruner['name']}: {exc}") from None
 
 
 def open_study(spec: SweepSpec, url: str, study_name: str) -> optuna.Study:
     """Create or load the study; refuse one that was created for a different SPEC."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Each run's outcome is printed by the worker; Optuna's own log would repeat failures with tracebacks.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(url)
     study = optuna.create_study(storage=storage, study_name=study_name, direction=spec.direction,
                                 sampler=make_sampler(spec), pruner=make_pruner(spec), load_if_exists=True)
@@ -321,8 +336,12 @@ def data_source(spec: SweepSpec) -> tuple[Path, dict]:
     return source, dict(meta.get("options", {}))
 
 
-def prepare_variants(spec: SweepSpec, out: Path, verbose: bool) -> None:
-    """Prepare every data variant the sweep needs into ``out/data/<variant>/`` (reusing finished ones)."""
+def prepare_variants(spec: SweepSpec, out: Path, parallel: int, verbose: bool) -> None:
+    """Prepare every data variant the sweep needs into ``out/data/<variant>/``, ``parallel`` at a time.
+
+    Finished variants are reused; each variant is claimed while it is prepared, so processes on
+    several machines sharing ``out`` prepare it once.
+    """
     if not spec.needs_variants():
         dataset = Path(spec.dataset)
         if not (dataset / "dataset.json").is_file():
@@ -330,20 +349,24 @@ def prepare_variants(spec: SweepSpec, out: Path, verbose: bool) -> None:
                             "sweep prepare it by giving prepare options (e.g. --size)", dataset)
         return
     source, base_options = data_source(spec)
-    for prepare in variants(spec):
+
+    def prepare_one(prepare: dict) -> None:
         target = out / "data" / variant_name(prepare)
         options = {**base_options, **spec.prepare, **prepare}
         with RunClaim(out / "data" / ".claims" / target.name):
             if (target / "dataset.json").is_file():
-                continue
+                return
             if verbose:
                 print(f"preparing data variant {target.name} from {source}", flush=True)
             log = out / "data" / ".claims" / target.name / "prepare.log"
-            command = ["prepare", str(source), "--out", str(target), "--force", *prepare_flags(options)]
-            code = run_child(command, log)
+            code = run_child(["prepare", str(source), "--out", str(target), "--force", *prepare_flags(options)], log)
             if not (target / "dataset.json").is_file():
-                raise DataError(f"preparing variant {target.name} failed (exit code {code}): "
-                                f"{last_error(log)}", source)
+                raise DataError(f"preparing variant {target.name} failed (exit code {code}): {last_error(log)}",
+                                source)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        for future in [pool.submit(prepare_one, prepare) for prepare in variants(spec)]:
+            future.result()
 
 
 def variants(spec: SweepSpec) -> list[dict]:
@@ -457,10 +480,10 @@ class Worker:
     """One Optuna worker loop: trial after trial until the study is done (module docstring)."""
 
     def __init__(self, spec: SweepSpec, out: Path, study: optuna.Study, options: SweepOptions,
-                 prefix: str = "", gpu: str | None = None):
+                 prefix: str = "", child_env: dict[str, str] | None = None):
         self.spec, self.out, self.study, self.options = spec, out, study, options
         self.prefix = prefix
-        self.gpu = gpu
+        self.child_env = child_env or {}  # e.g. this worker's GPU, or its share of the CPU threads
         self.owner = Owner.current()
 
     def log(self, text: str) -> None:
@@ -539,9 +562,7 @@ class Worker:
         """Run the trainer subprocess; ``complete``, ``pruned`` or ``failed`` (``failed.json`` written)."""
         command = child_command(["train", str(dataset), "--out", str(folder), "--config",
                                  str(folder / "sweep-config.yaml"), "--resume", "--quiet"])
-        env = dict(os.environ)
-        if self.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = self.gpu
+        env = {**os.environ, **self.child_env}
         with open(folder / "train.log", "ab") as log:
             # The claim's descriptor goes along: the claim then outlives this worker until the trainer exits.
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, pass_fds=(claim_fd,), env=env)
@@ -661,7 +682,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, options: SweepOptions | None = N
             failed.unlink()
     with sigterm_as_interrupt():
         recover(study, spec, options.grace_s, retry_failed=options.retry_failed)
-        prepare_variants(spec, out, options.verbose)
+        prepare_variants(spec, out, options.workers, options.verbose)
         if options.verbose:
             print(f"sweep {study_name}: {describe_size(spec)}; storage {masked(url)}; {options.workers} worker(s)",
                   flush=True)
@@ -732,15 +753,25 @@ def visible_gpus(spec: SweepSpec) -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def worker_environments(spec: SweepSpec, workers: int) -> list[dict[str, str]]:
+    """Environment changes for each worker's trainers: one GPU each (round robin) when several are
+    visible; for CPU runs, an equal share of the cores, so parallel trainers do not oversubscribe them."""
+    gpus = visible_gpus(spec)
+    if len(gpus) > 1:
+        return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(workers)]
+    if not gpus and str(spec.base.get("device", "auto")) in ("cpu", "auto"):
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(workers)]
+    return [{} for _ in range(workers)]
+
+
 def run_workers(spec: SweepSpec, out: Path, url: str, study_name: str, options: SweepOptions) -> None:
     """Start ``options.workers`` worker processes and wait for them."""
-    gpus = visible_gpus(spec) if options.workers > 1 else []
-    env = {**os.environ, STORAGE_ENV: url}
     procs = []
-    for index in range(options.workers):
-        command = ["worker", str(out), str(index), study_name, str(options.grace_s),
-                   gpus[index % len(gpus)] if len(gpus) > 1 else "-", "1" if options.verbose else "0"]
-        procs.append(subprocess.Popen(child_command(command), env=env))
+    for index, child_env in enumerate(worker_environments(spec, options.workers)):
+        command = ["worker", str(out), str(index), study_name, str(options.grace_s), json.dumps(child_env),
+                   "1" if options.verbose else "0"]
+        procs.append(subprocess.Popen(child_command(command), env={**os.environ, STORAGE_ENV: url}))
     try:
         codes = [proc.wait() for proc in procs]
     finally:
@@ -756,7 +787,7 @@ def run_workers(spec: SweepSpec, out: Path, url: str, study_name: str, options: 
 def worker_main(argv: list[str]) -> int:
     """Entry point of a worker process started by :func:`run_workers`."""
     parser = argparse.ArgumentParser(prog="rvseg-sweep-worker")
-    for name in ("out", "index", "study", "grace", "gpu", "verbose"):
+    for name in ("out", "index", "study", "grace", "env", "verbose"):
         parser.add_argument(name)
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -765,8 +796,7 @@ def worker_main(argv: list[str]) -> int:
     try:
         with sigterm_as_interrupt():
             study = open_study(spec, os.environ[STORAGE_ENV], args.study)
-            Worker(spec, out, study, options, prefix=f"[worker {args.index}] ",
-                   gpu=None if args.gpu == "-" else args.gpu).run()
+            Worker(spec, out, study, options, prefix=f"[worker {args.index}] ", child_env=json.loads(args.env)).run()
     except RvsegError as exc:
         print(f"rvseg: worker {args.index}: {exc}", file=sys.stderr)
         return 2

@@ -224,7 +224,8 @@ def volume_errors(pred_volumes: Mapping[str, Mapping] | Sequence[Mapping],
         patients[patient] = {key: _error(pred[patient].get(key), reference[patient].get(key)) for key in VOLUME_KEYS}
     maxima = {}
     for key in VOLUME_KEYS:
-        values = [patients[p][key]["relative_error"] for p in patients if patients[p][key]["relative_error"] is not None]
+        values = [errors[key]["relative_error"] for errors in patients.values()
+                  if errors[key]["relative_error"] is not None]
         maxima[key] = max(values) if values else None
     return {"patients": patients, "max_relative_error": maxima, "missing": sorted(set(reference) - set(pred))}
 

@@ -20,6 +20,7 @@ A SPEC is a mapping::
     n_trials: 20                   # tpe only (a grid runs every cell)
     repeats: 3                     # seeds per cell (base seed + 0, 1, 2), or an explicit list of seeds
     pruner: median                 # optional: none | median | {median: {n_startup_trials: 5, n_warmup_steps: 10}}
+                                   #   | {threshold: {lower: 0.1, n_warmup_steps: 10}} (per-epoch val Dice or loss)
     table: {rows: [loss], columns: null, values: [best_val_dice]}   # report layout (optional)
 
 Axes named after a :class:`~rvseg.data.prepare.PrepareOptions` field (``channels``, ``mask_style``,
@@ -61,7 +62,9 @@ OBJECTIVES = {
     "test_dice": ("maximize", "val_dice"),
 }
 SAMPLERS = ("grid", "tpe")
-PRUNERS = ("none", "median")
+#: Pruners of clearly bad trials: Optuna's MedianPruner, or ThresholdPruner (e.g. Dice below 0.1
+#: after 10 epochs: ``{threshold: {lower: 0.1, n_warmup_steps: 10}}``).
+PRUNERS = ("none", "median", "threshold")
 #: Names an axis may not take (columns of results.csv).
 RESERVED_NAMES = ("run", "cell", "seed", "status", "error", "folder")
 #: Longest run folder name; longer names are cut and end in a hash of the full name.
@@ -374,7 +377,7 @@ def parse_repeats(repeats, base_seed: int) -> list[int]:
 
 
 def parse_pruner(pruner) -> dict | None:
-    """``none`` | ``median`` | ``{median: {MedianPruner options}}`` -> ``{"name": ..., **options}`` or None."""
+    """``none`` | ``median`` | ``{median: {options}}`` | ``{threshold: {lower: ...}}`` -> ``{"name", **options}``."""
     if pruner in (None, "none"):
         return None
     if pruner in PRUNERS:
@@ -383,7 +386,7 @@ def parse_pruner(pruner) -> dict | None:
         (name, options), = pruner.items()
         if name in PRUNERS and isinstance(options or {}, dict):
             return None if name == "none" else {"name": name, **(options or {})}
-    raise ConfigError(f"pruner must be one of {', '.join(PRUNERS)} or {{median: {{options}}}}, not {pruner!r}")
+    raise ConfigError(f"pruner must be one of {', '.join(PRUNERS)}, or {{NAME: {{options}}}}, not {pruner!r}")
 
 
 def check_points(spec: SweepSpec) -> None:

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Fill wheels/ (git-ignored) with what benchmarks/gpu_check.sh needs on a GPU machine that reaches no
+# package registry. Run it here, then name wheels in the device call's carry list.
+#
+# The GPU image has python3 3.12 with torch, numpy, scipy, scikit-image, matplotlib, pyyaml and
+# packaging, but not pydicom (imported by `rvseg phantom` and, through the format registry, by
+# `rvseg prepare`) or nibabel (the ACDC reader, imported by the same registry). Both are pure-Python
+# wheels, pinned here to the versions of this checkout's .venv. The training, bench and PNG-reading
+# path needs neither optuna nor monai, so they are not fetched.
+#
+#   bash benchmarks/download_wheels.sh          # wheels only
+#   bash benchmarks/download_wheels.sh --data   # also copy the RVSC PNG set into wheels/rvsc-train-png:
+#                                               # ../shared does not travel to the GPU machine, wheels/ does
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+DEST=${WHEELS_DIR:-$REPO/wheels}
+PY=${PYTHON:-$REPO/.venv/bin/python}
+[[ -x $PY ]] || PY=python3
+GPU_PYTHON_VERSION=${GPU_PYTHON_VERSION:-3.12}
+WITH_DATA=0
+for arg in "$@"; do
+    case $arg in
+        --data) WITH_DATA=1 ;;
+        *) echo "usage: $0 [--data]" >&2; exit 2 ;;
+    esac
+done
+
+version_of() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
+
+mkdir -p "$DEST"
+"$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$GPU_PYTHON_VERSION" -d "$DEST" \
+    "pydicom==$(version_of pydicom)" "nibabel==$(version_of nibabel)"
+
+if (( WITH_DATA )); then
+    SOURCE=$REPO/../shared/data/rvsc-train-png
+    [[ -d $SOURCE ]] || { echo "no RVSC PNG set at $SOURCE" >&2; exit 1; }
+    rm -rf "$DEST/rvsc-train-png"
+    cp -r "$SOURCE" "$DEST/rvsc-train-png"
+fi
+ls -l "$DEST"
+du -sh "$DEST"

@@ -1,0 +1,33 @@
+"""``rvseg demo`` end to end: the promised Dice on the phantom and RV volumes within 10%."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rvseg.cli import main
+
+
+@pytest.mark.slow
+def test_full_demo_reaches_its_targets(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    printed = capsys.readouterr().out
+    assert "synthetic phantom (not real data)" in printed
+    result = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert result["val_endo_dice"] >= 0.85
+    errors = result["volume_errors"]
+    assert errors["missing"] == []
+    for key in ("ed_volume_ml", "es_volume_ml", "ef_percent"):
+        assert errors["max_relative_error"][key] < 0.10, (key, errors)
+    for name in ("run/progress.png", "evaluation/summary.json", "evaluation/examples_worst.png",
+                 "prediction/volumes.csv"):
+        assert (tmp_path / "demo" / name).is_file(), name
+    assert list((tmp_path / "demo" / "prediction" / "contours").glob("P06-*-icontour-auto.txt"))
+
+
+def test_quick_demo_runs_every_step(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--quick"]) == 0
+    result = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert 0.0 <= result["val_endo_dice"] <= 1.0
+    assert (tmp_path / "demo" / "prediction" / "volumes.csv").is_file()

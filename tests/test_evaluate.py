@@ -1,0 +1,222 @@
+"""rvseg evaluate on the shared RVSC training set, splits, units, output folder, figures."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage.io import imread
+
+import rvseg.evaluate as evaluate_module
+from rvseg.cli import main
+from rvseg.data.dataset import load_dataset
+from rvseg.data.phantom import write_phantom
+from rvseg.data.prepare import PrepareOptions, prepare
+from rvseg.errors import ConfigError, DataError
+from rvseg.evaluate import case_rows, evaluate, split_indices
+from rvseg.inference import Predictor, check_prepared_compatible, single_region
+from rvseg.io import checksum
+from rvseg.metrics import segmentation_metrics
+from rvseg.report.figures import ExamplePanel, draw_dice_histogram, draw_examples, overlay_image
+from rvseg.train.checkpoint import model_from_checkpoint
+from rvseg.train.config import TrainConfig
+from rvseg.train.loop import train
+
+VAL_PATIENTS = ["P15", "P16"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Run this module's tiny models on one thread (faster at 64 x 56), restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def rvsc(shared_data, tmp_path_factory) -> Path:
+    """The shared RVSC training set (243 slices, 128 x 108 PNG pairs) prepared at 64 x 56."""
+    out = tmp_path_factory.mktemp("evaluate") / "rvsc"
+    prepare(shared_data / "rvsc-train-png", out, PrepareOptions(size=(64, 56)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(rvsc) -> Path:
+    """A tiny U-Net trained for a few seconds on 15% of the training slices, validated on P15 and P16."""
+    folder = rvsc.parent / "run"
+    config = TrainConfig(width=8, depth=2, epochs=4, batch_size=8, lr=0.01, fraction=0.15, device="cpu",
+                         augment=False, val_patients=VAL_PATIENTS)
+    train(rvsc, folder, config, verbose=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cli_evaluation(run, rvsc) -> tuple[Path, dict]:
+    out = rvsc.parent / "eval"
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        code = main(["evaluate", str(run), str(rvsc), "--split", "val", "--out", str(out), "--json", "--device", "cpu"])
+    assert code == 0
+    return out, json.loads(stdout.getvalue())
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_evaluate_the_val_split_of_the_shared_rvsc_set(cli_evaluation, rvsc, run):
+    out, printed = cli_evaluation
+    summary = json.loads((out / "summary.json").read_text())
+    assert printed == summary
+    samples = [row for row in read_csv(rvsc / "samples.csv") if row["patient"] in VAL_PATIENTS]
+    per_case = read_csv(out / "per_case.csv")
+    assert [row["id"] for row in per_case] == [row["id"] for row in samples]
+    assert {row["label"] for row in per_case} == {"endo"}
+    assert summary["split"] == "val" and summary["patients"] == VAL_PATIENTS
+    assert summary["n_samples"] == len(samples)
+    assert summary["same_data_as_training"] is True
+    assert summary["checkpoint"] == str(run / "best.pt")
+    assert summary["checkpoint_checksum"] == checksum(run / "best.pt")
+
+    endo = summary["labels"]["endo"]
+    assert endo["n"] == endo["overall"]["n"] == len(samples)
+    assert sorted(endo["by_patient"]) == VAL_PATIENTS
+    for phase in ("ED", "ES"):
+        assert endo["by_phase"][phase]["n"] == sum(row["phase"] == phase for row in samples)
+        assert endo["table"][phase]["n"] == endo["by_phase"][phase]["n"]
+    # The summary aggregates exactly the per-case rows.
+    dice = np.array([float(row["dice"]) for row in per_case])
+    assert endo["overall"]["metrics"]["dice"]["mean"] == pytest.approx(dice.mean(), abs=1e-6)
+    assert endo["table"]["all"]["dice_sd"] == pytest.approx(dice.std(ddof=1), abs=1e-5)
+    hd = np.array([float(row["hd"]) for row in per_case if row["hd"]])
+    assert endo["overall"]["metrics"]["hd"]["n"] == len(hd)
+    assert endo["overall"]["n_hd_undefined"] == len(per_case) - len(hd)
+    assert endo["overall"]["n_one_empty"] == sum(row["empty"] in ("pred", "ref") for row in per_case)
+    # rvsc-train-png has no pixel spacing: distances in pixels, and the summary says so.
+    assert summary["units"] == "px" and {row["unit"] for row in per_case} == {"px"}
+    assert f"{len(per_case)} of {len(per_case)} rows" in summary["unit_note"]
+
+    for name in ("examples_best.png", "examples_worst.png", "dice_histogram.png"):
+        picture = imread(out / name)
+        assert picture.ndim == 3 and min(picture.shape[:2]) > 200, name
+    assert sorted(path.name for path in out.iterdir()) == sorted(Path(path).name for path in summary["files"].values())
+
+
+def test_per_case_metrics_match_the_model_run_directly(cli_evaluation, rvsc, run):
+    """Wiring: each row equals the network's own thresholded, post-processed output on the cropped sample."""
+    out, _ = cli_evaluation
+    per_case = {row["id"]: row for row in read_csv(out / "per_case.csv")}
+    data = load_dataset(rvsc)
+    model, _, _ = model_from_checkpoint(run)
+    for index in data.indices_of_patients(VAL_PATIENTS)[:5]:
+        row = data.rows[index]
+        height, width = int(row["height"]), int(row["width"])
+        with torch.no_grad():
+            logits = model(torch.from_numpy(data.images[index:index + 1, :, :height, :width]))
+        predicted = single_region(torch.sigmoid(logits)[0, 0].numpy() > 0.5)
+        expected = segmentation_metrics(predicted, data.masks[index, 0, :height, :width] > 0, None)
+        written = per_case[row["id"]]
+        for name in ("dice", "jaccard", "area_pred_mm2", "area_ref_mm2"):
+            assert float(written[name]) == pytest.approx(expected[name], rel=1e-5), (row["id"], name)
+        assert written["empty"] == expected["empty"]
+
+
+def test_distances_and_areas_in_mm_with_spacing(run, tmp_path):
+    write_phantom(tmp_path / "phantom", patients=1, slices=2, frames=3, seed=2)
+    prepare(tmp_path / "phantom", tmp_path / "prepared", PrepareOptions(size=(64, 56)))
+    summary = evaluate(run, tmp_path / "prepared", split="all", out=tmp_path / "eval", device="cpu")
+    assert summary["units"] == "mm" and "unit_note" not in summary
+    samples = {row["id"]: row for row in read_csv(tmp_path / "prepared" / "samples.csv")}
+    for row in read_csv(tmp_path / "eval" / "per_case.csv"):
+        sample = samples[row["id"]]
+        pixel_area = float(sample["spacing_mm"]) * float(sample["spacing_col_mm"])
+        assert row["unit"] == "mm"
+        assert float(row["area_ref_mm2"]) == pytest.approx(int(sample["area_px_endo"]) * pixel_area, rel=1e-5)
+
+
+def test_splits(rvsc):
+    data = load_dataset(rvsc)
+    info = {"train_patients": [f"P{k:02d}" for k in range(1, 11)], "val_patients": ["P11", "P12"]}
+    indices, patients = split_indices(data, info, "test")
+    assert patients == ["P13", "P14", "P15", "P16"]
+    assert sorted({data.rows[i]["patient"] for i in indices}) == patients
+    assert len(split_indices(data, info, "all")[0]) == 243
+    assert split_indices(data, info, "val")[1] == ["P11", "P12"]
+    everyone = {"train_patients": data.patients[2:], "val_patients": data.patients[:2]}
+    with pytest.raises(DataError, match="no test patient"):
+        split_indices(data, everyone, "test")
+    with pytest.raises(DataError, match="validation patients"):
+        split_indices(data, {"train_patients": [], "val_patients": ["X1"]}, "val")
+
+
+def test_user_errors(run, rvsc, tmp_path):
+    with pytest.raises(ConfigError, match="--split"):
+        evaluate(run, rvsc, split="train")
+    with pytest.raises(DataError, match="no test patient"):
+        evaluate(run, rvsc, split="test")
+    data = load_dataset(rvsc)
+    data.meta["options"]["normalize"] = "zscore"
+    with pytest.raises(ConfigError, match="normalize"):
+        check_prepared_compatible(Predictor.from_checkpoints([run]), data)
+    assert main(["evaluate", str(run), str(tmp_path / "nothing"), "--out", str(tmp_path / "e")]) == 2
+
+
+def test_output_folder_is_written_whole_or_not_at_all(run, rvsc, tmp_path, monkeypatch):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine\n")
+    with pytest.raises(DataError, match="not empty"):
+        evaluate(run, rvsc, out=out)
+    assert (out / "keep.txt").exists()
+
+    def failing_histogram(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(evaluate_module, "draw_dice_histogram", failing_histogram)
+    with pytest.raises(RuntimeError):
+        evaluate(run, rvsc, out=tmp_path / "fresh")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["eval"]  # no partial folder, no temp folder
+    monkeypatch.undo()
+
+    summary = evaluate(run, rvsc, out=out, force=True)
+    assert sorted(path.name for path in out.iterdir()) == sorted(Path(p).name for p in summary["files"].values())
+
+
+def test_absent_labels_are_left_out_not_scored_as_empty(rvsc):
+    data = load_dataset(rvsc)
+    indices = [0, 1, 2]
+    predictions = [np.zeros((2, int(data.rows[i]["height"]), int(data.rows[i]["width"])), dtype=bool) for i in indices]
+    data.present[1, 1] = False  # sample 1 carries no epi
+    rows = case_rows(data, indices, predictions, ["endo", "epi"], [0, 1])
+    assert [(row["id"], row["label"]) for row in rows] == [
+        (data.rows[0]["id"], "endo"), (data.rows[0]["id"], "epi"), (data.rows[1]["id"], "endo"),
+        (data.rows[2]["id"], "endo"), (data.rows[2]["id"], "epi")]
+    assert all(row["empty"] == "pred" and row["dice"] == 0.0 for row in rows)
+
+
+def test_figures(tmp_path):
+    image = np.random.default_rng(0).normal(100, 20, size=(40, 36)).astype(np.float32)
+    reference = np.zeros((40, 36), dtype=bool)
+    reference[10:25, 8:20] = True
+    predicted = np.roll(reference, 2, axis=1)
+    rgb = overlay_image(image, [reference, predicted], colours=("#ffff00", "#ff0000"))
+    assert rgb.shape == (40, 36, 3) and rgb.dtype == np.uint8
+    assert (rgb[17, 8] == [255, 255, 0]).all()  # left edge of the reference only
+    assert (rgb[17, 21] == [255, 0, 0]).all()  # right edge of the prediction only
+    assert (rgb[10, 15] == [255, 0, 0]).all()  # top edge of both: the later mask is painted last
+    inside = rgb[15, 14]
+    assert inside[0] == inside[1] == inside[2]  # grey inside both regions
+
+    panels = [ExamplePanel(image, {"endo": predicted}, {"endo": reference}, "a"),
+              ExamplePanel(image, {"endo": np.zeros_like(reference)}, {}, "b")]
+    draw_examples(panels, tmp_path / "examples.png", title="test")
+    draw_dice_histogram({"endo": [0.1, 0.8, 0.85, float("nan")], "epi": []}, tmp_path / "hist.png")
+    assert imread(tmp_path / "examples.png").ndim == 3 and imread(tmp_path / "hist.png").ndim == 3

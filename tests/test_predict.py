@@ -1,0 +1,369 @@
+"""rvseg predict and rvseg.inference: sources, geometry, ensembles, TTA, contours, volumes, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from skimage.io import imread, imsave
+from torch import nn
+
+from rvseg.cli import main
+from rvseg.data.dicom import read_dicom
+from rvseg.data.phantom import write_phantom
+from rvseg.data.prepare import PrepareOptions, prepare
+from rvseg.data.rvsc import read_rvsc
+from rvseg.errors import ConfigError, DataError
+from rvseg.inference import Predictor, combine
+from rvseg.metrics import segmentation_metrics
+from rvseg.predict import predict
+from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
+from rvseg.train.config import TrainConfig
+from rvseg.train.loop import train
+from rvseg.volumes import volume_errors
+
+MODEL_SIZE = (64, 56)
+PHANTOM_PATIENTS, PHANTOM_SLICES, PHANTOM_FRAMES = 3, 3, 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Run this module's tiny models on one thread, restored afterwards.
+
+    At 64 x 56 with 8 channels the OpenMP hand-offs of a second thread cost more than they save,
+    several times more on a machine whose cores are busy with other work.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("predict") / "phantom"
+    write_phantom(folder, patients=PHANTOM_PATIENTS, slices=PHANTOM_SLICES, frames=PHANTOM_FRAMES, seed=1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prepared(phantom) -> Path:
+    out = phantom.parent / "prepared"
+    prepare(phantom, out, PrepareOptions(size=MODEL_SIZE))
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(prepared) -> Path:
+    """A tiny U-Net trained for a few seconds at 64 x 56; it predicts non-empty, imperfect masks."""
+    run = prepared.parent / "run"
+    config = TrainConfig(width=8, depth=2, epochs=8, batch_size=8, lr=0.01, device="cpu", augment=False,
+                         val_patients=["P03"])
+    train(prepared, run, config, verbose=False)
+    return run / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def patient09_prediction(shared_data, checkpoint, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("p09") / "pred"
+    return out, predict([checkpoint], shared_data / "rvsc-native" / "patient09", out)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return segmentation_metrics(a, b, None)["dice"]
+
+
+class BrightRegions(nn.Module):
+    """A stand-in network with a known answer: every pixel brighter than mid-grey is foreground."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return 40.0 * (images[:, :1] - 0.5)
+
+
+def known_predictor(**options) -> Predictor:
+    prepare_options = {"size": MODEL_SIZE, "channels": 1, "normalize": "percentile", "clahe": False}
+    return Predictor(models=[BrightRegions()], labels=["endo"], prepare=prepare_options, **options)
+
+
+def discs_image(shape) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 (H, W) image of three bright discs (two near opposite corners) and their bool mask."""
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    truth = np.zeros(shape, dtype=bool)
+    for centre in [(0.17 * shape[0] + 0.3, 0.2 * shape[1] + 0.2), (0.82 * shape[0] - 0.4, 0.8 * shape[1] + 0.1),
+                   (0.45 * shape[0], 0.55 * shape[1])]:
+        truth |= (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= (0.12 * min(shape)) ** 2
+    return np.where(truth, 1000.0, 100.0).astype(np.float32), truth
+
+
+def shifted_checkpoint(source: Path, target: Path, bias_shift: float) -> Path:
+    """A copy of a checkpoint whose output logits are all ``bias_shift`` higher."""
+    state = load_checkpoint(source)
+    state["model"]["head.bias"] = state["model"]["head.bias"] + bias_shift
+    save_checkpoint(target, state)
+    return target
+
+
+# ---------------------------------------------------------------- the shared RVSC data
+
+
+def test_predict_on_rvsc_patient_folder(patient09_prediction):
+    out, summary = patient09_prediction
+    assert summary["source_kind"] == "rvsc" and summary["n_images"] == 24 and summary["skipped"] == []
+    rows = read_csv(out / "predictions.csv")
+    assert [row["id"] for row in rows] == [f"P09-{k:04d}" for k in range(24)]
+    # The model works at 64 x 56; every output is at the DICOMs' own 256 x 216.
+    for row in rows:
+        assert (int(row["height"]), int(row["width"])) == (256, 216)
+        mask = imread(out / "masks" / f"{row['id']}.png")
+        assert mask.shape == (256, 216) and set(np.unique(mask)) <= {0, 255}
+        assert int(row["area_px_endo"]) == int((mask > 0).sum())
+        assert float(row["area_mm2_endo"]) == pytest.approx((mask > 0).sum() * 0.7014 ** 2, rel=1e-3)
+        assert imread(out / "overlays" / f"{row['id']}.png").shape == (256, 216, 3)
+    written = sorted(path.name for path in (out / "contours").iterdir())
+    assert written == sorted(row["contour_endo"] for row in rows if row["contour_endo"])
+    assert all(name.startswith("P09-") and name.endswith("-icontour-auto.txt") for name in written)
+    assert read_csv(out / "skipped.csv") == []
+
+
+def test_patient09_volumes_follow_the_documented_rules(patient09_prediction):
+    out, summary = patient09_prediction
+    rows = read_csv(out / "volumes.csv")
+    images = [row for row in rows if row["level"] == "image"]
+    assert len(images) == 24
+    # Slice 22.45 holds frames 0-19, slices 30.85 and 39.25 two frames each: ES per slice.
+    assert {row["id"] for row in images if row["phase"] == "ED"} == {"P09-0000", "P09-0020", "P09-0022"}
+    es = {row["id"] for row in images if row["phase"] == "ES"}
+    assert {"P09-0021", "P09-0023"} <= es and len(es) == 3
+    cine = [row for row in images if float(row["slice_location"]) < 25]
+    es_cine = next(row for row in cine if row["phase"] == "ES")
+    assert float(es_cine["area_mm2"]) == min(float(row["area_mm2"]) for row in cine[1:])
+    (stack,) = [row for row in rows if row["level"] == "stack"]
+    assert stack["es_rule"] == "min-area-per-slice" and float(stack["slice_spacing_mm"]) == pytest.approx(8.4)
+    ed_area = sum(float(row["area_mm2"]) for row in images if row["phase"] == "ED")
+    assert float(stack["ed_volume_ml"]) == pytest.approx(ed_area * 8.4 / 1000, rel=1e-4)
+    assert summary["volumes"]["P09"]["ed_volume_ml"] == pytest.approx(float(stack["ed_volume_ml"]), rel=1e-4)
+
+
+def test_contours_read_back_by_the_rvsc_reader_match_the_masks(patient09_prediction, shared_data, tmp_path):
+    """Round trip: predict's auto contours, renamed to -manual in an RVSC patient folder, read by read_rvsc."""
+    out, _ = patient09_prediction
+    patient = tmp_path / "patient09"
+    shutil.copytree(shared_data / "rvsc-native" / "patient09" / "P09dicom", patient / "P09dicom")
+    (patient / "P09contours-manual").mkdir()
+    for path in (out / "contours").iterdir():
+        shutil.copy(path, patient / "P09contours-manual" / path.name.replace("-auto", "-manual"))
+    report = read_rvsc(patient)
+    assert len(report.samples) >= 12, "the tiny model should predict a region on most frames"
+    assert not report.unfillable and not report.skipped
+    for sample in report.samples:
+        predicted = imread(out / "masks" / f"{sample.id}.png") > 0
+        assert dice(sample.masks["endo"], predicted) >= 0.98, sample.id
+
+
+def test_trained_at_64x56_predicting_a_128x108_png(shared_data, checkpoint, tmp_path):
+    source = shared_data / "rvsc-train-png" / "P01-0080.png"
+    summary = predict([checkpoint], source, tmp_path / "pred")
+    assert summary["source_kind"] == "image" and summary["n_images"] == 1
+    assert imread(tmp_path / "pred" / "masks" / "P01-0080.png").shape == (128, 108)
+    assert imread(tmp_path / "pred" / "overlays" / "P01-0080.png").shape == (128, 108, 3)
+    assert "volumes" not in {Path(f).name for f in summary["files"].values()}
+    assert not (tmp_path / "pred" / "volumes.csv").exists()
+
+
+# ---------------------------------------------------------------- geometry, ensembles, TTA
+
+
+@pytest.mark.parametrize("shape", [(256, 216), (128, 108), (100, 90)])
+def test_masks_are_mapped_back_aligned_with_the_image(shape):
+    """A model with a known answer, run at 64 x 56, finds three bright discs at the image's own resolution.
+
+    Discs near opposite corners are where a wrong resampling grid shows: mapping back with corner-aligned
+    instead of half-pixel centres moves them by about 1 px at 256 x 216 (and is caught below).
+    """
+    image, truth = discs_image(shape)
+    (mask,) = known_predictor().predict([image], postprocess=False)
+    assert mask.shape == (1, *shape)
+    assert dice(mask[0], truth) > 0.95
+    if shape == (256, 216):  # the scale factor of the RVSC DICOMs; smaller images have coarser jitter
+        regions, count = ndimage.label(truth)
+        assert count == 3
+        for k in range(1, count + 1):
+            near = ndimage.binary_dilation(regions == k, iterations=3)
+            offset = np.argwhere(mask[0] & near).mean(axis=0) - np.argwhere(regions == k).mean(axis=0)
+            assert np.abs(offset).max() < 0.4, offset
+
+
+def test_mean_and_vote_combine_as_documented():
+    # Three models at four pixels: [0.9, 0.4, 0.4] -> mean 0.567 (foreground), one vote of three (background);
+    # [0.6, 0.6, 0.0] -> mean 0.4, two votes; [0.2, 0.2, 0.2] -> neither; [0.8, 0.9, 0.7] -> both.
+    probabilities = np.array([[0.9, 0.6, 0.2, 0.8], [0.4, 0.6, 0.2, 0.9], [0.4, 0.0, 0.2, 0.7]], dtype=np.float32)
+    probabilities = probabilities.reshape(3, 1, 1, 1, 4)
+    assert (combine(probabilities, "mean", "filled") > 0.5).ravel().tolist() == [True, False, False, True]
+    assert (combine(probabilities, "vote", "filled") > 0.5).ravel().tolist() == [False, True, False, True]
+    assert combine(probabilities, "vote", "filled").ravel().tolist() == pytest.approx([1 / 3, 2 / 3, 0, 1])
+    # A tie between two models is background.
+    assert not (combine(probabilities[:2, ..., :1], "vote", "filled") > 0.5).any()
+    # Grey targets (0.5 background, 1 foreground) are decided at 0.75.
+    grey = np.array([0.8, 0.8, 0.5], dtype=np.float32).reshape(3, 1, 1, 1, 1)
+    assert not (combine(grey, "mean", "grey") > 0.5).any()  # mean 0.7
+    assert (combine(grey, "vote", "grey") > 0.5).all()  # two of three above 0.75
+
+
+def test_outline_targets_become_filled_regions():
+    rows, cols = np.mgrid[:24, :24]
+    radius = np.hypot(rows - 11.5, cols - 11.5)
+    outline = np.where((radius > 5.0) & (radius < 6.5), 0.9, 0.1).astype(np.float32)[None, None]  # (M, L, h, w)
+    for rule in ("mean", "vote"):
+        assert np.array_equal(combine(outline, rule, "outline")[0] > 0.5, radius < 6.5), rule
+
+
+def test_ensembles_of_checkpoints(checkpoint, tmp_path, shared_data):
+    images = [read_dicom(path).pixels for path in
+              sorted((shared_data / "rvsc-native" / "patient09" / "P09dicom").glob("*.dcm"))[18:24]]
+    single = Predictor.from_checkpoints([checkpoint]).predict(images, postprocess=False)
+    assert sum(int(mask.sum()) for mask in single) > 0
+    for rule in ("mean", "vote"):
+        # A vote of one model is its own mask; one checkpoint given twice is the same as once.
+        once = Predictor.from_checkpoints([checkpoint], ensemble=rule).predict(images, postprocess=False)
+        twice = Predictor.from_checkpoints([checkpoint, checkpoint], ensemble=rule).predict(images, postprocess=False)
+        assert all(np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(single, once, twice)), rule
+    # Raising every logit z by a = 0.05 and by b = 0.2 gives nested masks, so their majority is the
+    # middle model's (z > -a). As b > 2a, the mean probability already exceeds 0.5 a little below
+    # (from z > -0.08): the mean's mask contains the vote's, and is larger wherever logits fall in
+    # between, as the near-zero logits of the tiny model do.
+    up_a = shifted_checkpoint(checkpoint, tmp_path / "up_a.pt", 0.05)
+    up_b = shifted_checkpoint(checkpoint, tmp_path / "up_b.pt", 0.2)
+    middle = Predictor.from_checkpoints([up_a]).predict(images, postprocess=False)
+    vote = Predictor.from_checkpoints([checkpoint, up_a, up_b], ensemble="vote").predict(images, postprocess=False)
+    mean = Predictor.from_checkpoints([checkpoint, up_a, up_b], ensemble="mean").predict(images, postprocess=False)
+    assert all(np.array_equal(a, b) for a, b in zip(vote, middle))
+    assert all((m >= v).all() for m, v in zip(mean, vote))
+    assert sum(int(m.sum()) for m in mean) > sum(int(v.sum()) for v in vote)
+
+
+def test_checkpoints_prepared_differently_cannot_be_combined(checkpoint, tmp_path):
+    state = load_checkpoint(checkpoint)
+    state["data"]["prepare"]["size"] = (96, 80)
+    save_checkpoint(tmp_path / "other.pt", state)
+    with pytest.raises(ConfigError, match="prepare option 'size'"):
+        Predictor.from_checkpoints([checkpoint, tmp_path / "other.pt"])
+
+
+def test_tta_output_is_flip_equivariant(checkpoint):
+    image = np.random.default_rng(0).gamma(2.0, 100.0, size=(128, 108)).astype(np.float32)
+    flips = [lambda a: a[..., ::-1], lambda a: a[..., ::-1, :], lambda a: a[..., ::-1, ::-1]]
+    for tta in (True, False):
+        predictor = Predictor.from_checkpoints([checkpoint], tta=tta)
+        inputs = [predictor.preprocess(image)] + [predictor.preprocess(np.ascontiguousarray(f(image))) for f in flips]
+        maps = list(predictor.score_maps(inputs, [image.shape] * len(inputs)))
+        equivariant = [np.allclose(f(maps[0]), flipped, atol=1e-5) for f, flipped in zip(flips, maps[1:])]
+        # Without TTA the network itself is not flip-equivariant: the test can tell the two apart.
+        assert all(equivariant) if tta else not any(equivariant)
+
+
+# ---------------------------------------------------------------- volumes, other sources
+
+
+def test_volumes_on_a_phantom_patient(checkpoint, phantom, tmp_path):
+    """The code path of the volume target: ES as the frame of minimum total volume, errors vs phantom.json."""
+    summary = predict([checkpoint], phantom / "patient01", tmp_path / "pred")
+    assert summary["n_images"] == PHANTOM_SLICES * PHANTOM_FRAMES
+    volumes = summary["volumes"]["P01"]
+    assert volumes["es_rule"] == "min-total-volume" and volumes["slice_spacing_mm"] == pytest.approx(7.0)
+    rows = [row for row in read_csv(tmp_path / "pred" / "volumes.csv") if row["level"] == "image"]
+    frames = {phase: {int(row["frame"]) % PHANTOM_FRAMES for row in rows if row["phase"] == phase}
+              for phase in ("ED", "ES")}
+    assert frames["ED"] == {0} and len(frames["ES"]) == 1  # one ES instant for the whole stack
+    es_frame = frames["ES"].pop()
+    totals = [sum(float(row["area_mm2"]) for row in rows if int(row["frame"]) % PHANTOM_FRAMES == k)
+              for k in range(PHANTOM_FRAMES)]
+    assert es_frame == 1 + int(np.argmin(totals[1:]))
+    assert volumes["ed_volume_ml"] == pytest.approx(totals[0] * 7.0 / 1000, rel=1e-4)
+    assert volumes["es_volume_ml"] == pytest.approx(totals[es_frame] * 7.0 / 1000, rel=1e-4)
+    truth = json.loads((phantom / "phantom.json").read_text())["truth"]
+    errors = volume_errors(summary["volumes"], truth)
+    assert set(errors["patients"]) == {"P01"} and errors["missing"] == ["P02", "P03"]
+    assert errors["patients"]["P01"]["ed_volume_ml"]["truth"] == truth[0]["ed_volume_ml"]
+    assert errors["max_relative_error"]["ed_volume_ml"] is not None
+
+
+def test_predict_on_a_prepared_data_set(checkpoint, prepared, phantom, tmp_path):
+    summary = predict([checkpoint], prepared, tmp_path / "pred")
+    assert summary["source_kind"] == "prepared"
+    rows = read_csv(tmp_path / "pred" / "predictions.csv")
+    assert len(rows) == summary["n_images"] == len(read_csv(prepared / "samples.csv"))
+    # Outputs are at the phantom's original size, with the spacing scaled back to the DICOMs' own.
+    written = json.loads((phantom / "phantom.json").read_text())
+    assert imread(tmp_path / "pred" / "masks" / f"{rows[0]['id']}.png").shape == tuple(written["shape"])
+    assert [float(row["spacing_mm"]) for row in rows] == pytest.approx([written["spacing_mm"]] * len(rows))
+    assert {volumes["es_rule"] for volumes in summary["volumes"].values()} == {"given"}
+
+
+def test_single_dicom_file(checkpoint, phantom, tmp_path):
+    summary = predict([checkpoint], phantom / "patient02" / "P02dicom" / "P02-0001.dcm", tmp_path / "pred")
+    assert summary["source_kind"] == "dicom" and summary["n_images"] == 1
+    assert summary["volumes"] == {}  # one slice: an area, no volume
+    (row,) = [row for row in read_csv(tmp_path / "pred" / "volumes.csv") if row["level"] == "image"]
+    assert row["id"] == "P02-0001"
+
+
+# ---------------------------------------------------------------- skipped files, exit codes
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")  # pydicom's words about the broken file
+def test_skipped_files_exit_codes_and_atomic_output(checkpoint, phantom, tmp_path, capsys):
+    study = tmp_path / "study"
+    (study / "series").mkdir(parents=True)
+    for name in ("P01-0000.dcm", "P01-0001.dcm"):
+        shutil.copy(phantom / "patient01" / "P01dicom" / name, study / "series" / name)
+    imsave(study / "scout.png", np.random.default_rng(1).integers(0, 255, (60, 50), dtype=np.uint8))
+    (study / "notes.txt").write_text("not an image\n")
+    (study / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage")
+    (study / ".hidden").write_text("ignored\n")
+    out = tmp_path / "pred"
+    args = ["predict", str(checkpoint), str(study), "--out", str(out), "--device", "cpu"]
+
+    assert main(args) == 1
+    stderr = capsys.readouterr().err
+    assert "notes.txt" in stderr and "broken.dcm" in stderr
+    skipped = read_csv(out / "skipped.csv")
+    assert sorted(Path(row["path"]).name for row in skipped) == ["broken.dcm", "notes.txt"]
+    assert all(row["reason"] for row in skipped)
+    assert sorted(path.name for path in (out / "masks").iterdir()) == ["P01-0000.png", "P01-0001.png", "scout.png"]
+
+    # An existing output is never overwritten without --force; a user error is exit code 2.
+    assert main(args) == 2
+    assert "not empty" in capsys.readouterr().err
+    (study / "notes.txt").unlink()
+    (study / "broken.dcm").unlink()
+    assert main(args + ["--force"]) == 0
+    assert read_csv(out / "skipped.csv") == []
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".pred")]
+
+    assert main(["predict", str(checkpoint), str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("nothing\n")
+    assert main(["predict", str(checkpoint), str(tmp_path / "empty"), "--out", str(tmp_path / "y")]) == 2
+    assert main(["predict", str(checkpoint), str(tmp_path / "empty" / "readme.txt"), "--out", str(tmp_path / "z")]) == 2
+    assert "not a DICOM" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+
+
+def test_predict_library_errors(checkpoint, tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        predict([checkpoint], tmp_path / "nothing", tmp_path / "out")
+    with pytest.raises(ConfigError, match="ensemble"):
+        predict([checkpoint], tmp_path, tmp_path / "out", ensemble="median")
+    with pytest.raises(DataError, match="no such checkpoint"):
+        predict([tmp_path / "missing.pt"], tmp_path, tmp_path / "out")
