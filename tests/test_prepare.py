@@ -265,3 +265,8 @@ def test_training_share_draws_within_each_patient():
     kept = training_share(indices, patients, 0.4, seed=0)
     assert len(kept) == 4 + 8 and (kept < 10).sum() == 4
     assert np.array_equal(kept, training_share(indices, patients, 0.4, seed=0))
+
+
+def test_folds_take_precedence_over_a_configured_list():
+    split = split_patients(PATIENTS, val_patients=["P13", "P14"], fold=1, folds=4, seed=3)
+    assert split == split_patients(PATIENTS, fold=1, folds=4, seed=3)

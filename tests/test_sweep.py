@@ -21,8 +21,8 @@ import yaml
 
 from rvseg.errors import ConfigError
 from rvseg.report.html import write_report
-from rvseg.sweep import (INTERRUPTED_ATTR, OWNER_ATTR, SweepOptions, next_action, open_study, recover,
-                         record_spec, resolve_spec, run_sweep, storage_url)
+from rvseg.sweep import (INTERRUPTED_ATTR, OWNER_ATTR, SweepOptions, next_action, open_storage, open_study,
+                         recover, record_spec, resolve_spec, run_sweep, storage_url)
 from rvseg.sweeps.claims import Owner, RunClaim
 from rvseg.sweeps.results import read_metrics, read_results
 from rvseg.sweeps.spec import MAX_RUN_NAME, make_overrides, parse_spec, run_name
@@ -450,13 +450,14 @@ def test_two_processes_share_one_postgres_study(tmp_path, prepared, postgres_url
     assert first.returncode == 0 and second.returncode == 0, outputs
     rows = check_complete(out, 4)
     assert {(r["lr"], r["optimizer"]) for r in rows} == {(lr, o) for lr in ("0.01", "0.001") for o in ("adam", "sgd")}
-    storage = optuna.storages.RDBStorage(postgres_url)
+    storage = open_storage(postgres_url)
     study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len({tuple(sorted(t.params.items())) for t in complete}) == 4
     assert not [t for t in study.trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL)]
     owners = {train_events(Path(r["folder"]))[0]["owner"]["pid"] for r in rows}
     assert owners <= {first.pid, second.pid}
+    print(f"runs trained by process: {sorted(owners)}; outputs:\n" + "\n".join(outputs))
     storage.engine.dispose()
 
 

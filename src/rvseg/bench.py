@@ -12,10 +12,9 @@ Five measurements (``parts``), each the median of ``repeats`` timed repeats afte
   that of the rest of the loop (as nnU-Net's benchmark trainers do).
 - ``eval``: :func:`rvseg.metrics.batch_metrics` (Dice ... HD, HD95) over every slice of the data
   set, against a copy of the reference shifted by 2 pixels, in slices/s.
-- ``predict``: latency of one slice and of a 20-frame series: the preprocessing the model saw
-  (:func:`~rvseg.data.prepare.normalise_image` and :func:`~rvseg.data.prepare.resize_sample` of a
-  native-size image), the forward pass (eval mode, same precision) and the thresholded mask back
-  on the host.
+- ``predict``: latency of :meth:`rvseg.inference.Predictor.predict` (what ``rvseg predict`` runs)
+  for one native-size slice and for a 20-frame series: preprocessing as the data set was prepared,
+  the forward pass, masks back at native size, post-processing.
 
 ``loop / raw`` says how much of the device the training loop keeps busy (the speed issue asks for
 >= 0.9 on a GPU). The data set is the one given (``dataset``) or a synthetic phantom prepared at
@@ -379,54 +378,34 @@ def measure_eval(dataset: Path, options: BenchOptions) -> dict:
 
 
 def measure_predict(dataset: Path, options: BenchOptions, runtime: Runtime) -> dict:
-    """Latency of preprocessing + forward pass for one slice and for a 20-frame series."""
+    """Latency of :meth:`rvseg.inference.Predictor.predict` for one slice and for a 20-frame series.
+
+    The images are random, at the native size of the data set's first sample; the model is a
+    fresh one of the bench's architecture (the weights do not change the work done).
+    """
     from rvseg.data.dataset import load_dataset
-    from rvseg.train.loop import decision_threshold
+    from rvseg.inference import Predictor
 
     data = load_dataset(dataset)
-    prepared_with = data.meta["options"]
     row = data.rows[0]
     native = (int(row.get("orig_height") or data.images.shape[2]), int(row.get("orig_width") or data.images.shape[3]))
-    frames = np.random.default_rng(0).uniform(0, 1000, size=(SERIES_FRAMES, *native)).astype(np.float32)
-    threshold = decision_threshold(data.mask_style)
+    frames = list(np.random.default_rng(0).uniform(0, 1000, size=(SERIES_FRAMES, *native)).astype(np.float32))
     model = build_model(options.arch, in_channels=int(data.images.shape[1]), out_channels=1,
-                        width=options.width, depth=options.depth).to(runtime.device).eval()
-    if options.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-
-    @torch.no_grad()
-    def predict(images: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.stack([preprocess(image, prepared_with) for image in images]))
-        batch = batch.to(runtime.device)
-        if options.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with runtime.autocast():
-            logits = model(batch)
-        return (torch.sigmoid(logits.float()) > threshold).cpu().numpy()
-
+                        width=options.width, depth=options.depth)
+    predictor = Predictor(models=[model], labels=data.labels[:1], prepare=data.meta["options"],
+                          mask_style=data.mask_style, batch_size=SERIES_FRAMES, device=runtime.device)
     synchronize = synchronizer(runtime.device)
     calls = min(options.steps, PREDICT_CALLS)
     latency = {}
     for name, images in (("slice", frames[:1]), ("series", frames)):
-        time_repeats(lambda: [predict(images) for _ in range(max(options.warmup, 1))], 1, synchronize)
-        seconds = time_repeats(lambda: [predict(images) for _ in range(calls)], options.repeats, synchronize)
+        time_repeats(lambda: [predictor.predict(images) for _ in range(max(options.warmup, 1))], 1, synchronize)
+        seconds = time_repeats(lambda: [predictor.predict(images) for _ in range(calls)], options.repeats,
+                               synchronize)
         latency[f"{name}_ms"] = 1000 * statistics.median(seconds) / calls
     return {**latency, "series_frames": SERIES_FRAMES, "native_size": list(native),
-            "model_size": list(data.images.shape[2:]),
-            "via": "the model directly (rvseg.inference not used): normalise_image + resize_sample, forward, "
-                   "sigmoid > threshold, mask to host"}
-
-
-def preprocess(image: np.ndarray, prepared_with: dict) -> np.ndarray:
-    """A native (H, W) image as the model saw its training data: float32 (C, h, w)."""
-    from rvseg.data.prepare import normalise_image, resize_sample
-
-    image = normalise_image(image, prepared_with.get("normalize", "percentile"), bool(prepared_with.get("clahe")))
-    size = prepared_with.get("size")
-    if size and tuple(size) != image.shape:
-        # resize_sample resizes masks alongside; one empty mask is the cheapest it accepts.
-        image, _ = resize_sample(image, np.zeros((1, *image.shape), dtype=np.uint8), tuple(size))
-    return np.repeat(image[None], int(prepared_with.get("channels", 1)), axis=0)
+            "model_size": list(predictor.input_size or native),
+            "via": "rvseg.inference.Predictor.predict: preprocessing as prepared, forward (fp32, one model, no "
+                   "TTA), masks back at native size, largest region"}
 
 
 # ---------------------------------------------------------------- data and driver

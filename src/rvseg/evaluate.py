@@ -28,9 +28,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,7 +37,7 @@ from rvseg import __version__
 from rvseg.data.dataset import PreparedDataset, load_dataset
 from rvseg.errors import ConfigError, DataError
 from rvseg.inference import Predictor, extent, masks_from_scores, prepared_inputs
-from rvseg.io import checksum, write_json
+from rvseg.io import atomic_folder, check_output_folder, checksum, write_json
 from rvseg.metrics import METRIC_FIELDS, segmentation_metrics, summarize
 from rvseg.report.figures import ExamplePanel, draw_dice_histogram, draw_examples
 
@@ -112,14 +109,6 @@ def evaluate(checkpoint: str | Path, dataset: str | Path, split: str = "val", ou
         summary["files"] = write_evaluation(out, rows, summary, data, indices, predictions, predictor.labels,
                                             channels)
     return summary
-
-
-def check_output_folder(out: Path, force: bool) -> None:
-    """Raise DataError if ``out`` is a file, or a non-empty folder and not ``force``."""
-    if out.exists() and not out.is_dir():
-        raise DataError("output exists and is not a folder", out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise DataError("output folder exists and is not empty (use --force to replace it)", out)
 
 
 def split_indices(data: PreparedDataset, info: dict, split: str) -> tuple[np.ndarray, list[str]]:
@@ -204,11 +193,9 @@ def rvsc_table(summary: dict) -> dict:
 def write_evaluation(out: Path, rows: Sequence[dict], summary: dict, data: PreparedDataset, indices: Sequence[int],
                      predictions: Sequence[np.ndarray], labels: Sequence[str], channels: Sequence[int]) -> dict:
     """Write the output folder atomically (temporary sibling, then rename); returns name -> path."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     files = {name: str(out / name) for name in ("per_case.csv", "summary.json", "examples_best.png",
                                                    "examples_worst.png", "dice_histogram.png")}
-    try:
+    with atomic_folder(out) as tmp:
         write_per_case(tmp / "per_case.csv", rows)
         best, worst = example_rows(rows, labels[0])
         position = {data.rows[index]["id"]: i for i, index in enumerate(indices)}
@@ -220,12 +207,6 @@ def write_evaluation(out: Path, rows: Sequence[dict], summary: dict, data: Prepa
         draw_dice_histogram(dice, tmp / "dice_histogram.png",
                             title=f"{summary['split']} split, {summary['n_samples']} samples")
         write_json(tmp / "summary.json", {**summary, "files": files})
-        if out.exists():  # empty, or ``force`` (checked before any work was done)
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return files
 
 

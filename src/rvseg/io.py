@@ -56,3 +56,35 @@ def checksum(*paths: str | Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def check_output_folder(out: str | Path, force: bool) -> None:
+    """Refuse (DataError) an output that is a file, or a non-empty folder unless ``force``."""
+    from rvseg.errors import DataError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError("output exists and is not a folder", out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise DataError("output folder exists and is not empty (use --force to replace it)", out)
+
+
+@contextmanager
+def atomic_folder(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; if the block succeeds it replaces ``out`` whole.
+
+    Callers check the output first (:func:`check_output_folder`), so replacing is what the user asked.
+    """
+    import shutil
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

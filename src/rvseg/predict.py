@@ -42,10 +42,7 @@ written contour, filled again, gives back the mask.
 from __future__ import annotations
 
 import csv
-import os
 import re
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,9 +59,9 @@ from rvseg.data.pngpairs import read_gray
 from rvseg.data.rvsc import PATIENT_DIR_NAME, looks_like_rvsc
 from rvseg.data.sample import ReadReport
 from rvseg.errors import DataError
-from rvseg.evaluate import check_output_folder, format_value, json_safe
+from rvseg.evaluate import format_value, json_safe
 from rvseg.inference import Predictor, extent, masks_from_scores, to_original_geometry
-from rvseg.io import checksum, write_json
+from rvseg.io import atomic_folder, check_output_folder, checksum, write_json
 from rvseg.report.figures import overlay_image
 from rvseg.volumes import SliceArea, area_mm2, assign_phases, stack_volumes
 
@@ -146,9 +143,7 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
     predictor = Predictor.from_checkpoints(checkpoints, ensemble=ensemble, tta=tta, batch_size=batch_size,
                                            device=device)
     source = read_source(Path(src))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_folder(out) as tmp:
         records = segment_and_write(predictor, source.images, tmp)
         volumes, notes = write_volumes(tmp / "volumes.csv", source.images, records, predictor.labels)
         write_csv(tmp / "predictions.csv", records)
@@ -165,12 +160,6 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
                       if (tmp / name).exists() or name == "summary.json"},
         })
         write_json(tmp / "summary.json", summary)
-        if out.exists():  # empty, or ``force`` (checked before any work was done)
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from rvseg.data.dataset import ARRAY_FILES, MASK_STYLES
 from rvseg.data.formats import read_dataset
 from rvseg.data.sample import PHASES, ReadReport, Sample
 from rvseg.errors import ConfigError, DataError
-from rvseg.io import checksum
+from rvseg.io import atomic_folder, check_output_folder, checksum
 
 NORMALISATIONS = ("percentile", "zscore", "none")
 
@@ -189,13 +186,6 @@ def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = N
     return write_prepared(report, out, options, source=src)
 
 
-def check_output_folder(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise DataError("output path exists and is not a folder", out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise DataError("output folder exists and is not empty (use --force to replace it)", out)
-
-
 def write_prepared(report: ReadReport, out: str | Path, options: PrepareOptions, source: str | Path = "") -> dict:
     """Write the samples of a :class:`ReadReport` as a prepared data set (atomically)."""
     out = Path(out)
@@ -204,9 +194,7 @@ def write_prepared(report: ReadReport, out: str | Path, options: PrepareOptions,
     summary = summarize_report(report, masks, present, extents)
     rows = sample_rows(samples, report.labels, masks, present, extents, spacings)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_folder(out) as tmp:
         np.save(tmp / "images.npy", images)
         np.save(tmp / "masks.npy", masks)
         np.save(tmp / "present.npy", present)
@@ -227,10 +215,4 @@ def write_prepared(report: ReadReport, out: str | Path, options: PrepareOptions,
             "summary": summary,
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary

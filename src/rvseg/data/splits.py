@@ -2,8 +2,9 @@
 
 Three ways to choose the validation patients, in order of precedence:
 
-1. an explicit list (``--val-patients P13,P14,P15,P16``);
-2. fold ``k`` of ``n`` folds, after a seeded shuffle of the sorted patient list;
+1. fold ``k`` of ``n`` folds, after a seeded shuffle of the sorted patient list (so that a
+   cross-validation run can reuse a recipe whose config names a fixed validation list);
+2. an explicit list (``--val-patients P13,P14,P15,P16``);
 3. a seeded share of the patients (default 20%, at least one).
 
 Then :func:`training_share` draws the study's "share of the training data" (100/80/70/40 %) as
@@ -38,13 +39,7 @@ def split_patients(
     patients = sorted(set(patients))
     if len(patients) < 2:
         raise ConfigError(f"a patient-wise split needs at least 2 patients, the data set has {len(patients)}")
-    if val_patients:
-        unknown = sorted(set(val_patients) - set(patients))
-        if unknown:
-            raise ConfigError(f"validation patient(s) {', '.join(unknown)} not in the data set "
-                              f"(it has {', '.join(patients)})")
-        val = sorted(set(val_patients))
-    elif folds is not None or fold is not None:
+    if folds is not None or fold is not None:
         if folds is None or fold is None:
             raise ConfigError("--fold and --folds go together")
         if not 2 <= folds <= len(patients):
@@ -53,6 +48,12 @@ def split_patients(
             raise ConfigError(f"--fold must be between 0 and {folds - 1}, not {fold}")
         order = np.random.default_rng(seed).permutation(len(patients))
         val = sorted(patients[i] for i in np.array_split(order, folds)[fold])
+    elif val_patients:
+        unknown = sorted(set(val_patients) - set(patients))
+        if unknown:
+            raise ConfigError(f"validation patient(s) {', '.join(unknown)} not in the data set "
+                              f"(it has {', '.join(patients)})")
+        val = sorted(set(val_patients))
     else:
         if not 0.0 < val_fraction < 1.0:
             raise ConfigError(f"the validation share must be between 0 and 1, not {val_fraction}")
