@@ -202,19 +202,19 @@ def cli_command(dataset, out, *extra):
 
 
 def test_sigint_saves_mid_epoch_and_resume_continues_exactly(tiny_dataset, tmp_path):
-    run(tiny_dataset, tmp_path / "once", epochs=6, batch_size=2)
-    process = subprocess.Popen(cli_command(tiny_dataset, tmp_path / "cut", "--epochs", "6", "--batch-size", "2"),
+    run(tiny_dataset, tmp_path / "once", epochs=3, batch_size=2)
+    process = subprocess.Popen(cli_command(tiny_dataset, tmp_path / "cut", "--epochs", "3", "--batch-size", "2"),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in process.stdout:
-        if line.startswith("epoch 2/6"):
+        if line.startswith("epoch 1/3"):
             process.send_signal(signal.SIGINT)
             break
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 130, output
     assert "interrupted: saved" in output
     state = load_checkpoint(tmp_path / "cut" / "last.pt")
-    assert state["epoch"] >= 2 and 0 < state["step"] < 16  # mid-epoch: 32 slices / batch 2
-    resume = cli_command(tiny_dataset, tmp_path / "cut", "--epochs", "6", "--batch-size", "2", "--resume", "--quiet")
+    assert state["epoch"] >= 1 and 0 < state["step"] < 16  # mid-epoch: 32 slices / batch 2
+    resume = cli_command(tiny_dataset, tmp_path / "cut", "--epochs", "3", "--batch-size", "2", "--resume", "--quiet")
     subprocess.run(resume, check=True, timeout=120)
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "once")
 
@@ -223,7 +223,7 @@ def test_two_rank_ddp_on_cpu_writes_one_consistent_run(tiny_dataset, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
                 str(29500 + os.getpid() % 1000)]
     command = cli_command(tiny_dataset, tmp_path / "ddp", "--epochs", "2", "--quiet")
-    result = subprocess.run(torchrun + command[2:], capture_output=True, text=True, timeout=180)
+    result = subprocess.run(torchrun + command[1:], capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = metrics(tmp_path / "ddp")
     assert [r["epoch"] for r in rows] == ["1", "2"]
@@ -233,3 +233,73 @@ def test_two_rank_ddp_on_cpu_writes_one_consistent_run(tiny_dataset, tmp_path):
     assert summary["world_size"] == 2 and summary["n_train"] == 32
     model, _, _ = model_from_checkpoint(tmp_path / "ddp")
     assert not any(k.startswith("module.") for k in model.state_dict())
+
+
+def test_augmentation_and_batch_flags_reach_the_augmenter(tiny_dataset, tmp_path, monkeypatch):
+    seen = []
+
+    def recording_augment(images, targets, config, generator):
+        seen.append((len(images), config))
+        return images, targets
+
+    monkeypatch.setattr(loop, "augment_batch", recording_augment)
+    run(tiny_dataset, tmp_path / "run", epochs=1, batch_size=5, rotate_deg=15.0, scale_min=0.9, scale_max=1.2,
+        translate=0.02, intensity=0.2, elastic=3.0)
+    assert [n for n, _ in seen] == [5] * 6 + [2]  # 32 slices in batches of 5
+    config = seen[0][1]
+    assert (config.rotate_deg, config.scale, config.translate, config.intensity, config.elastic) == \
+        (15.0, (0.9, 1.2), 0.02, 0.2, 3.0)
+    seen.clear()
+    run(tiny_dataset, tmp_path / "off", epochs=1, augment=False)
+    assert seen == []
+
+
+def test_loss_flags_reach_the_loss(tiny_dataset, tmp_path, monkeypatch):
+    seen = {}
+    real_build_loss = loop.build_loss
+
+    def recording_build_loss(name, **params):
+        seen.update(name=name, **params)
+        return real_build_loss(name, **params)
+
+    monkeypatch.setattr(loop, "build_loss", recording_build_loss)
+    run(tiny_dataset, tmp_path / "f", epochs=1, fraction=0.25, loss="focal", focal_alpha=0.5, focal_gamma=1.0)
+    assert (seen["name"], seen["focal_alpha"], seen["focal_gamma"]) == ("focal", 0.5, 1.0)
+    run(tiny_dataset, tmp_path / "s", epochs=1, fraction=0.25, loss="switching", switch_lambda=0.25,
+        switch_tau="0.03", switch_per="batch")
+    assert (seen["switch_lambda"], seen["switch_tau"], seen["switch_per"]) == (0.25, 0.03, "batch")
+
+
+def test_compile_flag_compiles_the_training_model(tiny_dataset, tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or model)
+    run(tiny_dataset, tmp_path / "run", epochs=1, fraction=0.25, compile=True)
+    assert len(compiled) == 1
+
+
+def test_oversampling_draws_small_foreground_slices_more_often():
+    hard = torch.zeros(100, 1, 10, 10, dtype=torch.bool)
+    hard[:50, :, :5, :5] = True  # 25% foreground; the other 50 slices are empty (< 1%)
+    data = loop.SplitData(hard.float(), hard.float(), hard, ["P"] * 100)
+    config = TrainConfig(oversample_small=4.0)
+    order = loop.epoch_order(data, config, torch.Generator().manual_seed(0))
+    assert len(order) == 100
+    assert (order >= 50).float().mean() > 0.7  # expected 4/5
+    uniform = loop.epoch_order(data, TrainConfig(), torch.Generator().manual_seed(0))
+    assert sorted(uniform.tolist()) == list(range(100))
+
+
+def test_device_and_precision_flags(tiny_dataset, tmp_path):
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            run(tiny_dataset, tmp_path / "c", device="cuda")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        run(tiny_dataset, tmp_path / "h", precision="fp16")
+
+
+def test_default_split_uses_split_seed_and_val_fraction(tiny_dataset, tmp_path):
+    a = run(tiny_dataset, tmp_path / "a", val_patients=[], epochs=1, fraction=0.25, split_seed=1)
+    b = run(tiny_dataset, tmp_path / "b", val_patients=[], epochs=1, fraction=0.25, split_seed=2)
+    c = run(tiny_dataset, tmp_path / "c", val_patients=[], epochs=1, fraction=0.25, val_fraction=0.4)
+    assert len(a["val_patients"]) == 1 and len(c["val_patients"]) == 2
+    assert a["val_patients"] != b["val_patients"]
