@@ -23,7 +23,7 @@ import json
 import statistics
 import sys
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -132,9 +132,10 @@ def measure_peer(options: BenchOptions, runtime: Runtime, workers: int, images: 
     settings = {**asdict(options), "size": list(images.shape[2:]), "parts": ["peer"], "dataset": None,
                 "workers": workers, "n_slices": len(images)}
     return {"rvseg_version": __version__, "torch_version": torch.__version__,
-            "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
             "device": device_info(runtime.device), "settings": settings,
-            "peer": {"images_per_s": statistics.median(rates), "step_ms": 1000 * statistics.median(seconds) / options.steps,
+            "peer": {"images_per_s": statistics.median(rates),
+                     "step_ms": 1000 * statistics.median(seconds) / options.steps,
                      "repeats_images_per_s": rates, "workers": workers,
                      "pipeline": "Dataset + DataLoader, per-sample scipy.ndimage.rotate and flips on CPU workers"}}
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the speed, training and accuracy issues in one run (issues 6, 3 and 7).
 #
-#   bash benchmarks/gpu_check.sh [--smoke] [--data DIR] [--wheels DIR] [--budget S] [--accuracy CONFIG.yaml]... OUTDIR
+#   bash benchmarks/gpu_check.sh [--smoke] [--data DIR] [--wheels DIR] [--budget S] [--skip STEP,...]
+#                                [--accuracy CONFIG.yaml]... OUTDIR
 #
 # OUTDIR receives three files: results.json (every measurement, the targets and each step's status;
 # rewritten after every step, so a run cut short keeps what it measured), log.txt (every step's
@@ -15,10 +16,13 @@
 # `--loss switching` on P13-P16 (100 epochs, batch 16: also the "under 20 s" baseline and the time
 # to val endo Dice 0.80), `rvseg bench` at 256 x 208 (bf16 + channels_last; raw, loop, loop without
 # augmentation, eval, predict), the DataLoader peer at the same settings, `rvseg bench` on the
-# prepared RVSC set, raw steps at fp32 and bf16 without channels_last, the launch-bound 128 x 112
+# prepared RVSC set, raw steps at fp32 and bf16 without channels_last and with cuDNN's autotuner
+# (--cudnn-benchmark, which the training loop does not set), the launch-bound 128 x 112
 # step eager / as one CUDA graph / compiled with mode reduce-overhead, the compiled 256 x 208 step,
-# then the accuracy runs: the issue-7 reference recipe (300 epochs, Adam 1e-3, cosine) and each
-# --accuracy config (default: configs/rvsc-endo.yaml and configs/rvsc-epi.yaml where they exist).
+# then the accuracy runs of issue 7: each --accuracy config (default: configs/rvsc-endo.yaml and
+# configs/rvsc-epi.yaml where they exist), then the issue's plain reference recipe (300 epochs, Adam
+# 1e-3, cosine). --skip names steps to leave out (e.g. on a second run that only wants the
+# accuracy runs); the step names are those above, as written in results.json.
 #
 # The GPU machine has python3 with torch, numpy, scipy, scikit-image, matplotlib and pyyaml but no
 # pydicom or nibabel and no network: --wheels DIR (default ./wheels, filled by
@@ -37,9 +41,11 @@ DATA=
 WHEELS=
 BUDGET=
 ACCURACY=()
+SKIP=,
 OUTDIR=
 usage() {
-    echo "usage: bash benchmarks/gpu_check.sh [--smoke] [--data DIR] [--wheels DIR] [--budget S] [--accuracy CONFIG.yaml]... OUTDIR" >&2
+    echo "usage: bash benchmarks/gpu_check.sh [--smoke] [--data DIR] [--wheels DIR] [--budget S] [--skip STEP,...]" \
+        "[--accuracy CONFIG.yaml]... OUTDIR" >&2
     exit 2
 }
 while (( $# )); do
@@ -49,6 +55,7 @@ while (( $# )); do
         --wheels) WHEELS=${2:?}; shift ;;
         --budget) BUDGET=${2:?}; shift ;;
         --accuracy) ACCURACY+=("${2:?}"); shift ;;
+        --skip) SKIP+="${2:?},"; shift ;;
         -h|--help) usage ;;
         -*) echo "unknown option $1" >&2; usage ;;
         *) [[ -z $OUTDIR ]] || usage; OUTDIR=$1 ;;
@@ -133,6 +140,10 @@ skip() {  # skip NAME WHY
 step() {  # step NAME LIMIT_S MIN_S COMMAND...
     local name=$1 limit=$2 need=$3
     shift 3
+    if [[ $SKIP == *",$name,"* ]]; then
+        skip "$name" "--skip"
+        return
+    fi
     local left=$(( BUDGET - ($(date +%s) - START) ))
     if (( left < need )); then
         skip "$name" "budget: ${left} s left, the step needs ${need} s"
@@ -200,7 +211,8 @@ train_step() {  # train_step NAME LIMIT_S MIN_S ARGS...: train on the prepared R
     fi
 }
 
-log "rvseg GPU check ($MODE) started $STARTED_UTC; python $PY; data ${DATA:-none}; wheels ${WHEELS:-none}; budget ${BUDGET} s; work $WORK"
+log "rvseg GPU check ($MODE) started $STARTED_UTC; python $PY; data ${DATA:-none}; wheels ${WHEELS:-none};" \
+    "budget ${BUDGET} s; work $WORK"
 
 step env 60 5 "$PY" -c "$ENVIRONMENT" "$WORK/json/env.json"
 if [[ -n $WHEELS ]]; then
@@ -230,6 +242,7 @@ else
 fi
 bench_step bench-256-fp32 90 15 "${BIG[@]}" --parts raw --precision fp32 --no-channels-last
 bench_step bench-256-bf16 90 15 "${BIG[@]}" --parts raw --precision bf16 --no-channels-last
+bench_step bench-256-bf16-cl-cudnn 90 15 "${BIG[@]}" --parts raw --cudnn-benchmark
 bench_step bench-128-bf16-cl 90 15 "${SMALL[@]}" --parts raw
 if [[ $MODE == smoke ]]; then
     skip bench-128-cuda-graph "smoke: needs CUDA"
@@ -241,10 +254,10 @@ else
     bench_step bench-256-compile 240 60 "${BIG[@]}" --parts raw --compile
 fi
 
-train_step train-reference-300 240 60 "${TRAIN[@]}" "${LONG_EPOCHS[@]}" --lr 1e-3 --scheduler cosine
 for config in "${ACCURACY[@]}"; do
     train_step "accuracy-$(basename "$config" .yaml)" 240 60 --config "$config" "${TRAIN[@]}"
 done
+train_step train-reference-300 240 60 "${TRAIN[@]}" "${LONG_EPOCHS[@]}" --lr 1e-3 --scheduler cosine
 
 "$PY" "$REPO/benchmarks/gpu_summary.py" --work "$WORK" --out "$OUTDIR/results.json" --mode "$MODE" \
     --started "$STARTED_UTC" --elapsed "$(( $(date +%s) - START ))" --budget "$BUDGET" --print | tee -a "$LOG"

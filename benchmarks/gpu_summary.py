@@ -31,7 +31,8 @@ DICE_GOAL = 0.80
 LABEL = "endo"
 #: Names of the gpu_check.sh steps that the targets read.
 LOOP_BENCH, PEER, BASELINE_RUN = "bench-256-bf16-cl", "peer-256-bf16-cl", "train-default"
-PRECISION_LADDER = ("bench-256-fp32", "bench-256-bf16", "bench-256-bf16-cl", "bench-256-compile")
+PRECISION_LADDER = ("bench-256-fp32", "bench-256-bf16", "bench-256-bf16-cl", "bench-256-bf16-cl-cudnn",
+                    "bench-256-compile")
 SMALL_STEP = ("bench-128-bf16-cl", "bench-128-cuda-graph", "bench-128-reduce-overhead")
 
 
@@ -166,12 +167,12 @@ def report(results: dict) -> str:
         errors = "; ".join(f"{part} FAILED" for part in data.get("errors", {}))
         lines.append(f"  {name}: {', '.join(figures)}{'; ' + errors if errors else ''}")
     for name, run in results["training"].items():
-        best = run.get("best_val_dice", {}).get(LABEL)
+        best = ", ".join(f"{label} {dice:.4f}" for label, dice in run.get("best_val_dice", {}).items()) or "none"
         reached = run.get(f"time_to_dice_{DICE_GOAL:.2f}")
-        lines.append(f"  {name}: best val {LABEL} Dice {best if best is None else round(best, 4)}, "
-                     f"{run.get('seconds')} s loop / {run.get('wall_s')} s wall, "
-                     f"{run.get('train_images_per_second')} img/s, Dice {DICE_GOAL} "
-                     f"{'at epoch %d after %.1f s' % (reached['epoch'], reached['seconds']) if reached else 'not reached'}")
+        when = f"at epoch {reached['epoch']} after {reached['seconds']:.1f} s" if reached else "not reached"
+        lines.append(f"  {name}: best val Dice {best} ({run['epochs_done']} epochs), {run.get('seconds')} s loop / "
+                     f"{run.get('wall_s')} s wall, {run.get('train_images_per_second')} img/s, {LABEL} Dice "
+                     f"{DICE_GOAL} {when}")
     lines.append("  targets: " + json.dumps(results["targets"], default=str))
     return "\n".join(lines)
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from rvseg.errors import ConfigError
+from rvseg.errors import ConfigError, DataError
 from rvseg.report.html import write_report
 from rvseg.sweep import (INTERRUPTED_ATTR, OWNER_ATTR, SweepOptions, next_action, open_storage, open_study,
                          recover, record_spec, resolve_spec, run_sweep, storage_url)
@@ -61,12 +61,35 @@ def prepared(phantom_source, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def held_out(tmp_path_factory) -> Path:
+    """A test set of patients the phantom does not have (S00, S01), prepared like ``prepared``."""
+    from helpers import synthetic_report
+
+    from rvseg.data.prepare import PrepareOptions, write_prepared
+
+    out = tmp_path_factory.mktemp("sweep-test-set") / "dataset"
+    write_prepared(synthetic_report(n_patients=2, per_patient=4), out, PrepareOptions(size=(32, 32)))
+    return out
+
+
 def write_spec(path: Path, dataset: Path, **changes) -> Path:
     spec = {"dataset": str(dataset), "base": {"epochs": 1, "width": 4, "depth": 2, "batch_size": 8, "device": "cpu"},
             "space": {"lr": [0.01, 0.001]}, "objective": "best_val_dice", "sampler": "grid"}
     spec.update(changes)
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def sweep_in_process(spec, out: Path, **options) -> dict:
+    """``run_sweep`` here (no ``rvseg sweep`` process to start); trainers still run as subprocesses."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        return run_sweep(spec, out, SweepOptions(verbose=False, **options))
+
+
+def tiny_overrides(**changes):
+    return make_overrides(**{"epochs": 1, "width": 4, "depth": 2, "batch_size": 8, "device": "cpu", **changes})
 
 
 def train_events(run_folder: Path) -> list[dict]:
@@ -186,6 +209,14 @@ def test_a_sweep_folder_refuses_a_different_spec(tmp_path, prepared):
         record_spec(changed, tmp_path)
 
 
+def test_missing_or_unprepared_data_fails_before_anything_is_written(tmp_path, phantom_source):
+    with pytest.raises(DataError, match="no such data set"):
+        run_sweep(parse_spec({"dataset": str(tmp_path / "nowhere"), "space": {"lr": [0.01]}}), tmp_path / "a")
+    with pytest.raises(DataError, match="not a prepared data set.*--size"):
+        run_sweep(parse_spec({"dataset": str(phantom_source), "space": {"lr": [0.01]}}), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 # ---------------------------------------------------------------- claims and recovery
 
 
@@ -284,11 +315,11 @@ def test_lr_grid_with_two_workers_completes_without_duplicates(tmp_path, prepare
     assert "<img" in report.read_text()
 
 
-def test_losses_preset_reports_mean_and_sd_over_seeds(tmp_path, prepared):
+def test_losses_preset_reports_mean_and_sd_over_seeds_on_a_test_set(tmp_path, prepared, held_out):
     out = tmp_path / "losses"
-    result = rvseg("sweep", "--preset", "losses", str(prepared), "--out", str(out), "--epochs", "1", *TINY,
-                   "--repeats", "2", "--only", "loss=dice,switching-0.25", "--workers", "2")
-    assert result.returncode == 0, result.stdout + result.stderr
+    spec = resolve_spec(preset=("losses", str(prepared)),
+                        overrides=tiny_overrides(repeats=2, only=["loss=dice,switching-0.25"], test=str(held_out)))
+    sweep_in_process(spec, out, workers=2)
     rows = check_complete(out, 4)
     configs = {r["run"]: yaml.safe_load((Path(r["folder"]) / "config.yaml").read_text()) for r in rows}
     assert {(c["loss"], c["seed"]) for c in configs.values()} == {
@@ -298,19 +329,27 @@ def test_losses_preset_reports_mean_and_sd_over_seeds(tmp_path, prepared):
     table = markdown.read_text().split("Table 2")[1].split("## ")[0]
     dice_rows = [line for line in table.splitlines() if line.startswith("| dice ")]
     assert len(dice_rows) == 1 and "±" in dice_rows[0]
-    values = [float(r["best_val_dice"]) for r in rows if r["loss"] == "dice"]
-    mean = sum(values) / 2
-    sd = abs(values[0] - values[1]) / math.sqrt(2)
-    assert f"{mean:.3f} ± {sd:.3f}" in dice_rows[0]
+    for metric in ("best_val_dice", "test_dice"):
+        values = [float(r[metric]) for r in rows if r["loss"] == "dice"]
+        mean = sum(values) / 2
+        sd = abs(values[0] - values[1]) / math.sqrt(2)
+        assert f"{mean:.3f} ± {sd:.3f}" in dice_rows[0]
+    assert "| loss | val Dice | test Dice | val loss |" in table
+    for row in rows:
+        test = json.loads((Path(row["folder"]) / "test" / "summary.json").read_text())
+        assert test["patients"] == ["S00", "S01"]  # only patients the run never saw
+        assert float(row["test_dice"]) == pytest.approx(test["labels"]["endo"]["overall"]["metrics"]["dice"]["mean"],
+                                                        abs=1e-6)
 
 
 def test_preprocessing_prepares_each_variant_from_the_source(tmp_path, prepared):
     out = tmp_path / "pre"
     # A prepared set is accepted: the variants come from the source recorded in its dataset.json.
-    result = rvseg("sweep", "--preset", "preprocessing", str(prepared), "--out", str(out), "--epochs", "1", *TINY,
-                   "--size", "32", "32", "--only", "mask_style=outline,grey", "--workers", "2")
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = check_complete(out, 4)
+    spec = resolve_spec(preset=("preprocessing", str(prepared)),
+                        overrides=tiny_overrides(size=[32, 32], only=["channels=3"]))
+    sweep_in_process(spec, out, workers=2)
+    rows = check_complete(out, 3)
+    assert sorted(r["mask_style"] for r in rows) == ["filled", "grey", "outline"]
     for row in rows:
         data = json.loads((Path(row["folder"]) / "trial.json").read_text())["dataset"]
         meta = json.loads((Path(data) / "dataset.json").read_text())
@@ -319,22 +358,21 @@ def test_preprocessing_prepares_each_variant_from_the_source(tmp_path, prepared)
         assert meta["options"]["channels"] == int(row["channels"])
         assert meta["shape"][1:] == [int(row["channels"]), 32, 32]
     _, markdown = write_report(out, tmp_path / "pre.html")
-    assert "channels 3 val Dice" in markdown.read_text()
+    assert "| outline | " in markdown.read_text() and "channels 3 val Dice" in markdown.read_text()
 
 
 def test_baseline_preset_from_a_raw_source(tmp_path, phantom_source):
     out = tmp_path / "base"
     result = rvseg("sweep", "--preset", "baseline", str(phantom_source), "--out", str(out), "--epochs", "2", *TINY,
-                   "--size", "32", "32")
+                   "--size", "32", "32", "--workers", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     rows = check_complete(out, 3)
     assert [r["setup"] for r in rows] == ["adam-dice", "sgd-dice", "adam-switching"]
     assert all(r["epochs_done"] == "2" for r in rows)
     assert "best run:" in result.stdout
-    # The same command again: nothing is trained twice.
-    again = rvseg("sweep", "--preset", "baseline", str(phantom_source), "--out", str(out), "--epochs", "2", *TINY,
-                  "--size", "32", "32")
-    assert again.returncode == 0, again.stderr
+    # The same sweep again: nothing is trained twice.
+    spec = resolve_spec(preset=("baseline", str(phantom_source)), overrides=tiny_overrides(epochs=2, size=[32, 32]))
+    sweep_in_process(spec, out)
     assert check_complete(out, 3) == rows
     _, markdown = write_report(out, tmp_path / "base.html")
     assert "| adam-switching |" in markdown.read_text()
@@ -362,8 +400,7 @@ def test_kill_mid_trial_and_rerun_resumes_the_run(tmp_path, prepared):
     saved_epoch = torch.load(interrupted / "last.pt", weights_only=True)["epoch"]
     before = [r for r in read_metrics(interrupted) if r["epoch"] <= saved_epoch]
 
-    rerun = rvseg("sweep", str(spec), "--out", str(out))
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    sweep_in_process(resolve_spec(spec), out)
     rows = read_results(out / "results.csv")
     assert sorted(r["lr"] for r in rows) == ["0.001", "0.01"] and {r["status"] for r in rows} == {"complete"}
     events = train_events(interrupted)
@@ -381,8 +418,8 @@ def test_threshold_pruner_stops_trials_from_their_epoch_metrics(tmp_path, prepar
                                                                 "device": "cpu", "fraction": 0.4, "augment": False},
                       space={"lr": [0.01]}, pruner={"threshold": {"lower": 2.0, "n_warmup_steps": 2}})
     out = tmp_path / "sweep"
-    result = rvseg("sweep", str(spec), "--out", str(out))
-    assert result.returncode == 0, result.stdout + result.stderr
+    summary = sweep_in_process(resolve_spec(spec), out)
+    assert summary["by_status"] == {"pruned": 1}
     row, = read_results(out / "results.csv")
     assert row["status"] == "pruned"
     epochs = int(row["epochs_done"])
@@ -402,10 +439,10 @@ def test_a_failing_run_is_recorded_and_not_retried_unless_asked(tmp_path, prepar
     rows = read_results(out / "results.csv")
     assert [r["status"] for r in rows] == ["failed"]
     assert "no training patient" in rows[0]["error"]
-    again = rvseg("sweep", str(spec), "--out", str(out))
-    assert again.returncode == 1 and all(len(train_events(Path(r["folder"]))) == 1 for r in rows)
-    retried = rvseg("sweep", str(spec), "--out", str(out), "--retry-failed")
-    assert retried.returncode == 1 and all(len(train_events(Path(r["folder"]))) == 2 for r in rows)
+    assert sweep_in_process(resolve_spec(spec), out)["by_status"] == {"failed": 1}
+    assert len(train_events(Path(rows[0]["folder"]))) == 1  # not retried
+    assert sweep_in_process(resolve_spec(spec), out, retry_failed=True)["by_status"] == {"failed": 1}
+    assert len(train_events(Path(rows[0]["folder"]))) == 2
 
 
 # ---------------------------------------------------------------- several machines: PostgreSQL
@@ -461,11 +498,9 @@ def test_two_processes_share_one_postgres_study(tmp_path, prepared, postgres_url
     storage.engine.dispose()
 
 
-def test_journal_storage_is_accepted(tmp_path, prepared, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+def test_journal_storage_is_accepted(tmp_path, prepared):
     spec = parse_spec({"dataset": str(prepared), "space": {"lr": [0.01]},
                        "base": {"epochs": 1, "width": 4, "depth": 2, "device": "cpu"}})
-    summary = run_sweep(spec, tmp_path / "sweep", SweepOptions(storage=f"journal:{tmp_path / 'journal.log'}",
-                                                               verbose=False))
+    summary = sweep_in_process(spec, tmp_path / "sweep", storage=f"journal:{tmp_path / 'journal.log'}")
     assert summary["by_status"] == {"complete": 1}
     assert (tmp_path / "journal.log").stat().st_size > 0 and not (tmp_path / "sweep" / "study.db").exists()

@@ -37,7 +37,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,8 @@ from rvseg.train.config import TrainConfig
 from rvseg.train.optim import build_optimizer
 from rvseg.train.runtime import Runtime, setup_runtime
 
+#: A training step as a function of one batch: ``step(images (B, C, H, W), targets (B, L, H, W))``.
+Step = Callable[[torch.Tensor, torch.Tensor], None]
 #: Measurements in the order they run; the names used by ``--parts`` and as keys of the result.
 PARTS = ("raw", "loop", "loop-noaug", "eval", "predict")
 #: ``torch.compile`` modes offered; ``reduce-overhead`` replays CUDA graphs (for launch-bound steps).
@@ -126,7 +128,8 @@ class BenchOptions:
     def validate(self) -> None:
         unknown = [part for part in self.parts if part not in PARTS]
         if unknown or not self.parts:
-            raise ConfigError(f"--parts takes a comma-separated subset of {','.join(PARTS)}, not {','.join(self.parts)}")
+            raise ConfigError(f"--parts takes a comma-separated subset of {','.join(PARTS)}, "
+                              f"not {','.join(self.parts)}")
         if self.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, not {self.compile_mode!r}")
         if self.cuda_graph and self.compile:
@@ -205,7 +208,7 @@ def autocast_for_capture(runtime: Runtime):
 
 
 def make_train_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, runtime: Runtime,
-                    channels_last: bool, *, mark_cudagraph_steps: bool = False) -> Callable[[torch.Tensor, torch.Tensor], None]:
+                    channels_last: bool, *, mark_cudagraph_steps: bool = False) -> Step:
     """One training step as :func:`rvseg.train.loop.train` takes it, as a function of a batch.
 
     Args:
@@ -239,7 +242,7 @@ def make_train_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer,
 
 
 def make_graphed_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, runtime: Runtime,
-                      images: torch.Tensor, targets: torch.Tensor, warmup: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+                      images: torch.Tensor, targets: torch.Tensor, warmup: int) -> Step:
     """The whole training step captured as one CUDA graph (PyTorch's "whole network capture").
 
     A replay launches every kernel of forward, backward and optimizer step at once, which removes
@@ -309,7 +312,7 @@ def training_setup(options: BenchOptions, runtime: Runtime, in_channels: int = 1
 
 
 def build_step(options: BenchOptions, runtime: Runtime, images: torch.Tensor, targets: torch.Tensor,
-               in_channels: int = 1) -> Callable[[torch.Tensor, torch.Tensor], None]:
+               in_channels: int = 1) -> Step:
     """The training step the options ask for: eager, ``torch.compile``-d, or one CUDA graph."""
     model, loss_fn, optimizer = training_setup(options, runtime, in_channels)
     if options.cuda_graph:
@@ -394,13 +397,15 @@ def measure_predict(dataset: Path, options: BenchOptions, runtime: Runtime) -> d
                         width=options.width, depth=options.depth)
     predictor = Predictor(models=[model], labels=data.labels[:1], prepare=data.meta["options"],
                           mask_style=data.mask_style, batch_size=SERIES_FRAMES, device=runtime.device)
+    def predictions(images: list[np.ndarray], count: int) -> Callable[[], None]:
+        return lambda: [predictor.predict(images) for _ in range(count)]
+
     synchronize = synchronizer(runtime.device)
     calls = min(options.steps, PREDICT_CALLS)
     latency = {}
     for name, images in (("slice", frames[:1]), ("series", frames)):
-        time_repeats(lambda: [predictor.predict(images) for _ in range(max(options.warmup, 1))], 1, synchronize)
-        seconds = time_repeats(lambda: [predictor.predict(images) for _ in range(calls)], options.repeats,
-                               synchronize)
+        time_repeats(predictions(images, max(options.warmup, 1)), 1, synchronize)
+        seconds = time_repeats(predictions(images, calls), options.repeats, synchronize)
         latency[f"{name}_ms"] = 1000 * statistics.median(seconds) / calls
     return {**latency, "series_frames": SERIES_FRAMES, "native_size": list(native),
             "model_size": list(predictor.input_size or native),
@@ -464,7 +469,7 @@ def run_bench(options: BenchOptions) -> dict:
         options = replace(options, size=size)
     options = options.resolved(runtime)
     result: dict = {"rvseg_version": __version__, "torch_version": torch.__version__,
-                    "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
                     "device": device_info(runtime.device), "settings": settings_record(options, runtime)}
     errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="rvseg-bench-") as tmp:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -70,7 +71,7 @@ HEARTBEAT_S = 15.0
 GRACE_S = 300.0
 #: How often a worker looks at its trainer's metrics.csv, and at the storage while it waits.
 POLL_S = 0.5
-WAIT_S = 2.0
+WAIT_S = 1.0
 #: How long a signalled trainer may take to save ``last.pt`` before it is killed.
 STOP_TIMEOUT_S = 300.0
 #: Exit code of ``rvseg`` after an interrupt.
@@ -121,9 +122,8 @@ def resolve_spec(spec_path: str | Path | None = None, preset: tuple[str, str] | 
     else:
         data = load_spec(spec_path).to_dict()
     if overrides is not None:
-        if overrides.test is not None:
-            overrides.test = str(Path(overrides.test).resolve())
-        data = apply_overrides(data, overrides)
+        test = str(Path(overrides.test).resolve()) if overrides.test is not None else None
+        data = apply_overrides(data, dataclasses.replace(overrides, test=test))
     return parse_spec(data)
 
 
@@ -203,6 +203,7 @@ def with_available_driver(url: str) -> str:
 
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     if spec.sampler == "grid":
+        # A fixed seed: every process must shuffle the grid alike, since trials store only a grid index.
         return optuna.samplers.GridSampler({axis.name: axis.values for axis in spec.space}, seed=0)
     return optuna.samplers.TPESampler(seed=None)
 
@@ -320,12 +321,24 @@ def recover(study: optuna.Study, spec: SweepSpec, grace_s: float, retry_failed: 
 # ---------------------------------------------------------------- data
 
 
+def check_data(spec: SweepSpec) -> None:
+    """Fail before anything is written if the SPEC's data sets are missing or of the wrong kind."""
+    dataset = Path(spec.dataset)
+    if not dataset.is_dir():
+        raise DataError("no such data set or folder", dataset)
+    if spec.needs_variants():
+        data_source(spec)
+    elif not (dataset / "dataset.json").is_file():
+        raise DataError("not a prepared data set (no dataset.json); run rvseg prepare first, or let the sweep "
+                        "prepare it from this raw folder by giving prepare options (e.g. --size)", dataset)
+    if spec.test and not (Path(spec.test) / "dataset.json").is_file():
+        raise DataError("the test set is not a prepared data set (no dataset.json)", spec.test)
+
+
 def data_source(spec: SweepSpec) -> tuple[Path, dict]:
     """``(raw source folder, base prepare options)`` from which the sweep prepares its variants."""
     dataset = Path(spec.dataset)
-    meta = read_json(dataset / "dataset.json") if dataset.is_dir() else None
-    if not dataset.exists():
-        raise DataError("no such data set or folder", dataset)
+    meta = read_json(dataset / "dataset.json")
     if meta is None:
         return dataset, {}
     source = Path(meta.get("source", ""))
@@ -343,10 +356,6 @@ def prepare_variants(spec: SweepSpec, out: Path, parallel: int, verbose: bool) -
     several machines sharing ``out`` prepare it once.
     """
     if not spec.needs_variants():
-        dataset = Path(spec.dataset)
-        if not (dataset / "dataset.json").is_file():
-            raise DataError("not a prepared data set (no dataset.json); run rvseg prepare first, or let the "
-                            "sweep prepare it by giving prepare options (e.g. --size)", dataset)
         return
     source, base_options = data_source(spec)
 
@@ -415,15 +424,25 @@ def child_command(command: list[str]) -> list[str]:
     return [sys.executable, "-m", "rvseg.sweeps.child", str(os.getpid()), *command]
 
 
-def run_child(command: list[str], log: Path) -> int:
+def run_child(command: list[str], log: Path, env: dict[str, str] | None = None) -> int:
     """Run an ``rvseg`` command to completion, its output appended to ``log``; returns the exit code."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as handle:
-        proc = subprocess.Popen(child_command(command), stdout=handle, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(child_command(command), stdout=handle, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
     try:
         return proc.wait()
     finally:
         stop_process(proc)
+
+
+def exited(proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``proc``; True once it has exited."""
+    try:
+        proc.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def stop_process(proc: subprocess.Popen) -> None:
@@ -537,18 +556,17 @@ class Worker:
             status = run_status(folder)
             if status in FINISHED:
                 self.log(f"{name}: already {status}, reusing it")
-                return read_run(folder)
-            self.write_trial_files(folder, params, seed)
-            resumed_from = len(read_metrics(folder))
-            append_event(folder, {"event": "train", "trial": trial.number, "after_epoch": resumed_from,
-                                  "owner": self.owner.to_dict(), "time": time.time()})
-            outcome = self.train(folder, dataset_of(self.spec, self.out, params), claim.fd, trial if report else None)
-            if outcome == "complete" and self.spec.test:
+            else:
+                self.write_trial_files(folder, params, seed)
+                resumed_from = len(read_metrics(folder))
+                append_event(folder, {"event": "train", "trial": trial.number, "after_epoch": resumed_from,
+                                      "owner": self.owner.to_dict(), "time": time.time()})
+                self.train(folder, dataset_of(self.spec, self.out, params), claim.fd, trial if report else None)
+                resumed = f" after resuming at epoch {resumed_from}" if resumed_from else ""
+                self.log(f"{name}: {run_status(folder)}{resumed}{describe(read_run(folder))}")
+            if self.spec.test and run_status(folder) == "complete" and not (folder / "test" / "summary.json").is_file():
                 self.evaluate_test(folder)
-        record = read_run(folder)
-        self.log(f"{name}: {record['status']}" + (f" after resuming at epoch {resumed_from}" if resumed_from else "")
-                 + describe(record))
-        return record
+        return read_run(folder)
 
     def write_trial_files(self, folder: Path, params: dict, seed: int) -> None:
         config = self.spec.train_config(params, seed)
@@ -558,8 +576,9 @@ class Worker:
             write_json(trial_file, {"params": params, "seed": seed, "cell": cell_label(params),
                                     "dataset": str(dataset_of(self.spec, self.out, params)), "started": time.time()})
 
-    def train(self, folder: Path, dataset: Path, claim_fd: int, trial: optuna.Trial | None) -> str:
-        """Run the trainer subprocess; ``complete``, ``pruned`` or ``failed`` (``failed.json`` written)."""
+    def train(self, folder: Path, dataset: Path, claim_fd: int, trial: optuna.Trial | None) -> None:
+        """Run the trainer subprocess to the end of the run, or until ``trial`` says to prune it
+        (then ``pruned.json`` is written), or until it fails (then ``failed.json``)."""
         command = child_command(["train", str(dataset), "--out", str(folder), "--config",
                                  str(folder / "sweep-config.yaml"), "--resume", "--quiet"])
         env = {**os.environ, **self.child_env}
@@ -568,21 +587,18 @@ class Worker:
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, pass_fds=(claim_fd,), env=env)
         try:
             reported: set[int] = set()
-            while proc.poll() is None:
+            while not exited(proc, POLL_S):
                 if trial is not None and self.report_epochs(trial, folder, reported) and trial.should_prune():
                     stop_process(proc)
                     write_json(folder / "pruned.json", {"after_epoch": max(reported), "time": time.time()})
-                    return "pruned"
-                time.sleep(POLL_S)
+                    return
         finally:
             stop_process(proc)
         if proc.returncode == EXIT_INTERRUPTED:
             raise KeyboardInterrupt  # the trainer was interrupted from outside: so is the sweep
-        if proc.returncode == 0 and (folder / "summary.json").is_file():
-            return "complete"
-        write_json(folder / "failed.json", {"error": last_error(folder / "train.log"), "exit_code": proc.returncode,
-                                            "time": time.time()})
-        return "failed"
+        if proc.returncode != 0 or not (folder / "summary.json").is_file():
+            write_json(folder / "failed.json", {"error": last_error(folder / "train.log"),
+                                                "exit_code": proc.returncode, "time": time.time()})
 
     def report_epochs(self, trial: optuna.Trial, folder: Path, reported: set[int]) -> bool:
         """Report epochs of ``metrics.csv`` not reported yet; True if any was new."""
@@ -597,9 +613,11 @@ class Worker:
         return new
 
     def evaluate_test(self, folder: Path) -> None:
-        """Score the run's best checkpoint on the SPEC's test set with ``rvseg evaluate`` (into ``RUN/test``)."""
-        code = run_child(["evaluate", str(folder), self.spec.test, "--split", "test", "--out", str(folder / "test")],
-                         folder / "test.log")
+        """Score the run's best checkpoint on the SPEC's test set with ``rvseg evaluate`` (into ``RUN/test``):
+        only patients the run neither trained nor validated on (``--split test``)."""
+        device = str(self.spec.base.get("device", "auto"))
+        code = run_child(["evaluate", str(folder), self.spec.test, "--split", "test", "--out", str(folder / "test"),
+                          "--device", device, "--force"], folder / "test.log", self.child_env)
         if code != 0:
             self.log(f"{folder.name}: test evaluation failed (exit code {code}): {last_error(folder / 'test.log')}")
 
@@ -671,6 +689,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, options: SweepOptions | None = N
     options = options or SweepOptions()
     if options.workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {options.workers}")
+    check_data(spec)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     record_spec(spec, out)
@@ -680,18 +699,17 @@ def run_sweep(spec: SweepSpec, out: str | Path, options: SweepOptions | None = N
     if options.retry_failed:
         for failed in (out / "runs").glob("*/failed.json"):
             failed.unlink()
-    with sigterm_as_interrupt():
-        recover(study, spec, options.grace_s, retry_failed=options.retry_failed)
-        prepare_variants(spec, out, options.workers, options.verbose)
-        if options.verbose:
-            print(f"sweep {study_name}: {describe_size(spec)}; storage {masked(url)}; {options.workers} worker(s)",
-                  flush=True)
-        if options.workers == 1:
-            Worker(spec, out, study, options).run()
-        else:
-            run_workers(spec, out, url, study_name, options)
+    try:
+        with sigterm_as_interrupt():
+            recover(study, spec, options.grace_s, retry_failed=options.retry_failed)
+            prepare_variants(spec, out, options.workers, options.verbose)
+            if options.verbose:
+                print(f"sweep {study_name}: {describe_size(spec)}; storage {masked(url)}; "
+                      f"{options.workers} worker(s)", flush=True)
+            run_workers(spec, out, study, url, options)
+    finally:
+        records = write_results_csv(spec, out)  # also after an interrupt: what has finished so far
     export_trials(study, out / "trials.json")
-    records = write_results_csv(spec, out)
     return summarize(spec, out, study_name, url, records)
 
 
@@ -755,31 +773,37 @@ def visible_gpus(spec: SweepSpec) -> list[str]:
 
 def worker_environments(spec: SweepSpec, workers: int) -> list[dict[str, str]]:
     """Environment changes for each worker's trainers: one GPU each (round robin) when several are
-    visible; for CPU runs, an equal share of the cores, so parallel trainers do not oversubscribe them."""
+    visible; for CPU runs, an equal share of the cores (unless OMP_NUM_THREADS is set), so parallel
+    trainers do not oversubscribe them."""
+    if workers == 1:
+        return [{}]
     gpus = visible_gpus(spec)
     if len(gpus) > 1:
         return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(workers)]
-    if not gpus and str(spec.base.get("device", "auto")) in ("cpu", "auto"):
+    cpu = not gpus and str(spec.base.get("device", "auto")) in ("cpu", "auto")
+    if cpu and "OMP_NUM_THREADS" not in os.environ:
         threads = str(max(1, (os.cpu_count() or 1) // workers))
         return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(workers)]
     return [{} for _ in range(workers)]
 
 
-def run_workers(spec: SweepSpec, out: Path, url: str, study_name: str, options: SweepOptions) -> None:
-    """Start ``options.workers`` worker processes and wait for them."""
+def run_workers(spec: SweepSpec, out: Path, study: optuna.Study, url: str, options: SweepOptions) -> None:
+    """Run ``options.workers`` workers: this process is worker 0, the others are child processes."""
+    environments = worker_environments(spec, options.workers)
     procs = []
-    for index, child_env in enumerate(worker_environments(spec, options.workers)):
-        command = ["worker", str(out), str(index), study_name, str(options.grace_s), json.dumps(child_env),
+    for index, child_env in enumerate(environments[1:], start=1):
+        command = ["worker", str(out), str(index), study.study_name, str(options.grace_s), json.dumps(child_env),
                    "1" if options.verbose else "0"]
         procs.append(subprocess.Popen(child_command(command), env={**os.environ, STORAGE_ENV: url}))
     try:
+        Worker(spec, out, study, options, prefix="[worker 0] " if procs else "", child_env=environments[0]).run()
         codes = [proc.wait() for proc in procs]
     finally:
         for proc in procs:
             stop_process(proc)
     if EXIT_INTERRUPTED in codes:
         raise KeyboardInterrupt
-    failed = [f"worker {i}: exit code {code}" for i, code in enumerate(codes) if code != 0]
+    failed = [f"worker {i}: exit code {code}" for i, code in enumerate(codes, start=1) if code != 0]
     if failed:
         raise RvsegError(f"sweep worker(s) failed ({'; '.join(failed)}); rerun the same command to continue")
 

@@ -23,11 +23,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from rvseg.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 MASK_STYLES = ("filled", "outline", "grey")
 ARRAY_FILES = ("images.npy", "masks.npy", "present.npy")
@@ -126,6 +129,9 @@ def encode_targets(masks: torch.Tensor, style: str) -> torch.Tensor:
     if style == "grey":
         return 0.5 + 0.5 * masks
     if style == "outline":
+        import torch
+        import torch.nn.functional as F
+
         # A foreground pixel is on the outline when any 4-neighbour is background:
         # erosion by a plus-shaped kernel is a min-pool over the cross.
         padded = F.pad(masks, (1, 1, 1, 1), value=0.0)

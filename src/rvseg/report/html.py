@@ -31,10 +31,10 @@ from rvseg import __version__
 from rvseg.errors import DataError
 from rvseg.io import write_text
 from rvseg.report import plots
-from rvseg.report.tables import BEST_MARK, Cell, Table, format_metric, runs_table, sweep_table, table_html, \
-    table_markdown
+from rvseg.report.tables import (BEST_MARK, Cell, Table, format_metric, point_label, runs_table, sweep_table,
+                                 table_html, table_markdown)
 from rvseg.sweeps.results import collect_results, read_json, read_metrics, run_status
-from rvseg.sweeps.spec import SweepSpec, cell_label, parse_spec
+from rvseg.sweeps.spec import SweepSpec, parse_spec
 
 #: Files of an ``rvseg evaluate`` folder shown in a run report, with their captions.
 EVALUATION_FIGURES = (("examples_best.png", "best examples"), ("examples_worst.png", "worst examples"),
@@ -146,7 +146,7 @@ def scale_blocks(spec: SweepSpec) -> list:
     """What the sweep changed from its preset: the scale it ran at, and cut-down axes."""
     if not spec.scale and not spec.restricted:
         return ["Full scale: the SPEC as written" + (f" (preset {spec.preset})." if spec.preset else ".")]
-    rows = [[Cell(name), Cell(show(change["preset"])), Cell(show(change["used"]))]
+    rows = [[Cell(name), Cell(show(change["preset"], " x ")), Cell(show(change["used"], " x "))]
             for name, change in spec.scale.items()]
     rows += [[Cell(f"{axis} (axis)"), Cell("all values"), Cell(", ".join(values))]
              for axis, values in spec.restricted.items()]
@@ -154,9 +154,10 @@ def scale_blocks(spec: SweepSpec) -> list:
             Table("Overrides", ["setting", "preset", "used"], rows, stub=1)]
 
 
-def show(value) -> str:
+def show(value, separator: str = ", ") -> str:
+    """A setting as text; lists joined (``128 x 112`` for a size), an empty list as a dash."""
     if isinstance(value, list):
-        return " x ".join(map(str, value))
+        return separator.join(map(str, value)) if value else "\u2013"
     return str(value)
 
 
@@ -166,7 +167,7 @@ def curve_sections(records: list[dict], spec: SweepSpec, folder: Path) -> list[S
     for record in records:
         rows = read_metrics(Path(record["folder"])) if Path(record["folder"]).is_dir() else []
         if rows:
-            label = cell_label({name: record.get(name) for name in spec.axis_names})
+            label = point_label({name: record.get(name) for name in spec.axis_names})
             by_point.setdefault(label, []).append(rows)
     if not by_point:
         return [Section("Curves", ["No run has finished an epoch yet."])]

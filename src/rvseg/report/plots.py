@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 import warnings
 
 import numpy as np
@@ -61,9 +62,11 @@ def curves_figure(points: list[tuple[str, list[list[dict]]]]) -> bytes:
         for key, style, colour in (("train_loss", "-", "tab:blue"), ("val_loss", "--", "tab:orange")):
             epochs, mean, sd = mean_curve(runs, key)
             if len(epochs):
-                ax.plot(epochs, mean, style, color=colour, label=key.replace("_", " "))
+                # Markers keep runs of one or two epochs visible.
+                ax.plot(epochs, mean, style, color=colour, label=key.replace("_", " "),
+                        marker="o" if len(epochs) < 4 else None, markersize=3)
                 ax.fill_between(epochs, mean - sd, mean + sd, color=colour, alpha=0.2, linewidth=0)
-        ax.set_title(label, fontsize=7)
+        ax.set_title(textwrap.fill(label, 34), fontsize=7)
         ax.tick_params(labelsize=6)
     axes.ravel()[0].legend(fontsize=6)
     figure.supxlabel("epoch", fontsize=8)

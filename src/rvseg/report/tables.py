@@ -68,10 +68,17 @@ def format_metric(name: str, values: list[float]) -> str:
 
 
 def display_value(axis: str, value) -> str:
-    """An axis value as the study shows it (the training share as a percentage)."""
+    """An axis value as the study shows it: the training share as a percentage, floats to 4 digits."""
     if axis == "fraction" and isinstance(value, (int, float)):
         return f"{value:.0%}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
     return format_value(value)
+
+
+def point_label(params: dict) -> str:
+    """A short label of a point for figures: ``optimizer=adam lr=0.001 fraction=40%``."""
+    return " ".join(f"{key}={display_value(key, value)}" for key, value in params.items())
 
 
 @dataclass
@@ -123,8 +130,8 @@ def sweep_table(records: list[dict], spec: SweepSpec, layout: dict | None = None
     column_axis = layout.get("columns")
     row_axes = [a for a in layout.get("rows", spec.axis_names) if a != column_axis]
     row_axes += [a for a in spec.axis_names if a not in row_axes and a != column_axis]  # every axis shown
-    metrics = [m for m in layout.get("values", [spec.objective, "final_train_loss", "final_val_loss"])
-               if any(p.values(m) for p in points.values())]
+    wanted = layout.get("values", [spec.objective, "best_val_dice", "final_train_loss", "final_val_loss"])
+    metrics = [m for m in dict.fromkeys(wanted) if any(p.values(m) for p in points.values())]
     if not metrics:
         metrics = [spec.objective]
     best = best_point(points, spec.objective)
