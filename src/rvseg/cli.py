@@ -32,7 +32,7 @@ def cmd_phantom(args) -> int:
     summary = write_phantom(Path(args.out), patients=args.patients, seed=args.seed,
                             slices=args.slices, frames=args.frames)
     print(f"wrote a synthetic phantom (not real data) of {args.patients} patient(s) to {args.out}")
-    print(f"  {summary.annotated_samples} annotated slices, {summary.files_written} files")
+    print(f"  {summary.annotated_samples} annotated images (ED and ES of each slice), {summary.files_written} files")
     return 0
 
 
@@ -58,13 +58,12 @@ def cmd_prepare(args) -> int:
     if args.json:
         print_json(summary)
     else:
-        print_prepare_summary(summary, args.out)
+        print_prepare_summary(summary, f"prepared {args.out}")
     return 1 if summary["skipped"] else 0
 
 
-def print_prepare_summary(summary: dict, out) -> None:
-    print(f"prepared {summary['n_samples']} samples of {summary['n_patients']} patients "
-          f"({summary['format']}) -> {out}")
+def print_prepare_summary(summary: dict, heading: str) -> None:
+    print(f"{heading}: {summary['n_samples']} samples of {summary['n_patients']} patients ({summary['format']})")
     for name, stats in summary["labels"].items():
         print(f"  {name}: {stats['count']} samples, mean foreground {stats['mean_foreground_fraction']:.3%}")
     print("  phases: " + ", ".join(f"{k} {v}" for k, v in summary["phases"].items()))
@@ -90,7 +89,7 @@ def cmd_inspect(args) -> int:
     if args.json:
         print_json(summary)
     else:
-        print_prepare_summary(summary, args.dataset)
+        print_prepare_summary(summary, str(args.dataset))
         print(f"  arrays: {summary['shape']}, content hash {summary['content_hash']}")
         if args.montage:
             print(f"  montage: {args.montage}")
