@@ -93,6 +93,30 @@ def test_orientation_spacing_and_label_areas(acdc):
     assert sample.sources["rv"].endswith("patient001_frame12_gt.nii.gz")
 
 
+def test_info_cfg_with_a_byte_order_mark(tmp_path):
+    folder = write_patient(tmp_path, 3, {1: True, 9: True}, info=None)
+    (folder / "Info.cfg").write_bytes("ED: 1\r\nES: 9\r\n".encode("utf-8-sig"))
+    assert {(s.frame, s.phase) for s in read_acdc(folder).samples} == {(1, "ED"), (9, "ES")}
+
+
+def test_slice_locations_follow_the_affine(acdc, tmp_path):
+    samples = [s for s in read_acdc(acdc).samples if s.patient == "patient001" and s.frame == 1]
+    assert [s.slice_location for s in samples] == pytest.approx([0.0, 10.0, 20.0, 30.0])
+    # An oblique volume: slices 8 mm apart along a tilted normal, the k axis sheared (as a gantry tilt).
+    rotation = np.array([[1.0, 0.0, 0.0], [0.0, 0.6, -0.8], [0.0, 0.8, 0.6]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([1.5, 1.6, 8.0])
+    affine[:3, 2] += 3.0 * rotation[:, 0]  # shear within the plane: no change of the slice positions
+    affine[:3, 3] = [-40.0, 25.0, 7.0]
+    folder = tmp_path / "oblique" / "patient004"
+    folder.mkdir(parents=True)
+    for name, data in (("patient004_frame01.nii.gz", coded_image()), ("patient004_frame01_gt.nii.gz", labels())):
+        nib.save(nib.Nifti1Image(data, affine), folder / name)
+    locations = [s.slice_location for s in read_acdc(folder).samples]
+    assert np.diff(locations) == pytest.approx([8.0] * 3)
+    assert locations[0] == pytest.approx(float(np.dot(affine[:3, 3], rotation[:, 2])))
+
+
 def test_slice_with_empty_ground_truth_is_still_a_sample(acdc):
     sample = {s.id: s for s in read_acdc(acdc).samples}["patient002-frame01-slice03"]
     assert set(sample.masks) == {"rv", "myo", "lv"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 from skimage.io import imread
@@ -25,7 +25,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def star_polygon(radius: float, aspect: float, wobble: list[float], phases: list[float]) -> np.ndarray:
     """A smooth blob (an ellipse with low-frequency wobble) as (60, 2) ``(x, y)`` points."""
     angle = np.linspace(0, 2 * np.pi, 60, endpoint=False)
-    r = radius * (1 + sum(a * np.cos(k * angle + p) for k, (a, p) in enumerate(zip(wobble, phases), start=2)))
+    terms = enumerate(zip(wobble, phases, strict=True), start=2)
+    r = radius * (1 + sum(a * np.cos(k * angle + p) for k, (a, p) in terms))
     return CENTRE + np.stack([r * np.cos(angle), aspect * r * np.sin(angle)], axis=1)
 
 
@@ -86,6 +87,9 @@ gap_lists = st.lists(st.tuples(st.floats(0, 1), st.integers(1, 3)), min_size=0, 
 
 @FAST
 @given(polygon=stars | crescents, gaps=gap_lists)
+# Found by hypothesis: a corner pixel of the skeleton, left out of the chains, once made the tour jump
+# across the crescent and back (Dice 0.81).
+@example(polygon=crescent_polygon(10.0, 5.0, 3.125), gaps=[(0.0, 3), (0.6875, 3)])
 def test_outline_with_small_gaps_fills_to_the_polygon_mask(polygon, gaps):
     mask = polygon_to_mask(polygon, CANVAS)
     outline = cut_gaps(outline_of(mask), gaps)

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 from scipy import ndimage
@@ -22,7 +23,7 @@ from rvseg.data.rvsc import read_rvsc
 from rvseg.errors import ConfigError, DataError
 from rvseg.inference import Predictor, combine
 from rvseg.metrics import segmentation_metrics
-from rvseg.predict import predict
+from rvseg.predict import InputImage, predict, unique_ids, write_volumes
 from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig
 from rvseg.train.loop import train
@@ -237,7 +238,8 @@ def test_ensembles_of_checkpoints(checkpoint, tmp_path, shared_data):
         # A vote of one model is its own mask; one checkpoint given twice is the same as once.
         once = Predictor.from_checkpoints([checkpoint], ensemble=rule).predict(images, postprocess=False)
         twice = Predictor.from_checkpoints([checkpoint, checkpoint], ensemble=rule).predict(images, postprocess=False)
-        assert all(np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(single, once, twice)), rule
+        same = zip(single, once, twice, strict=True)
+        assert all(np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in same), rule
     # Raising every logit z by a = 0.05 and by b = 0.2 gives nested masks, so their majority is the
     # middle model's (z > -a). As b > 2a, the mean probability already exceeds 0.5 a little below
     # (from z > -0.08): the mean's mask contains the vote's, and is larger wherever logits fall in
@@ -247,8 +249,8 @@ def test_ensembles_of_checkpoints(checkpoint, tmp_path, shared_data):
     middle = Predictor.from_checkpoints([up_a]).predict(images, postprocess=False)
     vote = Predictor.from_checkpoints([checkpoint, up_a, up_b], ensemble="vote").predict(images, postprocess=False)
     mean = Predictor.from_checkpoints([checkpoint, up_a, up_b], ensemble="mean").predict(images, postprocess=False)
-    assert all(np.array_equal(a, b) for a, b in zip(vote, middle))
-    assert all((m >= v).all() for m, v in zip(mean, vote))
+    assert all(np.array_equal(a, b) for a, b in zip(vote, middle, strict=True))
+    assert all((m >= v).all() for m, v in zip(mean, vote, strict=True))
     assert sum(int(m.sum()) for m in mean) > sum(int(v.sum()) for v in vote)
 
 
@@ -267,7 +269,7 @@ def test_tta_output_is_flip_equivariant(checkpoint):
         predictor = Predictor.from_checkpoints([checkpoint], tta=tta)
         inputs = [predictor.preprocess(image)] + [predictor.preprocess(np.ascontiguousarray(f(image))) for f in flips]
         maps = list(predictor.score_maps(inputs, [image.shape] * len(inputs)))
-        equivariant = [np.allclose(f(maps[0]), flipped, atol=1e-5) for f, flipped in zip(flips, maps[1:])]
+        equivariant = [np.allclose(f(maps[0]), flipped, atol=1e-5) for f, flipped in zip(flips, maps[1:], strict=True)]
         # Without TTA the network itself is not flip-equivariant: the test can tell the two apart.
         assert all(equivariant) if tta else not any(equivariant)
 
@@ -296,6 +298,67 @@ def test_volumes_on_a_phantom_patient(checkpoint, phantom, tmp_path):
     assert set(errors["patients"]) == {"P01"} and errors["missing"] == ["P02", "P03"]
     assert errors["patients"]["P01"]["ed_volume_ml"]["truth"] == truth[0]["ed_volume_ml"]
     assert errors["max_relative_error"]["ed_volume_ml"] is not None
+
+
+def test_a_whole_study_with_one_series_per_slice(checkpoint, phantom, tmp_path):
+    """Short-axis slices stored as series of their own, SliceLocation measured along the table axis (as
+    GE writes it), and a long-axis series beside them: one short-axis stack, slices 7 mm apart."""
+    study = tmp_path / "study"
+    for path in sorted((phantom / "patient01" / "P01dicom").glob("*.dcm")):
+        dataset = pydicom.dcmread(path)
+        index = (int(dataset.InstanceNumber) - 1) // PHANTOM_FRAMES
+        dataset.SeriesInstanceUID = f"1.2.826.0.1.{index + 1}"
+        dataset.SliceLocation = 0.6 * float(dataset.SliceLocation) + 12.0
+        (study / f"sax{index}").mkdir(parents=True, exist_ok=True)
+        dataset.save_as(study / f"sax{index}" / path.name)
+        if index == 0:  # its frames again, as a long-axis cine: the same pixels in another plane
+            dataset.SeriesInstanceUID = "1.2.826.0.1.99"
+            dataset.SOPInstanceUID = f"1.2.826.0.1.99.{dataset.InstanceNumber}"
+            dataset.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+            (study / "4ch").mkdir(exist_ok=True)
+            dataset.save_as(study / "4ch" / f"LA-{path.name}")
+    summary = predict([checkpoint], study, tmp_path / "pred")
+    assert summary["n_images"] == (PHANTOM_SLICES + 1) * PHANTOM_FRAMES
+    rows = read_csv(tmp_path / "pred" / "predictions.csv")
+    (short_axis,) = {row["stack"] for row in rows if not row["id"].startswith("LA-")}
+    (long_axis,) = {row["stack"] for row in rows if row["id"].startswith("LA-")}
+    assert {short_axis, long_axis} == {"study-stack1", "study-stack2"}
+    (volumes,) = summary["volumes"].values()  # the long-axis stack has one slice location: no volume
+    assert volumes["stack"] == short_axis and volumes["n_slices"] == PHANTOM_SLICES
+    assert volumes["slice_spacing_mm"] == pytest.approx(7.0, abs=1e-4)  # not 0.6 x 7 mm
+    assert volumes["es_rule"] == "min-total-volume"
+    images = [row for row in read_csv(tmp_path / "pred" / "volumes.csv")
+              if row["level"] == "image" and row["stack"] == short_axis]
+    ed_area = sum(float(row["area_mm2"]) for row in images if row["phase"] == "ED")
+    assert {row["id"] for row in images if row["phase"] == "ED"} == {
+        f"P01-{k * PHANTOM_FRAMES:04d}" for k in range(PHANTOM_SLICES)}
+    assert volumes["ed_volume_ml"] == pytest.approx(ed_area * 7.0 / 1000, rel=1e-4)
+
+
+def test_output_ids_never_collide(tmp_path):
+    files = [tmp_path / "scan.dcm", tmp_path / "scan.png", tmp_path / "scan-2.png", tmp_path / "a" / "x.dcm",
+             tmp_path / "b" / "x.dcm"]
+    # Counters are given in file order: scan.png takes "scan-2", so the file named scan-2 moves on.
+    assert unique_ids(files, None) == {files[0]: "scan", files[1]: "scan-2", files[2]: "scan-2-2",
+                                       files[3]: "x", files[4]: "x-2"}
+    assert unique_ids(files, tmp_path)[files[3]] == "a_x" and unique_ids(files, tmp_path)[files[4]] == "b_x"
+
+
+def test_volumes_of_an_acdc_style_rv_label(tmp_path):
+    """A model of ACDC's ``rv`` label gives volumes too; slices 10 mm apart, phases given."""
+    images, records = [], []
+    for z in range(3):
+        for phase, area in (("ED", 1000.0 + 100 * z), ("ES", 400.0 + 100 * z)):
+            images.append(InputImage(id=f"p1-{phase}-{z}", source="", pixels=np.zeros((2, 2)), shape=(2, 2),
+                                     stack="p1", spacing_mm=(1.0, 1.0), slice_location=10.0 * z, phase=phase))
+            records.append({"phase": phase, "area_mm2_rv": area})
+    (volumes,), notes = write_volumes(tmp_path / "volumes.csv", images, records, ["rv", "myo", "lv"])
+    assert notes == []
+    assert volumes["ed_volume_ml"] == pytest.approx(3300.0 * 10 / 1000)
+    assert volumes["es_volume_ml"] == pytest.approx(1500.0 * 10 / 1000)
+    assert volumes["ef_percent"] == pytest.approx(100 * (33 - 15) / 33)
+    assert write_volumes(tmp_path / "none.csv", images, records, ["myo"]) == (
+        [], ["no volumes: the model segments none of endo, rv (the RV cavity)"])
 
 
 def test_predict_on_a_prepared_data_set(checkpoint, prepared, phantom, tmp_path):
@@ -350,6 +413,12 @@ def test_skipped_files_exit_codes_and_atomic_output(checkpoint, phantom, tmp_pat
     assert main(args + ["--force"]) == 0
     assert read_csv(out / "skipped.csv") == []
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".pred")]
+
+    # An output folder inside the source is not read again by a rerun.
+    inside = ["predict", str(checkpoint), str(study), "--out", str(study / "pred"), "--device", "cpu", "--force"]
+    assert main(inside) == 0 and main(inside) == 0
+    assert sorted(path.name for path in (study / "pred" / "masks").iterdir()) == [
+        "P01-0000.png", "P01-0001.png", "scout.png"]
 
     assert main(["predict", str(checkpoint), str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     (tmp_path / "empty").mkdir()

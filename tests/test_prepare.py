@@ -117,6 +117,28 @@ def test_inspect_json_and_montage(shared_data, tmp_path, capsys):
     assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("damage, problem", [
+    ("labels", "dataset.json lacks one of labels"),
+    ("column", "samples.csv lacks the column(s) height"),
+    ("masks", "do not fit 2 label(s)"),
+])
+def test_damaged_prepared_set_gives_one_message_and_exit_2(shared_data, tmp_path, capsys, damage, problem):
+    prepare_json(capsys, shared_data / "rvsc-native", tmp_path / "d")
+    if damage == "labels":
+        meta = json.loads((tmp_path / "d" / "dataset.json").read_text())
+        del meta["labels"]
+        (tmp_path / "d" / "dataset.json").write_text(json.dumps(meta))
+    elif damage == "column":
+        table = (tmp_path / "d" / "samples.csv").read_text()
+        (tmp_path / "d" / "samples.csv").write_text(table.replace(",height,", ",h,", 1))
+    else:
+        np.save(tmp_path / "d" / "masks.npy", np.load(tmp_path / "d" / "masks.npy")[:, :1])
+    assert main(["inspect", str(tmp_path / "d"), "--json"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"rvseg: {tmp_path / 'd'}: prepared data set is damaged") and problem in error
+    assert "\n" not in error
+
+
 def test_mask_styles_encode_targets():
     import torch
 

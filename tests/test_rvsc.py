@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from rvseg.data.contours import polygon_area, read_contour_file
-from rvseg.data.dicom import is_dicom, order_series, read_dicom
+from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, order_series, plane_positions, read_dicom
 from rvseg.data.rvsc import looks_like_rvsc, read_rvsc
 from rvseg.errors import DataError
 
@@ -144,6 +144,48 @@ def test_order_series(rvsc_root):
     assert [image.path.stem for image in ordered] == [
         "P09-0018", "P09-0019", "P09-0020", "P09-0021", "P09-0022", "P09-0023",
     ]
+
+
+def header_only(series: str, location: float, time: float, normal=(0.0, 0.0, 1.0), study: str = "S1",
+                shape=(8, 6)) -> DicomImage:
+    """A DicomImage with only what stacking looks at (no file behind it)."""
+    return DicomImage(pixels=np.zeros(shape, np.float32), spacing_mm=(1.0, 1.0), trigger_time=time,
+                      slice_location=location, slice_thickness_mm=None, instance_number=None, series_uid=series,
+                      path=Path(f"{series}-{location}-{time}.dcm"), study_uid=study, normal=normal,
+                      position=None if normal is None else tuple(location * np.asarray(normal)))
+
+
+def test_single_slice_series_of_a_study_form_one_stack():
+    # A short-axis cine stored one series per slice (as many scanners do), given in no particular order.
+    cine = [header_only(f"sax{k}", location, time) for k, location in enumerate((20.0, 0.0, 10.0))
+            for time in (300.0, 0.0)]
+    tilted = (0.0, np.sin(np.radians(0.5)), np.cos(np.radians(0.5)))  # within the 1 degree tolerance
+    cine += [header_only("sax3", 30.0, time, normal=tilted) for time in (0.0, 300.0)]
+    others = [
+        *[header_only("4ch", 5.0, time, normal=(1.0, 0.0, 0.0)) for time in (0.0, 300.0)],  # a long-axis view
+        *[header_only("repeat", 10.0, time) for time in (0.0, 300.0)],  # a slice already in the stack
+        *[header_only("lge", location, 0.0) for location in (0.0, 10.0)],  # a multi-slice series
+        header_only("single", 40.0, 0.0),  # one frame, not two
+        *[header_only("other-study", 40.0, time, study="S2") for time in (0.0, 300.0)],
+        *[header_only("small", 40.0, time, shape=(4, 6)) for time in (0.0, 300.0)],
+    ]
+    stacks = dicom_stacks(cine + others)
+    assert [[(image.slice_location, image.trigger_time) for image in stack] for stack in stacks][0] == [
+        (0.0, 0.0), (0.0, 300.0), (10.0, 0.0), (10.0, 300.0), (20.0, 0.0), (20.0, 300.0), (30.0, 0.0), (30.0, 300.0)
+    ]
+    assert [sorted({image.series_uid for image in stack}) for stack in stacks[1:]] == [
+        ["4ch"], ["repeat"], ["lge"], ["single"], ["other-study"], ["small"]
+    ]
+
+
+def test_plane_positions_measure_along_the_normal(rvsc_root):
+    folder = rvsc_root / "patient09" / "P09dicom"
+    images = [read_dicom(folder / f"P09-{frame}.dcm") for frame in ("0000", "0020", "0022")]
+    positions = plane_positions(images)
+    # Siemens writes SliceLocation along the normal too (with the opposite sign here): the same spacings.
+    assert np.diff(positions) == pytest.approx(-np.diff([image.slice_location for image in images]), abs=1e-6)
+    assert np.diff(positions) == pytest.approx([-8.4, -8.4], abs=1e-3)
+    assert plane_positions([header_only("a", 0.0, 0.0, normal=None)]) is None
 
 
 def test_is_dicom(rvsc_root, tmp_path):
@@ -303,6 +345,17 @@ def test_phase_unknown_without_the_rest_of_the_slice(tmp_path, rvsc_root):
     # Frame 0020 alone is still ED: TriggerTime 0 is the R wave.
     report = read_rvsc(make_patient_copy(tmp_path, rvsc_root, frames=("0020", "0023")))
     assert [(s.id, s.phase) for s in report.samples] == [("P09-0020", "ED"), ("P09-0023", "unknown")]
+
+
+def test_list_file_with_a_byte_order_mark(tmp_path, rvsc_root):
+    # Windows editors may save the list (CRLF line ends, backslashes) with a UTF-8 byte-order mark.
+    root = make_patient_copy(tmp_path, rvsc_root)
+    list_file = root / "patient09" / "P09list.txt"
+    assert b"\r\n" in list_file.read_bytes()
+    list_file.write_bytes(b"\xef\xbb\xbf" + list_file.read_bytes())
+    report = read_rvsc(root)
+    assert [s.id for s in report.samples] == ["P09-" + frame for frame in ANNOTATED]
+    assert not report.notes and not report.skipped
 
 
 def test_unlisted_contour_files_are_noted(tmp_path, rvsc_root):

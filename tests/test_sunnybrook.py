@@ -6,9 +6,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from rvseg.data.contours import polygon_area, read_contour_file
+from rvseg.data.dicom import dicom_stacks, plane_positions, read_dicom
 from rvseg.data.sunnybrook import looks_like_sunnybrook, read_sunnybrook
 from rvseg.errors import ConfigError, DataError
 
@@ -67,6 +69,19 @@ def test_subset_samples(report, sunnybrook_root):
     )
     assert all(1.28 <= s.spacing_mm[0] <= 1.37 for s in report.samples)
     assert [s.id for s in report.samples] == sorted(s.id for s in report.samples)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's words about the scanner's UIDs
+def test_slice_spacing_is_measured_between_the_image_planes(sunnybrook_root):
+    # This GE study writes SliceLocation along the table axis: 6.72 mm apart for slices whose planes
+    # are 10 mm apart (SpacingBetweenSlices 10); volumes must use the planes' distance.
+    (stack,) = dicom_stacks(read_dicom(path) for path in (sunnybrook_root / "dicoms" / "SCD0000101").glob("*.dcm"))
+    planes = np.unique(np.round(plane_positions(stack), 2))
+    locations = np.unique([round(image.slice_location, 2) for image in stack])
+    assert len(planes) == len(locations) == 10  # the subset lacks the slice between the last two
+    assert np.diff(planes) == pytest.approx([10.0] * 8 + [20.0], abs=0.01)
+    assert np.diff(locations) == pytest.approx([6.72] * 8 + [13.44], abs=0.01)
+    assert stack[0].slice_thickness_mm == 10.0
 
 
 def test_subset_mask_areas_match_polygons(report):
@@ -163,6 +178,21 @@ def test_corrupt_dicom(tmp_path, sunnybrook_root):
     path.write_bytes(b"\0" * 50)
     message = raised_message(root)
     assert str(path) in message and "not a DICOM file" in message
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's words about the scanner's UIDs
+def test_mixed_image_sizes(tmp_path, sunnybrook_root):
+    root = make_copy(tmp_path, sunnybrook_root)
+    path = root / "dicoms" / "SCD0000101" / "48.dcm"
+    dataset = pydicom.dcmread(path)
+    cropped = np.ascontiguousarray(dataset.pixel_array[:200, :180])
+    dataset.Rows, dataset.Columns = cropped.shape
+    dataset.PixelData = cropped.tobytes()
+    dataset.save_as(path)
+    message = raised_message(root)
+    assert message == f"{path}: image is 200 x 180 but the other images of patient SCD0000101 are 256 x 256"
+    report = read_sunnybrook(root, skip_bad=True)
+    assert [entry["path"] for entry in report.skipped] == [str(path)] and len(report.samples) == 17
 
 
 def test_contour_far_outside(tmp_path, sunnybrook_root):

@@ -26,7 +26,6 @@ samples of highest and lowest Dice of the first label, with reference and predic
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ from rvseg import __version__
 from rvseg.data.dataset import PreparedDataset, load_dataset
 from rvseg.errors import ConfigError, DataError
 from rvseg.inference import Predictor, extent, masks_from_scores, prepared_inputs
-from rvseg.io import atomic_folder, check_output_folder, checksum, write_json
+from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, write_csv, write_json
 from rvseg.metrics import METRIC_FIELDS, segmentation_metrics, summarize
 from rvseg.report.figures import ExamplePanel, draw_dice_histogram, draw_examples
 
@@ -144,11 +143,11 @@ def case_rows(data: PreparedDataset, indices: Sequence[int], predictions: Sequen
         labels: the L label names; ``channels`` their mask channels in ``data``.
     """
     rows = []
-    for index, predicted in zip(indices, predictions):
+    for index, predicted in zip(indices, predictions, strict=True):
         row = data.rows[index]
         height, width = extent(data, index)
         spacing = data.spacing(index)
-        for k, (label, channel) in enumerate(zip(labels, channels)):
+        for k, (label, channel) in enumerate(zip(labels, channels, strict=True)):
             if not data.present[index, channel]:
                 continue
             reference = data.masks[index, channel, :height, :width] > 0
@@ -196,7 +195,7 @@ def write_evaluation(out: Path, rows: Sequence[dict], summary: dict, data: Prepa
     files = {name: str(out / name) for name in ("per_case.csv", "summary.json", "examples_best.png",
                                                    "examples_worst.png", "dice_histogram.png")}
     with atomic_folder(out) as tmp:
-        write_per_case(tmp / "per_case.csv", rows)
+        write_csv(tmp / "per_case.csv", rows, PER_CASE_FIELDS)
         best, worst = example_rows(rows, labels[0])
         position = {data.rows[index]["id"]: i for i, index in enumerate(indices)}
         for name, chosen, caption in (("examples_best.png", best, "highest"), ("examples_worst.png", worst, "lowest")):
@@ -208,14 +207,6 @@ def write_evaluation(out: Path, rows: Sequence[dict], summary: dict, data: Prepa
                             title=f"{summary['split']} split, {summary['n_samples']} samples")
         write_json(tmp / "summary.json", {**summary, "files": files})
     return files
-
-
-def write_per_case(path: Path, rows: Sequence[dict]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=PER_CASE_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: format_value(row[key]) for key in PER_CASE_FIELDS})
 
 
 def example_rows(rows: Sequence[dict], label: str) -> tuple[list[dict], list[dict]]:
@@ -235,7 +226,7 @@ def example_panel(data: PreparedDataset, index: int, predicted: np.ndarray, labe
                   channels: Sequence[int], row: dict) -> ExamplePanel:
     height, width = extent(data, index)
     references = {label: data.masks[index, channel, :height, :width] > 0
-                  for label, channel in zip(labels, channels) if data.present[index, channel]}
+                  for label, channel in zip(labels, channels, strict=True) if data.present[index, channel]}
     hd = row["hd"]
     hd_text = "HD -" if hd is None or (isinstance(hd, float) and math.isnan(hd)) else f"HD {hd:.1f} {row['unit']}"
     return ExamplePanel(image=data.images[index, 0, :height, :width],
@@ -244,20 +235,3 @@ def example_panel(data: PreparedDataset, index: int, predicted: np.ndarray, labe
                         title=f"{row['id']} {row['phase']}  Dice {row['dice']:.3f}  {hd_text}")
 
 
-def format_value(value) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
-    return str(value)
-
-
-def json_safe(value):
-    """A copy of nested dicts/lists with NaN floats replaced by None (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    return value

@@ -213,7 +213,7 @@ class Predictor:
 def check_same_preprocessing(files: Sequence[Path], infos: Sequence[dict]) -> None:
     """Raise ConfigError when checkpoints disagree on labels, target style or input preparation."""
     first = infos[0]
-    for file, info in zip(files[1:], infos[1:]):
+    for file, info in zip(files[1:], infos[1:], strict=True):
         pairs = [("labels", list(first["labels"]), list(info["labels"])),
                  ("mask style", first.get("mask_style", "filled"), info.get("mask_style", "filled"))]
         pairs += [(f"prepare option '{key}'", _option(first["prepare"], key), _option(info["prepare"], key))
@@ -266,10 +266,11 @@ def filled_scores(probabilities: np.ndarray, mask_style: str) -> np.ndarray:
         scale = 0.5 / (decision_threshold("grey") - 0.5)
         return np.clip(0.5 + (probabilities - decision_threshold("grey")) * scale, 0.0, 1.0).astype(np.float32)
     if mask_style == "outline":
-        flat = probabilities.reshape(-1, *probabilities.shape[-2:])
-        filled = [fill_contour_map(outline > 0.5) for outline in flat]
-        return np.stack([np.zeros(outline.shape, bool) if region is None else region
-                         for outline, region in zip(flat, filled)]).astype(np.float32).reshape(probabilities.shape)
+        regions = []
+        for outline in probabilities.reshape(-1, *probabilities.shape[-2:]):
+            region = fill_contour_map(outline > 0.5)
+            regions.append(np.zeros(outline.shape, bool) if region is None else region)
+        return np.stack(regions).astype(np.float32).reshape(probabilities.shape)
     raise ConfigError(f"unknown mask style {mask_style!r}")
 
 

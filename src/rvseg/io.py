@@ -5,7 +5,10 @@ A crash, a full disk or a Ctrl-C therefore never leaves a half-written file unde
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -33,8 +36,40 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8", newline="")
 
 
+def json_safe(value):
+    """A copy of nested dicts/lists with NaN floats replaced by None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
 def write_json(path: str | Path, data) -> None:
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+    """Write ``data`` as indented JSON (NaN as null, unknown types as strings), atomically."""
+    write_text(path, json.dumps(json_safe(data), indent=2, default=str) + "\n")
+
+
+def csv_cell(value) -> str:
+    """How a value is written to CSV: floats with 6 significant digits, None and NaN as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def write_csv(path: str | Path, rows, fieldnames=None) -> None:
+    """Rows (dicts) to CSV, atomically; columns are ``fieldnames`` or the first row's keys."""
+    fieldnames = list(fieldnames or (rows[0] if rows else []))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: csv_cell(row.get(key)) for key in fieldnames})
+    write_text(path, buffer.getvalue())
 
 
 def save_figure(figure, path: str | Path, **kwargs) -> None:

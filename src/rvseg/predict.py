@@ -4,15 +4,17 @@
 
 - one DICOM file, or one PNG / JPEG image;
 - a folder (searched recursively, hidden files left out): every DICOM and PNG / JPEG in it, e.g. a
-  cine series or a whole study. DICOMs are grouped into stacks by SeriesInstanceUID and ordered by
-  slice location, trigger time and instance number;
+  cine series or a whole study. DICOMs are grouped into stacks of parallel slices
+  (:func:`~rvseg.data.dicom.dicom_stacks`: a series, or the single-slice series of one study's
+  short-axis cine joined) and ordered by slice location, trigger time and instance number;
 - an RVSC patient folder (``patientNN/PNNdicom/*.dcm``) or a folder of them: each patient is a stack;
 - a prepared data set (a folder with ``dataset.json``): its (already normalised) images are used, and
   predictions are mapped to each sample's original size (``orig_height`` x ``orig_width``); the
   overlay then shows the prepared image resized to that size.
 
 A file that is not a readable image is skipped (``skipped.csv``, and the returned summary); the rest
-is processed. A single file that is not an image, or a folder without any, is an error.
+is processed. A single file that is not an image, or a folder without any, is an error. An output
+folder inside the source folder is not read.
 
 **Output folder** ``PRED/`` (written to a temporary sibling and renamed into place):
 
@@ -29,10 +31,12 @@ is processed. A single file that is not an image, or a folder without any, is an
   size, spacing, and per label the area in pixels and mm^2 and the contour file.
 - ``volumes.csv`` (when images have a pixel spacing): rows of ``level`` ``image`` (RV cavity area
   in mm^2 per slice and frame, with its phase), ``phase`` (the ED or ES volume in mL of a stack and
-  the slices it sums) and ``stack`` (EDV, ESV, EF), computed by :mod:`rvseg.volumes` from the
-  ``endo`` label: volumes need two or more slice locations, ED is the earliest frame of each slice
-  and ES the frame of minimum total predicted volume (or of minimum area per slice when slices have
-  different frame counts).
+  the slices it sums) and ``stack`` (EDV, ESV, EF), computed by :mod:`rvseg.volumes` from the RV
+  cavity label (``endo``, or ACDC's ``rv``): volumes need two or more slice locations, ED is the
+  earliest frame of each slice and ES the frame of minimum total predicted volume (or of minimum
+  area per slice when slices have different frame counts). For DICOMs the slice spacing is
+  measured between the planes' ImagePositionPatient along their normal, not between SliceLocation
+  values (:func:`~rvseg.data.dicom.plane_positions`); a prepared data set has only the latter.
 - ``skipped.csv`` (``path, reason``) and ``summary.json``.
 
 Masks are post-processed as :mod:`rvseg.inference` describes (largest region, holes filled), so a
@@ -41,7 +45,6 @@ written contour, filled again, gives back the mask.
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -54,22 +57,21 @@ from skimage.io import imsave
 from rvseg import __version__
 from rvseg.data.contours import mask_to_contour, write_contour_file
 from rvseg.data.dataset import load_dataset
-from rvseg.data.dicom import DicomImage, is_dicom, order_series, read_dicom
+from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, plane_positions, read_dicom
 from rvseg.data.pngpairs import read_gray
 from rvseg.data.rvsc import PATIENT_DIR_NAME, looks_like_rvsc
 from rvseg.data.sample import ReadReport
 from rvseg.errors import DataError
-from rvseg.evaluate import format_value, json_safe
 from rvseg.inference import Predictor, extent, masks_from_scores, to_original_geometry
-from rvseg.io import atomic_folder, check_output_folder, checksum, write_json
+from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, write_csv, write_json
 from rvseg.report.figures import overlay_image
 from rvseg.volumes import SliceArea, area_mm2, assign_phases, stack_volumes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Contour file kind of the RVSC labels (``PNN-FFFF-icontour-auto.txt``).
 CONTOUR_KIND = {"endo": "i", "epi": "o"}
-#: The label whose area makes the RV volume (the cavity).
-VOLUME_LABEL = "endo"
+#: Labels of the RV cavity, whose area makes the RV volume: ``endo`` (RVSC i-contour), ``rv`` (ACDC).
+VOLUME_LABELS = ("endo", "rv")
 RVSC_FRAME_ID = re.compile(r"P\d+-(\d+)")
 VOLUME_FIELDS = ("level", "stack", "id", "slice_location", "trigger_time", "frame", "phase", "area_mm2", "slices",
                  "slice_spacing_mm", "volume_ml", "ed_volume_ml", "es_volume_ml", "ef_percent", "es_rule")
@@ -87,7 +89,9 @@ class InputImage:
         prepared: whether ``pixels`` are a prepared data set's (normalised, maybe resized) image.
         stack: the patient or series it belongs to ("" when unknown).
         spacing_mm: (row, column) pixel spacing in mm of the original image, or None.
-        slice_location: mm along the slice normal, or None.
+        slice_location: the slice's location as the source gives it (DICOM SliceLocation), or None.
+        position_mm: where the slice lies along its stack's normal (mm, from ImagePositionPatient;
+            :func:`~rvseg.data.dicom.plane_positions`), or None: what slice spacings are measured on.
         trigger_time: ms after the R wave, or None.
         frame: frame or instance number (orders frames without trigger times), or None.
         phase: ``ED`` / ``ES`` when the source says so, else "".
@@ -101,6 +105,7 @@ class InputImage:
     stack: str = ""
     spacing_mm: tuple[float, float] | None = None
     slice_location: float | None = None
+    position_mm: float | None = None
     trigger_time: float | None = None
     frame: int | None = None
     phase: str = ""
@@ -142,7 +147,7 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
     check_output_folder(out, force)
     predictor = Predictor.from_checkpoints(checkpoints, ensemble=ensemble, tta=tta, batch_size=batch_size,
                                            device=device)
-    source = read_source(Path(src))
+    source = read_source(Path(src), exclude=out)
     with atomic_folder(out) as tmp:
         records = segment_and_write(predictor, source.images, tmp)
         volumes, notes = write_volumes(tmp / "volumes.csv", source.images, records, predictor.labels)
@@ -166,8 +171,14 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
 # ---------------------------------------------------------------- reading the source
 
 
-def read_source(src: Path) -> Source:
-    """Find and read the images of ``src`` (module docstring), in stack / slice / time order."""
+def read_source(src: Path, exclude: Path | None = None) -> Source:
+    """Find and read the images of ``src`` (module docstring), in stack / slice / time order.
+
+    Args:
+        src: the source.
+        exclude: a folder whose files are not read even when it lies inside ``src`` (the output
+            folder: a rerun must not segment the masks and overlays of the previous run).
+    """
     if not src.exists():
         raise DataError("no such file or folder", src)
     if src.is_file():
@@ -188,8 +199,10 @@ def read_source(src: Path) -> Source:
             skipped += bad
         kind = "rvsc"
     else:
+        excluded = None if exclude is None else exclude.resolve()
         files = sorted(path for path in src.rglob("*")
-                       if path.is_file() and not any(part.startswith(".") for part in path.relative_to(src).parts))
+                       if path.is_file() and not any(part.startswith(".") for part in path.relative_to(src).parts)
+                       and not (excluded and path.resolve().is_relative_to(excluded)))
         images, skipped = read_files(files, stack=src.name, root=src)
         kind = "folder"
     if not images:
@@ -206,7 +219,7 @@ def read_files(files: Sequence[Path], stack: str, root: Path | None = None) -> t
         root: the folder searched, used to make duplicate file stems unique; None for a flat folder.
     """
     ids = unique_ids(files, root)
-    dicoms: list[tuple[DicomImage, str]] = []
+    dicoms: list[DicomImage] = []
     others: list[InputImage] = []
     skipped = []
     for path in files:
@@ -214,16 +227,16 @@ def read_files(files: Sequence[Path], stack: str, root: Path | None = None) -> t
         if isinstance(image, str):
             skipped.append({"path": str(path), "reason": image})
         elif isinstance(image, DicomImage):
-            dicoms.append((image, ids[path]))
+            dicoms.append(image)
         else:
             others.append(image)
-    series = list(dict.fromkeys(image.series_uid for image, _ in dicoms))
-    id_of = {image.path: name for image, name in dicoms}
+    stacks = dicom_stacks(dicoms)
     ordered = []
-    for number, uid in enumerate(series, start=1):
-        members = [image for image, _ in dicoms if image.series_uid == uid]
-        name = stack if len(series) == 1 else f"{stack}-series{number}"
-        ordered += [dicom_input(image, id_of[image.path], name) for image in order_series(members)]
+    for number, members in enumerate(stacks, start=1):
+        name = stack if len(stacks) == 1 else f"{stack}-stack{number}"
+        positions = plane_positions(members) or [None] * len(members)
+        ordered += [dicom_input(image, ids[image.path], name, position)
+                    for image, position in zip(members, positions, strict=True)]
     return ordered + others, skipped
 
 
@@ -240,23 +253,33 @@ def read_image_file(path: Path, image_id: str) -> InputImage | DicomImage | str:
     return "not a DICOM (no 'DICM' marker after the 128-byte preamble) or PNG/JPEG image"
 
 
-def dicom_input(image: DicomImage, image_id: str, stack: str) -> InputImage:
+def dicom_input(image: DicomImage, image_id: str, stack: str, position_mm: float | None) -> InputImage:
     match = RVSC_FRAME_ID.fullmatch(image_id)
     return InputImage(id=image_id, source=str(image.path), pixels=image.pixels, shape=image.shape, stack=stack,
-                      spacing_mm=image.spacing_mm, slice_location=image.slice_location,
+                      spacing_mm=image.spacing_mm, slice_location=image.slice_location, position_mm=position_mm,
                       trigger_time=image.trigger_time,
                       frame=int(match.group(1)) if match else image.instance_number)
 
 
 def unique_ids(files: Sequence[Path], root: Path | None) -> dict[Path, str]:
-    """File -> output id: its stem, or, when stems repeat, its path below ``root`` joined by ``_``."""
+    """File -> output id: its stem, or, when stems repeat, its path below ``root`` joined by ``_``.
+
+    Names that still collide (``scan.png`` beside ``scan.dcm``) get ``-2``, ``-3``... in file order,
+    so that no output overwrites another.
+    """
     stems = Counter(safe_name(path.stem) for path in files)
-    ids = {}
+    ids: dict[Path, str] = {}
+    taken: set[str] = set()
     for path in files:
-        stem = safe_name(path.stem)
-        if stems[stem] > 1 and root is not None:
-            stem = safe_name("_".join(path.relative_to(root).with_suffix("").parts))
-        ids[path] = stem
+        name = safe_name(path.stem)
+        if stems[name] > 1 and root is not None:
+            name = safe_name("_".join(path.relative_to(root).with_suffix("").parts))
+        unique, count = name, 1
+        while unique in taken:
+            count += 1
+            unique = f"{name}-{count}"
+        taken.add(unique)
+        ids[path] = unique
     return ids
 
 
@@ -296,7 +319,7 @@ def segment_and_write(predictor: Predictor, images: Sequence[InputImage], folder
         chunk = images[start:start + predictor.batch_size]
         inputs = [predictor.to_model_input(image.pixels) if image.prepared else predictor.preprocess(image.pixels)
                   for image in chunk]
-        for image, scores in zip(chunk, predictor.score_maps(inputs, [image.shape for image in chunk])):
+        for image, scores in zip(chunk, predictor.score_maps(inputs, [image.shape for image in chunk]), strict=True):
             masks = masks_from_scores(scores, postprocess=True)
             records.append(write_image_outputs(folder, image, masks, predictor.labels))
     return records
@@ -304,7 +327,7 @@ def segment_and_write(predictor: Predictor, images: Sequence[InputImage], folder
 
 def write_image_outputs(folder: Path, image: InputImage, masks: np.ndarray, labels: Sequence[str]) -> dict:
     """Write one image's mask PNG(s), overlay and contour files; returns its ``predictions.csv`` row."""
-    for label, mask in zip(labels, masks):
+    for label, mask in zip(labels, masks, strict=True):
         name = f"{image.id}.png" if len(labels) == 1 else f"{image.id}-{label}.png"
         imsave(folder / "masks" / name, (mask * 255).astype(np.uint8), check_contrast=False)
     display = to_original_geometry(image.pixels[None], image.shape)[0] if image.prepared else image.pixels
@@ -314,7 +337,7 @@ def write_image_outputs(folder: Path, image: InputImage, masks: np.ndarray, labe
               "phase": image.phase, "height": image.shape[0], "width": image.shape[1],
               "spacing_mm": image.spacing_mm[0] if image.spacing_mm else None,
               "spacing_col_mm": image.spacing_mm[1] if image.spacing_mm else None}
-    for label, mask in zip(labels, masks):
+    for label, mask in zip(labels, masks, strict=True):
         contour = mask_to_contour(mask)
         name = contour_file_name(image.id, label)
         if contour is not None:
@@ -338,26 +361,27 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
     Returns:
         (one :meth:`~rvseg.volumes.StackVolumes.to_dict` per stack with a volume, notes).
     """
-    if VOLUME_LABEL not in labels:
-        return [], [f"no volumes: the model does not segment '{VOLUME_LABEL}' (the RV cavity)"]
-    with_spacing = [(image, record) for image, record in zip(images, records) if image.spacing_mm]
+    label = next((name for name in VOLUME_LABELS if name in labels), None)
+    if label is None:
+        return [], [f"no volumes: the model segments none of {', '.join(VOLUME_LABELS)} (the RV cavity)"]
+    with_spacing = [(image, record) for image, record in zip(images, records, strict=True) if image.spacing_mm]
     if not with_spacing:
         return [], ["no areas in mm^2 or volumes: the images have no pixel spacing"]
-    areas = [SliceArea(stack=image.stack, id=image.id, slice_location=image.slice_location,
-                       area_mm2=record[f"area_mm2_{VOLUME_LABEL}"], trigger_time=image.trigger_time,
+    areas = [SliceArea(stack=image.stack, id=image.id, slice_location=slice_position(image),
+                       area_mm2=record[f"area_mm2_{label}"], trigger_time=image.trigger_time,
                        frame=image.frame, phase=image.phase)
-             for image, record in with_spacing if image.slice_location is not None]
+             for image, record in with_spacing if slice_position(image) is not None]
     areas, rules = assign_phases(areas)
     phase_of = {(area.stack, area.id): area.phase for area in areas}
     for image, record in with_spacing:
         record["phase"] = phase_of.get((image.stack, image.id), record["phase"])
     volumes = stack_volumes(areas, rules)
     notes = [f"{item.stack}: {note}" for item in volumes for note in item.notes]
-    if any(image.slice_location is None for image, _ in with_spacing):
+    if any(slice_position(image) is None for image, _ in with_spacing):
         notes.append("images without a slice location have areas but enter no volume")
     rows = [{"level": "image", "stack": image.stack, "id": image.id, "slice_location": image.slice_location,
              "trigger_time": image.trigger_time, "frame": image.frame, "phase": record["phase"],
-             "area_mm2": record[f"area_mm2_{VOLUME_LABEL}"]} for image, record in with_spacing]
+             "area_mm2": record[f"area_mm2_{label}"]} for image, record in with_spacing]
     for item in volumes:
         phases = (("ED", item.ed_volume_ml, item.ed_slices), ("ES", item.es_volume_ml, item.es_slices))
         for phase, volume, slices in phases:
@@ -371,11 +395,10 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
     return [item.to_dict() for item in volumes], notes
 
 
-def write_csv(path: Path, rows: Sequence[dict], fieldnames: Sequence[str] | None = None) -> None:
-    """Rows to CSV (columns: ``fieldnames`` or the first row's keys); None and NaN as empty cells."""
-    fieldnames = list(fieldnames or (rows[0] if rows else []))
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: "" if row.get(key) is None else format_value(row[key]) for key in fieldnames})
+def slice_position(image: InputImage) -> float | None:
+    """The slice position volumes are computed from: :attr:`InputImage.position_mm`, else the slice location.
+
+    (:func:`~rvseg.data.dicom.plane_positions` gives a position to every image of a stack or to none.)
+    """
+    return image.position_mm if image.position_mm is not None else image.slice_location
+

@@ -39,8 +39,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-#: Slice locations closer than this (mm) are the same slice.
-LOCATION_DECIMALS = 2
+from rvseg.data.dicom import LOCATION_DECIMALS
+
 #: The quantities compared by :func:`volume_errors`.
 VOLUME_KEYS = ("ed_volume_ml", "es_volume_ml", "ef_percent")
 

@@ -14,7 +14,9 @@ Uncompressed ``.nii`` files are read as well.
 **Orientation.** A volume's voxel array has axes (i, j, k), k across the short-axis slices. The 2D
 sample of slice ``z`` is ``data[:, :, z]`` as stored, not rotated for display: rows run along i and
 columns along j, so ``spacing_mm = (zooms[0], zooms[1])`` of ``header.get_zooms()`` and the slice
-thickness is ``zooms[2]``. Image and masks are cut the same way, so they always agree.
+thickness is ``zooms[2]``. Image and masks are cut the same way, so they always agree. A slice's
+``slice_location`` is its plane's position along the plane normal in mm, from the image's affine
+(so slice spacings, and with them volumes, follow from the header).
 
 One sample per slice of each frame that has a ground truth, with id ``patientNNN-frameFF-sliceZZ``;
 a slice whose ground truth is empty is still a sample (all its masks are empty).
@@ -112,7 +114,7 @@ def read_phases(path: Path, report: ReadReport, skip_bad: bool) -> dict[int, str
     if not path.is_file():
         return {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         report.bad_file(path, f"cannot read ({exc.__class__.__name__}: {exc})", skip_bad)
         return {}
@@ -142,11 +144,11 @@ def read_frame(
     loaded = load_volume(image_path, report, skip_bad)
     if loaded is None:
         return []
-    image, zooms = loaded
+    image, zooms, affine = loaded
     loaded = load_volume(gt_path, report, skip_bad)
     if loaded is None:
         return []
-    labels, _ = loaded
+    labels = loaded[0]
     if labels.shape != image.shape:
         shapes = f"{labels.shape} but its image {image_path.name} has {image.shape}"
         report.bad_file(gt_path, f"has shape {shapes}", skip_bad)
@@ -156,6 +158,7 @@ def read_frame(
         shown = ", ".join(f"{value:g}" for value in unexpected[:5])
         report.bad_file(gt_path, f"holds label values outside {{0, 1, 2, 3}}: {shown}", skip_bad)
         return []
+    locations = slice_locations(affine, image.shape[2])
     return [
         Sample(
             id=f"{patient}-frame{frame:02d}-slice{z:02d}",
@@ -166,6 +169,7 @@ def read_frame(
             slice=str(z),
             frame=frame,
             phase=phases.get(frame, "unknown"),
+            slice_location=locations[z],
             slice_thickness_mm=zooms[2] if len(zooms) > 2 else None,
             sources={"image": str(image_path), **{name: str(gt_path) for name in LABELS}},
         )
@@ -173,8 +177,25 @@ def read_frame(
     ]
 
 
-def load_volume(path: Path, report: ReadReport, skip_bad: bool) -> tuple[np.ndarray, tuple[float, ...]] | None:
-    """A NIfTI volume as float32 (I, J, K) plus its voxel sizes in mm; None when bad (and skipped).
+def slice_locations(affine: np.ndarray, count: int) -> list[float]:
+    """Position in mm of each of ``count`` slices ``data[:, :, z]`` along the normal of their plane.
+
+    Args:
+        affine: the (4, 4) voxel-to-world matrix of the volume.
+        count: K, the number of slices.
+    """
+    normal = np.cross(affine[:3, 0], affine[:3, 1])
+    normal /= np.linalg.norm(normal)
+    # Voxel (0, 0, z) lies at affine[:3, 3] + z * affine[:3, 2] in the world.
+    return [float(np.dot(affine[:3, 3] + z * affine[:3, 2], normal)) for z in range(count)]
+
+
+def load_volume(
+    path: Path, report: ReadReport, skip_bad: bool
+) -> tuple[np.ndarray, tuple[float, ...], np.ndarray] | None:
+    """A NIfTI volume as float32 (I, J, K), its voxel sizes in mm and its float (4, 4) affine.
+
+    None when the file is bad (and skipped).
 
     Trailing axes of size 1 (e.g. a time axis) are dropped; a 2D image is one slice (K = 1) and then
     has only two voxel sizes.
@@ -183,6 +204,7 @@ def load_volume(path: Path, report: ReadReport, skip_bad: bool) -> tuple[np.ndar
         volume = nib.load(path)
         data = np.asarray(volume.get_fdata(dtype=np.float32))
         zooms = tuple(float(size) for size in volume.header.get_zooms())
+        affine = np.asarray(volume.affine, dtype=np.float64)
     except Exception as exc:  # noqa: BLE001 - nibabel and the gzip layer raise many kinds of errors
         report.bad_file(path, f"cannot be read as a NIfTI volume ({exc.__class__.__name__}: {exc})", skip_bad)
         return None
@@ -193,4 +215,4 @@ def load_volume(path: Path, report: ReadReport, skip_bad: bool) -> tuple[np.ndar
     if data.ndim != 3:
         report.bad_file(path, f"is not a 3D volume (shape {data.shape})", skip_bad)
         return None
-    return data, zooms[:3]
+    return data, zooms[:3], affine

@@ -22,7 +22,6 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +33,10 @@ if TYPE_CHECKING:
 
 MASK_STYLES = ("filled", "outline", "grey")
 ARRAY_FILES = ("images.npy", "masks.npy", "present.npy")
+#: What every consumer of a prepared data set reads from ``dataset.json`` and ``samples.csv``.
+META_KEYS = ("labels", "options", "content_hash", "summary")
+SAMPLE_COLUMNS = ("id", "patient", "phase", "slice", "frame", "spacing_mm", "spacing_col_mm", "height", "width",
+                  "orig_height", "orig_width", "slice_location")
 
 
 @dataclass
@@ -108,9 +111,26 @@ def load_dataset(root: str | Path) -> PreparedDataset:
             rows = list(csv.DictReader(handle))
     except (OSError, ValueError, json.JSONDecodeError) as exc:
         raise DataError(f"prepared data set is damaged ({exc})", root) from None
-    if not (len(images) == len(masks) == len(present) == len(rows)):
-        raise DataError("prepared data set is damaged (array and samples.csv lengths differ)", root)
+    problem = _inconsistency(meta, images, masks, present, rows)
+    if problem:
+        raise DataError(f"prepared data set is damaged ({problem}); prepare it again", root)
     return PreparedDataset(root, images, masks, present, rows, meta)
+
+
+def _inconsistency(meta, images: np.ndarray, masks: np.ndarray, present: np.ndarray, rows: list[dict]) -> str:
+    """What is wrong with the loaded parts of a prepared data set, or ``""``."""
+    if not isinstance(meta, dict) or any(key not in meta for key in META_KEYS):
+        return f"dataset.json lacks one of {', '.join(META_KEYS)}"
+    missing = [column for column in SAMPLE_COLUMNS if rows and column not in rows[0]]
+    if missing:
+        return f"samples.csv lacks the column(s) {', '.join(missing)}"
+    n_labels = len(meta["labels"])
+    if images.ndim != 4 or masks.ndim != 4 or masks.shape[1] != n_labels or present.shape[1:] != (n_labels,):
+        return (f"array shapes {images.shape}, {masks.shape}, {present.shape} do not fit {n_labels} label(s) "
+                "(N, C, H, W), (N, L, H, W), (N, L)")
+    if not (len(images) == len(masks) == len(present) == len(rows)):
+        return "array and samples.csv lengths differ"
+    return ""
 
 
 def encode_targets(masks: torch.Tensor, style: str) -> torch.Tensor:

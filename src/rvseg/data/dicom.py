@@ -7,7 +7,7 @@ a :class:`~rvseg.errors.DataError` naming the file; pydicom's own exceptions nev
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,10 @@ from rvseg.errors import DataError
 #: A DICOM Part 10 file starts with a 128-byte preamble followed by these four bytes.
 DICOM_MAGIC = b"DICM"
 DICOM_PREAMBLE_BYTES = 128
+#: Slice locations equal to this many decimals (mm) are one slice.
+LOCATION_DECIMALS = 2
+#: Image planes whose normals differ by less than this angle are parallel (one stack of slices).
+PARALLEL_PLANES_DEGREES = 1.0
 
 
 @dataclass(frozen=True)
@@ -31,12 +35,17 @@ class DicomImage:
         pixels: float32 array of shape (H, W), stored values with RescaleSlope/Intercept applied.
         spacing_mm: (row spacing, column spacing) in mm from PixelSpacing, or None.
         trigger_time: ms after the R wave (TriggerTime), or None.
-        slice_location: position along the slice normal in mm: SliceLocation, else
-            ImagePositionPatient projected on the normal of ImageOrientationPatient, else None.
+        slice_location: SliceLocation, else :attr:`position` projected on :attr:`normal`, else None.
+            Orders and names the slices of a series, but is no distance: some scanners (GE) measure
+            it along the table axis, not the slice normal (see :func:`plane_positions`).
         slice_thickness_mm: SpacingBetweenSlices, else SliceThickness, else None.
         instance_number: InstanceNumber, or None.
         series_uid: SeriesInstanceUID, or None.
         path: the file read.
+        study_uid: StudyInstanceUID, or None.
+        normal: unit normal of the image plane (row direction x column direction of
+            ImageOrientationPatient), or None.
+        position: ImagePositionPatient (mm, patient coordinates of the first pixel's centre), or None.
     """
 
     pixels: np.ndarray
@@ -47,6 +56,9 @@ class DicomImage:
     instance_number: int | None
     series_uid: str | None
     path: Path
+    study_uid: str | None = None
+    normal: tuple[float, float, float] | None = None
+    position: tuple[float, float, float] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -85,15 +97,23 @@ def read_dicom(path: str | Path) -> DicomImage:
     with pydicom.config.disable_value_validation():
         dataset = _read_dataset(path)
         pixels = _read_pixels(dataset, path)
+        normal = _plane_normal(dataset, path)
+        position = _float_vector(dataset, "ImagePositionPatient", 3, path)
+        location = _optional_float(dataset, "SliceLocation", path)
+        if location is None and normal is not None and position is not None:
+            location = float(np.dot(position, normal))
         return DicomImage(
             pixels=pixels,
             spacing_mm=_pixel_spacing(dataset, path),
             trigger_time=_optional_float(dataset, "TriggerTime", path),
-            slice_location=_slice_location(dataset, path),
+            slice_location=location,
             slice_thickness_mm=_slice_thickness(dataset, path),
             instance_number=_instance_number(dataset, path),
             series_uid=_optional_str(dataset, "SeriesInstanceUID"),
             path=path,
+            study_uid=_optional_str(dataset, "StudyInstanceUID"),
+            normal=None if normal is None else tuple(normal.tolist()),
+            position=None if position is None else tuple(position.tolist()),
         )
 
 
@@ -110,6 +130,70 @@ def order_series(images: Iterable[DicomImage]) -> list[DicomImage]:
             missing_last(image.trigger_time),
             missing_last(image.instance_number),
         ),
+    )
+
+
+def dicom_stacks(images: Iterable[DicomImage]) -> list[list[DicomImage]]:
+    """Group images into stacks of parallel slices, each ordered by :func:`order_series`.
+
+    A stack is a series, except that single-slice series of one study are joined into one stack when
+    their planes are parallel (within :data:`PARALLEL_PLANES_DEGREES`), their images have the same size
+    and count, and each adds a new slice location: many scanners store every short-axis slice of a
+    cine study as a series of its own. Series with several slices (or without orientation) and the
+    long-axis views and localisers of a study stay stacks of their own.
+
+    Returns:
+        the stacks in order of first appearance of their series.
+    """
+    series: dict[str | None, list[DicomImage]] = {}
+    for image in images:
+        series.setdefault(image.series_uid, []).append(image)
+    stacks: list[list[DicomImage]] = []
+    joinable: list[list[DicomImage]] = []  # stacks made of single-slice series
+    for members in series.values():
+        if len({_location_key(image) for image in members}) != 1 or members[0].normal is None:
+            stacks.append(members)
+            continue
+        partner = next((stack for stack in joinable if _joins(stack, members)), None)
+        if partner is None:
+            stacks.append(list(members))
+            joinable.append(stacks[-1])
+        else:
+            partner.extend(members)
+    return [order_series(stack) for stack in stacks]
+
+
+def plane_positions(stack: Sequence[DicomImage]) -> list[float] | None:
+    """Where each image of a stack lies along the stack's slice normal, in mm; None if unknown.
+
+    The position is ImagePositionPatient projected on the first image's plane normal, the distance
+    between slice planes whatever the scanner writes in SliceLocation (GE, for one, measures that
+    along the table axis: 6.7 mm apart for short-axis slices 10 mm apart).
+
+    Returns:
+        one position per image, or None when an image lacks ImagePositionPatient or
+        ImageOrientationPatient.
+    """
+    if not stack or stack[0].normal is None or any(image.position is None for image in stack):
+        return None
+    normal = np.asarray(stack[0].normal)
+    return [float(np.dot(image.position, normal)) for image in stack]
+
+
+def _location_key(image: DicomImage) -> float | None:
+    return None if image.slice_location is None else round(image.slice_location, LOCATION_DECIMALS)
+
+
+def _joins(stack: list[DicomImage], members: list[DicomImage]) -> bool:
+    """Whether the single-slice series ``members`` continues a stack of such series."""
+    first, other = stack[0], members[0]
+    frames = sum(1 for image in stack if _location_key(image) == _location_key(first))
+    return (
+        other.study_uid == first.study_uid
+        and other.shape == first.shape
+        and len(members) == frames
+        and abs(float(np.dot(other.normal, first.normal))) >= math.cos(math.radians(PARALLEL_PLANES_DEGREES))
+        and _location_key(other) not in {_location_key(image) for image in stack}
     )
 
 
@@ -188,19 +272,15 @@ def _pixel_spacing(dataset: Dataset, path: Path) -> tuple[float, float] | None:
     return float(spacing[0]), float(spacing[1])
 
 
-def _slice_location(dataset: Dataset, path: Path) -> float | None:
-    location = _optional_float(dataset, "SliceLocation", path)
-    if location is not None:
-        return location
-    position = _float_vector(dataset, "ImagePositionPatient", 3, path)
+def _plane_normal(dataset: Dataset, path: Path) -> np.ndarray | None:
     orientation = _float_vector(dataset, "ImageOrientationPatient", 6, path)
-    if position is None or orientation is None:
+    if orientation is None:
         return None
     normal = np.cross(orientation[:3], orientation[3:])
     norm = float(np.linalg.norm(normal))
     if norm == 0.0:
         raise DataError("tag ImageOrientationPatient has parallel row and column directions", path)
-    return float(np.dot(position, normal / norm))
+    return normal / norm
 
 
 def _slice_thickness(dataset: Dataset, path: Path) -> float | None:

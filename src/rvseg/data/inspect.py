@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from rvseg.data.dataset import PreparedDataset
+from rvseg.data.prepare import label_statistics
 from rvseg.io import save_figure
 
 LABEL_COLOURS = ("#ffd400", "#00c8ff", "#ff3c3c", "#5dff5d")
@@ -16,16 +17,7 @@ def dataset_summary(dataset: PreparedDataset) -> dict:
     """The prepare-time summary, with label statistics recomputed from the arrays on disk."""
     summary = dict(dataset.meta["summary"])
     extents = np.array([[int(r["height"]), int(r["width"])] for r in dataset.rows])
-    pixels = extents[:, 0] * extents[:, 1]
-    labels = {}
-    for k, name in enumerate(dataset.labels):
-        have = dataset.present[:, k]
-        areas = dataset.masks[have, k].reshape(int(have.sum()), -1).sum(axis=1)
-        labels[name] = {
-            "count": int(have.sum()),
-            "mean_foreground_fraction": float((areas / pixels[have]).mean()) if have.any() else 0.0,
-        }
-    summary["labels"] = labels
+    summary["labels"] = label_statistics(dataset.labels, dataset.masks, dataset.present, extents)
     summary["shape"] = list(dataset.images.shape)
     summary["content_hash"] = dataset.meta["content_hash"]
     return summary
@@ -43,11 +35,11 @@ def draw_montage(dataset: PreparedDataset, path: str | Path, n: int = 16, column
     figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, index in zip(axes.ravel(), picks):
+    for ax, index in zip(axes.ravel(), picks, strict=False):
         row = dataset.rows[index]
         h, w = int(row["height"]), int(row["width"])
         ax.imshow(dataset.images[index, 0, :h, :w], cmap="gray")
-        for k, label in enumerate(dataset.labels):
+        for k in range(len(dataset.labels)):
             if dataset.present[index, k] and dataset.masks[index, k].any():
                 ax.contour(dataset.masks[index, k, :h, :w], levels=[0.5], colors=LABEL_COLOURS[k % 4],
                            linewidths=0.8)

@@ -112,8 +112,9 @@ def bridged_polygon_mask(foreground: np.ndarray) -> np.ndarray:
 def outline_tour(points: np.ndarray) -> np.ndarray:
     """Order points into a short closed tour without crossings.
 
-    A greedy path (:func:`greedy_path`) is closed into a tour and untangled with 2-opt moves. Along an
-    outline this follows the curve and jumps each gap once.
+    A greedy path (:func:`greedy_path`) is closed into a tour, the points it left out are inserted
+    where they lengthen the tour least, and the tour is untangled with 2-opt moves. Along an outline
+    this follows the curve and jumps each gap once.
 
     Args:
         points: float array of shape (N, 2), N >= 3.
@@ -121,15 +122,24 @@ def outline_tour(points: np.ndarray) -> np.ndarray:
     Returns:
         int array of shape (N,): a permutation of ``range(N)``, the visiting order.
     """
-    return untangle(points, links_to_order(greedy_path(points), len(points)))
+    links, left_out = greedy_path(points)
+    tour = links_to_order(links, sorted(set(range(len(points))) - set(left_out)))
+    for point in left_out:
+        tour = insert_cheapest(points, tour, point)
+    return untangle(points, tour)
 
 
-def greedy_path(points: np.ndarray) -> list[tuple[int, int]]:
-    """``N - 1`` links ``(i, j)`` forming one path through all (N, 2) points.
+def greedy_path(points: np.ndarray) -> tuple[list[tuple[int, int]], list[int]]:
+    """Links ``(i, j)`` forming one path through (N, 2) points, and the points left out of it.
 
     Near points are linked first, shortest links first (each point takes at most two links and no
-    cycle may form), which chains neighbouring outline pixels along the curve; the chains left are
-    then joined end to end, always at the two nearest free ends.
+    cycle may form), which chains neighbouring outline pixels along the curve; the chains are then
+    joined end to end, always at the two nearest free ends. A point that no near link could take (a
+    skeleton pixel in the corner between two linked neighbours) is left out: joined end to end it
+    would make the path jump across the shape and back.
+
+    Returns:
+        (the links, ``M - 1`` for the M points on the path; the indices of the points left out).
     """
     count = len(points)
     degree = np.zeros(count, dtype=int)
@@ -145,36 +155,45 @@ def greedy_path(points: np.ndarray) -> list[tuple[int, int]]:
     for i, j in near_pairs(points):
         if degree[i] < 2 and degree[j] < 2 and chains.find(i) != chains.find(j):
             link(i, j)
-    while len(links) < count - 1:
-        ends = np.flatnonzero(degree < 2)
+    left_out = [int(i) for i in np.flatnonzero(degree == 0)]
+    while len(links) < count - len(left_out) - 1:
+        ends = np.flatnonzero(degree == 1)
         gaps = np.linalg.norm(points[ends, None, :] - points[None, ends, :], axis=2)
         roots = np.array([chains.find(int(end)) for end in ends])
         gaps[roots[:, None] == roots[None, :]] = np.inf
         a, b = np.unravel_index(int(np.argmin(gaps)), gaps.shape)
         link(int(ends[a]), int(ends[b]))
-    return links
+    return links, left_out
+
+
+def insert_cheapest(points: np.ndarray, tour: np.ndarray, point: int) -> np.ndarray:
+    """The closed ``tour`` (int (M,)) with ``point`` inserted where it adds the least length."""
+    here, following = points[tour], points[np.roll(tour, -1)]
+    added = (np.linalg.norm(here - points[point], axis=1) + np.linalg.norm(following - points[point], axis=1)
+             - np.linalg.norm(here - following, axis=1))
+    return np.insert(tour, int(np.argmin(added)) + 1, point)
 
 
 def near_pairs(points: np.ndarray) -> list[tuple[int, int]]:
     """Pairs ``(i, j)``, i < j, of each point with its nearest neighbours, shortest first (ties by index)."""
     distances, neighbours = cKDTree(points).query(points, k=min(CHAIN_NEIGHBOURS, len(points) - 1) + 1)
     lengths = {}
-    for i, (row_distances, row_neighbours) in enumerate(zip(distances[:, 1:], neighbours[:, 1:])):
-        for distance, j in zip(row_distances, row_neighbours):
+    for i, (row_distances, row_neighbours) in enumerate(zip(distances[:, 1:], neighbours[:, 1:], strict=True)):
+        for distance, j in zip(row_distances, row_neighbours, strict=True):
             lengths[(min(i, int(j)), max(i, int(j)))] = float(distance)
     return sorted(lengths, key=lambda pair: (lengths[pair], pair))
 
 
-def links_to_order(links: list[tuple[int, int]], count: int) -> np.ndarray:
-    """Visiting order of a single chain given as ``count - 1`` links (a path through all points)."""
-    neighbours: list[list[int]] = [[] for _ in range(count)]
+def links_to_order(links: list[tuple[int, int]], members: list[int]) -> np.ndarray:
+    """Visiting order of a single chain through ``members`` given as ``len(members) - 1`` links."""
+    neighbours: dict[int, list[int]] = {i: [] for i in members}
     for i, j in links:
         neighbours[i].append(j)
         neighbours[j].append(i)
-    start = next(i for i in range(count) if len(neighbours[i]) < 2)
+    start = next(i for i in members if len(neighbours[i]) < 2)
     order = [start]
     previous = -1
-    while len(order) < count:
+    while len(order) < len(members):
         current = order[-1]
         following = next(n for n in neighbours[current] if n != previous)
         previous = current

@@ -6,8 +6,6 @@ or failed ``prepare`` never leaves a half-written data set behind.
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from rvseg.data.dataset import ARRAY_FILES, MASK_STYLES
 from rvseg.data.formats import read_dataset
 from rvseg.data.sample import PHASES, ReadReport, Sample
 from rvseg.errors import ConfigError, DataError
-from rvseg.io import atomic_folder, check_output_folder, checksum
+from rvseg.io import atomic_folder, check_output_folder, checksum, write_csv, write_json
 
 NORMALISATIONS = ("percentile", "zscore", "none")
 
@@ -81,17 +79,32 @@ def resize_sample(image: np.ndarray, masks: np.ndarray, size: tuple[int, int]) -
     return image, masks.astype(np.uint8)
 
 
-def summarize_report(report: ReadReport, masks: np.ndarray, present: np.ndarray, extents: np.ndarray) -> dict:
-    """The JSON summary printed by ``prepare --json`` and ``inspect --json``."""
+def label_statistics(
+    labels: tuple[str, ...] | list[str], masks: np.ndarray, present: np.ndarray, extents: np.ndarray
+) -> dict[str, dict]:
+    """Per label: ``count`` (samples carrying it) and ``mean_foreground_fraction`` (of their real extent).
+
+    Args:
+        labels: the L label names.
+        masks: uint8 (N, L, H, W) filled masks (stacking padding is background).
+        present: bool (N, L).
+        extents: int (N, 2), the real (height, width) of each sample.
+    """
     pixels = extents[:, 0] * extents[:, 1]
-    labels = {}
-    for k, name in enumerate(report.labels):
+    statistics = {}
+    for k, name in enumerate(labels):
         have = present[:, k]
         fractions = masks[have, k].reshape(int(have.sum()), -1).sum(axis=1) / pixels[have]
-        labels[name] = {
+        statistics[name] = {
             "count": int(have.sum()),
             "mean_foreground_fraction": float(fractions.mean()) if have.any() else 0.0,
         }
+    return statistics
+
+
+def summarize_report(report: ReadReport, masks: np.ndarray, present: np.ndarray, extents: np.ndarray) -> dict:
+    """The JSON summary printed by ``prepare --json`` and ``inspect --json``."""
+    labels = label_statistics(report.labels, masks, present, extents)
     phases = {phase: 0 for phase in PHASES}
     for sample in report.samples:
         phases[sample.phase] += 1
@@ -137,7 +150,7 @@ def stack_samples(samples: list[Sample], labels: tuple[str, ...], options: Prepa
     height, width = extents.max(axis=0)
     image_stack = np.zeros((len(samples), options.channels, height, width), dtype=np.float32)
     mask_stack = np.zeros((len(samples), len(labels), height, width), dtype=np.uint8)
-    for i, (image, mask) in enumerate(zip(images, masks)):
+    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         h, w = image.shape
         image_stack[i, :, :h, :w] = image
         mask_stack[i, :, :h, :w] = mask
@@ -198,10 +211,7 @@ def write_prepared(report: ReadReport, out: str | Path, options: PrepareOptions,
         np.save(tmp / "images.npy", images)
         np.save(tmp / "masks.npy", masks)
         np.save(tmp / "present.npy", present)
-        with open(tmp / "samples.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(tmp / "samples.csv", rows)
         meta = {
             "rvseg_version": __version__,
             "source": str(Path(source).resolve()) if source else "",
@@ -214,5 +224,5 @@ def write_prepared(report: ReadReport, out: str | Path, options: PrepareOptions,
             "content_hash": checksum(*(tmp / name for name in (*ARRAY_FILES, "samples.csv"))),
             "summary": summary,
         }
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
+        write_json(tmp / "dataset.json", meta)
     return summary

@@ -221,7 +221,8 @@ def _contour_files(patient_dir: Path, patient: str, report: ReadReport, skip_bad
 def _listed_contour_files(list_file: Path, patient_dir: Path, report: ReadReport, skip_bad: bool) -> list[Path]:
     """The contour files a ``PNNlist.txt`` names, each checked to exist inside the patient folder."""
     try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: list files written on Windows may start with a byte-order mark.
+        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         report.bad_file(list_file, f"cannot read contour list ({exc.__class__.__name__}: {exc})", skip_bad)
         return []

@@ -20,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from rvseg.data.dicom import read_dicom
+from rvseg.data.pngpairs import drop_odd_sizes
 from rvseg.data.rvsc import contour_masks, note_unnested, slice_key
 from rvseg.data.sample import ReadReport, Sample
 from rvseg.errors import ConfigError, DataError
@@ -56,7 +57,8 @@ def read_sunnybrook(
     Raises:
         ConfigError: ``labels`` is not two distinct non-empty names.
         DataError: ``root`` is not in this layout, ``link.csv`` is malformed, or (without
-            ``skip_bad``) a patient folder is missing or a file is bad.
+            ``skip_bad``) a patient folder is missing, a file is bad, or an image's size differs from
+            the other images of its patient.
     """
     labels = _checked_labels(labels)
     root = Path(root)
@@ -76,7 +78,7 @@ def read_sunnybrook(
             report.bad_file(missing, reason, skip_bad)
             continue
         _read_patient(patient_id, dicom_dir, contour_dir, labels, report, skip_bad)
-    report.samples.sort(key=lambda sample: sample.id)
+    report.samples = sorted(drop_odd_sizes(report.samples, report, skip_bad), key=lambda sample: sample.id)
     return report
 
 
@@ -171,7 +173,7 @@ def _contours_by_number(
 ) -> dict[int, dict[str, Path]]:
     """Group the patient's contour files as image number ``N`` -> label -> path."""
     contours: dict[int, dict[str, Path]] = defaultdict(dict)
-    for kind, label in zip(CONTOUR_KINDS, labels):
+    for kind, label in zip(CONTOUR_KINDS, labels, strict=True):
         for path in sorted((contour_dir / f"{kind}-contours").glob("*.txt")):
             match = CONTOUR_NAME.fullmatch(path.name)
             if match is None or match.group(2).lower() != kind:

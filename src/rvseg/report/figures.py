@@ -64,7 +64,7 @@ def draw_examples(panels: Sequence[ExamplePanel], path: str | Path, *, title: st
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows + 0.4), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, panel in zip(axes.ravel(), panels):
+    for ax, panel in zip(axes.ravel(), panels, strict=False):
         ax.imshow(display_image(panel.image), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
         for label, mask in panel.references.items():
             if mask.any():
@@ -96,7 +96,7 @@ def draw_dice_histogram(dice: Mapping[str, Sequence[float]], path: str | Path, *
     plt = _pyplot()
     figure, axes = plt.subplots(1, max(1, len(dice)), figsize=(4.0 * max(1, len(dice)), 3.2), squeeze=False)
     bins = np.linspace(0.0, 1.0, 21)
-    for ax, (label, values) in zip(axes.ravel(), dice.items()):
+    for ax, (label, values) in zip(axes.ravel(), dice.items(), strict=False):
         values = np.asarray([v for v in values if v == v], dtype=np.float64)
         ax.hist(values, bins=bins, color="#4477aa", edgecolor="white")
         if values.size:
