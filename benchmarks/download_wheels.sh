@@ -2,11 +2,14 @@
 # Fill wheels/ (git-ignored) with what benchmarks/gpu_check.sh needs on a GPU machine that reaches no
 # package registry. Run it here, then name wheels in the device call's carry list.
 #
-# The GPU image has python3 3.12 with torch, numpy, scipy, scikit-image, matplotlib, pyyaml and
-# packaging, but not pydicom (imported by `rvseg phantom` and, through the format registry, by
-# `rvseg prepare`) or nibabel (the ACDC reader, imported by the same registry). Both are pure-Python
-# wheels, pinned here to the versions of this checkout's .venv. The training, bench and PNG-reading
-# path needs neither optuna nor monai, so they are not fetched.
+# The GPU image has python3 3.12 with torch, numpy, scipy, scikit-image, matplotlib and packaging,
+# but not pydicom (imported by `rvseg phantom` and, through the format registry, by `rvseg prepare`)
+# or nibabel (the ACDC reader, imported by the same registry): pure-Python wheels. PyYAML is listed
+# in the image today, but nothing promises it, and without it no `rvseg` command starts (the CLI
+# reads its options through it), so it is fetched too: a binary wheel, for the GPU machine's Python
+# and for this checkout's (gpu_check.sh --smoke installs the same folder here, and pip picks the
+# wheel that fits each interpreter). Versions are pinned to this checkout's .venv. The training,
+# bench and PNG-reading path needs neither optuna nor monai, so they are not fetched.
 #
 #   bash benchmarks/download_wheels.sh          # wheels only
 #   bash benchmarks/download_wheels.sh --data   # also copy the RVSC PNG set into wheels/rvsc-train-png:
@@ -28,9 +31,16 @@ done
 
 version_of() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
 
+LOCAL_PYTHON_VERSION=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+
 mkdir -p "$DEST"
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$GPU_PYTHON_VERSION" -d "$DEST" \
     "pydicom==$(version_of pydicom)" "nibabel==$(version_of nibabel)"
+for version in $(printf '%s\n' "$GPU_PYTHON_VERSION" "$LOCAL_PYTHON_VERSION" | sort -u); do
+    "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$version" --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d "$DEST" "pyyaml==$(version_of pyyaml)"
+done
 
 if (( WITH_DATA )); then
     SOURCE=$REPO/../shared/data/rvsc-train-png

@@ -24,9 +24,10 @@
 # 1e-3, cosine). --skip names steps to leave out (e.g. on a second run that only wants the
 # accuracy runs); the step names are those above, as written in results.json.
 #
-# The GPU machine has python3 with torch, numpy, scipy, scikit-image, matplotlib and pyyaml but no
-# pydicom or nibabel and no network: --wheels DIR (default ./wheels, filled by
-# benchmarks/download_wheels.sh) is installed offline into the work folder. ../shared does not
+# The GPU machine has python3 with torch, numpy, scipy, scikit-image and matplotlib (pyyaml too, today,
+# but not promised) but no pydicom or nibabel and no network: --wheels DIR (default ./wheels, filled
+# by benchmarks/download_wheels.sh) is installed offline into the work folder, each package from the
+# wheel there that fits the running python (the folder may hold one per Python version). ../shared does not
 # travel to that machine: --data DIR (default ../shared/data/rvsc-train-png, else
 # wheels/rvsc-train-png, which `download_wheels.sh --data` fills). rvseg runs from src/ of this
 # checkout (PYTHONPATH), so nothing needs installing.
@@ -216,8 +217,10 @@ log "rvseg GPU check ($MODE) started $STARTED_UTC; python $PY; data ${DATA:-none
 
 step env 60 5 "$PY" -c "$ENVIRONMENT" "$WORK/json/env.json"
 if [[ -n $WHEELS ]]; then
-    step wheels 120 5 "$PY" -m pip install --quiet --no-index --no-deps --no-compile --target "$WORK/site" \
-        "$WHEELS"/*.whl
+    # Distribution names from the file names (NAME-VERSION-...whl); pip picks each one's fitting wheel.
+    mapfile -t PACKAGES < <(for wheel in "$WHEELS"/*.whl; do name=${wheel##*/}; echo "${name%%-*}"; done | sort -uf)
+    step wheels 120 5 "$PY" -m pip install --quiet --no-index --no-deps --no-compile --find-links "$WHEELS" \
+        --target "$WORK/site" "${PACKAGES[@]}"
     [[ -d $WORK/site ]] && export PYTHONPATH=$WORK/site:$PYTHONPATH
 else
     skip wheels "no wheels folder given or found: using what $PY has"

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rvseg.errors import ConfigError
 from rvseg.train.augment import (
@@ -14,6 +15,7 @@ from rvseg.train.augment import (
     affine_matrices,
     apply_params,
     augment_batch,
+    elastic_displacement,
     sample_params,
     to_device_generator,
 )
@@ -241,6 +243,27 @@ def test_sample_params_leaves_switched_off_transforms_empty():
     assert params.displacement.shape == (3, 8, 6, 2)
     # Control-point amplitude is 1 pixel = 2 / W normalised units in x; bicubic overshoot is small.
     assert float(params.displacement[..., 0].abs().max()) <= 1.3 * 2 / 6
+
+
+def test_elastic_displacement_is_in_pixels_of_each_axis():
+    field = elastic_displacement(2, 8, 6, 1.5, 4, to_device_generator(3, "cpu"))
+    coarse = torch.rand((2, 2, 4, 4), generator=to_device_generator(3, "cpu"))
+    pixels = 1.5 * F.interpolate(2 * coarse - 1, size=(8, 6), mode="bicubic", align_corners=False)
+    # [-1, 1] spans the width in x and the height in y: one pixel is 2 / W and 2 / H units.
+    torch.testing.assert_close(field, torch.stack([pixels[:, 0] * 2 / 6, pixels[:, 1] * 2 / 8], dim=-1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_augmenting_a_cuda_batch_never_waits_for_the_device():
+    images = torch.rand(4, 1, 32, 28, device="cuda")
+    targets = (images > 0.5).float()
+    config, generator = AugmentConfig(elastic=2.0), to_device_generator(0, "cuda")
+    augment_batch(images, targets, config, generator)  # first calls may initialise the device
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        augment_batch(images, targets, config, generator)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -12,6 +12,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -286,8 +287,40 @@ def test_gpu_summary_computes_the_targets(tmp_path):
 def test_gpu_check_script_parses_and_wants_an_output_folder():
     script = REPO / "benchmarks" / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    assert subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "download_wheels.sh")]).returncode == 0
     usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     assert usage.returncode == 2 and "gpu_check.sh" in usage.stderr and "OUTDIR" in usage.stderr
+
+
+def toy_wheel(folder: Path, python_tag: str, text: str) -> None:
+    """A minimal wheel of the package ``toywheel`` for one Python version (as binary wheels are)."""
+    import zipfile
+
+    info = "toywheel-1.0.dist-info"
+    with zipfile.ZipFile(folder / f"toywheel-1.0-{python_tag}-none-any.whl", "w") as wheel:
+        wheel.writestr("toywheel.py", f"WHICH = {text!r}\n")
+        wheel.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: toywheel\nVersion: 1.0\n")
+        wheel.writestr(f"{info}/WHEEL", f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                         f"Tag: {python_tag}-none-any\n")
+        wheel.writestr(f"{info}/RECORD", "")
+
+
+def test_gpu_check_installs_the_wheel_that_fits_the_python(tmp_path):
+    """The wheels folder holds binary wheels for the GPU machine's Python and this one's (pyyaml):
+    the step must install the one that fits, not fail on the other."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    major, minor = sys.version_info[:2]
+    toy_wheel(wheels, f"cp{major}{minor}", "this python")
+    toy_wheel(wheels, f"cp{major}{minor + 1}", "another python")
+    skip = ("prepare-rvsc,bench-256-bf16-cl,peer-256-bf16-cl,bench-256-fp32,bench-256-bf16,bench-256-bf16-cl-cudnn,"
+            "bench-128-bf16-cl")
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--smoke", "--wheels", str(wheels),
+                           "--skip", skip, str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert done.returncode == 0, done.stderr[-2000:]
+    steps = {s["name"]: s["status"] for s in json.loads((tmp_path / "out" / "results.json").read_text())["steps"]}
+    assert (steps["wheels"], steps["imports"]) == ("ok", "ok")
 
 
 def test_no_module_of_the_gpu_path_imports_dicom_or_optuna_when_imported():

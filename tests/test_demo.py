@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+import yaml
 
+from rvseg import demo
 from rvseg.cli import main
 
 
@@ -31,3 +34,12 @@ def test_quick_demo_runs_every_step(tmp_path, capsys):
     result = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert 0.0 <= result["val_endo_dice"] <= 1.0
     assert (tmp_path / "demo" / "prediction" / "volumes.csv").is_file()
+
+
+def test_a_demo_of_another_scale_replaces_the_earlier_run(tmp_path, monkeypatch, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--quick"]) == 0
+    wider = dataclasses.replace(demo.QUICK, width=8, epochs=1)
+    monkeypatch.setattr(demo, "QUICK", wider)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--quick"]) == 0
+    config = yaml.safe_load((tmp_path / "demo" / "run" / "config.yaml").read_text())
+    assert (config["width"], config["epochs"]) == (8, 1)

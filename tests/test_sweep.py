@@ -167,6 +167,10 @@ def test_overrides_scale_a_preset_down_and_are_recorded(tmp_path):
     ({"pruner": "hyperband"}, "pruner must be one of"),
     ({"repeats": 0}, "repeats must be"),
     ({"epochs": 3}, "unknown sweep spec key"),
+    ({"table": {"rows": ["learning_rate"]}}, "table: rows .* must name axes of the space \\(lr\\)"),
+    ({"table": {"rows": ["lr"], "columns": "fraction"}}, "must name axes"),
+    ({"table": {"values": "best_val_dice"}}, "table: values must be a list"),
+    ({"table": {"row": ["lr"]}}, "table: must be a mapping with some of"),
 ])
 def test_bad_specs_are_refused_with_a_clear_message(change, message):
     data = {"dataset": "/data", "space": {"lr": [0.01, 0.001]}, **change}

@@ -13,14 +13,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import synthetic_report
 
 from rvseg.cli import main
-from rvseg.data.dataset import load_dataset
-from rvseg.errors import ConfigError
+from rvseg.data.dataset import encode_targets, load_dataset
+from rvseg.data.prepare import PrepareOptions, write_prepared
+from rvseg.errors import ConfigError, DataError
+from rvseg.losses import build_loss
+from rvseg.models import build_model
 from rvseg.train import loop
 from rvseg.train.checkpoint import load_checkpoint, model_from_checkpoint
 from rvseg.train.config import TrainConfig, load_config
 from rvseg.train.loop import TrainingDiverged, train
+from rvseg.train.runtime import Runtime, any_rank
 
 TINY = dict(width=4, depth=2, epochs=2, batch_size=8, lr=1e-3, device="cpu", val_patients=["S04"])
 
@@ -142,12 +147,27 @@ def test_bf16_on_cpu_runs(tiny_dataset, tmp_path):
 
 
 def test_resume_after_pause_equals_one_uninterrupted_run(tiny_dataset, tmp_path):
-    run(tiny_dataset, tmp_path / "once", epochs=4, scheduler="cosine")
-    run(tiny_dataset, tmp_path / "twice", epochs=4, scheduler="cosine", pause_after=2)
+    # Dropout draws from torch's global generator: last.pt must restore that state too.
+    run(tiny_dataset, tmp_path / "once", epochs=4, scheduler="cosine", dropout=0.3)
+    run(tiny_dataset, tmp_path / "twice", epochs=4, scheduler="cosine", dropout=0.3, pause_after=2)
     assert len(metrics(tmp_path / "twice")) == 2
-    train(tiny_dataset, tmp_path / "twice", TrainConfig(**{**TINY, "epochs": 4, "scheduler": "cosine"}),
+    train(tiny_dataset, tmp_path / "twice", TrainConfig(**{**TINY, "epochs": 4, "scheduler": "cosine", "dropout": 0.3}),
           resume=True, verbose=False)
     assert metrics(tmp_path / "twice") == metrics(tmp_path / "once")
+
+
+def test_resume_refuses_other_options_or_data_with_one_line(tiny_dataset, tmp_path, capsys):
+    run(tiny_dataset, tmp_path / "run", epochs=1, fraction=0.25)
+    resume = ["train", str(tiny_dataset), "--out", str(tmp_path / "run"), "--resume", "--epochs", "2", "--quiet"]
+    assert main([*resume, "--width", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume: --width (4 -> 8)" in err and "Traceback" not in err
+    other = tmp_path / "other-data"
+    write_prepared(synthetic_report(seed=1), other, PrepareOptions(normalize="none"))
+    resume[1] = str(other)
+    assert main(resume) == 2
+    assert "cannot resume: the data set" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1  # untouched
 
 
 def test_existing_run_needs_resume(tiny_dataset, tmp_path):
@@ -177,6 +197,65 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_d
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_a_stop_signal_after_the_loss_went_nan_keeps_the_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    real_build_loss = loop.build_loss
+
+    def build_loss_going_nan_then_signalled(name, **params):
+        loss_fn, calls = real_build_loss(name, **params), {"n": 0}
+
+        def wrapped(logits, target):
+            calls["n"] += 1  # 4 train + 1 val calls per epoch
+            if calls["n"] == 8:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in epoch 2, after its weights went NaN
+            value = loss_fn(logits, target)
+            return value * float("nan") if calls["n"] > 6 else value
+
+        return wrapped
+
+    monkeypatch.setattr(loop, "build_loss", build_loss_going_nan_then_signalled)
+    with pytest.raises(TrainingDiverged, match="training loss became nan in epoch 2"):
+        run(tiny_dataset, tmp_path / "run", epochs=3)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (state["epoch"], state["step"]) == (1, 0)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def scripted_validation(results):
+    """A stand-in for loop.validate returning ``(val_loss, [val_dice])`` pairs in turn."""
+    results = iter(results)
+    return lambda *args, **kwargs: next(results)
+
+
+def test_divergence_keeps_the_best_weights_not_yet_written(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "CHECKPOINT_OVERHEAD", 1e-12)  # only epoch 1 writes a checkpoint
+    monkeypatch.setattr(loop, "validate", scripted_validation([(0.5, [0.2]), (0.4, [0.6]), (float("nan"), [0.0])]))
+    with pytest.raises(TrainingDiverged, match="validation loss became nan in epoch 3"):
+        run(tiny_dataset, tmp_path / "run", epochs=5, fraction=0.25)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert (best["epoch"], best["dice"]) == (2, [0.6])
+
+
+def test_a_crash_between_checkpoint_files_never_leaves_best_pt_behind(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "CHECKPOINT_OVERHEAD", float("inf"))  # a checkpoint after every epoch
+    monkeypatch.setattr(loop, "validate", scripted_validation([(0.5, [0.2]), (0.4, [0.6]), (0.3, [0.7])]))
+    real_save, writes = loop.save_checkpoint, []
+
+    def save_then_crash(path, state):
+        writes.append(Path(path).name)
+        if len(writes) == 4:  # the second file of epoch 2's checkpoint (epoch 2 improved: two files)
+            raise RuntimeError("killed")
+        real_save(path, state)
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tiny_dataset, tmp_path / "run", epochs=3, fraction=0.25)
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    # A resumed run trusts last.pt's record of the best epoch: best.pt must hold that epoch or a later one.
+    assert best["epoch"] >= last["best"]["epoch"]
+
+
 def test_yaml_config_and_flags(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("loss: focal\nepochs: 7\nval-patients: [P13, P14]\nlr: 0.01\n")
@@ -185,6 +264,22 @@ def test_yaml_config_and_flags(tmp_path):
     path.write_text("nonsense: 1\n")
     with pytest.raises(ConfigError, match="nonsense"):
         load_config(path)
+    path.write_text("epochs: 2.5\n")
+    with pytest.raises(ConfigError, match="epochs: 2.5 is not a valid int"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size must be at least 1, not 0"),
+    (["--epochs", "0"], "--epochs must be at least 1, not 0"),
+    (["--lr", "-1"], "--lr must be greater than 0, not -1.0"),
+    (["--scheduler", "step", "--step-size", "0"], "--step-size must be at least 1, not 0"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be at least 0, not -0.1"),
+])
+def test_out_of_range_options_are_one_line_errors(tiny_dataset, tmp_path, capsys, flags, message):
+    assert main(["train", str(tiny_dataset), "--out", str(tmp_path / "r"), "--device", "cpu", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 def test_cli_reports_bad_options_without_traceback(tiny_dataset, tmp_path, capsys):
@@ -197,7 +292,8 @@ def test_cli_reports_bad_options_without_traceback(tiny_dataset, tmp_path, capsy
 
 
 def cli_command(dataset, out, *extra):
-    flags = ["--width", "4", "--depth", "2", "--batch-size", "8", "--lr", "1e-3", "--device", "cpu", "--val-patients", "S04"]
+    flags = ["--width", "4", "--depth", "2", "--batch-size", "8", "--lr", "1e-3", "--device", "cpu",
+             "--val-patients", "S04"]
     return [sys.executable, "-m", "rvseg", "train", str(dataset), "--out", str(out), *flags, *extra]
 
 
@@ -219,11 +315,16 @@ def test_sigint_saves_mid_epoch_and_resume_continues_exactly(tiny_dataset, tmp_p
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "once")
 
 
+def torchrun_command(dataset, out, *extra, port_offset: int = 0) -> list[str]:
+    """``cli_command`` run as 2 CPU ranks by torchrun (a port of its own per offset)."""
+    port = 29500 + (os.getpid() + 97 * port_offset) % 1000
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(port)]
+    return torchrun + cli_command(dataset, out, *extra)[1:]
+
+
 def test_two_rank_ddp_on_cpu_writes_one_consistent_run(tiny_dataset, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                str(29500 + os.getpid() % 1000)]
-    command = cli_command(tiny_dataset, tmp_path / "ddp", "--epochs", "2", "--quiet")
-    result = subprocess.run(torchrun + command[1:], capture_output=True, text=True, timeout=180)
+    command = torchrun_command(tiny_dataset, tmp_path / "ddp", "--epochs", "2", "--quiet")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = metrics(tmp_path / "ddp")
     assert [r["epoch"] for r in rows] == ["1", "2"]
@@ -233,6 +334,34 @@ def test_two_rank_ddp_on_cpu_writes_one_consistent_run(tiny_dataset, tmp_path):
     assert summary["world_size"] == 2 and summary["n_train"] == 32
     model, _, _ = model_from_checkpoint(tmp_path / "ddp")
     assert not any(k.startswith("module.") for k in model.state_dict())
+    # The logged validation is that of the saved model (rank 0's BatchNorm statistics on every rank).
+    config = TrainConfig(**TINY)
+    _, val_idx, _, _ = loop.choose_indices(load_dataset(tiny_dataset), config)
+    val = loop.split_tensors(load_dataset(tiny_dataset), val_idx, config, torch.device("cpu"))
+    last, _, _ = model_from_checkpoint(tmp_path / "ddp" / "last.pt")
+    val_loss, val_dice = loop.validate(last, val, build_loss("dice"), Runtime(torch.device("cpu"), "fp32"), 8, 0.5)
+    assert float(rows[-1]["val_loss"]) == pytest.approx(val_loss, abs=2e-6)
+    assert float(rows[-1]["val_dice_endo"]) == pytest.approx(val_dice[0], abs=2e-6)
+
+
+def test_two_ranks_interrupted_mid_epoch_resume_exactly(tiny_dataset, tmp_path):
+    flags = ("--epochs", "3", "--batch-size", "2")  # 16 slices per rank: 8 steps per epoch
+    once = subprocess.run(torchrun_command(tiny_dataset, tmp_path / "once", *flags, "--quiet", port_offset=1),
+                          capture_output=True, text=True, timeout=300)
+    assert once.returncode == 0, once.stderr[-2000:]
+    process = subprocess.Popen(torchrun_command(tiny_dataset, tmp_path / "cut", *flags, port_offset=2),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in process.stdout:
+        if line.startswith("epoch 1/3"):
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the launcher and both ranks
+            break
+    output = process.communicate(timeout=120)[0]
+    state = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert state["epoch"] >= 1 and 0 < state["step"] < 8, output[-2000:]
+    resumed = subprocess.run(torchrun_command(tiny_dataset, tmp_path / "cut", *flags, "--resume", "--quiet",
+                                              port_offset=3), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "once")
 
 
 def test_augmentation_and_batch_flags_reach_the_augmenter(tiny_dataset, tmp_path, monkeypatch):
@@ -303,3 +432,85 @@ def test_default_split_uses_split_seed_and_val_fraction(tiny_dataset, tmp_path):
     c = run(tiny_dataset, tmp_path / "c", val_patients=[], epochs=1, fraction=0.25, val_fraction=0.4)
     assert len(a["val_patients"]) == 1 and len(c["val_patients"]) == 2
     assert a["val_patients"] != b["val_patients"]
+
+
+def test_switching_tau_auto_follows_the_foreground_share_on_grey_targets():
+    masks = torch.zeros(4, 1, 10, 10)
+    for i, side in enumerate((1, 2, 5, 8)):
+        masks[i, 0, :side, :side] = 1  # foreground shares 0.01, 0.04, 0.25, 0.64
+    targets = encode_targets(masks, "grey")  # 0.5 background, 1 foreground
+    split = loop.SplitData(masks, targets, targets > loop.decision_threshold("grey"), ["P"] * 4)
+    tau = loop.resolve_tau(TrainConfig(loss="switching"), split)
+    share = masks.mean(dim=(1, 2, 3))
+    # The loss compares each target's mean with tau: the large-foreground branch for the two large slices only.
+    assert ((targets.mean(dim=(1, 2, 3)) > tau) == (share > share.mean())).tolist() == [True] * 4
+    assert tau == pytest.approx(0.5 + 0.5 * float(share.mean()))
+
+
+def test_every_rank_takes_the_same_number_of_steps():
+    one, two = Runtime(torch.device("cpu"), "fp32"), Runtime(torch.device("cpu"), "fp32", rank=1, world_size=2)
+    assert loop.steps_per_epoch(32, one, 5) == 7
+    assert (loop.steps_per_epoch(33, two, 16), loop.steps_per_epoch(34, two, 16)) == (1, 2)
+    with pytest.raises(ConfigError, match="1 training slice"):
+        loop.steps_per_epoch(1, two, 16)
+
+
+def test_the_stop_vote_of_distributed_ranks_stays_on_the_host(monkeypatch):
+    seen = []
+
+    def other_rank_votes_yes(tensor, op=None, group=None):
+        seen.append((tensor.device.type, group))
+        tensor += 1
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", other_rank_votes_yes)
+    runtime = Runtime(torch.device("cuda"), "bf16", rank=0, world_size=2, control_group="host group")
+    assert any_rank(False, runtime) is True
+    assert seen == [("cpu", "host group")]  # never a device tensor: reading it would wait for the GPU
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_steps_never_wait_for_the_gpu(tiny_dataset, tmp_path):
+    """Host-device syncs per epoch are allowed (loss, validation, checkpoint); per step none: a run
+    with 4x the steps per epoch must sync exactly as often."""
+    import warnings
+
+    def syncs(batch_size: int) -> int:
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                run(tiny_dataset, tmp_path / f"b{batch_size}", device="cuda", epochs=1, batch_size=batch_size,
+                    elastic=2.0)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(2) == syncs(8)  # 16 vs 4 steps
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_a_data_error(tmp_path):
+    weights = build_model("unet", width=4, depth=2).state_dict()
+    torch.save({"model": weights, "config": TrainConfig(width=8, depth=2).to_dict()}, tmp_path / "wider.pt")
+    with pytest.raises(DataError, match=r"wider.pt: the checkpoint's weights do not fit .*size mismatch"):
+        model_from_checkpoint(tmp_path / "wider.pt")
+    torch.save({"model": weights, "config": {"target": ["endo"]}}, tmp_path / "partial.pt")
+    with pytest.raises(DataError, match=r"partial.pt: .*KeyError: 'arch'"):
+        model_from_checkpoint(tmp_path / "partial.pt")
+
+
+class CodeRunningPayload:
+    """Unpickled by a plain ``torch.load``, this would create a folder: a checkpoint that runs code."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __reduce__(self):
+        return os.makedirs, (str(self.folder),)
+
+
+def test_a_checkpoint_cannot_run_code_when_loaded(tmp_path):
+    torch.save({"model": CodeRunningPayload(tmp_path / "ran")}, tmp_path / "evil.pt")
+    with pytest.raises(DataError, match=r"evil.pt: not a loadable rvseg checkpoint \(UnpicklingError") as caught:
+        load_checkpoint(tmp_path / "evil.pt")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "ran").exists()

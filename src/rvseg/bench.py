@@ -26,7 +26,6 @@ resident set size (``resource``), which only grows, so each part reports the pea
 
 from __future__ import annotations
 
-import csv
 import math
 import platform
 import resource
@@ -48,6 +47,7 @@ from rvseg import __version__
 from rvseg.errors import ConfigError, RvsegError
 from rvseg.losses import build_loss
 from rvseg.models import build_model
+from rvseg.sweeps.results import read_metrics
 from rvseg.train.config import TrainConfig
 from rvseg.train.optim import build_optimizer
 from rvseg.train.runtime import Runtime, setup_runtime
@@ -353,7 +353,7 @@ def measure_loop(dataset: Path, options: BenchOptions, run_dir: Path, *, augment
                          batch_size=options.batch_size, epochs=1 + options.repeats, augment=augment,
                          device=options.device, precision=options.precision, compile=options.compile)
     summary = train(dataset, run_dir, config, verbose=False)
-    epoch_seconds = [float(row["seconds"]) for row in read_metrics(run_dir / "metrics.csv")]
+    epoch_seconds = [row["seconds"] for row in read_metrics(run_dir)]
     timed = epoch_seconds[1:]  # the first epoch carries the start-up
     n_train = int(summary["n_train"])
     return {"images_per_s": n_train / statistics.median(timed), "epoch_seconds": epoch_seconds,
@@ -436,11 +436,6 @@ def dataset_size(dataset: Path) -> tuple[tuple[int, int], int]:
 
     shape = load_dataset(dataset).images.shape
     return (int(shape[2]), int(shape[3])), int(shape[1])
-
-
-def read_metrics(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def run_bench(options: BenchOptions) -> dict:

@@ -9,6 +9,7 @@ The phantom is synthetic data; nothing here is a claim about real images.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,21 @@ from rvseg.data.prepare import PrepareOptions, prepare
 from rvseg.evaluate import evaluate
 from rvseg.io import write_json
 from rvseg.predict import predict
-from rvseg.train.config import TrainConfig
+from rvseg.train.config import TrainConfig, load_config, user_fields
 from rvseg.train.loop import train
 from rvseg.volumes import volume_errors
+
+
+def resumable(run: Path, config: TrainConfig) -> bool:
+    """True when ``run`` holds an interrupted or finished demo run of these settings, which training
+    then continues; any other earlier run there (e.g. of the other scale) is removed."""
+    saved = run / "config.yaml"
+    if (run / "last.pt").is_file() and saved.is_file():
+        previous = load_config(saved)
+        if all(getattr(previous, f.name) == getattr(config, f.name) for f in user_fields()):
+            return True
+    shutil.rmtree(run, ignore_errors=True)
+    return False
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
                          scheduler="cosine", rotate_deg=30.0, device="cpu", val_patients=[val_patient])
     step(f"training a U-Net (width {scale.width}) for {scale.epochs} epochs on the CPU, validating on {val_patient}")
     run = out / "run"
-    trained = train(out / "dataset", run, config, resume=(run / "last.pt").is_file())
+    trained = train(out / "dataset", run, config, resume=resumable(run, config))
 
     step("evaluating on the validation patient")
     evaluation = evaluate(run, out / "dataset", split="val", out=out / "evaluation", force=True)

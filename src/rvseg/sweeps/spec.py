@@ -179,7 +179,8 @@ class SweepSpec:
         if self.sampler != "grid":
             raise ConfigError("only a grid sweep has a fixed list of cells")
         names = self.axis_names
-        return [dict(zip(names, combo)) for combo in itertools.product(*(axis.values for axis in self.space))]
+        combos = itertools.product(*(axis.values for axis in self.space))
+        return [dict(zip(names, combo, strict=True)) for combo in combos]
 
     def run_order(self) -> list[str]:
         """Run folder names in grid order (points in SPEC order, seeds within a point); [] for TPE."""
@@ -254,7 +255,7 @@ def parse_spec(data: dict) -> SweepSpec:
         name=str(data.get("name") or "sweep"), dataset=str(data["dataset"]), base=base, space=space,
         objective=objective, sampler=sampler, n_trials=parse_n_trials(data.get("n_trials"), sampler),
         seeds=parse_repeats(data.get("repeats", 1), base.get("seed", 0)), pruner=parse_pruner(data.get("pruner")),
-        prepare=parse_prepare(data.get("prepare") or {}), table=data.get("table"),
+        prepare=parse_prepare(data.get("prepare") or {}), table=parse_table(data.get("table"), space),
         test=str(data["test"]) if data.get("test") else None, preset=data.get("preset"),
         scale=dict(data.get("scale") or {}), restricted=dict(data.get("restricted") or {}),
     )
@@ -293,7 +294,7 @@ def parse_space(space, sampler: str) -> list[Axis]:
     reserved = sorted(set(names) & set(RESERVED_NAMES))
     if reserved:
         raise ConfigError(f"space: axis name(s) {', '.join(reserved)} are taken by results.csv columns")
-    return [parse_axis(name, values, sampler) for name, values in zip(names, space.values())]
+    return [parse_axis(name, values, sampler) for name, values in zip(names, space.values(), strict=True)]
 
 
 def parse_axis(name: str, values, sampler: str) -> Axis:
@@ -352,6 +353,25 @@ def check_field(name: str) -> None:
     train = {f.name for f in user_fields()} - set(SWEEP_OWNED_FIELDS)
     if name not in train and name not in PREPARE_FIELDS:
         raise ConfigError(f"space: {name!r} is neither a training option nor one of {', '.join(PREPARE_FIELDS)}")
+
+
+def parse_table(table, space: list[Axis]) -> dict | None:
+    """The report layout (module docstring): its rows and columns must be axes of the space."""
+    if table is None:
+        return None
+    keys = {"title", "rows", "columns", "values", "overlay"}
+    if not isinstance(table, dict) or set(table) - keys:
+        raise ConfigError(f"table: must be a mapping with some of {', '.join(sorted(keys))}")
+    names = [axis.name for axis in space]
+    rows, columns = table.get("rows", []), table.get("columns")
+    named = (rows if isinstance(rows, list) else [rows]) + ([] if columns is None else [columns])
+    if not isinstance(rows, list) or any(name not in names for name in named):
+        raise ConfigError(f"table: rows (a list) and columns must name axes of the space ({', '.join(names)}), "
+                          f"not {named}")
+    values = table.get("values", [])
+    if not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
+        raise ConfigError(f"table: values must be a list of result columns (e.g. [best_val_dice]), not {values!r}")
+    return dict(table)
 
 
 def parse_n_trials(n_trials, sampler: str) -> int | None:

@@ -194,8 +194,9 @@ def elastic_displacement(
         (batch_size, 2, control_points, control_points), generator=generator, device=generator.device
     )
     field = F.interpolate(2.0 * coarse - 1.0, size=(height, width), mode="bicubic", align_corners=False)
-    pixels_to_normalised = torch.tensor([2.0 / width, 2.0 / height], device=field.device)
-    return field.permute(0, 2, 3, 1) * (amplitude * pixels_to_normalised)
+    # Python scalars, not a tensor built from a list: that would be a host-to-device copy, which
+    # waits for the device's queue on every batch.
+    return torch.stack([field[:, 0] * (amplitude * 2.0 / width), field[:, 1] * (amplitude * 2.0 / height)], dim=-1)
 
 
 def sample_params(

@@ -5,8 +5,11 @@ run code; that is why a run keeps all its randomness in ``torch.Generator`` stat
 its configuration as a plain dict.
 
 ``last.pt`` holds everything needed to continue exactly: model, optimizer, scheduler, grad scaler,
-generator states, the position inside the current epoch and the running loss sums. ``best.pt``
-holds the model weights of the best validation epoch.
+the epoch-order generator, every rank's augmentation generator (``augment_generators``) and torch
+global generators (``torch_rng``, which dropout draws from), the position inside the current epoch,
+the running loss sum and the record of the best epoch; also the run's config and data facts, which a
+resumed run must match. ``best.pt`` holds the model weights of the best validation epoch; it is
+written before ``last.pt``, so it is never older than the best epoch ``last.pt`` records.
 """
 
 from __future__ import annotations
@@ -33,8 +36,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for damaged or unsafe files
-        raise DataError(f"not a loadable rvseg checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})",
-                        path) from None
+        raise DataError(f"not a loadable rvseg checkpoint ({describe(exc)})", path) from None
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -59,7 +61,17 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict, dict]:
     if "model" not in state or "config" not in state:
         raise DataError("checkpoint lacks the model or its config", path)
     config, data = state["config"], state.get("data", {})
-    model = build_model(config["arch"], in_channels=data.get("in_channels", 1), out_channels=len(config["target"]),
-                        width=config["width"], depth=config["depth"], dropout=config["dropout"])
-    model.load_state_dict(state["model"])
+    try:
+        model = build_model(config["arch"], in_channels=data.get("in_channels", 1),
+                            out_channels=len(config["target"]), width=config["width"], depth=config["depth"],
+                            dropout=config["dropout"])
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:  # a config that lacks a field, or weights of another shape
+        raise DataError(f"the checkpoint's weights do not fit the model its config describes ({describe(exc)})",
+                        path) from None
     return model.eval(), config, data
+
+
+def describe(exc: Exception) -> str:
+    """``Type: message`` of an exception on one line, cut to 200 characters (torch's are long)."""
+    return f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}"

@@ -78,6 +78,18 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for an option out of range (the split, model, loss and
+        augmentation options are checked where they are used)."""
+        for name in ("epochs", "batch_size", "step_size", "sgdr_t0"):
+            check_option(name, getattr(self, name), "at least 1", lambda v: v >= 1)
+        for name in ("lr", "gamma", "oversample_small"):
+            check_option(name, getattr(self, name), "greater than 0", lambda v: v > 0)
+        for name in ("weight_decay", "momentum", "min_lr"):
+            check_option(name, getattr(self, name), "at least 0", lambda v: v >= 0)
+        if self.pause_after is not None:
+            check_option("pause_after", self.pause_after, "at least 1", lambda v: v >= 1)
+
     def save(self, path: str | Path) -> None:
         from rvseg.io import write_text
 
@@ -99,7 +111,8 @@ HELP = {
     "width": "channels of the first level (doubles per level)",
     "depth": "number of poolings",
     "loss": "dice | inverse-dice | bce | dice-bce | dice-bce-inverse | focal | switching",
-    "switch_tau": "switching threshold on the foreground share, or auto (mean share of the training split)",
+    "switch_tau": "switching threshold on the target's mean (the foreground share of filled masks), or auto "
+                  "(that mean over the training split)",
     "switch_per": "image | batch: where the switching loss measures the foreground share",
     "optimizer": "adam | adamw | sgd",
     "scheduler": "none | cosine | step | sgdr",
@@ -112,6 +125,11 @@ HELP = {
     "compile": "torch.compile the model",
     "pause_after": "stop cleanly after this epoch (resume later with --resume)",
 }
+
+
+def check_option(name: str, value, wanted: str, ok) -> None:
+    if not ok(value):
+        raise ConfigError(f"--{name.replace('_', '-')} must be {wanted}, not {value}")
 
 
 def field_kind(f: dataclasses.Field) -> type:
@@ -136,6 +154,8 @@ def parse_value(name: str, kind: type, value):
                     raise ValueError(value)
                 return value.lower() in ("true", "yes", "1")
             return bool(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)  # int() would silently drop the fraction of a YAML 2.5
         return kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"option {name}: {value!r} is not a valid {kind.__name__}") from None
@@ -163,7 +183,9 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(unknown)}", path)
     parsed = {name: parse_value(name, field_kind(known[name]), v) for name, v in values.items()}
-    return TrainConfig(**parsed)
+    config = TrainConfig(**parsed)
+    config.validate()
+    return config
 
 
 def add_train_arguments(parser) -> None:

@@ -11,6 +11,7 @@ checkpoints hold and why a resumed run continues exactly.
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -31,10 +32,10 @@ from rvseg.metrics import dice_per_image
 from rvseg.models import build_model, count_parameters
 from rvseg.train.augment import AugmentConfig, augment_batch, to_device_generator
 from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
-from rvseg.train.config import TrainConfig
+from rvseg.train.config import TrainConfig, user_fields
 from rvseg.train.optim import build_optimizer, build_scheduler
 from rvseg.train.progress import MetricsLog, ProgressLine, draw_progress
-from rvseg.train.runtime import Runtime, all_reduce_sum, setup_runtime, teardown_runtime
+from rvseg.train.runtime import Runtime, all_reduce_sum, any_rank, gather_objects, setup_runtime, teardown_runtime
 
 #: A slice whose target covers less than this share of the image counts as "small" for oversampling.
 SMALL_FOREGROUND = 0.01
@@ -42,6 +43,9 @@ SMALL_FOREGROUND = 0.01
 CHECKPOINT_OVERHEAD = 0.1
 #: progress.png is redrawn at most this often (seconds), and at the end.
 PLOT_INTERVAL_S = 30.0
+#: Options a resumed run may change: how long it trains, and where and how it computes. Any other
+#: change would make the continuation a different run than the one in ``last.pt``.
+RESUME_MAY_CHANGE = ("epochs", "pause_after", "device", "precision", "compile")
 
 
 class TrainingDiverged(RvsegError):
@@ -61,10 +65,12 @@ class SplitData:
         return len(self.images)
 
     def batch(self, index: torch.Tensor, device: torch.device):
+        """Rows ``index`` (on the tensors' device) of images, targets and hard masks, on ``device``."""
         if self.images.device == device:
             return self.images[index], self.targets[index], self.hard[index]
-        index = index.cpu()
-        return tuple(t[index].to(device, non_blocking=True) for t in (self.images, self.targets, self.hard))
+        # Indexing makes pageable copies; pinned again, the host-to-device copy is truly asynchronous.
+        return tuple(t[index].pin_memory().to(device, non_blocking=True)
+                     for t in (self.images, self.targets, self.hard))
 
 
 class StopRequest:
@@ -127,11 +133,17 @@ def decision_threshold(mask_style: str) -> float:
 
 
 def resolve_tau(config: TrainConfig, train: SplitData) -> float | None:
-    """``switch_tau``: a number, or ``auto`` = the mean foreground share of the training split."""
+    """``switch_tau``: a number, or ``auto`` = the mean of the training split's targets.
+
+    The switching loss compares each target's mean with tau, so tau is measured on the same
+    encoded targets: for filled masks that is the mean foreground share; on the grey encoding
+    (0.5 background, 1 foreground) both are ``0.5 + share / 2``, so the branch still follows the
+    foreground share instead of always taking the large-foreground side.
+    """
     if config.loss != "switching":
         return None
     if config.switch_tau == "auto":
-        return float(train.hard.float().mean())
+        return float(train.targets.float().mean())
     try:
         return float(config.switch_tau)
     except ValueError:
@@ -148,15 +160,84 @@ def epoch_order(train: SplitData, config: TrainConfig, generator: torch.Generato
     return torch.multinomial(weights, n, replacement=True, generator=generator)
 
 
+def steps_per_epoch(n_train: int, runtime: Runtime, batch_size: int) -> int:
+    """Training steps per epoch: every rank takes the same number (its collectives must pair up),
+    enough to cover the smallest rank's share of the ``n_train`` slices."""
+    if n_train < runtime.world_size:
+        raise ConfigError(f"{n_train} training slice(s) cannot be shared among {runtime.world_size} processes")
+    return math.ceil(n_train // runtime.world_size / batch_size)
+
+
+def rng_state(augment_gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random state: its augmentation generator, and torch's global generators,
+    which dropout draws from."""
+    state = {"augment": augment_gen.get_state(), "cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict, rank: int, augment_gen: torch.Generator, device: torch.device) -> None:
+    """Set this rank's random state from a ``last.pt`` written by :func:`run`."""
+    augment_gen.set_state(state["augment_generators"][rank])
+    torch_rng = state.get("torch_rng")  # absent in checkpoints of rvseg before it was saved
+    if torch_rng is not None:
+        torch.set_rng_state(torch_rng[rank]["cpu"])
+        if "cuda" in torch_rng[rank] and device.type == "cuda":
+            torch.cuda.set_rng_state(torch_rng[rank]["cuda"], device)
+
+
+def mean_over_ranks(value: float, runtime: Runtime) -> float:
+    """The mean of a float over ranks (itself on one process), in float64.
+
+    The loss sum of an interrupted epoch is saved this way: last.pt holds one number for every
+    rank, and the epoch's loss, the mean over ranks, only depends on the ranks' total.
+    """
+    if not runtime.distributed:
+        return value
+    total = all_reduce_sum(torch.tensor([value], dtype=torch.float64, device=runtime.device), runtime)
+    return float(total) / runtime.world_size
+
+
+def finite_weights(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
+def check_resumable(state: dict, config: TrainConfig, data_info: dict, runtime: Runtime, path: Path) -> None:
+    """Refuse to continue ``last.pt`` with other options, data or number of processes: that would
+    silently be another run (or fail to load), never the exact continuation ``--resume`` promises."""
+    saved = state["config"]
+    fixed = [f.name for f in user_fields() if f.name not in RESUME_MAY_CHANGE]
+    changed = [f"--{name.replace('_', '-')} ({saved.get(name)!r} -> {getattr(config, name)!r})"
+               for name in fixed if saved.get(name) != getattr(config, name)]
+    if state["data"]["content_hash"] != data_info["content_hash"]:
+        changed.append("the data set (its content hash)")
+    if len(state["augment_generators"]) != runtime.world_size:
+        changed.append(f"the number of processes ({len(state['augment_generators'])} -> {runtime.world_size})")
+    if changed:
+        raise ConfigError(f"cannot resume: {'; '.join(changed)} differ from the run in last.pt; resume with "
+                          f"the same settings, or train into another --out", path)
+
+
+def sync_buffers(model: nn.Module, runtime: Runtime) -> None:
+    """Give every rank rank 0's BatchNorm statistics. DDP sends them before each training forward,
+    then each rank updates its copy from its own batch; without this, the ranks would validate
+    slightly different models, none of them the one saved."""
+    if runtime.distributed:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
 @torch.no_grad()
 def validate(model: nn.Module, val: SplitData, loss_fn, runtime: Runtime, batch_size: int, threshold: float):
     """Mean validation loss and mean per-image Dice per label (summed over ranks)."""
+    sync_buffers(model, runtime)
     model.eval()
-    shard = torch.arange(runtime.rank, len(val), runtime.world_size)
+    shard = torch.arange(runtime.rank, len(val), runtime.world_size, device=val.images.device)
     loss_sum = torch.zeros((), device=runtime.device)
     dice_sum = torch.zeros(val.targets.shape[1], device=runtime.device)
     for start in range(0, len(shard), batch_size):
-        images, targets, hard = val.batch(shard[start:start + batch_size].to(val.images.device), runtime.device)
+        images, targets, hard = val.batch(shard[start:start + batch_size], runtime.device)
         if runtime.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with runtime.autocast():
@@ -172,6 +253,7 @@ def validate(model: nn.Module, val: SplitData, loss_fn, runtime: Runtime, batch_
 def train(dataset: str | Path, out: str | Path, config: TrainConfig, *, resume: bool = False,
           verbose: bool = True) -> dict:
     """Train one model; returns the run summary (also ``RUN/summary.json``)."""
+    config.validate()
     runtime = setup_runtime(config.device, config.precision)
     try:
         return run(Path(dataset), Path(out), config, runtime, resume=resume, verbose=verbose and runtime.is_main)
@@ -186,6 +268,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     train_set = split_tensors(data, train_idx, config, runtime.device)
     val_set = split_tensors(data, val_idx, config, runtime.device)
     threshold = decision_threshold(data.mask_style)
+    n_steps = steps_per_epoch(len(train_set), runtime, config.batch_size)
     config.resolved_tau = resolve_tau(config, train_set)
     config.data_hash, config.rvseg_version = data.meta["content_hash"], __version__
     data_info = {"in_channels": int(data.images.shape[1]), "labels": config.target, "mask_style": data.mask_style,
@@ -211,18 +294,19 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     augment_gen = to_device_generator(config.seed * 1009 + runtime.rank + 1, runtime.device)
 
     # ---- where we start: fresh, or exactly where last.pt left off
-    epoch, step, order, loss_sum, loss_count = 0, 0, None, 0.0, 0
+    epoch, step, order, loss_sum = 0, 0, None, 0.0
     best = {"score": -1.0, "epoch": 0, "dice": []}
     if resume and (out / "last.pt").is_file():
         state = load_checkpoint(out / "last.pt")
+        check_resumable(state, config, data_info, runtime, out)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         order_gen.set_state(state["order_generator"])
-        augment_gen.set_state(state["augment_generators"][runtime.rank].to(augment_gen.get_state().device))
+        restore_rng(state, runtime.rank, augment_gen, runtime.device)
         epoch, step, order = state["epoch"], state["step"], state["order"]
-        loss_sum, loss_count, best = state["loss_sum"], state["loss_count"], state["best"]
+        loss_sum, best = state["loss_sum"], state["best"]
     elif resume and runtime.is_main and verbose:
         print(f"no checkpoint in {out}: starting from scratch")
     elif not resume and (out / "last.pt").is_file():
@@ -233,26 +317,37 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     train_model = DistributedDataParallel(model) if runtime.distributed else model
     if config.compile:
         train_model = torch.compile(train_model)
-    best_weights = None
+    best_weights = None  # the best epoch's weights until the next checkpoint writes them (rank 0)
 
-    def checkpoint(epoch_: int, step_: int, order_, loss_sum_: float, loss_count_: int) -> None:
+    def save_best() -> None:
         nonlocal best_weights
-        generators = [augment_gen.get_state()]
-        if runtime.distributed:  # every rank's augmentation stream, so a resumed DDP run continues exactly
-            generators = [torch.empty_like(generators[0]) for _ in range(runtime.world_size)]
-            torch.distributed.all_gather_object(generators, augment_gen.get_state())
+        save_checkpoint(out / "best.pt", {"model": best_weights, "config": config.to_dict(), "data": data_info,
+                                          "epoch": best["epoch"], "dice": best["dice"]})
+        best_weights = None
+
+    def checkpoint(epoch_: int, step_: int, order_, loss_sum_: float) -> None:
+        # Every rank's random state, so that a resumed run continues each rank's streams exactly.
+        states = gather_objects(rng_state(augment_gen, runtime.device), runtime)
         if not runtime.is_main:
             return
+        if best_weights is not None:
+            # best.pt before last.pt: a crash between the two writes then leaves a last.pt whose record of
+            # the best epoch is no newer than best.pt, and the resumed run finds that epoch again.
+            save_best()
         save_checkpoint(out / "last.pt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "order_generator": order_gen.get_state(),
-            "augment_generators": [g.cpu() for g in generators], "epoch": epoch_, "step": step_, "order": order_,
-            "loss_sum": loss_sum_, "loss_count": loss_count_, "best": best, "config": config.to_dict(),
-            "data": data_info})
-        if best_weights is not None:
-            save_checkpoint(out / "best.pt", {"model": best_weights, "config": config.to_dict(), "data": data_info,
-                                              "epoch": best["epoch"], "dice": best["dice"]})
-            best_weights = None
+            "augment_generators": [s["augment"] for s in states],
+            "torch_rng": [{k: v for k, v in s.items() if k != "augment"} for s in states],
+            "epoch": epoch_, "step": step_, "order": order_, "loss_sum": loss_sum_, "best": best,
+            "config": config.to_dict(), "data": data_info})
+
+    def diverged(what: str, value: float) -> TrainingDiverged:
+        # The best weights not yet written are still good: keep them too.
+        if runtime.is_main and best_weights is not None:
+            save_best()
+        return TrainingDiverged(f"the {what} loss became {value} in epoch {epoch + 1}; the last good checkpoint "
+                                f"is kept (try a lower --lr)", out)
 
     metrics = MetricsLog(out / "metrics.csv", resume_until_epoch=epoch if resume else None)
     progress = ProgressLine(config.epochs, epoch, enabled=verbose)
@@ -261,8 +356,6 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
               f"{len(train_patients)} patients, validating on {len(val_set)} slices of {val_patients}; "
               f"{runtime.device}, {runtime.precision}, {runtime.world_size} process(es)")
     started, last_save_cost, last_save_at, last_plot_at = time.perf_counter(), 0.0, time.perf_counter(), 0.0
-    steps_per_epoch = len(train_set) // runtime.world_size // config.batch_size \
-        + (len(train_set) // runtime.world_size % config.batch_size > 0)
     trained_images = 0
 
     # ---- the loop
@@ -270,11 +363,11 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
         while epoch < config.epochs:
             epoch_started = time.perf_counter()
             if step == 0:
-                order, loss_sum, loss_count = epoch_order(train_set, config, order_gen), 0.0, 0
-            shard = order[runtime.rank::runtime.world_size][: steps_per_epoch * config.batch_size]
+                order, loss_sum = epoch_order(train_set, config, order_gen), 0.0
+            shard = order[runtime.rank::runtime.world_size][: n_steps * config.batch_size]
             shard = shard.to(train_set.images.device)
             running = torch.zeros((), device=runtime.device)
-            while step < steps_per_epoch:
+            while step < n_steps:
                 images, targets, _ = train_set.batch(shard[step * config.batch_size:(step + 1) * config.batch_size],
                                                      runtime.device)
                 if augment is not None:
@@ -292,23 +385,27 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
                 step += 1
                 trained_images += len(images)
                 if any_rank(stop.requested, runtime):
-                    checkpoint(epoch, step, order, loss_sum + float(running), loss_count + step)
+                    partial = mean_over_ranks(loss_sum + float(running), runtime)
+                    if any_rank(not (math.isfinite(partial) and finite_weights(model)), runtime):
+                        raise diverged("training", partial)
+                    checkpoint(epoch, step, order, partial)
                     if verbose:
                         print(f"\ninterrupted: saved {out / 'last.pt'} (epoch {epoch + 1}, step {step}); "
                               f"continue with --resume")
                     raise KeyboardInterrupt
-            loss_sum, loss_count = loss_sum + float(running), steps_per_epoch
-            train_loss = float(all_reduce_sum(torch.tensor([loss_sum / loss_count], device=runtime.device),
+            loss_sum += float(running)
+            train_loss = float(all_reduce_sum(torch.tensor([loss_sum / n_steps], device=runtime.device),
                                               runtime)) / runtime.world_size
-            if not np.isfinite(train_loss):
-                raise TrainingDiverged(f"the training loss became {train_loss} in epoch {epoch + 1}; the last good "
-                                       f"checkpoint is kept (try a lower --lr)", out)
+            if not math.isfinite(train_loss):
+                raise diverged("training", train_loss)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             val_loss, val_dice = validate(model, val_set, loss_fn, runtime, config.batch_size, threshold)
+            if not math.isfinite(val_loss):  # the epoch's last update broke the weights
+                raise diverged("validation", val_loss)
             epoch, step = epoch + 1, 0
             row = {"epoch": epoch, "train_loss": f"{train_loss:.6f}", "val_loss": f"{val_loss:.6f}",
-                   **{f"val_dice_{label}": f"{d:.6f}" for label, d in zip(config.target, val_dice)},
+                   **{f"val_dice_{label}": f"{d:.6f}" for label, d in zip(config.target, val_dice, strict=True)},
                    "lr": f"{lr:.6g}", "seconds": f"{time.perf_counter() - epoch_started:.3f}"}
             score = float(np.mean(val_dice))
             if score > best["score"]:
@@ -321,13 +418,13 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
             due = time.perf_counter() - last_save_at > last_save_cost / CHECKPOINT_OVERHEAD
             if any_rank(final or due, runtime):
                 save_started = time.perf_counter()
-                checkpoint(epoch, 0, None, 0.0, 0)
+                checkpoint(epoch, 0, None, 0.0)
                 last_save_at = time.perf_counter()
                 last_save_cost = last_save_at - save_started
             if runtime.is_main and (final or time.perf_counter() - last_plot_at > PLOT_INTERVAL_S):
                 draw_progress(metrics.rows, out / "progress.png")
                 last_plot_at = time.perf_counter()
-            dice_text = " ".join(f"{label} {d:.3f}" for label, d in zip(config.target, val_dice))
+            dice_text = " ".join(f"{label} {d:.3f}" for label, d in zip(config.target, val_dice, strict=True))
             progress.update(epoch, f"loss {train_loss:.4f}/{val_loss:.4f} dice {dice_text}")
             if epoch == config.pause_after and epoch < config.epochs:
                 if verbose:
@@ -337,7 +434,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
 
     seconds = time.perf_counter() - started
     summary = {
-        "best_epoch": best["epoch"], "best_val_dice": dict(zip(config.target, best["dice"])),
+        "best_epoch": best["epoch"], "best_val_dice": dict(zip(config.target, best["dice"], strict=True)),
         "final": metrics.rows[-1] if metrics.rows else {}, "epochs": config.epochs, "seconds": round(seconds, 2),
         "train_images_per_second": round(trained_images * runtime.world_size / seconds, 1),
         "n_train": len(train_set), "n_val": len(val_set), "train_patients": train_patients,
@@ -349,10 +446,3 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
         if verbose:
             print(f"best val Dice {best['score']:.4f} at epoch {best['epoch']}; run folder {out}")
     return summary
-
-
-def any_rank(flag: bool, runtime: Runtime) -> bool:
-    """True if ``flag`` holds on any rank, so that every rank takes the same branch (no deadlock)."""
-    if not runtime.distributed:
-        return flag
-    return bool(all_reduce_sum(torch.tensor([float(flag)], device=runtime.device), runtime) > 0)

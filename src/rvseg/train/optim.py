@@ -24,9 +24,9 @@ OPTIMIZERS: dict[str, Callable[[Iterable, TrainConfig], torch.optim.Optimizer]] 
 
 SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer, TrainConfig], LRScheduler]] = {
     "none": lambda opt, c: ConstantLR(opt, factor=1.0, total_iters=0),
-    "cosine": lambda opt, c: CosineAnnealingLR(opt, T_max=max(c.epochs, 1), eta_min=c.min_lr),
+    "cosine": lambda opt, c: CosineAnnealingLR(opt, T_max=c.epochs, eta_min=c.min_lr),
     "step": lambda opt, c: StepLR(opt, step_size=c.step_size, gamma=c.gamma),
-    "sgdr": lambda opt, c: CosineAnnealingWarmRestarts(opt, T_0=max(c.sgdr_t0, 1), T_mult=2, eta_min=c.min_lr),
+    "sgdr": lambda opt, c: CosineAnnealingWarmRestarts(opt, T_0=c.sgdr_t0, T_mult=2, eta_min=c.min_lr),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -21,10 +22,22 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 @dataclass(frozen=True)
 class Runtime:
+    """Where a run computes.
+
+    Attributes:
+        device: the training device of this process.
+        precision: ``bf16`` | ``fp16`` | ``fp32``.
+        rank, world_size: this process's place among the distributed processes.
+        control_group: the process group of the loop's host-side votes and gathers (stop requests,
+            checkpoint decisions, generator states): a gloo group beside an NCCL one, so that these
+            never queue behind the GPU or make the host wait for it; None = the default group.
+    """
+
     device: torch.device
     precision: str  # bf16 | fp16 | fp32
     rank: int = 0
     world_size: int = 1
+    control_group: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -73,12 +86,15 @@ def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     resolved = resolve_device(device, local_rank)
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if resolved.type == "cuda" else "gloo"
-        if resolved.type == "cuda":
-            torch.cuda.set_device(resolved)
-        dist.init_process_group(backend=backend)
-    return Runtime(resolved, resolve_precision(precision, resolved), rank, world_size)
+    control_group = None
+    if world_size > 1:
+        if not dist.is_initialized():
+            if resolved.type == "cuda":
+                torch.cuda.set_device(resolved)
+            dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
+        if dist.get_backend() != "gloo":
+            control_group = dist.new_group(backend="gloo")  # every rank creates it, in the same order
+    return Runtime(resolved, resolve_precision(precision, resolved), rank, world_size, control_group)
 
 
 def teardown_runtime(runtime: Runtime) -> None:
@@ -91,3 +107,25 @@ def all_reduce_sum(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     if runtime.distributed:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def any_rank(flag: bool, runtime: Runtime) -> bool:
+    """True if ``flag`` holds on any rank, so that every rank takes the same branch (no deadlock).
+
+    The vote is a CPU tensor on the control group: checked after every training step, it must not
+    make the host wait for the GPU's queued work.
+    """
+    if not runtime.distributed:
+        return flag
+    vote = torch.tensor([float(flag)])
+    dist.all_reduce(vote, op=dist.ReduceOp.SUM, group=runtime.control_group)
+    return bool(vote.item() > 0)
+
+
+def gather_objects(value: Any, runtime: Runtime) -> list:
+    """``value`` of every rank, in rank order (``[value]`` on one process), over the control group."""
+    if not runtime.distributed:
+        return [value]
+    gathered = [None] * runtime.world_size
+    dist.all_gather_object(gathered, value, group=runtime.control_group)
+    return gathered
