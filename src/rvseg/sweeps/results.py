@@ -21,7 +21,7 @@ import json
 import math
 from pathlib import Path
 
-from rvseg.io import write_text
+from rvseg.io import write_csv
 
 #: Statuses of a run that will not train any further.
 FINISHED = ("complete", "pruned", "failed")
@@ -144,18 +144,7 @@ def results_columns(records: list[dict], params: list[str]) -> list[str]:
 
 def write_results(path: Path, records: list[dict], params: list[str]) -> None:
     """``results.csv``: the records, one row each, every parameter and metric as a column."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=results_columns(records, params), extrasaction="ignore")
-    writer.writeheader()
-    for record in records:
-        writer.writerow({key: format_cell(value) for key, value in record.items()})
-    write_text(path, buffer.getvalue())
-
-
-def format_cell(value) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
-    return "" if value is None else str(value)
+    write_csv(path, records, results_columns(records, params))
 
 
 def read_results(path: Path) -> list[dict]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import io
 import sys
 import time
 from pathlib import Path
 
-from rvseg.io import save_figure, write_text
+from rvseg.io import save_figure, write_csv
 
 
 class MetricsLog:
@@ -24,11 +23,7 @@ class MetricsLog:
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(self.rows[0]))
-        writer.writeheader()
-        writer.writerows(self.rows)
-        write_text(self.path, buffer.getvalue())
+        write_csv(self.path, self.rows)
 
 
 def draw_progress(rows: list[dict], path: Path) -> None:
