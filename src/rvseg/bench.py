@@ -49,6 +49,7 @@ from rvseg.losses import build_loss
 from rvseg.models import build_model
 from rvseg.sweeps.results import read_metrics
 from rvseg.train.config import TrainConfig
+from rvseg.train.loop import optimisation_step
 from rvseg.train.optim import build_optimizer
 from rvseg.train.runtime import Runtime, setup_runtime
 
@@ -228,15 +229,7 @@ def make_train_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer,
     def step(images: torch.Tensor, targets: torch.Tensor) -> None:
         if mark_cudagraph_steps:
             torch.compiler.cudagraph_mark_step_begin()
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with runtime.autocast():
-            logits = model(images)
-        loss = loss_fn(logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optimisation_step(model, images, targets, loss_fn, optimizer, scaler, runtime, channels_last)
 
     return step
 

@@ -160,6 +160,22 @@ def epoch_order(train: SplitData, config: TrainConfig, generator: torch.Generato
     return torch.multinomial(weights, n, replacement=True, generator=generator)
 
 
+def optimisation_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss_fn, optimizer, scaler,
+                      runtime: Runtime, channels_last: bool) -> torch.Tensor:
+    """One forward, backward and update on a batch already on the device; returns the detached loss
+    (a device tensor: reading it would make the host wait for the GPU)."""
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with runtime.autocast():
+        logits = model(images)
+    loss = loss_fn(logits.float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def steps_per_epoch(n_train: int, runtime: Runtime, batch_size: int) -> int:
     """Training steps per epoch: every rank takes the same number (its collectives must pair up),
     enough to cover the smallest rank's share of the ``n_train`` slices."""
@@ -372,16 +388,8 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
                                                      runtime.device)
                 if augment is not None:
                     images, targets = augment_batch(images, targets, augment, augment_gen)
-                if runtime.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with runtime.autocast():
-                    logits = train_model(images)
-                loss = loss_fn(logits.float(), targets)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                running += loss.detach()
+                running += optimisation_step(train_model, images, targets, loss_fn, optimizer, scaler, runtime,
+                                             runtime.channels_last)
                 step += 1
                 trained_images += len(images)
                 if any_rank(stop.requested, runtime):
