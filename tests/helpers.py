@@ -41,3 +41,15 @@ def synthetic_report(n_patients: int = 5, per_patient: int = 8, shape=(48, 40), 
                 id=f"S{p:02d}-{k:04d}", patient=f"S{p:02d}", image=image, masks={"endo": endo, "epi": epi},
                 spacing_mm=(1.0, 1.0), slice=str(k // 2), frame=k, phase="ED" if k % 2 == 0 else "ES"))
     return report
+
+
+def crop_dicom(path: Path, rows: int, cols: int) -> None:
+    """Rewrite a DICOM file in place with only its top-left ``rows`` x ``cols`` pixels."""
+    import numpy as np
+    import pydicom
+
+    dataset = pydicom.dcmread(path)
+    cropped = np.ascontiguousarray(dataset.pixel_array[:rows, :cols])
+    dataset.Rows, dataset.Columns = cropped.shape
+    dataset.PixelData = cropped.tobytes()
+    dataset.save_as(path)

@@ -16,7 +16,7 @@ from rvseg.data.phantom import write_phantom
 from rvseg.data.splits import split_patients, training_share
 from rvseg.errors import ConfigError
 
-from helpers import make_patient_copy
+from helpers import crop_dicom, make_patient_copy
 
 
 def prepare_json(capsys, src, out, *flags) -> dict:
@@ -195,11 +195,7 @@ def escaping_list_entry(root: Path) -> tuple[Path, str]:
 
 def mixed_sizes(root: Path) -> tuple[Path, str]:
     path = root / "patient09" / "P09dicom" / "P09-0021.dcm"
-    dataset = pydicom.dcmread(path)
-    cropped = np.ascontiguousarray(dataset.pixel_array[:128, :108])
-    dataset.Rows, dataset.Columns = cropped.shape
-    dataset.PixelData = cropped.tobytes()
-    dataset.save_as(path)
+    crop_dicom(path, 128, 108)
     return path, "but the other images of patient P09 are 256 x 216"
 
 

@@ -13,7 +13,7 @@ from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, order_series, p
 from rvseg.data.rvsc import looks_like_rvsc, read_rvsc
 from rvseg.errors import DataError
 
-from helpers import make_patient_copy
+from helpers import crop_dicom, make_patient_copy
 
 ANNOTATED = ("0020", "0022", "0023")
 
@@ -279,11 +279,7 @@ def test_listed_contour_missing(tmp_path, rvsc_root):
 def test_mixed_image_sizes(tmp_path, rvsc_root):
     root = make_patient_copy(tmp_path, rvsc_root)
     path = root / "patient09" / "P09dicom" / "P09-0021.dcm"
-    dataset = pydicom.dcmread(path)
-    cropped = np.ascontiguousarray(dataset.pixel_array[:128, :108])
-    dataset.Rows, dataset.Columns = cropped.shape
-    dataset.PixelData = cropped.tobytes()
-    dataset.save_as(path)
+    crop_dicom(path, 128, 108)
     message = raised_message(root)
     assert str(path) in message
     assert "image is 128 x 108 but the other images of patient P09 are 256 x 216" in message

@@ -6,13 +6,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 
 from rvseg.data.contours import polygon_area, read_contour_file
 from rvseg.data.dicom import dicom_stacks, plane_positions, read_dicom
 from rvseg.data.sunnybrook import looks_like_sunnybrook, read_sunnybrook
 from rvseg.errors import ConfigError, DataError
+
+from helpers import crop_dicom
 
 
 @pytest.fixture(scope="module")
@@ -184,11 +185,7 @@ def test_corrupt_dicom(tmp_path, sunnybrook_root):
 def test_mixed_image_sizes(tmp_path, sunnybrook_root):
     root = make_copy(tmp_path, sunnybrook_root)
     path = root / "dicoms" / "SCD0000101" / "48.dcm"
-    dataset = pydicom.dcmread(path)
-    cropped = np.ascontiguousarray(dataset.pixel_array[:200, :180])
-    dataset.Rows, dataset.Columns = cropped.shape
-    dataset.PixelData = cropped.tobytes()
-    dataset.save_as(path)
+    crop_dicom(path, 200, 180)
     message = raised_message(root)
     assert message == f"{path}: image is 200 x 180 but the other images of patient SCD0000101 are 256 x 256"
     report = read_sunnybrook(root, skip_bad=True)
