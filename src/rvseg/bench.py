@@ -41,20 +41,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from rvseg import __version__
 from rvseg.errors import ConfigError, RvsegError
 from rvseg.losses import build_loss
 from rvseg.models import build_model
 from rvseg.sweeps.results import read_metrics
-from rvseg.train.config import TrainConfig
-from rvseg.train.loop import optimisation_step
+from rvseg.train.config import TrainConfig, check_graph_or_compile
 from rvseg.train.optim import build_optimizer
 from rvseg.train.runtime import Runtime, setup_runtime
+from rvseg.train.step import Step, check_cuda_graph, make_train_step
 
 #: A training step as a function of one batch: ``step(images (B, C, H, W), targets (B, L, H, W))``.
-Step = Callable[[torch.Tensor, torch.Tensor], None]
 #: Measurements in the order they run; the names used by ``--parts`` and as keys of the result.
 PARTS = ("raw", "loop", "loop-noaug", "eval", "predict")
 #: ``torch.compile`` modes offered; ``reduce-overhead`` replays CUDA graphs (for launch-bound steps).
@@ -96,8 +94,9 @@ class BenchOptions:
             the training loop does (on for CUDA). The loop itself always follows its runtime.
         compile: ``torch.compile`` the model (raw step and loop).
         compile_mode: the raw step's ``torch.compile`` mode (the loop uses ``default``).
-        cuda_graph: capture the whole raw training step (forward, backward, optimizer) as one CUDA
-            graph and replay it (CUDA only, bf16 or fp32).
+        cuda_graph: capture the whole training step (forward, backward, optimizer) as one CUDA
+            graph and replay it, in the raw step and the loop (``rvseg train --cuda-graph``; CUDA
+            only, bf16 or fp32).
         cudnn_benchmark: set ``torch.backends.cudnn.benchmark`` for every part.
         steps: timed training steps per repeat of the raw step; also sizes the phantom so that an
             epoch has about this many batches.
@@ -133,9 +132,7 @@ class BenchOptions:
                               f"not {','.join(self.parts)}")
         if self.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, not {self.compile_mode!r}")
-        if self.cuda_graph and self.compile:
-            raise ConfigError("choose --cuda-graph or --compile, not both (compile's reduce-overhead mode "
-                              "is its own CUDA-graph path)")
+        check_graph_or_compile(self.cuda_graph, self.compile)
         if self.loss == "switching":
             raise ConfigError("--loss switching needs the training split's tau; benchmark it with rvseg train")
         for name in ("batch_size", "steps", "repeats", "width", "depth"):
@@ -202,95 +199,6 @@ def device_info(device: torch.device) -> dict:
 # ---------------------------------------------------------------- the training step
 
 
-def autocast_for_capture(runtime: Runtime):
-    """The runtime's autocast without its weight-cast cache, which CUDA-graph capture forbids."""
-    return torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16,
-                          enabled=runtime.precision == "bf16", cache_enabled=False)
-
-
-def make_train_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, runtime: Runtime,
-                    channels_last: bool, *, mark_cudagraph_steps: bool = False) -> Step:
-    """One training step as :func:`rvseg.train.loop.train` takes it, as a function of a batch.
-
-    Args:
-        model: the (possibly compiled) model, on ``runtime.device``, in train mode.
-        loss_fn: ``(logits, targets) -> scalar``.
-        optimizer: over the model's parameters.
-        runtime: device and precision.
-        channels_last: convert each batch to channels-last first.
-        mark_cudagraph_steps: tell ``torch.compile(mode="reduce-overhead")`` where a step begins,
-            so that replayed graphs may reuse the previous step's buffers.
-
-    Returns:
-        ``step(images, targets)`` for float tensors (B, C, H, W) and (B, L, H, W) on the device.
-    """
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
-
-    def step(images: torch.Tensor, targets: torch.Tensor) -> None:
-        if mark_cudagraph_steps:
-            torch.compiler.cudagraph_mark_step_begin()
-        optimisation_step(model, images, targets, loss_fn, optimizer, scaler, runtime, channels_last)
-
-    return step
-
-
-def make_graphed_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, runtime: Runtime,
-                      images: torch.Tensor, targets: torch.Tensor, warmup: int) -> Step:
-    """The whole training step captured as one CUDA graph (PyTorch's "whole network capture").
-
-    A replay launches every kernel of forward, backward and optimizer step at once, which removes
-    the per-kernel launch cost that dominates small images. The optimizer is switched to
-    ``capturable`` (its step counters live on the device); gradients are allocated inside the graph
-    and overwritten by each replay.
-
-    Args:
-        images: (B, C, H, W) example batch on the device, in the memory format to train with.
-        targets: (B, L, H, W) example targets.
-        warmup: eager steps on a side stream before capture (at least 3, as PyTorch requires).
-
-    Returns:
-        ``step(images, targets)``: copies the batch into the graph's static inputs and replays it.
-    """
-    check_cuda_graph(runtime)
-    for group in optimizer.param_groups:
-        if "capturable" in group:
-            group["capturable"] = True
-    static_images, static_targets = images.clone(), targets.clone()
-
-    def forward_backward_step() -> None:
-        with autocast_for_capture(runtime):
-            logits = model(static_images)
-        loss_fn(logits.float(), static_targets).backward()
-        optimizer.step()
-
-    side = torch.cuda.Stream(runtime.device)
-    side.wait_stream(torch.cuda.current_stream(runtime.device))
-    with torch.cuda.stream(side):
-        for _ in range(max(warmup, 3)):
-            optimizer.zero_grad(set_to_none=True)
-            forward_backward_step()
-    torch.cuda.current_stream(runtime.device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    optimizer.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        forward_backward_step()
-
-    def step(batch_images: torch.Tensor, batch_targets: torch.Tensor) -> None:
-        static_images.copy_(batch_images)
-        static_targets.copy_(batch_targets)
-        graph.replay()
-
-    return step
-
-
-def check_cuda_graph(runtime: Runtime) -> None:
-    """ConfigError unless a whole training step can be captured on this runtime."""
-    if runtime.device.type != "cuda":
-        raise ConfigError("--cuda-graph needs a CUDA device")
-    if runtime.precision == "fp16":
-        raise ConfigError("--cuda-graph supports bf16 and fp32 (fp16 needs a grad scaler, which syncs the host)")
-
-
 def training_setup(options: BenchOptions, runtime: Runtime, in_channels: int = 1):
     """Model (on the device, train mode), loss and optimizer as the loop builds them (study defaults)."""
     config = TrainConfig(arch=options.arch, width=options.width, depth=options.depth, loss=options.loss)
@@ -300,7 +208,7 @@ def training_setup(options: BenchOptions, runtime: Runtime, in_channels: int = 1
     if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(config.loss)
-    optimizer = build_optimizer(model.parameters(), config)
+    optimizer = build_optimizer(model.parameters(), config, for_cuda_graph=options.cuda_graph)
     return model, loss_fn, optimizer
 
 
@@ -308,13 +216,10 @@ def build_step(options: BenchOptions, runtime: Runtime, images: torch.Tensor, ta
                in_channels: int = 1) -> Step:
     """The training step the options ask for: eager, ``torch.compile``-d, or one CUDA graph."""
     model, loss_fn, optimizer = training_setup(options, runtime, in_channels)
-    if options.cuda_graph:
-        if options.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return make_graphed_step(model, loss_fn, optimizer, runtime, images, targets, options.warmup)
     if options.compile:
         model = torch.compile(model, mode=options.compile_mode)
-    return make_train_step(model, loss_fn, optimizer, runtime, options.channels_last,
+    return make_train_step(model, loss_fn, optimizer, runtime, channels_last=options.channels_last,
+                           batch_size=options.batch_size, cuda_graph=options.cuda_graph,
                            mark_cudagraph_steps=options.compile and options.compile_mode == "reduce-overhead")
 
 
@@ -344,7 +249,8 @@ def measure_loop(dataset: Path, options: BenchOptions, run_dir: Path, *, augment
 
     config = TrainConfig(arch=options.arch, width=options.width, depth=options.depth, loss=options.loss,
                          batch_size=options.batch_size, epochs=1 + options.repeats, augment=augment,
-                         device=options.device, precision=options.precision, compile=options.compile)
+                         device=options.device, precision=options.precision, compile=options.compile,
+                         cuda_graph=options.cuda_graph)
     summary = train(dataset, run_dir, config, verbose=False)
     epoch_seconds = [row["seconds"] for row in read_metrics(run_dir)]
     timed = epoch_seconds[1:]  # the first epoch carries the start-up
@@ -352,7 +258,8 @@ def measure_loop(dataset: Path, options: BenchOptions, run_dir: Path, *, augment
     return {"images_per_s": n_train / statistics.median(timed), "epoch_seconds": epoch_seconds,
             "n_train": n_train, "n_val": int(summary["n_val"]), "epochs": config.epochs,
             "steps_per_epoch": math.ceil(n_train / options.batch_size), "augment": augment,
-            "compile": options.compile, "includes": "training steps and validation of each epoch"}
+            "compile": options.compile, "cuda_graph": options.cuda_graph,
+            "includes": "training steps and validation of each epoch"}
 
 
 def measure_eval(dataset: Path, options: BenchOptions) -> dict:

@@ -69,6 +69,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    cuda_graph: bool = False
     pause_after: int | None = None
     # resolved when the run starts (recorded, not set by users)
     resolved_tau: float | None = None
@@ -87,6 +88,7 @@ class TrainConfig:
             check_option(name, getattr(self, name), "greater than 0", lambda v: v > 0)
         for name in ("weight_decay", "momentum", "min_lr"):
             check_option(name, getattr(self, name), "at least 0", lambda v: v >= 0)
+        check_graph_or_compile(self.cuda_graph, self.compile)
         if self.pause_after is not None:
             check_option("pause_after", self.pause_after, "at least 1", lambda v: v >= 1)
 
@@ -123,8 +125,16 @@ HELP = {
     "device": "auto | cpu | cuda | cuda:N",
     "precision": "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32",
     "compile": "torch.compile the model",
+    "cuda_graph": "replay each full training batch as one captured CUDA graph (CUDA, one process; for small, "
+                  "launch-bound images)",
     "pause_after": "stop cleanly after this epoch (resume later with --resume)",
 }
+
+
+def check_graph_or_compile(cuda_graph: bool, compile_: bool) -> None:
+    if cuda_graph and compile_:
+        raise ConfigError("choose --cuda-graph or --compile, not both (compile's reduce-overhead mode is its "
+                          "own CUDA-graph path)")
 
 
 def check_option(name: str, value, wanted: str, ok) -> None:

@@ -36,6 +36,7 @@ from rvseg.train.config import TrainConfig, user_fields
 from rvseg.train.optim import build_optimizer, build_scheduler
 from rvseg.train.progress import MetricsLog, ProgressLine, draw_progress
 from rvseg.train.runtime import Runtime, all_reduce_sum, any_rank, gather_objects, setup_runtime, teardown_runtime
+from rvseg.train.step import make_train_step
 
 #: A slice whose target covers less than this share of the image counts as "small" for oversampling.
 SMALL_FOREGROUND = 0.01
@@ -158,22 +159,6 @@ def epoch_order(train: SplitData, config: TrainConfig, generator: torch.Generato
     small = train.hard[:, 0].flatten(1).float().mean(dim=1).cpu() < SMALL_FOREGROUND
     weights = torch.where(small, config.oversample_small, 1.0)
     return torch.multinomial(weights, n, replacement=True, generator=generator)
-
-
-def optimisation_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss_fn, optimizer, scaler,
-                      runtime: Runtime, channels_last: bool) -> torch.Tensor:
-    """One forward, backward and update on a batch already on the device; returns the detached loss
-    (a device tensor: reading it would make the host wait for the GPU)."""
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with runtime.autocast():
-        logits = model(images)
-    loss = loss_fn(logits.float(), targets)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach()
 
 
 def steps_per_epoch(n_train: int, runtime: Runtime, batch_size: int) -> int:
@@ -300,7 +285,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     loss_fn = build_loss(config.loss, focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
                          switch_lambda=config.switch_lambda, switch_tau=config.resolved_tau,
                          switch_per=config.switch_per)
-    optimizer = build_optimizer(model.parameters(), config)
+    optimizer = build_optimizer(model.parameters(), config, for_cuda_graph=config.cuda_graph)
     scheduler = build_scheduler(optimizer, config)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
     augment = AugmentConfig(flip=True, rotate_deg=config.rotate_deg, scale=(config.scale_min, config.scale_max),
@@ -333,6 +318,8 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     train_model = DistributedDataParallel(model) if runtime.distributed else model
     if config.compile:
         train_model = torch.compile(train_model)
+    train_step = make_train_step(train_model, loss_fn, optimizer, runtime, channels_last=runtime.channels_last,
+                                 batch_size=config.batch_size, cuda_graph=config.cuda_graph, scaler=scaler)
     best_weights = None  # the best epoch's weights until the next checkpoint writes them (rank 0)
 
     def save_best() -> None:
@@ -388,8 +375,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
                                                      runtime.device)
                 if augment is not None:
                     images, targets = augment_batch(images, targets, augment, augment_gen)
-                running += optimisation_step(train_model, images, targets, loss_fn, optimizer, scaler, runtime,
-                                             runtime.channels_last)
+                running += train_step(images, targets)
                 step += 1
                 trained_images += len(images)
                 if any_rank(stop.requested, runtime):
@@ -406,7 +392,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
                                               runtime)) / runtime.world_size
             if not math.isfinite(train_loss):
                 raise diverged("training", train_loss)
-            lr = optimizer.param_groups[0]["lr"]
+            lr = float(optimizer.param_groups[0]["lr"])  # a device tensor under --cuda-graph
             scheduler.step()
             val_loss, val_dice = validate(model, val_set, loss_fn, runtime, config.batch_size, threshold)
             if not math.isfinite(val_loss):  # the epoch's last update broke the weights

@@ -15,12 +15,17 @@ from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, CosineAnneal
 from rvseg.errors import ConfigError
 from rvseg.train.config import TrainConfig
 
-OPTIMIZERS: dict[str, Callable[[Iterable, TrainConfig], torch.optim.Optimizer]] = {
-    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
-    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
-    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
-                                             weight_decay=c.weight_decay),
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": lambda params, c, **kw: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay, **kw),
+    "adamw": lambda params, c, **kw: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay, **kw),
+    "sgd": lambda params, c, **kw: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
+                                                   weight_decay=c.weight_decay, **kw),
 }
+
+#: What each optimizer needs to run inside a CUDA graph (``--cuda-graph``): no host synchronisation
+#: in its step. Adam's ``capturable`` keeps its step counters on the device; SGD's default (foreach)
+#: path reads a tensor learning rate back to the host, its fused kernel takes it on the device.
+GRAPH_SAFE: dict[str, dict] = {"adam": {"capturable": True}, "adamw": {"capturable": True}, "sgd": {"fused": True}}
 
 SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer, TrainConfig], LRScheduler]] = {
     "none": lambda opt, c: ConstantLR(opt, factor=1.0, total_iters=0),
@@ -36,10 +41,12 @@ def pick(registry: dict, name: str, what: str):
     return registry[name]
 
 
-def build_optimizer(params: Iterable, config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable, config: TrainConfig, *, for_cuda_graph: bool = False) -> torch.optim.Optimizer:
+    """``config.optimizer`` over ``params``; ``for_cuda_graph``: in its graph-safe form (:data:`GRAPH_SAFE`)."""
     if config.optimizer == "sgd" and config.nesterov and config.momentum <= 0:
         raise ConfigError("--nesterov needs a positive --momentum")
-    return pick(OPTIMIZERS, config.optimizer, "optimizer")(params, config)
+    build = pick(OPTIMIZERS, config.optimizer, "optimizer")
+    return build(params, config, **(GRAPH_SAFE[config.optimizer] if for_cuda_graph else {}))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> LRScheduler:
