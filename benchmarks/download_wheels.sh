@@ -8,8 +8,10 @@
 # in the image today, but nothing promises it, and without it no `rvseg` command starts (the CLI
 # reads its options through it), so it is fetched too: a binary wheel, for the GPU machine's Python
 # and for this checkout's (gpu_check.sh --smoke installs the same folder here, and pip picks the
-# wheel that fits each interpreter). Versions are pinned to this checkout's .venv. The training,
-# bench and PNG-reading path needs neither optuna nor monai, so they are not fetched.
+# wheel that fits each interpreter). Versions are pinned to this checkout's .venv. The sweeps need
+# optuna and what it imports that the image lacks: alembic, colorlog, Mako (pure Python) and
+# SQLAlchemy (binary, fetched like PyYAML; its greenlet is only for asyncio). monai (tests only) is not
+# fetched.
 #
 #   bash benchmarks/download_wheels.sh          # wheels only
 #   bash benchmarks/download_wheels.sh --data   # also copy the RVSC PNG set into wheels/rvsc-train-png:
@@ -34,12 +36,16 @@ version_of() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"
 LOCAL_PYTHON_VERSION=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 mkdir -p "$DEST"
+PURE=()
+for package in pydicom nibabel optuna alembic colorlog mako; do
+    PURE+=("$package==$(version_of "$package")")
+done
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$GPU_PYTHON_VERSION" -d "$DEST" \
-    "pydicom==$(version_of pydicom)" "nibabel==$(version_of nibabel)"
+    "${PURE[@]}"
 for version in $(printf '%s\n' "$GPU_PYTHON_VERSION" "$LOCAL_PYTHON_VERSION" | sort -u); do
     "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$version" --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d "$DEST" "pyyaml==$(version_of pyyaml)"
+        -d "$DEST" "pyyaml==$(version_of pyyaml)" "sqlalchemy==$(version_of sqlalchemy)"
 done
 
 if (( WITH_DATA )); then

@@ -1,32 +1,37 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the speed, training and accuracy issues in one run (issues 6, 3 and 7).
+# Every GPU measurement of the speed, training, sweep and accuracy issues in one run (issues 6, 3, 5, 7).
 #
 #   bash benchmarks/gpu_check.sh [--smoke] [--data DIR] [--wheels DIR] [--budget S] [--skip STEP,...]
-#                                [--accuracy CONFIG.yaml]... OUTDIR
+#                                [--keep DIR] [--workers N] [--sweeps-only] [--accuracy CONFIG.yaml]... OUTDIR
 #
 # OUTDIR receives three files: results.json (every measurement, the targets and each step's status;
 # rewritten after every step, so a run cut short keeps what it measured), log.txt (every step's
-# output) and work.tar.gz (the JSON of each step, the runs' metrics.csv/config.yaml/summary.json;
-# no checkpoints). The work itself happens in a temporary folder.
+# output) and work.tar.gz (the JSON of each step, the runs' metrics.csv/config.yaml/summary.json,
+# the sweep folders with their study.db and results.csv; no checkpoints, no prepared arrays).
 #
 # Steps run in order of importance, each with its own time limit and none able to stop the others.
-# A step starts only while the budget (--budget, default 480 s: the whole script fits in about
-# 8 minutes) leaves it its minimum, and its limit is cut to what is left. Order: environment,
-# offline wheels, import check, prepare the RVSC PNG set, the study's default recipe and
-# `--loss switching` on P13-P16 (100 epochs, batch 16: also the "under 20 s" baseline and the time
-# to val endo Dice 0.80), `rvseg bench` at 256 x 208 (bf16 + channels_last; raw, loop, loop without
-# augmentation, eval, predict), the DataLoader peer at the same settings, `rvseg bench` on the
-# prepared RVSC set, raw steps at fp32 and bf16 without channels_last and with cuDNN's autotuner
-# (--cudnn-benchmark, which the training loop does not set), the launch-bound 128 x 112
-# step eager / as one CUDA graph / compiled with mode reduce-overhead, the compiled 256 x 208 step,
-# then the accuracy runs of issue 7: each --accuracy config (default: configs/rvsc-endo.yaml and
-# configs/rvsc-epi.yaml where they exist), then the issue's plain reference recipe (300 epochs, Adam
-# 1e-3, cosine). --skip names steps to leave out (e.g. on a second run that only wants the
-# accuracy runs); the step names are those above, as written in results.json.
+# A step starts only while the budget (--budget, default 570 s: the run fits a 10-minute device call)
+# leaves it its minimum, and its limit is cut to what is left.
 #
-# The GPU machine has python3 with torch, numpy, scipy, scikit-image and matplotlib (pyyaml too, today,
-# but not promised) but no pydicom or nibabel and no network: --wheels DIR (default ./wheels, filled
-# by benchmarks/download_wheels.sh) is installed offline into the work folder, each package from the
+# Phase A, the GPU to itself (timings): environment, offline wheels, import check, the CUDA-only tests
+# (tests/test_step.py's graph tests and the other tests that skip without CUDA), prepare the RVSC PNG
+# set, the study's default recipe (100 epochs, batch 16, P13-P16 held out: the "under 20 s" baseline
+# and the time to val endo Dice 0.80) eagerly and with --cuda-graph, `--loss switching`, `rvseg bench`
+# at 256 x 208 (bf16 + channels_last; raw, loop, loop without augmentation, eval, predict), the
+# DataLoader peer at the same settings, and `rvseg bench` on the prepared RVSC set (its native, launch-
+# bound size) eagerly and with --cuda-graph.
+#
+# Phase B, the GPU shared (throughput): the `losses` and `lr-grid` sweep presets at full scale
+# (--workers N trainer processes on the one GPU, default 8; with --cuda-graph when the graphed default
+# run of phase A succeeded), while the --accuracy configs (default configs/rvsc-endo.yaml and
+# configs/rvsc-epi.yaml) train in the background. Sweeps and accuracy runs live in --keep DIR (default
+# gpu-work/ in this checkout, git-ignored): the same command run again continues them where they
+# stopped (--sweeps-only skips phase A), on the same machine or, after unpacking work.tar.gz's keep/
+# into DIR, on another one.
+#
+# The GPU machine has python3 with torch, numpy, scipy, scikit-image, matplotlib, pyyaml and pytest
+# but no pydicom, nibabel or optuna and no network: --wheels DIR (default ./wheels, filled by
+# benchmarks/download_wheels.sh) is installed offline into the work folder, each package from the
 # wheel there that fits the running python (the folder may hold one per Python version). ../shared does not
 # travel to that machine: --data DIR (default ../shared/data/rvsc-train-png, else
 # wheels/rvsc-train-png, which `download_wheels.sh --data` fills). rvseg runs from src/ of this
@@ -44,9 +49,12 @@ BUDGET=
 ACCURACY=()
 SKIP=,
 OUTDIR=
+KEEP=
+WORKERS=8
+SWEEPS_ONLY=0
 usage() {
     echo "usage: bash benchmarks/gpu_check.sh [--smoke] [--data DIR] [--wheels DIR] [--budget S] [--skip STEP,...]" \
-        "[--accuracy CONFIG.yaml]... OUTDIR" >&2
+        "[--keep DIR] [--workers N] [--sweeps-only] [--accuracy CONFIG.yaml]... OUTDIR" >&2
     exit 2
 }
 while (( $# )); do
@@ -57,6 +65,9 @@ while (( $# )); do
         --budget) BUDGET=${2:?}; shift ;;
         --accuracy) ACCURACY+=("${2:?}"); shift ;;
         --skip) SKIP+="${2:?},"; shift ;;
+        --keep) KEEP=${2:?}; shift ;;
+        --workers) WORKERS=${2:?}; shift ;;
+        --sweeps-only) SWEEPS_ONLY=1 ;;
         -h|--help) usage ;;
         -*) echo "unknown option $1" >&2; usage ;;
         *) [[ -z $OUTDIR ]] || usage; OUTDIR=$1 ;;
@@ -86,8 +97,9 @@ else
     PY=python3
 fi
 
-mkdir -p "$OUTDIR"
+mkdir -p "$OUTDIR" "${KEEP:=$REPO/gpu-work}"
 OUTDIR=$(cd "$OUTDIR" && pwd)
+KEEP=$(cd "$KEEP" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/rvseg-gpu-check.XXXXXX")
 mkdir -p "$WORK/json" "$WORK/logs" "$WORK/runs"
 LOG=$OUTDIR/log.txt
@@ -104,27 +116,27 @@ if [[ $MODE == smoke ]]; then
     BUDGET=${BUDGET:-900}
     BENCH=(--device cpu --width 4 --steps 2 --repeats 1 --warmup 1)
     BIG=(--size 32 32)
-    SMALL=(--size 32 32)
     PEER=(--device cpu --width 4 --steps 2 --repeats 1 --warmup 1 --workers 2 --samples 32 --size 32 32)
     TRAIN=(--device cpu --width 4 --depth 2 --epochs 1)
-    LONG_EPOCHS=()
     PREPARE_SIZE=(--size 32 28)
+    SWEEP_SCALE=(--device cpu --epochs 1 --width 4 --depth 2 --size 32 28 --repeats 1)
+    SWEEP_CUTS=(losses "--only loss=dice,switching-0.75" lr-grid "--only lr=0.001 --only fraction=1.0,0.4")
 else
-    BUDGET=${BUDGET:-480}
+    BUDGET=${BUDGET:-570}
     BENCH=(--device cuda --steps 30 --repeats 5 --warmup 5)
     BIG=(--size 256 208)
-    SMALL=(--size 128 112)
     PEER=(--device cuda --steps 30 --repeats 3 --warmup 5 --workers 8 --samples 512 --size 256 208)
     TRAIN=(--device cuda)
-    LONG_EPOCHS=(--epochs 300)
     PREPARE_SIZE=()
+    SWEEP_SCALE=(--device cuda)
+    SWEEP_CUTS=(losses "" lr-grid "")
 fi
 
 log() { echo "$*" | tee -a "$LOG"; }
 
 summarize() {
-    "$PY" "$REPO/benchmarks/gpu_summary.py" --work "$WORK" --out "$OUTDIR/results.json" --mode "$MODE" \
-        --started "$STARTED_UTC" --elapsed "$(( $(date +%s) - START ))" --budget "$BUDGET" >> "$LOG" 2>&1
+    "$PY" "$REPO/benchmarks/gpu_summary.py" --work "$WORK" --keep "$KEEP" --out "$OUTDIR/results.json" \
+        --mode "$MODE" --started "$STARTED_UTC" --elapsed "$(( $(date +%s) - START ))" --budget "$BUDGET" >> "$LOG" 2>&1
 }
 
 record() {  # record NAME STATUS RC SECONDS NOTE
@@ -202,18 +214,66 @@ bench_step() {  # bench_step NAME LIMIT_S MIN_S ARGS...: one `rvseg bench` run, 
     step "$name" "$limit" "$need" "${RVSEG[@]}" bench "${BENCH[@]}" --out "$WORK/json/$name.json" "$@"
 }
 
+have_rvsc() { [[ -f $WORK/rvsc/dataset.json ]]; }
+
 train_step() {  # train_step NAME LIMIT_S MIN_S ARGS...: train on the prepared RVSC set, P13-P16 held out
     local name=$1 limit=$2 need=$3
     shift 3
-    if [[ -f $WORK/rvsc/dataset.json ]]; then
+    if have_rvsc; then
         step "$name" "$limit" "$need" "${RVSEG[@]}" train "$WORK/rvsc" --out "$WORK/runs/$name" "${VAL[@]}" --quiet "$@"
     else
         skip "$name" "no prepared RVSC set"
     fi
 }
 
+step_ok() { grep -q "\"name\": \"$1\", \"status\": \"ok\"" "$WORK/steps.jsonl"; }
+
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+
+BACKGROUND=()
+start_background() {  # start_background NAME LIMIT_S COMMAND...: a step that runs beside the following ones
+    local name=$1 limit=$2
+    shift 2
+    if [[ $SKIP == *",$name,"* ]]; then
+        skip "$name" "--skip"
+        return
+    fi
+    if (( limit < 30 )); then
+        skip "$name" "budget: ${limit} s for a background run"
+        return
+    fi
+    local shown="$*"
+    log "== $name (background, limit ${limit} s): ${shown:0:300}"
+    (
+        t0=$(date +%s.%N)
+        timeout --kill-after=20 "$limit" "$@" > "$WORK/logs/$name.log" 2>&1
+        rc=$?
+        t1=$(date +%s.%N)
+        echo "$rc $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')" > "$WORK/logs/$name.rc"
+    ) &
+    BACKGROUND+=("$name")
+}
+
+finish_background() {  # wait for the background steps and record them
+    wait
+    local name rc seconds status
+    for name in "${BACKGROUND[@]}"; do
+        read -r rc seconds < "$WORK/logs/$name.rc" || { rc=1; seconds=0; }
+        case $rc in
+            0) status=ok ;;
+            124|137) status=timeout ;;
+            *) status=failed ;;
+        esac
+        cat "$WORK/logs/$name.log" >> "$LOG"
+        log "== $name (background): $status (rc $rc, $seconds s)"
+        record "$name" "$status" "$rc" "$seconds" "background"
+    done
+    BACKGROUND=()
+    summarize
+}
+
 log "rvseg GPU check ($MODE) started $STARTED_UTC; python $PY; data ${DATA:-none}; wheels ${WHEELS:-none};" \
-    "budget ${BUDGET} s; work $WORK"
+    "budget ${BUDGET} s; work $WORK; keep $KEEP"
 
 step env 60 5 "$PY" -c "$ENVIRONMENT" "$WORK/json/env.json"
 if [[ -n $WHEELS ]]; then
@@ -226,43 +286,84 @@ else
     skip wheels "no wheels folder given or found: using what $PY has"
 fi
 step imports 60 5 "$PY" -c "$IMPORTS"
-
 if [[ -n $DATA ]]; then
     step prepare-rvsc 90 10 "${RVSEG[@]}" prepare "$DATA" --out "$WORK/rvsc" "${PREPARE_SIZE[@]}" --json
 else
     skip prepare-rvsc "no RVSC PNG set: pass --data DIR"
 fi
-train_step train-default 150 30 "${TRAIN[@]}"
-train_step train-switching 150 30 "${TRAIN[@]}" --loss switching
 
-bench_step bench-256-bf16-cl 180 40 "${BIG[@]}"
-step peer-256-bf16-cl 150 30 "$PY" "$REPO/benchmarks/dataloader_peer.py" "${PEER[@]}" \
-    --out "$WORK/json/peer-256-bf16-cl.json"
-if [[ -f $WORK/rvsc/dataset.json ]]; then
-    bench_step bench-rvsc 150 30 --dataset "$WORK/rvsc"
+# ---- phase A: the GPU to itself
+if (( SWEEPS_ONLY )); then
+    log "== phase A skipped (--sweeps-only)"
 else
-    skip bench-rvsc "no prepared RVSC set"
+    if [[ $MODE == smoke ]]; then
+        skip gpu-tests "smoke: the CUDA-only tests skip without CUDA"
+    else
+        step gpu-tests 90 30 "$PY" -m pytest -q -p no:cacheprovider -rfEs "$REPO/tests/test_step.py" \
+            "$REPO/tests/test_augment.py" "$REPO/tests/test_train.py::test_training_steps_never_wait_for_the_gpu" \
+            "$REPO/tests/test_train.py::test_device_and_precision_flags" -k "cuda or graph or gpu or device"
+    fi
+    train_step train-default 90 30 "${TRAIN[@]}"
+    if [[ $MODE == smoke ]]; then
+        skip train-default-graph "smoke: --cuda-graph needs CUDA"
+    else
+        train_step train-default-graph 90 20 "${TRAIN[@]}" --cuda-graph
+    fi
+    train_step train-switching 90 30 "${TRAIN[@]}" --loss switching
+
+    bench_step bench-256-bf16-cl 150 40 "${BIG[@]}"
+    step peer-256-bf16-cl 120 30 "$PY" "$REPO/benchmarks/dataloader_peer.py" "${PEER[@]}" \
+        --out "$WORK/json/peer-256-bf16-cl.json"
+    if have_rvsc; then
+        bench_step bench-rvsc 90 20 --dataset "$WORK/rvsc" --parts raw,loop,loop-noaug
+        if [[ $MODE == smoke ]]; then
+            skip bench-rvsc-graph "smoke: --cuda-graph needs CUDA"
+        else
+            bench_step bench-rvsc-graph 90 20 --dataset "$WORK/rvsc" --parts raw,loop,loop-noaug --cuda-graph
+        fi
+    else
+        skip bench-rvsc "no prepared RVSC set"
+        skip bench-rvsc-graph "no prepared RVSC set"
+    fi
 fi
-bench_step bench-256-fp32 90 15 "${BIG[@]}" --parts raw --precision fp32 --no-channels-last
-bench_step bench-256-bf16 90 15 "${BIG[@]}" --parts raw --precision bf16 --no-channels-last
-bench_step bench-256-bf16-cl-cudnn 90 15 "${BIG[@]}" --parts raw --cudnn-benchmark
-bench_step bench-128-bf16-cl 90 15 "${SMALL[@]}" --parts raw
-if [[ $MODE == smoke ]]; then
-    skip bench-128-cuda-graph "smoke: needs CUDA"
-    skip bench-128-reduce-overhead "smoke: needs CUDA, and compiling takes minutes on a CPU"
-    skip bench-256-compile "smoke: compiling takes minutes on a CPU"
+
+# ---- phase B: the GPU shared by the sweeps' trainers and the accuracy runs
+# One choice for all calls into the same --keep folder: a sweep's runs must not change how they train.
+if [[ ! -f $KEEP/graph-mode ]]; then
+    if [[ $MODE == full ]] && step_ok train-default-graph; then echo on > "$KEEP/graph-mode"; else echo off > "$KEEP/graph-mode"; fi
+fi
+GRAPH=()
+SWEEP_GRAPH=()
+if [[ $(cat "$KEEP/graph-mode") == on ]]; then
+    GRAPH=(--cuda-graph)
+    SWEEP_GRAPH=(--set cuda_graph=true)
+fi
+log "== phase B: --cuda-graph $(cat "$KEEP/graph-mode")"
+if have_rvsc; then
+    for config in "${ACCURACY[@]}"; do
+        start_background "accuracy-$(basename "$config" .yaml)" $(( $(left) - 30 )) "${RVSEG[@]}" train "$WORK/rvsc" \
+            --config "$config" --out "$KEEP/accuracy/$(basename "$config" .yaml)" --resume --quiet "${TRAIN[@]}" \
+            "${GRAPH[@]}"
+    done
+fi
+if [[ -n $DATA ]]; then
+    for (( i = 0; i < ${#SWEEP_CUTS[@]}; i += 2 )); do
+        preset=${SWEEP_CUTS[i]}
+        read -ra cuts <<< "${SWEEP_CUTS[i + 1]}"
+        limit=$(( $(left) - 30 ))
+        (( limit < 20 )) && limit=20
+        step "sweep-$preset" "$limit" 40 "${RVSEG[@]}" sweep --preset "$preset" "$DATA" --out "$KEEP/sweeps/$preset" \
+            --workers "$WORKERS" "${SWEEP_SCALE[@]}" --set 'val_patients=[P13,P14,P15,P16]' "${SWEEP_GRAPH[@]}" \
+            "${cuts[@]}"
+    done
 else
-    bench_step bench-128-cuda-graph 90 15 "${SMALL[@]}" --parts raw --cuda-graph
-    bench_step bench-128-reduce-overhead 240 60 "${SMALL[@]}" --parts raw --compile --compile-mode reduce-overhead
-    bench_step bench-256-compile 240 60 "${BIG[@]}" --parts raw --compile
+    skip sweep-losses "no RVSC PNG set: pass --data DIR"
+    skip sweep-lr-grid "no RVSC PNG set: pass --data DIR"
 fi
+finish_background
 
-for config in "${ACCURACY[@]}"; do
-    train_step "accuracy-$(basename "$config" .yaml)" 240 60 --config "$config" "${TRAIN[@]}"
-done
-train_step train-reference-300 240 60 "${TRAIN[@]}" "${LONG_EPOCHS[@]}" --lr 1e-3 --scheduler cosine
-
-"$PY" "$REPO/benchmarks/gpu_summary.py" --work "$WORK" --out "$OUTDIR/results.json" --mode "$MODE" \
+"$PY" "$REPO/benchmarks/gpu_summary.py" --work "$WORK" --keep "$KEEP" --out "$OUTDIR/results.json" --mode "$MODE" \
     --started "$STARTED_UTC" --elapsed "$(( $(date +%s) - START ))" --budget "$BUDGET" --print | tee -a "$LOG"
 tar -czf "$OUTDIR/work.tar.gz" -C "$WORK" --exclude='*.pt' json logs runs steps.jsonl 2>> "$LOG"
+tar -czf "$OUTDIR/keep.tar.gz" -C "$KEEP" --exclude='*.pt' --exclude='*.npy' . 2>> "$LOG"
 rm -rf "$WORK"

@@ -2,14 +2,15 @@
 
 Standard library only (it runs after every step, also where a step broke the Python environment)::
 
-    python benchmarks/gpu_summary.py --work WORK --out OUTDIR/results.json [--print]
+    python benchmarks/gpu_summary.py --work WORK [--keep KEEP] --out OUTDIR/results.json [--print]
 
 Reads from the work folder: ``steps.jsonl`` (one line per step: name, status, rc, seconds, note),
 ``json/*.json`` (``env.json``, one ``rvseg bench --out`` result per ``bench-*`` step, the peer's
-``peer-*.json``) and ``runs/<step>/`` (``summary.json`` and ``metrics.csv`` of each training run).
+``peer-*.json``) and ``runs/<step>/`` (``summary.json`` and ``metrics.csv`` of each training run);
+from the keep folder: ``accuracy/<config>/`` (training runs too) and ``sweeps/<preset>/results.csv``.
 Writes ``{"mode", "started_utc", "elapsed_s", "budget_s", "environment", "steps", "bench", "peer",
-"training", "targets"}``; every target is ``{"value", "goal", "met"}`` (or the raw figures where
-the issue asks only for a report), and None where its steps did not finish.
+"training", "sweeps", "targets"}``; every target is ``{"value", "goal", "met"}`` (or the raw figures
+where the issue asks only for a report), and None where its steps did not finish.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ BASELINE_SECONDS_GOAL = 20.0
 DICE_GOAL = 0.80
 LABEL = "endo"
 #: Names of the gpu_check.sh steps that the targets read.
-LOOP_BENCH, PEER, BASELINE_RUN = "bench-256-bf16-cl", "peer-256-bf16-cl", "train-default"
-PRECISION_LADDER = ("bench-256-fp32", "bench-256-bf16", "bench-256-bf16-cl", "bench-256-bf16-cl-cudnn",
-                    "bench-256-compile")
-SMALL_STEP = ("bench-128-bf16-cl", "bench-128-cuda-graph", "bench-128-reduce-overhead")
+LOOP_BENCH, PEER = "bench-256-bf16-cl", "peer-256-bf16-cl"
+BASELINE_RUNS = ("train-default", "train-default-graph")
+#: The launch-bound small-image step (RVSC's native size): eager, then replayed as one CUDA graph.
+SMALL_STEP = ("bench-rvsc", "bench-rvsc-graph")
 
 
 def read_json(path: Path):
@@ -113,40 +114,56 @@ def nested(data, *keys):
 def targets(bench: dict, peer: dict, training: dict) -> dict:
     loop = nested(bench, LOOP_BENCH, "loop", "images_per_s")
     peer_rate = nested(peer, PEER, "peer", "images_per_s")
-    baseline = training.get(BASELINE_RUN, {})
-    ladder = {name: nested(bench, name, "raw", "images_per_s") for name in PRECISION_LADDER}
     small = {name: nested(bench, name, "raw", "step_ms") for name in SMALL_STEP}
     eager_ms = small[SMALL_STEP[0]]
     return {
         "loop_over_raw": target(nested(bench, LOOP_BENCH, "ratios", "loop_over_raw"), LOOP_OVER_RAW_GOAL),
         "loop_no_augment_over_raw": nested(bench, LOOP_BENCH, "ratios", "loop-noaug_over_raw"),
-        "rvsc_loop_over_raw": nested(bench, "bench-rvsc", "ratios", "loop_over_raw"),
+        "rvsc_loop_over_raw": {name: target(nested(bench, name, "ratios", "loop_over_raw"), LOOP_OVER_RAW_GOAL)
+                               for name in SMALL_STEP},
         "loop_over_peer": target(loop / peer_rate if loop and peer_rate else None, LOOP_OVER_PEER_GOAL),
-        "baseline_seconds": target(baseline.get("seconds") if baseline.get("complete") else None,
-                                   BASELINE_SECONDS_GOAL, higher_is_better=False),
-        "baseline_wall_s": baseline.get("wall_s"),
+        "baseline_seconds": {name: target(run.get("seconds") if run.get("complete") else None, BASELINE_SECONDS_GOAL,
+                                          higher_is_better=False)
+                             for name, run in ((name, training.get(name, {})) for name in BASELINE_RUNS)},
+        "baseline_wall_s": {name: training.get(name, {}).get("wall_s") for name in BASELINE_RUNS},
         f"time_to_dice_{DICE_GOAL:.2f}": {name: run.get(f"time_to_dice_{DICE_GOAL:.2f}")
                                           for name, run in training.items()},
-        "raw_images_per_s_256": ladder,
-        "small_image_step_ms_128": small,
+        "small_image_step_ms": small,
         "small_image_speedup": {name: eager_ms / ms for name, ms in small.items()
                                 if ms and eager_ms and name != SMALL_STEP[0]},
     }
 
 
-def collect(work: Path, mode: str, started: str, elapsed: float | None, budget: float | None) -> dict:
+def read_sweep(folder: Path) -> dict:
+    """One sweep folder: how many runs reached each status, and its results.csv rows."""
+    rows = read_metrics(folder / "results.csv")
+    by_status: dict[str, int] = {}
+    for row in rows:
+        by_status[row.get("status", "?")] = by_status.get(row.get("status", "?"), 0) + 1
+    return {"runs": len(rows), "by_status": by_status, "rows": rows}
+
+
+def run_folders(folder: Path) -> list[Path]:
+    return sorted(run for run in folder.iterdir() if run.is_dir()) if folder.is_dir() else []
+
+
+def collect(work: Path, keep: Path | None, mode: str, started: str, elapsed: float | None,
+            budget: float | None) -> dict:
     steps = read_steps(work)
     by_name = {step["name"]: step for step in steps}
     results = {name: read_json(path) for name, path in
                ((path.stem, path) for path in sorted((work / "json").glob("*.json")))}
     bench = {name: data for name, data in results.items() if name.startswith("bench-") and data}
     peer = {name: data for name, data in results.items() if name.startswith("peer-") and data}
-    runs = work / "runs"
-    training = {run.name: read_run(run, by_name.get(run.name)) for run in sorted(runs.iterdir())
-                if run.is_dir()} if runs.is_dir() else {}
+    training = {run.name: read_run(run, by_name.get(run.name)) for run in run_folders(work / "runs")}
+    sweeps = {}
+    if keep is not None:
+        for run in run_folders(keep / "accuracy"):
+            training[f"accuracy-{run.name}"] = read_run(run, by_name.get(f"accuracy-{run.name}"))
+        sweeps = {folder.name: read_sweep(folder) for folder in run_folders(keep / "sweeps")}
     return {"mode": mode, "started_utc": started, "elapsed_s": elapsed, "budget_s": budget,
             "environment": results.get("env"), "steps": steps, "bench": bench, "peer": peer,
-            "training": training, "targets": targets(bench, peer, training)}
+            "training": training, "sweeps": sweeps, "targets": targets(bench, peer, training)}
 
 
 def report(results: dict) -> str:
@@ -173,6 +190,8 @@ def report(results: dict) -> str:
         lines.append(f"  {name}: best val Dice {best} ({run['epochs_done']} epochs), {run.get('seconds')} s loop / "
                      f"{run.get('wall_s')} s wall, {run.get('train_images_per_second')} img/s, {LABEL} Dice "
                      f"{DICE_GOAL} {when}")
+    for name, sweep in results.get("sweeps", {}).items():
+        lines.append(f"  sweep {name}: {sweep['runs']} runs, {sweep['by_status']}")
     lines.append("  targets: " + json.dumps(results["targets"], default=str))
     return "\n".join(lines)
 
@@ -180,6 +199,7 @@ def report(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, type=Path)
+    parser.add_argument("--keep", type=Path, help="gpu_check.sh's keep folder (accuracy runs, sweeps)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--mode", default="full")
     parser.add_argument("--started", default="")
@@ -187,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float)
     parser.add_argument("--print", action="store_true", help="also print a plain-text report")
     args = parser.parse_args(argv)
-    results = collect(args.work, args.mode, args.started, args.elapsed, args.budget)
+    results = collect(args.work, args.keep, args.mode, args.started, args.elapsed, args.budget)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
     tmp.replace(args.out)

@@ -263,21 +263,32 @@ def test_gpu_summary_computes_the_targets(tmp_path):
         {"raw": {"images_per_s": 1000.0}, "loop": {"images_per_s": 950.0},
          "ratios": {"loop_over_raw": 0.95, "loop-noaug_over_raw": 0.97}}))
     (work / "json" / "peer-256-bf16-cl.json").write_text(json.dumps({"peer": {"images_per_s": 200.0}}))
-    (work / "json" / "bench-128-bf16-cl.json").write_text(json.dumps({"raw": {"step_ms": 12.0}}))
-    (work / "json" / "bench-128-cuda-graph.json").write_text(json.dumps({"raw": {"step_ms": 4.0}}))
+    (work / "json" / "bench-rvsc.json").write_text(json.dumps({"raw": {"step_ms": 12.0},
+                                                                "ratios": {"loop_over_raw": 0.7}}))
+    (work / "json" / "bench-rvsc-graph.json").write_text(json.dumps({"raw": {"step_ms": 4.0}}))
     write_run(work / "runs" / "train-default", [0.7, 0.82, 0.85], [4.0, 4.0, 4.0],
               {"seconds": 14.2, "best_val_dice": {"endo": 0.85}, "train_images_per_second": 1300.0})
     write_run(work / "runs" / "train-switching", [0.5], [4.0], None)  # cut off by its time limit
+    keep = tmp_path / "keep"
+    write_run(keep / "accuracy" / "rvsc-endo", [0.81], [2.0], None)
+    (keep / "sweeps" / "losses").mkdir(parents=True)
+    (keep / "sweeps" / "losses" / "results.csv").write_text("run,status,loss\na,complete,dice\nb,interrupted,focal\n")
     out = tmp_path / "results.json"
-    assert summary.main(["--work", str(work), "--out", str(out), "--elapsed", "30", "--budget", "480"]) == 0
+    assert summary.main(["--work", str(work), "--keep", str(keep), "--out", str(out), "--elapsed", "30",
+                         "--budget", "480"]) == 0
     results = json.loads(out.read_text())
     targets = results["targets"]
     assert targets["loop_over_raw"] == {"value": 0.95, "goal": 0.9, "met": True}
     assert targets["loop_over_peer"] == {"value": 4.75, "goal": 5.0, "met": False}
-    assert targets["baseline_seconds"] == {"value": 14.2, "goal": 20.0, "met": True}
-    assert targets["baseline_wall_s"] == 18.5
-    assert targets["time_to_dice_0.80"] == {"train-default": {"epoch": 2, "seconds": 8.0}, "train-switching": None}
-    assert targets["small_image_speedup"] == {"bench-128-cuda-graph": 3.0}
+    assert targets["baseline_seconds"] == {"train-default": {"value": 14.2, "goal": 20.0, "met": True},
+                                           "train-default-graph": None}
+    assert targets["baseline_wall_s"] == {"train-default": 18.5, "train-default-graph": None}
+    assert targets["time_to_dice_0.80"] == {"train-default": {"epoch": 2, "seconds": 8.0}, "train-switching": None,
+                                            "accuracy-rvsc-endo": {"epoch": 1, "seconds": 2.0}}
+    assert targets["rvsc_loop_over_raw"] == {"bench-rvsc": {"value": 0.7, "goal": 0.9, "met": False},
+                                             "bench-rvsc-graph": None}
+    assert targets["small_image_speedup"] == {"bench-rvsc-graph": 3.0}
+    assert results["sweeps"]["losses"]["by_status"] == {"complete": 1, "interrupted": 1}
     switching = results["training"]["train-switching"]
     assert switching["complete"] is False and switching["epochs_done"] == 1 and switching["wall_s"] == 150
     assert results["environment"] is None and [s["name"] for s in results["steps"]] == ["train-default",

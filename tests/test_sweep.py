@@ -303,6 +303,9 @@ def test_lr_grid_with_two_workers_completes_without_duplicates(tmp_path, prepare
     assert {(r["optimizer"], r["fraction"]) for r in rows} == {("adam", "1"), ("adam", "0.4"), ("sgd", "1"),
                                                                ("sgd", "0.4")}
     assert "[worker 0]" in result.stdout and "[worker 1]" in result.stdout
+    # Finished runs keep best.pt; last.pt (resume state, 3x larger at full scale) goes, in every worker.
+    for row in rows:
+        assert (Path(row["folder"]) / "best.pt").is_file() and not (Path(row["folder"]) / "last.pt").exists()
     trials = json.loads((out / "trials.json").read_text())["trials"]
     complete = [t for t in trials if t["state"] == "COMPLETE"]
     assert {tuple(sorted(t["params"].items())) for t in complete} == {
@@ -505,6 +508,8 @@ def test_two_processes_share_one_postgres_study(tmp_path, prepared, postgres_url
 def test_journal_storage_is_accepted(tmp_path, prepared):
     spec = parse_spec({"dataset": str(prepared), "space": {"lr": [0.01]},
                        "base": {"epochs": 1, "width": 4, "depth": 2, "device": "cpu"}})
-    summary = sweep_in_process(spec, tmp_path / "sweep", storage=f"journal:{tmp_path / 'journal.log'}")
+    summary = sweep_in_process(spec, tmp_path / "sweep", storage=f"journal:{tmp_path / 'journal.log'}",
+                               keep_last=True)
     assert summary["by_status"] == {"complete": 1}
+    assert len(list((tmp_path / "sweep" / "runs").glob("*/last.pt"))) == 1  # --keep-last
     assert (tmp_path / "journal.log").stat().st_size > 0 and not (tmp_path / "sweep" / "study.db").exists()

@@ -210,7 +210,7 @@ def cmd_sweep(args) -> int:
         raise ConfigError("rvseg sweep needs --out SWEEP")
     summary = run_sweep(spec, args.out, SweepOptions(storage=args.storage, workers=args.workers,
                                                      study_name=args.study, grace_s=args.grace_period,
-                                                     retry_failed=args.retry_failed))
+                                                     retry_failed=args.retry_failed, keep_last=args.keep_last))
     print(format_summary(summary))
     return 1 if summary["by_status"].get("failed") else 0
 
@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-period", type=float, default=300.0,
                    help="seconds without heartbeat after which another machine's trial is presumed dead")
     p.add_argument("--retry-failed", action="store_true", help="train the points of failed trials again")
+    p.add_argument("--keep-last", action="store_true",
+                   help="keep each finished run's last.pt (only resuming needs it; best.pt is always kept)")
     p.add_argument("--test", help="prepared set of held-out patients, scored with rvseg evaluate")
     p.add_argument("--epochs", type=int, help="scale down: epochs per run")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="scale down: prepare the data at H x W")

@@ -98,6 +98,9 @@ class SweepOptions:
         study_name: None for ``<spec name>-<spec fingerprint>``.
         grace_s: heartbeat age after which another machine's RUNNING trial is presumed dead.
         retry_failed: run the points of failed trials again.
+        keep_last: keep each finished run's ``last.pt``. It only serves resuming, which a finished
+            run never needs, and at full scale it is three times the size of ``best.pt`` (weights
+            plus Adam's two moments): a 69-run study would otherwise leave 25 GB of them.
         verbose: print one line per finished run.
     """
 
@@ -106,6 +109,7 @@ class SweepOptions:
     study_name: str | None = None
     grace_s: float = GRACE_S
     retry_failed: bool = False
+    keep_last: bool = False
     verbose: bool = True
 
 
@@ -562,6 +566,8 @@ class Worker:
                 append_event(folder, {"event": "train", "trial": trial.number, "after_epoch": resumed_from,
                                       "owner": self.owner.to_dict(), "time": time.time()})
                 self.train(folder, dataset_of(self.spec, self.out, params), claim.fd, trial if report else None)
+                if run_status(folder) == "complete" and not self.options.keep_last:
+                    (folder / "last.pt").unlink(missing_ok=True)
                 resumed = f" after resuming at epoch {resumed_from}" if resumed_from else ""
                 self.log(f"{name}: {run_status(folder)}{resumed}{describe(read_run(folder))}")
             if self.spec.test and run_status(folder) == "complete" and not (folder / "test" / "summary.json").is_file():
@@ -792,8 +798,8 @@ def run_workers(spec: SweepSpec, out: Path, study: optuna.Study, url: str, optio
     environments = worker_environments(spec, options.workers)
     procs = []
     for index, child_env in enumerate(environments[1:], start=1):
-        command = ["worker", str(out), str(index), study.study_name, str(options.grace_s), json.dumps(child_env),
-                   "1" if options.verbose else "0"]
+        command = ["worker", str(out), str(index), study.study_name, json.dumps(child_env),
+                   json.dumps(dataclasses.asdict(options))]
         procs.append(subprocess.Popen(child_command(command), env={**os.environ, STORAGE_ENV: url}))
     try:
         Worker(spec, out, study, options, prefix="[worker 0] " if procs else "", child_env=environments[0]).run()
@@ -811,12 +817,12 @@ def run_workers(spec: SweepSpec, out: Path, study: optuna.Study, url: str, optio
 def worker_main(argv: list[str]) -> int:
     """Entry point of a worker process started by :func:`run_workers`."""
     parser = argparse.ArgumentParser(prog="rvseg-sweep-worker")
-    for name in ("out", "index", "study", "grace", "env", "verbose"):
+    for name in ("out", "index", "study", "env", "options"):
         parser.add_argument(name)
     args = parser.parse_args(argv)
     out = Path(args.out)
     spec = parse_spec(json.loads((out / "sweep.json").read_text())["spec"])
-    options = SweepOptions(grace_s=float(args.grace), verbose=args.verbose == "1")
+    options = SweepOptions(**json.loads(args.options))
     try:
         with sigterm_as_interrupt():
             study = open_study(spec, os.environ[STORAGE_ENV], args.study)
