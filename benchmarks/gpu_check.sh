@@ -119,7 +119,7 @@ if [[ $MODE == smoke ]]; then
     PEER=(--device cpu --width 4 --steps 2 --repeats 1 --warmup 1 --workers 2 --samples 32 --size 32 32)
     TRAIN=(--device cpu --width 4 --depth 2 --epochs 1)
     PREPARE_SIZE=(--size 32 28)
-    SWEEP_SCALE=(--device cpu --epochs 1 --width 4 --depth 2 --size 32 28 --repeats 1)
+    SWEEP_SCALE=(--device cpu --epochs 1 --width 4 --depth 2 --repeats 1)
     SWEEP_CUTS=(losses "--only loss=dice,switching-0.75" lr-grid "--only lr=0.001 --only fraction=1.0,0.4")
 else
     BUDGET=${BUDGET:-570}
@@ -346,19 +346,21 @@ if have_rvsc; then
             "${GRAPH[@]}"
     done
 fi
-if [[ -n $DATA ]]; then
+# The sweeps read a prepared copy at a fixed path: a sweep folder refuses a SPEC whose data moved.
+have_rvsc && [[ ! -f $KEEP/rvsc/dataset.json ]] && cp -r "$WORK/rvsc" "$KEEP/rvsc"
+if [[ -f $KEEP/rvsc/dataset.json ]]; then
     for (( i = 0; i < ${#SWEEP_CUTS[@]}; i += 2 )); do
         preset=${SWEEP_CUTS[i]}
         read -ra cuts <<< "${SWEEP_CUTS[i + 1]}"
         limit=$(( $(left) - 30 ))
         (( limit < 20 )) && limit=20
-        step "sweep-$preset" "$limit" 40 "${RVSEG[@]}" sweep --preset "$preset" "$DATA" --out "$KEEP/sweeps/$preset" \
+        step "sweep-$preset" "$limit" 40 "${RVSEG[@]}" sweep --preset "$preset" "$KEEP/rvsc" --out "$KEEP/sweeps/$preset" \
             --workers "$WORKERS" "${SWEEP_SCALE[@]}" --set 'val_patients=[P13,P14,P15,P16]' "${SWEEP_GRAPH[@]}" \
             "${cuts[@]}"
     done
 else
-    skip sweep-losses "no RVSC PNG set: pass --data DIR"
-    skip sweep-lr-grid "no RVSC PNG set: pass --data DIR"
+    skip sweep-losses "no prepared RVSC set"
+    skip sweep-lr-grid "no prepared RVSC set"
 fi
 finish_background
 
