@@ -2,7 +2,8 @@
 # Every GPU measurement of the speed, training, sweep and accuracy issues in one run (issues 6, 3, 5, 7).
 #
 #   bash benchmarks/gpu_check.sh [--smoke] [--data DIR] [--wheels DIR] [--budget S] [--skip STEP,...]
-#                                [--keep DIR] [--workers N] [--sweeps-only] [--accuracy CONFIG.yaml]... OUTDIR
+#                                [--keep DIR] [--restore KEEP.tar.gz] [--workers N] [--sweeps-only] [--cv N]
+#                                [--accuracy CONFIG.yaml]... OUTDIR
 #
 # OUTDIR receives three files: results.json (every measurement, the targets and each step's status;
 # rewritten after every step, so a run cut short keeps what it measured), log.txt (every step's
@@ -24,10 +25,15 @@
 # Phase B, the GPU shared (throughput): the `losses` and `lr-grid` sweep presets at full scale
 # (--workers N trainer processes on the one GPU, default 8; with --cuda-graph when the graphed default
 # run of phase A succeeded), while the --accuracy configs (default configs/rvsc-endo.yaml and
-# configs/rvsc-epi.yaml) train in the background. Sweeps and accuracy runs live in --keep DIR (default
+# configs/rvsc-epi.yaml) train in the background: on P13-P16 held out, or with --cv N as N patient-wise
+# folds each. Each finished accuracy run's best.pt is then scored on its validation patients with
+# `rvseg evaluate` (Dice, HD, HD95 per image and patient), raw masks, with and without flip TTA (the
+# checkpoints cannot leave the machine: they are larger than what a call brings back). Sweeps and
+# accuracy runs live in --keep DIR (default
 # gpu-work/ in this checkout, git-ignored): the same command run again continues them where they
-# stopped (--sweeps-only skips phase A), on the same machine or, after unpacking work.tar.gz's keep/
-# into DIR, on another one.
+# stopped (--sweeps-only skips phase A), on the same machine or, on another one, from the keep.tar.gz
+# of an earlier call (--restore: unpacked into an empty keep folder; finished runs are reused, the
+# others train again from scratch, as their checkpoints did not come back).
 #
 # The GPU machine has python3 with torch, numpy, scipy, scikit-image, matplotlib, pyyaml and pytest
 # but no pydicom, nibabel or optuna and no network: --wheels DIR (default ./wheels, filled by
@@ -52,9 +58,12 @@ OUTDIR=
 KEEP=
 WORKERS=8
 SWEEPS_ONLY=0
+CV=0
+RESTORE=
 usage() {
     echo "usage: bash benchmarks/gpu_check.sh [--smoke] [--data DIR] [--wheels DIR] [--budget S] [--skip STEP,...]" \
-        "[--keep DIR] [--workers N] [--sweeps-only] [--accuracy CONFIG.yaml]... OUTDIR" >&2
+        "[--keep DIR] [--restore KEEP.tar.gz] [--workers N] [--sweeps-only] [--cv N] [--accuracy CONFIG.yaml]..." \
+        "OUTDIR" >&2
     exit 2
 }
 while (( $# )); do
@@ -68,6 +77,8 @@ while (( $# )); do
         --keep) KEEP=${2:?}; shift ;;
         --workers) WORKERS=${2:?}; shift ;;
         --sweeps-only) SWEEPS_ONLY=1 ;;
+        --cv) CV=${2:?}; shift ;;
+        --restore) RESTORE=${2:?}; shift ;;
         -h|--help) usage ;;
         -*) echo "unknown option $1" >&2; usage ;;
         *) [[ -z $OUTDIR ]] || usage; OUTDIR=$1 ;;
@@ -100,6 +111,13 @@ fi
 mkdir -p "$OUTDIR" "${KEEP:=$REPO/gpu-work}"
 OUTDIR=$(cd "$OUTDIR" && pwd)
 KEEP=$(cd "$KEEP" && pwd)
+if [[ -n $RESTORE ]]; then
+    if [[ -n $(ls -A "$KEEP") ]]; then
+        echo "--restore: $KEEP is not empty (it would mix two histories of the same sweeps)" >&2
+        exit 2
+    fi
+    tar -xzf "$RESTORE" -C "$KEEP" || { echo "--restore: cannot unpack $RESTORE" >&2; exit 2; }
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/rvseg-gpu-check.XXXXXX")
 mkdir -p "$WORK/json" "$WORK/logs" "$WORK/runs"
 LOG=$OUTDIR/log.txt
@@ -117,6 +135,7 @@ if [[ $MODE == smoke ]]; then
     BENCH=(--device cpu --width 4 --steps 2 --repeats 1 --warmup 1)
     BIG=(--size 32 32)
     PEER=(--device cpu --width 4 --steps 2 --repeats 1 --warmup 1 --workers 2 --samples 32 --size 32 32)
+    DEVICE=(--device cpu)
     TRAIN=(--device cpu --width 4 --depth 2 --epochs 1)
     PREPARE_SIZE=(--size 32 28)
     SWEEP_SCALE=(--device cpu --epochs 1 --width 4 --depth 2 --repeats 1)
@@ -126,6 +145,7 @@ else
     BENCH=(--device cuda --steps 30 --repeats 5 --warmup 5)
     BIG=(--size 256 208)
     PEER=(--device cuda --steps 30 --repeats 3 --warmup 5 --workers 8 --samples 512 --size 256 208)
+    DEVICE=(--device cuda)
     TRAIN=(--device cuda)
     PREPARE_SIZE=()
     SWEEP_SCALE=(--device cuda)
@@ -339,20 +359,37 @@ if [[ $(cat "$KEEP/graph-mode") == on ]]; then
     SWEEP_GRAPH=(--set cuda_graph=true)
 fi
 log "== phase B: --cuda-graph $(cat "$KEEP/graph-mode")"
+ACCURACY_RUNS=()  # NAME|EXTRA FLAGS: one P13-P16 run per config, or one run per fold with --cv
+for config in "${ACCURACY[@]}"; do
+    if (( CV > 0 )); then
+        for (( fold = 0; fold < CV; fold++ )); do
+            ACCURACY_RUNS+=("$(basename "$config" .yaml)-fold$fold|$config|--fold $fold --folds $CV")
+        done
+    else
+        ACCURACY_RUNS+=("$(basename "$config" .yaml)|$config|")
+    fi
+done
 if have_rvsc; then
-    for config in "${ACCURACY[@]}"; do
-        start_background "accuracy-$(basename "$config" .yaml)" $(( $(left) - 30 )) "${RVSEG[@]}" train "$WORK/rvsc" \
-            --config "$config" --out "$KEEP/accuracy/$(basename "$config" .yaml)" --resume --quiet "${TRAIN[@]}" \
-            "${GRAPH[@]}"
+    for entry in "${ACCURACY_RUNS[@]}"; do
+        IFS='|' read -r name config extra <<< "$entry"
+        read -ra extra <<< "$extra"
+        # Evaluation (below) needs a minute after these runs end.
+        start_background "accuracy-$name" $(( $(left) - 90 )) "${RVSEG[@]}" train "$WORK/rvsc" --config "$config" \
+            --out "$KEEP/accuracy/$name" --resume --quiet "${TRAIN[@]}" "${GRAPH[@]}" "${extra[@]}"
     done
 fi
 # The sweeps read a prepared copy at a fixed path: a sweep folder refuses a SPEC whose data moved.
-have_rvsc && [[ ! -f $KEEP/rvsc/dataset.json ]] && cp -r "$WORK/rvsc" "$KEEP/rvsc"
-if [[ -f $KEEP/rvsc/dataset.json ]]; then
+# (keep.tar.gz leaves the arrays out: a keep folder unpacked from it gets them again from this machine's
+# prepare step, which is deterministic, so the sweep's data hash still matches.)
+if have_rvsc && [[ ! -f $KEEP/rvsc/images.npy ]]; then
+    rm -rf "$KEEP/rvsc"
+    cp -r "$WORK/rvsc" "$KEEP/rvsc"
+fi
+if [[ -f $KEEP/rvsc/images.npy ]]; then
     for (( i = 0; i < ${#SWEEP_CUTS[@]}; i += 2 )); do
         preset=${SWEEP_CUTS[i]}
         read -ra cuts <<< "${SWEEP_CUTS[i + 1]}"
-        limit=$(( $(left) - 30 ))
+        limit=$(( $(left) - 90 ))
         (( limit < 20 )) && limit=20
         step "sweep-$preset" "$limit" 40 "${RVSEG[@]}" sweep --preset "$preset" "$KEEP/rvsc" --out "$KEEP/sweeps/$preset" \
             --workers "$WORKERS" "${SWEEP_SCALE[@]}" --set 'val_patients=[P13,P14,P15,P16]' "${SWEEP_GRAPH[@]}" \
@@ -363,6 +400,18 @@ else
     skip sweep-lr-grid "no prepared RVSC set"
 fi
 finish_background
+for entry in "${ACCURACY_RUNS[@]}"; do
+    name=${entry%%|*}
+    run=$KEEP/accuracy/$name
+    if [[ -f $run/summary.json && -f $run/best.pt ]] && have_rvsc; then
+        for variant in raw tta; do
+            flags=(--no-postprocess)
+            [[ $variant == tta ]] && flags+=(--tta)
+            step "evaluate-$name-$variant" 60 15 "${RVSEG[@]}" evaluate "$run" "$WORK/rvsc" --split val \
+                --out "$run/eval-$variant" --force "${DEVICE[@]}" "${flags[@]}"
+        done
+    fi
+done
 
 "$PY" "$REPO/benchmarks/gpu_summary.py" --work "$WORK" --keep "$KEEP" --out "$OUTDIR/results.json" --mode "$MODE" \
     --started "$STARTED_UTC" --elapsed "$(( $(date +%s) - START ))" --budget "$BUDGET" --print | tee -a "$LOG"

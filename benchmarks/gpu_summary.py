@@ -90,11 +90,44 @@ def read_run(run_dir: Path, step: dict | None) -> dict:
         last = rows[-1]
         record["final_val_dice"] = {key[len("val_dice_"):]: float(value) for key, value in last.items()
                                     if key.startswith("val_dice_")}
+    evaluations = read_evaluations(run_dir)
+    if evaluations:
+        record["evaluations"] = evaluations
     for key in ("best_val_dice", "best_epoch", "epochs", "seconds", "train_images_per_second", "n_train", "n_val",
                 "device", "precision", "val_patients"):
         if key in summary:
             record[key] = summary[key]
     return record
+
+
+def read_evaluations(run_dir: Path) -> dict:
+    """``rvseg evaluate`` results in ``RUN/eval-<variant>/``: variant -> label -> mean Dice, HD, HD95 (mm or px)."""
+    evaluations = {}
+    for folder in sorted(run_dir.glob("eval-*")):
+        summary = read_json(folder / "summary.json") or {}
+        evaluations[folder.name[len("eval-"):]] = {
+            label: {metric: nested(data, "overall", "metrics", metric, "mean") for metric in ("dice", "hd", "hd95")}
+            for label, data in summary.get("labels", {}).items()}
+    return evaluations
+
+
+def cross_validation(training: dict) -> dict:
+    """Mean over the folds of each ``accuracy-<config>-fold<k>`` run: variant -> label -> metric -> mean."""
+    groups: dict[str, list[dict]] = {}
+    for name, run in training.items():
+        if name.startswith("accuracy-") and "-fold" in name and run.get("evaluations"):
+            groups.setdefault(name.rsplit("-fold", 1)[0], []).append(run["evaluations"])
+    means = {}
+    for name, folds in groups.items():
+        means[name] = {"folds": len(folds)}
+        for variant in folds[0]:
+            for label in folds[0][variant]:
+                for metric in ("dice", "hd", "hd95"):
+                    values = [nested(f, variant, label, metric) for f in folds]
+                    values = [v for v in values if v is not None]
+                    if values:
+                        means[name].setdefault(variant, {}).setdefault(label, {})[metric] = sum(values) / len(values)
+    return means
 
 
 def target(value, goal, higher_is_better: bool = True) -> dict | None:
@@ -131,6 +164,7 @@ def targets(bench: dict, peer: dict, training: dict) -> dict:
         "small_image_step_ms": small,
         "small_image_speedup": {name: eager_ms / ms for name, ms in small.items()
                                 if ms and eager_ms and name != SMALL_STEP[0]},
+        "cross_validation": cross_validation(training),
     }
 
 

@@ -271,6 +271,12 @@ def test_gpu_summary_computes_the_targets(tmp_path):
     write_run(work / "runs" / "train-switching", [0.5], [4.0], None)  # cut off by its time limit
     keep = tmp_path / "keep"
     write_run(keep / "accuracy" / "rvsc-endo", [0.81], [2.0], None)
+    for fold, dice in enumerate((0.86, 0.90)):
+        run = keep / "accuracy" / f"rvsc-endo-fold{fold}"
+        write_run(run, [dice], [2.0], {"seconds": 2.0})
+        (run / "eval-raw").mkdir()
+        (run / "eval-raw" / "summary.json").write_text(json.dumps({"labels": {"endo": {"overall": {"metrics": {
+            "dice": {"mean": dice}, "hd": {"mean": 6.0 + fold}, "hd95": {"mean": 4.0}}}}}}))
     (keep / "sweeps" / "losses").mkdir(parents=True)
     (keep / "sweeps" / "losses" / "results.csv").write_text("run,status,loss\na,complete,dice\nb,interrupted,focal\n")
     out = tmp_path / "results.json"
@@ -284,7 +290,11 @@ def test_gpu_summary_computes_the_targets(tmp_path):
                                            "train-default-graph": None}
     assert targets["baseline_wall_s"] == {"train-default": 18.5, "train-default-graph": None}
     assert targets["time_to_dice_0.80"] == {"train-default": {"epoch": 2, "seconds": 8.0}, "train-switching": None,
-                                            "accuracy-rvsc-endo": {"epoch": 1, "seconds": 2.0}}
+                                            "accuracy-rvsc-endo": {"epoch": 1, "seconds": 2.0},
+                                            "accuracy-rvsc-endo-fold0": {"epoch": 1, "seconds": 2.0},
+                                            "accuracy-rvsc-endo-fold1": {"epoch": 1, "seconds": 2.0}}
+    assert targets["cross_validation"] == {"accuracy-rvsc-endo": {
+        "folds": 2, "raw": {"endo": {"dice": pytest.approx(0.88), "hd": 6.5, "hd95": 4.0}}}}
     assert targets["rvsc_loop_over_raw"] == {"bench-rvsc": {"value": 0.7, "goal": 0.9, "met": False},
                                              "bench-rvsc-graph": None}
     assert targets["small_image_speedup"] == {"bench-rvsc-graph": 3.0}

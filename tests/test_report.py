@@ -178,3 +178,16 @@ def test_reports_render_in_headless_chromium(which, browser, grid_sweep, tiny_da
     # Text, table borders and figures: a blank page would have (almost) no non-white pixel.
     assert not_white.mean() > 0.01
     assert not math.isclose(float(pixels.std()), 0.0)
+
+
+def test_only_shrinking_overrides_make_a_sweep_reduced_scale():
+    from rvseg.report.html import scale_blocks
+    from rvseg.sweeps.spec import apply_overrides, make_overrides, parse_spec, preset_spec
+
+    def verdict(**overrides) -> str:
+        spec = parse_spec(apply_overrides(preset_spec("losses", "data"), make_overrides(**overrides)))
+        return scale_blocks(spec)[0]
+
+    assert verdict(device="cuda", assignments=["cuda_graph=true", "val_patients=[P13,P14]"]).startswith("Full scale")
+    assert "reduced scale" in verdict(device="cuda", epochs=5)
+    assert "reduced scale" in verdict(only=["loss=dice"])

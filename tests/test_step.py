@@ -10,12 +10,19 @@ import pytest
 import torch
 
 from rvseg.cli import main
+from rvseg.losses import build_loss
 from rvseg.models import build_model
 from rvseg.train.config import TrainConfig
 from rvseg.train.loop import train
 from rvseg.train.optim import GRAPH_SAFE, OPTIMIZERS, build_optimizer, build_scheduler
 from rvseg.train.runtime import Runtime
-from rvseg.train.step import GraphedStep, device_learning_rates, restore_training_state, snapshot_training_state
+from rvseg.train.step import (
+    GraphedStep,
+    device_learning_rates,
+    make_train_step,
+    restore_training_state,
+    snapshot_training_state,
+)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -162,19 +169,22 @@ def test_graphed_run_resumes_where_it_paused(tiny_dataset, tmp_path):
 
 
 @needs_cuda
-def test_graphed_steps_never_wait_for_the_gpu(tiny_dataset, tmp_path):
-    import warnings
+def test_a_graph_replay_never_waits_for_the_gpu():
+    """After the capture (which synchronises once, by design), a step is copies and one replay.
 
-    def syncs(batch_size: int) -> int:
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                train(tiny_dataset, tmp_path / f"b{batch_size}",
-                      TrainConfig(**{**GPU_RUN, "epochs": 2, "batch_size": batch_size, "cuda_graph": True}),
-                      verbose=False)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        return sum("synchroniz" in str(w.message) for w in caught)
-
-    assert syncs(2) == syncs(8)  # 16 vs 4 replays per epoch
+    Counting sync warnings over whole runs (as the eager loop's test does) does not work here: the
+    capture empties the allocator's cache, and how many blocks that frees depends on the batch size.
+    """
+    runtime = Runtime(torch.device("cuda"), "bf16")
+    model = tiny_model().cuda().to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model.parameters(), TrainConfig(lr=1e-3), for_cuda_graph=True)
+    step = make_train_step(model, build_loss("dice"), optimizer, runtime, channels_last=True, batch_size=4,
+                           cuda_graph=True)
+    images, targets = (t.cuda() for t in batches(seed=5, count=1)[0])
+    step(images, targets)  # captures, then replays
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = [step(images, targets) for _ in range(5)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(loss) for loss in losses)

@@ -213,6 +213,29 @@ def test_a_sweep_folder_refuses_a_different_spec(tmp_path, prepared):
         record_spec(changed, tmp_path)
 
 
+def test_a_sweep_moved_with_its_data_continues_there(tmp_path, prepared):
+    """A sweep folder copied elsewhere with its prepared set (another machine, an unpacked archive)
+    is the same sweep: finished runs are reused, never trained again; other data is refused."""
+    import shutil
+
+    first = write_spec(tmp_path / "first.yaml", prepared, space={"lr": [0.01]})
+    sweep_in_process(resolve_spec(first), tmp_path / "here")
+    shutil.copytree(prepared, tmp_path / "elsewhere" / "data")
+    shutil.copytree(tmp_path / "here", tmp_path / "elsewhere" / "sweep")
+    moved = write_spec(tmp_path / "elsewhere" / "first.yaml", tmp_path / "elsewhere" / "data", space={"lr": [0.01]})
+    summary = sweep_in_process(resolve_spec(moved), tmp_path / "elsewhere" / "sweep")
+    assert summary["by_status"] == {"complete": 1}
+    (run,) = (tmp_path / "elsewhere" / "sweep" / "runs").iterdir()
+    assert len(train_events(run)) == 1  # reused, not retrained
+    other = tmp_path / "other-data"
+    shutil.copytree(prepared, other)
+    meta = json.loads((other / "dataset.json").read_text())
+    (other / "dataset.json").write_text(json.dumps({**meta, "content_hash": "0" * 16}))
+    with pytest.raises(ConfigError, match="different spec.*dataset"):
+        record_spec(resolve_spec(write_spec(other / "first.yaml", other, space={"lr": [0.01]})),
+                    tmp_path / "elsewhere" / "sweep")
+
+
 def test_missing_or_unprepared_data_fails_before_anything_is_written(tmp_path, phantom_source):
     with pytest.raises(DataError, match="no such data set"):
         run_sweep(parse_spec({"dataset": str(tmp_path / "nowhere"), "space": {"lr": [0.01]}}), tmp_path / "a")

@@ -142,16 +142,25 @@ def sweep_report(folder: Path) -> Report:
     return Report(f"Sweep {spec.name}", f"rvseg {__version__}, {timestamp()}", facts, sections)
 
 
+#: Overrides that shrink what a sweep computes; any other override (the device, the validation
+#: patients, --cuda-graph ...) leaves it at full scale.
+SCALE_FIELDS = ("epochs", "size", "width", "depth", "batch_size", "repeats")
+
+
 def scale_blocks(spec: SweepSpec) -> list:
     """What the sweep changed from its preset: the scale it ran at, and cut-down axes."""
+    as_written = "the SPEC as written" + (f" (preset {spec.preset})" if spec.preset else "")
     if not spec.scale and not spec.restricted:
-        return ["Full scale: the SPEC as written" + (f" (preset {spec.preset})." if spec.preset else ".")]
+        return [f"Full scale: {as_written}."]
     rows = [[Cell(name), Cell(show(change["preset"], " x ")), Cell(show(change["used"], " x "))]
             for name, change in spec.scale.items()]
     rows += [[Cell(f"{axis} (axis)"), Cell("all values"), Cell(", ".join(values))]
              for axis, values in spec.restricted.items()]
-    return ["This sweep ran at a reduced scale; its numbers are not comparable with a full-scale run.",
-            Table("Overrides", ["setting", "preset", "used"], rows, stub=1)]
+    reduced = spec.restricted or any(name in SCALE_FIELDS and change["preset"] != change["used"]
+                                     for name, change in spec.scale.items())
+    verdict = ("This sweep ran at a reduced scale; its numbers are not comparable with a full-scale run."
+               if reduced else f"Full scale: {as_written}, with these settings changed (none of them shrinks it).")
+    return [verdict, Table("Overrides", ["setting", "preset", "used"], rows, stub=1)]
 
 
 def show(value, separator: str = ", ") -> str:

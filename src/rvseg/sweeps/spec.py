@@ -35,6 +35,7 @@ import copy
 import dataclasses
 import hashlib
 import itertools
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -163,8 +164,13 @@ class SweepSpec:
         return {self.pruner["name"]: options}
 
     def identity(self) -> dict:
-        """What must not change between reruns into one SWEEP folder (runtime fields left out)."""
+        """What must not change between reruns into one SWEEP folder (runtime fields left out).
+
+        A prepared data set counts by its content, not its path, so that a sweep folder moved with
+        its data (another machine, an unpacked archive) continues where it stopped.
+        """
         data = self.to_dict()
+        data["dataset"], data["test"] = data_identity(self.dataset), data_identity(self.test)
         data["base"] = {k: v for k, v in data["base"].items() if k not in RUNTIME_FIELDS}
         data["scale"] = {k: v for k, v in data["scale"].items() if k != "device"}
         return data
@@ -463,6 +469,17 @@ def variant_name(prepare: dict) -> str:
     if not prepare:
         return "base"
     return _UNSAFE.sub("_", "__".join(f"{k}-{format_value(v)}" for k, v in sorted(prepare.items())))
+
+
+def data_identity(path: str | None) -> str | None:
+    """``content:<hash>`` of a prepared data set (its ``dataset.json``), else the path as given."""
+    if path is None:
+        return None
+    try:
+        meta = json.loads((Path(path) / "dataset.json").read_text())
+        return f"content:{meta['content_hash']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return path
 
 
 # ---------------------------------------------------------------- presets and overrides
