@@ -27,7 +27,7 @@
 # run of phase A succeeded), while the --accuracy configs (default configs/rvsc-endo.yaml and
 # configs/rvsc-epi.yaml) train in the background: on P13-P16 held out, or with --cv N as N patient-wise
 # folds each. Each finished accuracy run's best.pt is then scored on its validation patients with
-# `rvseg evaluate` (Dice, HD, HD95 per image and patient), raw masks, with and without flip TTA (the
+# `rvseg evaluate` (Dice, HD, HD95 per image and patient): raw masks, with flip TTA, and largest region (the
 # checkpoints cannot leave the machine: they are larger than what a call brings back). Sweeps and
 # accuracy runs live in --keep DIR (default
 # gpu-work/ in this checkout, git-ignored): the same command run again continues them where they
@@ -404,9 +404,12 @@ for entry in "${ACCURACY_RUNS[@]}"; do
     name=${entry%%|*}
     run=$KEEP/accuracy/$name
     if [[ -f $run/summary.json && -f $run/best.pt ]] && have_rvsc; then
-        for variant in raw tta; do
-            flags=(--no-postprocess)
-            [[ $variant == tta ]] && flags+=(--tta)
+        for variant in raw tta largest; do
+            case $variant in
+                raw) flags=(--no-postprocess) ;;
+                tta) flags=(--no-postprocess --tta) ;;
+                largest) flags=() ;;  # the default post-processing: each label's largest region
+            esac
             step "evaluate-$name-$variant" 60 15 "${RVSEG[@]}" evaluate "$run" "$WORK/rvsc" --split val \
                 --out "$run/eval-$variant" --force "${DEVICE[@]}" "${flags[@]}"
         done

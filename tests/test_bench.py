@@ -350,3 +350,24 @@ def test_no_module_of_the_gpu_path_imports_dicom_or_optuna_when_imported():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_post_processing_rules_pick_the_regions_they_say():
+    import numpy as np
+
+    rules = load_script("compare_postprocessing").RULES
+    mask = np.zeros((12, 12), bool)
+    mask[1:4, 1:4] = True  # small: 9 px
+    mask[6:11, 6:11] = True  # large: 25 px ...
+    mask[8, 8] = False  # ... with a hole
+    small, large = np.zeros_like(mask), np.zeros_like(mask)
+    small[1:4, 1:4] = True
+    large[6:11, 6:11] = True
+    score = np.where(small, 1.0, np.where(mask, 0.3, 0.0))  # small: mass 9; large: 24 x 0.3 = 7.2
+    assert np.array_equal(rules["raw"](mask, score), mask)
+    assert np.array_equal(rules["largest"](mask, score), large)  # by pixel count, hole filled
+    assert np.array_equal(rules["mass"](mask, score), small)
+    assert np.array_equal(rules["share-0.5"](mask, score), large)  # 9 < 0.5 x 25
+    mask[6:11, 6:11] = False
+    mask[6:10, 6:8] = True  # 8 px >= 0.5 x 9: both kept
+    assert np.array_equal(rules["share-0.5"](mask, score), mask)
