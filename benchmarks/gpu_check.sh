@@ -23,17 +23,18 @@
 # bound size) eagerly and with --cuda-graph.
 #
 # Phase B, the GPU shared (throughput): the `losses` and `lr-grid` sweep presets at full scale
-# (--workers N trainer processes on the one GPU, default 8; with --cuda-graph when the graphed default
-# run of phase A succeeded), while the --accuracy configs (default configs/rvsc-endo.yaml and
-# configs/rvsc-epi.yaml) train in the background: on P13-P16 held out, or with --cv N as N patient-wise
-# folds each. Each finished accuracy run's best.pt is then scored on its validation patients with
-# `rvseg evaluate` (Dice, HD, HD95 per image and patient): raw masks, with flip TTA, and largest region (the
-# checkpoints cannot leave the machine: they are larger than what a call brings back). Sweeps and
-# accuracy runs live in --keep DIR (default
-# gpu-work/ in this checkout, git-ignored): the same command run again continues them where they
-# stopped (--sweeps-only skips phase A), on the same machine or, on another one, from the keep.tar.gz
-# of an earlier call (--restore: unpacked into an empty keep folder; finished runs are reused, the
-# others train again from scratch, as their checkpoints did not come back).
+# (--workers N trainer processes on the one GPU, default 8; with --cuda-graph unless the graphed
+# default run of phase A failed), while the --accuracy configs (default configs/rvsc-endo.yaml and
+# configs/rvsc-epi.yaml) train in the background: on P13-P16 held out, or with --cv N as N
+# patient-wise folds each. Each accuracy run's best.pt is then scored on its validation patients with
+# `rvseg evaluate` (Dice, HD, HD95 per image and patient): raw masks, with flip TTA, and largest
+# region (there, because checkpoints are larger than what a call brings back).
+#
+# Sweeps and accuracy runs live in --keep DIR (default gpu-work/full, or gpu-work/smoke, in this
+# checkout, git-ignored): the same command run again continues them (--sweeps-only skips phase A), on
+# the same machine or, on another one, from the keep.tar.gz of an earlier call (--restore: unpacked
+# into an empty keep folder). Finished runs are reused; the others train again from scratch, as their
+# checkpoints did not come back. A finished accuracy run is never retrained: delete its folder for that.
 #
 # The GPU machine has python3 with torch, numpy, scipy, scikit-image, matplotlib, pyyaml and pytest
 # but no pydicom, nibabel or optuna and no network: --wheels DIR (default ./wheels, filled by
@@ -108,7 +109,7 @@ else
     PY=python3
 fi
 
-mkdir -p "$OUTDIR" "${KEEP:=$REPO/gpu-work}"
+mkdir -p "$OUTDIR" "${KEEP:=$REPO/gpu-work/$MODE}"  # smoke runs never mix with full-scale ones
 OUTDIR=$(cd "$OUTDIR" && pwd)
 KEEP=$(cd "$KEEP" && pwd)
 if [[ -n $RESTORE ]]; then
@@ -349,8 +350,14 @@ fi
 
 # ---- phase B: the GPU shared by the sweeps' trainers and the accuracy runs
 # One choice for all calls into the same --keep folder: a sweep's runs must not change how they train.
+# Graphs are used unless this call's graphed default run failed (a --sweeps-only call relies on the
+# earlier calls that chose them).
 if [[ ! -f $KEEP/graph-mode ]]; then
-    if [[ $MODE == full ]] && step_ok train-default-graph; then echo on > "$KEEP/graph-mode"; else echo off > "$KEEP/graph-mode"; fi
+    if [[ $MODE == full ]] && { step_ok train-default-graph || (( SWEEPS_ONLY )); }; then
+        echo on > "$KEEP/graph-mode"
+    else
+        echo off > "$KEEP/graph-mode"
+    fi
 fi
 GRAPH=()
 SWEEP_GRAPH=()
@@ -359,7 +366,7 @@ if [[ $(cat "$KEEP/graph-mode") == on ]]; then
     SWEEP_GRAPH=(--set cuda_graph=true)
 fi
 log "== phase B: --cuda-graph $(cat "$KEEP/graph-mode")"
-ACCURACY_RUNS=()  # NAME|EXTRA FLAGS: one P13-P16 run per config, or one run per fold with --cv
+ACCURACY_RUNS=()  # NAME|CONFIG|EXTRA FLAGS: one P13-P16 run per config, or one run per fold with --cv
 for config in "${ACCURACY[@]}"; do
     if (( CV > 0 )); then
         for (( fold = 0; fold < CV; fold++ )); do
@@ -369,18 +376,25 @@ for config in "${ACCURACY[@]}"; do
         ACCURACY_RUNS+=("$(basename "$config" .yaml)|$config|")
     fi
 done
+EVALUATIONS=(raw tta largest)
+# Kept back from phase B for scoring the accuracy runs afterwards: about 7 s per `rvseg evaluate`.
+RESERVE=$(( 30 + 7 * ${#EVALUATIONS[@]} * ${#ACCURACY_RUNS[@]} ))
 if have_rvsc; then
     for entry in "${ACCURACY_RUNS[@]}"; do
         IFS='|' read -r name config extra <<< "$entry"
         read -ra extra <<< "$extra"
-        # Evaluation (below) needs a minute after these runs end.
-        start_background "accuracy-$name" $(( $(left) - 90 )) "${RVSEG[@]}" train "$WORK/rvsc" --config "$config" \
-            --out "$KEEP/accuracy/$name" --resume --quiet "${TRAIN[@]}" "${GRAPH[@]}" "${extra[@]}"
+        if [[ -f $KEEP/accuracy/$name/summary.json ]]; then
+            # Finished (here, or in the call a --restore came from): reused; delete the folder to train again.
+            log "== accuracy-$name: finished earlier, reused"
+            continue
+        fi
+        start_background "accuracy-$name" $(( $(left) - RESERVE )) "${RVSEG[@]}" train "$WORK/rvsc" \
+            --config "$config" --out "$KEEP/accuracy/$name" --resume --quiet "${TRAIN[@]}" "${GRAPH[@]}" "${extra[@]}"
     done
 fi
-# The sweeps read a prepared copy at a fixed path: a sweep folder refuses a SPEC whose data moved.
-# (keep.tar.gz leaves the arrays out: a keep folder unpacked from it gets them again from this machine's
-# prepare step, which is deterministic, so the sweep's data hash still matches.)
+# The sweeps read a prepared copy at a fixed path in the keep folder, so that a restored keep folder
+# finds its data where its sweep.json says. keep.tar.gz leaves the arrays out: a restored folder gets
+# them again from this call's prepare step, which is deterministic (the data's content hash matches).
 if have_rvsc && [[ ! -f $KEEP/rvsc/images.npy ]]; then
     rm -rf "$KEEP/rvsc"
     cp -r "$WORK/rvsc" "$KEEP/rvsc"
@@ -389,8 +403,11 @@ if [[ -f $KEEP/rvsc/images.npy ]]; then
     for (( i = 0; i < ${#SWEEP_CUTS[@]}; i += 2 )); do
         preset=${SWEEP_CUTS[i]}
         read -ra cuts <<< "${SWEEP_CUTS[i + 1]}"
-        limit=$(( $(left) - 90 ))
-        (( limit < 20 )) && limit=20
+        limit=$(( $(left) - RESERVE ))
+        if (( limit < 40 )); then
+            skip "sweep-$preset" "budget: ${limit} s before the evaluations' reserve"
+            continue
+        fi
         step "sweep-$preset" "$limit" 40 "${RVSEG[@]}" sweep --preset "$preset" "$KEEP/rvsc" --out "$KEEP/sweeps/$preset" \
             --workers "$WORKERS" "${SWEEP_SCALE[@]}" --set 'val_patients=[P13,P14,P15,P16]' "${SWEEP_GRAPH[@]}" \
             "${cuts[@]}"
@@ -403,17 +420,17 @@ finish_background
 for entry in "${ACCURACY_RUNS[@]}"; do
     name=${entry%%|*}
     run=$KEEP/accuracy/$name
-    if [[ -f $run/summary.json && -f $run/best.pt ]] && have_rvsc; then
-        for variant in raw tta largest; do
-            case $variant in
-                raw) flags=(--no-postprocess) ;;
-                tta) flags=(--no-postprocess --tta) ;;
-                largest) flags=() ;;  # the default post-processing: each label's largest region
-            esac
-            step "evaluate-$name-$variant" 60 15 "${RVSEG[@]}" evaluate "$run" "$WORK/rvsc" --split val \
-                --out "$run/eval-$variant" --force "${DEVICE[@]}" "${flags[@]}"
-        done
-    fi
+    [[ -f $run/summary.json && -f $run/best.pt ]] && have_rvsc || continue
+    for variant in "${EVALUATIONS[@]}"; do
+        [[ -f $run/eval-$variant/summary.json ]] && continue
+        case $variant in
+            raw) flags=(--no-postprocess) ;;
+            tta) flags=(--no-postprocess --tta) ;;
+            largest) flags=() ;;  # the default post-processing: each label's largest region
+        esac
+        step "evaluate-$name-$variant" 60 10 "${RVSEG[@]}" evaluate "$run" "$WORK/rvsc" --split val \
+            --out "$run/eval-$variant" "${DEVICE[@]}" "${flags[@]}"
+    done
 done
 
 "$PY" "$REPO/benchmarks/gpu_summary.py" --work "$WORK" --keep "$KEEP" --out "$OUTDIR/results.json" --mode "$MODE" \

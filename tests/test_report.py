@@ -180,7 +180,7 @@ def test_reports_render_in_headless_chromium(which, browser, grid_sweep, tiny_da
     assert not math.isclose(float(pixels.std()), 0.0)
 
 
-def test_only_shrinking_overrides_make_a_sweep_reduced_scale():
+def test_only_overrides_of_the_scale_make_a_sweep_rescaled():
     from rvseg.report.html import scale_blocks
     from rvseg.sweeps.spec import apply_overrides, make_overrides, parse_spec, preset_spec
 
@@ -189,5 +189,6 @@ def test_only_shrinking_overrides_make_a_sweep_reduced_scale():
         return scale_blocks(spec)[0]
 
     assert verdict(device="cuda", assignments=["cuda_graph=true", "val_patients=[P13,P14]"]).startswith("Full scale")
-    assert "reduced scale" in verdict(device="cuda", epochs=5)
-    assert "reduced scale" in verdict(only=["loss=dice"])
+    assert "another scale" in verdict(device="cuda", epochs=5)
+    assert "another scale" in verdict(epochs=500)
+    assert "another scale" in verdict(only=["loss=dice"])

@@ -32,7 +32,7 @@ def tiny_model(seed: int = 0) -> torch.nn.Module:
     return build_model("unet", width=4, depth=2)
 
 
-def sgd_steps(model, optimizer, batches) -> None:
+def train_steps(model, optimizer, batches) -> None:
     for images, targets in batches:
         optimizer.zero_grad(set_to_none=True)
         torch.nn.functional.binary_cross_entropy_with_logits(model(images), targets).backward()
@@ -56,11 +56,11 @@ def test_warmup_then_restore_trains_exactly_like_a_fresh_start(name, options):
     warmed = tiny_model()
     warmed_optimizer = build_optimizer(warmed.parameters(), config)
     saved = snapshot_training_state(warmed, warmed_optimizer)
-    sgd_steps(warmed, warmed_optimizer, batches(seed=1))  # the warm-up: different data
+    train_steps(warmed, warmed_optimizer, batches(seed=1))  # the warm-up: different data
     restore_training_state(warmed, warmed_optimizer, saved)
     assert warmed_optimizer.state  # the state exists now, zeroed
-    sgd_steps(fresh, fresh_optimizer, batches(seed=2))
-    sgd_steps(warmed, warmed_optimizer, batches(seed=2))
+    train_steps(fresh, fresh_optimizer, batches(seed=2))
+    train_steps(warmed, warmed_optimizer, batches(seed=2))
     for (key, a), b in zip(fresh.state_dict().items(), warmed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=key)
 
@@ -69,11 +69,11 @@ def test_restore_puts_back_existing_optimizer_state():
     config = TrainConfig(optimizer="adam", lr=1e-2)
     model = tiny_model()
     optimizer = build_optimizer(model.parameters(), config)
-    sgd_steps(model, optimizer, batches(seed=3))  # state with three steps in it
+    train_steps(model, optimizer, batches(seed=3))  # state with three steps in it
     expected_model = copy.deepcopy(model.state_dict())
     expected_state = copy.deepcopy(optimizer.state_dict()["state"])
     saved = snapshot_training_state(model, optimizer)
-    sgd_steps(model, optimizer, batches(seed=4))
+    train_steps(model, optimizer, batches(seed=4))
     restore_training_state(model, optimizer, saved)
     for key, value in expected_model.items():
         assert torch.equal(model.state_dict()[key], value), key
@@ -101,13 +101,22 @@ def test_schedulers_fill_the_device_learning_rate_in_place(scheduler):
 
 
 def test_a_scheduler_that_assigns_a_float_is_copied_into_the_graph_rate():
-    optimizer = build_optimizer(tiny_model().parameters(), TrainConfig(lr=0.1))
+    model = tiny_model()
+    optimizer = build_optimizer(model.parameters(), TrainConfig(lr=0.1), for_cuda_graph=True)
     runtime = Runtime(torch.device("cpu"), "fp32")
-    step = GraphedStep(tiny_model(), None, optimizer, runtime, channels_last=False, eager=None, batch_size=4)
+    step = GraphedStep(model, None, optimizer, runtime, channels_last=False, eager=None, batch_size=4)
     (rate,) = step.learning_rates
     optimizer.param_groups[0]["lr"] = 0.025
     step.sync_learning_rates()
     assert optimizer.param_groups[0]["lr"] is rate and float(rate) == pytest.approx(0.025)
+
+
+def test_a_graphed_step_refuses_an_optimizer_that_is_not_graph_safe():
+    model = tiny_model()
+    plain = build_optimizer(model.parameters(), TrainConfig(lr=0.1))
+    with pytest.raises(ValueError, match="for_cuda_graph=True"):
+        GraphedStep(model, None, plain, Runtime(torch.device("cpu"), "fp32"), channels_last=False, eager=None,
+                    batch_size=4)
 
 
 def test_graph_safe_options_are_accepted_by_each_optimizer():
@@ -124,9 +133,9 @@ def test_cuda_graph_needs_cuda_and_excludes_compile(tiny_dataset, tmp_path, caps
     if not torch.cuda.is_available():
         assert main([*base, "--device", "cpu", "--cuda-graph"]) == 2
         assert "--cuda-graph needs a CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before the run folder is made
     assert main([*base, "--cuda-graph", "--compile"]) == 2
     assert "choose --cuda-graph or --compile" in capsys.readouterr().err
-    assert not (tmp_path / "r" / "last.pt").exists()
 
 
 # ---------------------------------------------------------------- on a GPU
@@ -142,12 +151,16 @@ def metric_rows(run_dir: Path) -> list[dict]:
 
 @needs_cuda
 @pytest.mark.parametrize("optimizer, batch_size", [("adam", 8), ("adam", 12), ("sgd", 12)])
-def test_graphed_training_follows_the_eager_run(tiny_dataset, tmp_path, optimizer, batch_size):
+def test_graphed_training_follows_the_eager_run(tiny_dataset, tmp_path, monkeypatch, optimizer, batch_size):
     """Same data order, augmentation and schedule: the graphed run's losses and Dice track the eager
     run's (batch 12 leaves a partial last batch, which runs eagerly between replays)."""
     options = {**GPU_RUN, "optimizer": optimizer, "batch_size": batch_size, "momentum": 0.9}
     train(tiny_dataset, tmp_path / "eager", TrainConfig(**options), verbose=False)
+    captures = []
+    capture = GraphedStep.capture
+    monkeypatch.setattr(GraphedStep, "capture", lambda self, *a: (captures.append(1), capture(self, *a)))
     train(tiny_dataset, tmp_path / "graph", TrainConfig(**options, cuda_graph=True), verbose=False)
+    assert captures == [1]  # one capture, replayed for every full batch
     eager, graphed = metric_rows(tmp_path / "eager"), metric_rows(tmp_path / "graph")
     assert [r["lr"] for r in graphed] == pytest.approx([r["lr"] for r in eager], rel=1e-6)
     for key in ("train_loss", "val_loss"):
@@ -184,7 +197,8 @@ def test_a_graph_replay_never_waits_for_the_gpu():
     step(images, targets)  # captures, then replays
     torch.cuda.set_sync_debug_mode("error")
     try:
-        losses = [step(images, targets) for _ in range(5)]
+        # Each call returns the graph's one loss tensor: keep a copy of each (device-side, no wait).
+        losses = torch.stack([step(images, targets).clone() for _ in range(5)])
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert all(torch.isfinite(loss) for loss in losses)
+    assert bool(torch.isfinite(losses).all()) and len(set(losses.tolist())) > 1  # training moved

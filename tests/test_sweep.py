@@ -204,13 +204,13 @@ def test_run_names_are_deterministic_exact_and_bounded():
 
 def test_a_sweep_folder_refuses_a_different_spec(tmp_path, prepared):
     spec = parse_spec({"dataset": str(prepared), "space": {"lr": [0.01]}, "base": {"epochs": 2}})
-    record_spec(spec, tmp_path)
-    record_spec(spec, tmp_path)  # the same spec again: fine
+    record_spec(spec, tmp_path, "s")
+    record_spec(spec, tmp_path, "s")  # the same spec again: fine
     moved = parse_spec({"dataset": str(prepared), "space": {"lr": [0.01]}, "base": {"epochs": 2, "device": "cpu"}})
-    record_spec(moved, tmp_path)  # where it runs may change
+    record_spec(moved, tmp_path, "s")  # where it runs may change
     changed = parse_spec({"dataset": str(prepared), "space": {"lr": [0.01]}, "base": {"epochs": 3}})
     with pytest.raises(ConfigError, match="different spec.*base"):
-        record_spec(changed, tmp_path)
+        record_spec(changed, tmp_path, "s")
 
 
 def test_a_sweep_moved_with_its_data_continues_there(tmp_path, prepared):
@@ -233,7 +233,25 @@ def test_a_sweep_moved_with_its_data_continues_there(tmp_path, prepared):
     (other / "dataset.json").write_text(json.dumps({**meta, "content_hash": "0" * 16}))
     with pytest.raises(ConfigError, match="different spec.*dataset"):
         record_spec(resolve_spec(write_spec(other / "first.yaml", other, space={"lr": [0.01]})),
-                    tmp_path / "elsewhere" / "sweep")
+                    tmp_path / "elsewhere" / "sweep", "s")
+
+
+def test_a_sweep_keeps_its_study_across_changes_of_the_default_name(tmp_path, prepared):
+    """sweep.json records the study's name; a folder from before that (older default names hashed
+    the data's path) finds its study in the storage by the SPEC it was made for."""
+    spec = resolve_spec(write_spec(tmp_path / "s.yaml", prepared, space={"lr": [0.01]}))
+    out = tmp_path / "sweep"
+    sweep_in_process(spec, out, study_name="s-oldfingerprint")
+    assert json.loads((out / "sweep.json").read_text())["study"] == "s-oldfingerprint"
+    summary = sweep_in_process(spec, out)
+    assert summary["study"] == "s-oldfingerprint"
+    legacy = json.loads((out / "sweep.json").read_text())
+    del legacy["study"]
+    (out / "sweep.json").write_text(json.dumps(legacy))
+    summary = sweep_in_process(spec, out)
+    assert summary["study"] == "s-oldfingerprint" and summary["by_status"] == {"complete": 1}
+    assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{out / 'study.db'}")] == [
+        "s-oldfingerprint"]
 
 
 def test_missing_or_unprepared_data_fails_before_anything_is_written(tmp_path, phantom_source):

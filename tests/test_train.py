@@ -514,3 +514,16 @@ def test_a_checkpoint_cannot_run_code_when_loaded(tmp_path):
         load_checkpoint(tmp_path / "evil.pt")
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_checkpoint_from_before_an_option_existed_resumes(tiny_dataset, tmp_path):
+    """last.pt written by an older rvseg lacks newer options: they count as their defaults, so the
+    run continues instead of being refused as 'changed'."""
+    from rvseg.train.checkpoint import save_checkpoint
+
+    run(tiny_dataset, tmp_path / "run", epochs=2, pause_after=1)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    del state["config"]["cuda_graph"]
+    save_checkpoint(tmp_path / "run" / "last.pt", state)
+    train(tiny_dataset, tmp_path / "run", TrainConfig(**{**TINY, "epochs": 2}), resume=True, verbose=False)
+    assert [int(r["epoch"]) for r in metrics(tmp_path / "run")] == [1, 2]

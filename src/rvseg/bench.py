@@ -52,7 +52,6 @@ from rvseg.train.optim import build_optimizer
 from rvseg.train.runtime import Runtime, setup_runtime
 from rvseg.train.step import Step, check_cuda_graph, make_train_step
 
-#: A training step as a function of one batch: ``step(images (B, C, H, W), targets (B, L, H, W))``.
 #: Measurements in the order they run; the names used by ``--parts`` and as keys of the result.
 PARTS = ("raw", "loop", "loop-noaug", "eval", "predict")
 #: ``torch.compile`` modes offered; ``reduce-overhead`` replays CUDA graphs (for launch-bound steps).
@@ -212,8 +211,7 @@ def training_setup(options: BenchOptions, runtime: Runtime, in_channels: int = 1
     return model, loss_fn, optimizer
 
 
-def build_step(options: BenchOptions, runtime: Runtime, images: torch.Tensor, targets: torch.Tensor,
-               in_channels: int = 1) -> Step:
+def build_step(options: BenchOptions, runtime: Runtime, in_channels: int = 1) -> Step:
     """The training step the options ask for: eager, ``torch.compile``-d, or one CUDA graph."""
     model, loss_fn, optimizer = training_setup(options, runtime, in_channels)
     if options.compile:
@@ -233,7 +231,7 @@ def measure_raw(options: BenchOptions, runtime: Runtime, in_channels: int = 1) -
     images = torch.randn(shape, generator=generator).to(runtime.device)
     targets = (torch.rand((options.batch_size, 1, *options.size), generator=generator) < RAW_FOREGROUND)
     targets = targets.float().to(runtime.device)
-    step = build_step(options, runtime, images, targets, in_channels)
+    step = build_step(options, runtime, in_channels)
     synchronize = synchronizer(runtime.device)
     time_repeats(lambda: [step(images, targets) for _ in range(options.warmup)], 1, synchronize)
     seconds = time_repeats(lambda: [step(images, targets) for _ in range(options.steps)], options.repeats,

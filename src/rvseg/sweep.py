@@ -131,8 +131,9 @@ def resolve_spec(spec_path: str | Path | None = None, preset: tuple[str, str] | 
     return parse_spec(data)
 
 
-def record_spec(spec: SweepSpec, out: Path) -> None:
-    """Write ``sweep.json``; refuse a SWEEP folder that was started with a different SPEC."""
+def record_spec(spec: SweepSpec, out: Path, study_name: str) -> None:
+    """Write ``sweep.json`` (the SPEC and its study's name); refuse a SWEEP folder that was started
+    with a different SPEC."""
     path = out / "sweep.json"
     previous = read_json(path)
     if previous is not None:
@@ -142,7 +143,25 @@ def record_spec(spec: SweepSpec, out: Path) -> None:
             changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
             raise ConfigError(f"this sweep folder was started with a different spec (changed: {', '.join(changed)}); "
                               f"rerun with the same spec and overrides, or choose another --out", out)
-    write_json(path, {"spec": spec.to_dict(), "rvseg_version": __version__})
+    write_json(path, {"spec": spec.to_dict(), "study": study_name, "rvseg_version": __version__})
+
+
+def choose_study_name(spec: SweepSpec, out: Path, url: str, requested: str | None) -> str:
+    """``--study``; else the name this SWEEP folder recorded; else a study in the storage that was made
+    for this SPEC under an older default name (the default's fingerprint once covered the data's
+    path); else ``<spec name>-<fingerprint>``."""
+    if requested:
+        return requested
+    recorded = (read_json(out / "sweep.json") or {}).get("study")
+    if recorded:
+        return recorded
+    identity = study_identity(spec)
+    with contextlib.suppress(KeyError, ValueError):
+        for summary in optuna.get_all_study_summaries(open_storage(url), include_best_trial=False):
+            if (summary.study_name.startswith(f"{spec.name}-")
+                    and summary.user_attrs.get("rvseg_spec") == identity):
+                return summary.study_name
+    return f"{spec.name}-{spec.fingerprint()}"
 
 
 # ---------------------------------------------------------------- storage and study
@@ -698,9 +717,9 @@ def run_sweep(spec: SweepSpec, out: str | Path, options: SweepOptions | None = N
     check_data(spec)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    record_spec(spec, out)
     url = storage_url(options.storage, out)
-    study_name = options.study_name or f"{spec.name}-{spec.fingerprint()}"
+    study_name = choose_study_name(spec, out, url, options.study_name)
+    record_spec(spec, out, study_name)
     study = open_study(spec, url, study_name)
     if options.retry_failed:
         for failed in (out / "runs").glob("*/failed.json"):
@@ -798,8 +817,9 @@ def run_workers(spec: SweepSpec, out: Path, study: optuna.Study, url: str, optio
     environments = worker_environments(spec, options.workers)
     procs = []
     for index, child_env in enumerate(environments[1:], start=1):
+        # The storage URL (it may hold a password) goes through the environment, not the command line.
         command = ["worker", str(out), str(index), study.study_name, json.dumps(child_env),
-                   json.dumps(dataclasses.asdict(options))]
+                   json.dumps(dataclasses.asdict(dataclasses.replace(options, storage=None)))]
         procs.append(subprocess.Popen(child_command(command), env={**os.environ, STORAGE_ENV: url}))
     try:
         Worker(spec, out, study, options, prefix="[worker 0] " if procs else "", child_env=environments[0]).run()

@@ -142,8 +142,8 @@ def sweep_report(folder: Path) -> Report:
     return Report(f"Sweep {spec.name}", f"rvseg {__version__}, {timestamp()}", facts, sections)
 
 
-#: Overrides that shrink what a sweep computes; any other override (the device, the validation
-#: patients, --cuda-graph ...) leaves it at full scale.
+#: Overrides that change how much a sweep computes; any other override (the device, the validation
+#: patients, --cuda-graph ...) leaves it at the preset's scale.
 SCALE_FIELDS = ("epochs", "size", "width", "depth", "batch_size", "repeats")
 
 
@@ -156,10 +156,11 @@ def scale_blocks(spec: SweepSpec) -> list:
             for name, change in spec.scale.items()]
     rows += [[Cell(f"{axis} (axis)"), Cell("all values"), Cell(", ".join(values))]
              for axis, values in spec.restricted.items()]
-    reduced = spec.restricted or any(name in SCALE_FIELDS and change["preset"] != change["used"]
-                                     for name, change in spec.scale.items())
-    verdict = ("This sweep ran at a reduced scale; its numbers are not comparable with a full-scale run."
-               if reduced else f"Full scale: {as_written}, with these settings changed (none of them shrinks it).")
+    rescaled = spec.restricted or any(name in SCALE_FIELDS and change["preset"] != change["used"]
+                                      for name, change in spec.scale.items())
+    verdict = ("This sweep ran at another scale than its SPEC (below); compare its numbers only with runs at "
+               "the same scale." if rescaled else
+               f"Full scale: {as_written}, with these settings changed (none of them changes the scale).")
     return [verdict, Table("Overrides", ["setting", "preset", "used"], rows, stub=1)]
 
 

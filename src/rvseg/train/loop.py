@@ -36,7 +36,7 @@ from rvseg.train.config import TrainConfig, user_fields
 from rvseg.train.optim import build_optimizer, build_scheduler
 from rvseg.train.progress import MetricsLog, ProgressLine, draw_progress
 from rvseg.train.runtime import Runtime, all_reduce_sum, any_rank, gather_objects, setup_runtime, teardown_runtime
-from rvseg.train.step import make_train_step
+from rvseg.train.step import check_cuda_graph, make_train_step
 
 #: A slice whose target covers less than this share of the image counts as "small" for oversampling.
 SMALL_FOREGROUND = 0.01
@@ -208,9 +208,10 @@ def check_resumable(state: dict, config: TrainConfig, data_info: dict, runtime: 
     """Refuse to continue ``last.pt`` with other options, data or number of processes: that would
     silently be another run (or fail to load), never the exact continuation ``--resume`` promises."""
     saved = state["config"]
-    fixed = [f.name for f in user_fields() if f.name not in RESUME_MAY_CHANGE]
-    changed = [f"--{name.replace('_', '-')} ({saved.get(name)!r} -> {getattr(config, name)!r})"
-               for name in fixed if saved.get(name) != getattr(config, name)]
+    # An option added since last.pt was written counts as its default there (that is how the run trained).
+    fixed = {f.name: f.default for f in user_fields() if f.name not in RESUME_MAY_CHANGE}
+    changed = [f"--{name.replace('_', '-')} ({saved.get(name, default)!r} -> {getattr(config, name)!r})"
+               for name, default in fixed.items() if saved.get(name, default) != getattr(config, name)]
     if state["data"]["content_hash"] != data_info["content_hash"]:
         changed.append("the data set (its content hash)")
     if len(state["augment_generators"]) != runtime.world_size:
@@ -257,6 +258,8 @@ def train(dataset: str | Path, out: str | Path, config: TrainConfig, *, resume: 
     config.validate()
     runtime = setup_runtime(config.device, config.precision)
     try:
+        if config.cuda_graph:
+            check_cuda_graph(runtime)  # before anything is written into the run folder
         return run(Path(dataset), Path(out), config, runtime, resume=resume, verbose=verbose and runtime.is_main)
     finally:
         teardown_runtime(runtime)

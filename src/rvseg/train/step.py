@@ -30,7 +30,8 @@ from rvseg.train.runtime import Runtime
 
 #: ``step(images, targets) -> loss``: images (B, C, H, W) and targets (B, L, H, W) float tensors on
 #: the device; the result is the batch's detached 0-dim loss, still on the device (reading it would
-#: make the host wait for the GPU).
+#: make the host wait for the GPU). A graphed step returns the same tensor every time, overwritten by
+#: its next replay: use (or clone) it before the next call.
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Eager steps before capture; PyTorch asks for at least three (lazy state, workspaces).
@@ -104,6 +105,8 @@ class GraphedStep:
                  channels_last: bool, eager: Step, batch_size: int):
         self.model, self.loss_fn, self.optimizer, self.runtime = model, loss_fn, optimizer, runtime
         self.channels_last, self.eager, self.batch_size = channels_last, eager, batch_size
+        if not all(group.get("capturable") or group.get("fused") for group in optimizer.param_groups):
+            raise ValueError("a graphed step needs an optimizer built with build_optimizer(..., for_cuda_graph=True)")
         self.graph: torch.cuda.CUDAGraph | None = None
         # From here on the learning rates are device tensors, for eager steps too (one optimizer path).
         self.learning_rates = device_learning_rates(optimizer, runtime.device)
@@ -130,6 +133,10 @@ class GraphedStep:
         return loss.detach()
 
     def capture(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        with torch.cuda.device(self.runtime.device):  # the graph, its pool and its streams on the run's GPU
+            self._capture(images, targets)
+
+    def _capture(self, images: torch.Tensor, targets: torch.Tensor) -> None:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.static_images = images.clone(memory_format=memory_format)
         self.static_targets = targets.clone()
@@ -146,7 +153,8 @@ class GraphedStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.static_loss = self.forward_backward_update()
-        # The replay writes these gradients; an eager step would drop the optimizer's references.
+        # The replay writes these gradients; an eager step (set_to_none) would drop the parameters' .grad,
+        # the only other references to them.
         self.static_grads = [p.grad for p in self.model.parameters()]
 
     def sync_learning_rates(self) -> None:
@@ -174,8 +182,9 @@ def snapshot_training_state(model: nn.Module, optimizer: torch.optim.Optimizer) 
     state = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
              "optimizer": {p: {k: v.clone() for k, v in s.items() if isinstance(v, torch.Tensor)}
                            for p, s in optimizer.state.items()}}
-    if torch.cuda.is_available() and any(p.is_cuda for p in model.parameters()):
-        state["cuda_rng"] = torch.cuda.get_rng_state()
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        state["cuda_rng"] = (device, torch.cuda.get_rng_state(device))
     return state
 
 
@@ -198,4 +207,5 @@ def restore_training_state(model: nn.Module, optimizer: torch.optim.Optimizer, s
             else:
                 value.zero_()
     if "cuda_rng" in saved:
-        torch.cuda.set_rng_state(saved["cuda_rng"])
+        device, rng_state = saved["cuda_rng"]
+        torch.cuda.set_rng_state(rng_state, device)
