@@ -171,7 +171,7 @@ def test_compile_options_reach_torch_compile(monkeypatch):
         compiled.clear(), step_marks.clear()
         options = BenchOptions(device="cpu", size=(16, 16), width=2, depth=2, compile=True,
                                compile_mode=mode).resolved(runtime)
-        step = build_step(options, runtime, images, targets)
+        step = build_step(options, runtime)
         step(images, targets)
         step(images, targets)
         # reduce-overhead replays CUDA graphs, which must be told where each training step begins
