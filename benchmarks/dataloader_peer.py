@@ -116,9 +116,7 @@ def measure_peer(options: BenchOptions, runtime: Runtime, workers: int, images: 
     loader = DataLoader(AugmentedSlices(images, masks), batch_size=options.batch_size, shuffle=True,
                         num_workers=workers, pin_memory=cuda, drop_last=True, persistent_workers=workers > 0)
     batches = endless(loader)
-    first_images, first_masks = next(batches)
-    step = build_step(options, runtime, first_images.to(runtime.device), first_masks.to(runtime.device),
-                      in_channels=images.shape[1])
+    step = build_step(options, runtime, in_channels=images.shape[1])
 
     def train_steps(count: int) -> None:
         for _ in range(count):
