@@ -290,7 +290,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
                          switch_per=config.switch_per)
     optimizer = build_optimizer(model.parameters(), config, for_cuda_graph=config.cuda_graph)
     scheduler = build_scheduler(optimizer, config)
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
+    scaler = runtime.grad_scaler()
     augment = AugmentConfig(flip=True, rotate_deg=config.rotate_deg, scale=(config.scale_min, config.scale_max),
                             translate=config.translate, intensity=config.intensity, elastic=config.elastic) \
         if config.augment else None

@@ -47,11 +47,17 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def autocast(self):
+    def autocast(self, cache: bool = True):
+        """Mixed precision for the forward pass. ``cache=False`` for CUDA-graph capture, which forbids
+        autocast's cache of weight casts (tensors made outside the graph)."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return torch.autocast(device_type=self.device.type, dtype=dtype, cache_enabled=cache)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """The loss scaler of fp16 training (a no-op otherwise)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     @property
     def channels_last(self) -> bool:

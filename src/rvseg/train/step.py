@@ -81,7 +81,7 @@ def make_train_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer,
             so that its replayed graphs may reuse the previous step's buffers.
     """
     if scaler is None:
-        scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
+        scaler = runtime.grad_scaler()
 
     def eager(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if mark_cudagraph_steps:
@@ -123,9 +123,7 @@ class GraphedStep:
         return self.static_loss
 
     def forward_backward_update(self) -> torch.Tensor:
-        # autocast's weight-cast cache would hold tensors made outside the graph: capture forbids it.
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.runtime.precision == "bf16",
-                            cache_enabled=False):
+        with self.runtime.autocast(cache=False):
             logits = self.model(self.static_images)
         loss = self.loss_fn(logits.float(), self.static_targets)
         loss.backward()
