@@ -35,7 +35,8 @@ from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig, user_fields
 from rvseg.train.optim import build_optimizer, build_scheduler
 from rvseg.train.progress import MetricsLog, ProgressLine, draw_progress
-from rvseg.train.runtime import Runtime, all_reduce_sum, any_rank, gather_objects, setup_runtime, teardown_runtime
+from rvseg.train.runtime import (Runtime, all_reduce_sum, any_rank, gather_objects, setup_runtime, teardown_runtime,
+                                 wait_for_all_ranks)
 from rvseg.train.step import check_cuda_graph, make_train_step
 
 #: A slice whose target covers less than this share of the image counts as "small" for oversampling.
@@ -260,7 +261,9 @@ def train(dataset: str | Path, out: str | Path, config: TrainConfig, *, resume: 
     try:
         if config.cuda_graph:
             check_cuda_graph(runtime)  # before anything is written into the run folder
-        return run(Path(dataset), Path(out), config, runtime, resume=resume, verbose=verbose and runtime.is_main)
+        summary = run(Path(dataset), Path(out), config, runtime, resume=resume, verbose=verbose and runtime.is_main)
+        wait_for_all_ranks(runtime)
+        return summary
     finally:
         teardown_runtime(runtime)
 
