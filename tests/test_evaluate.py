@@ -83,8 +83,8 @@ def test_evaluate_the_val_split_of_the_shared_rvsc_set(cli_evaluation, rvsc, run
     assert summary["split"] == "val" and summary["patients"] == VAL_PATIENTS
     assert summary["n_samples"] == len(samples)
     assert summary["same_data_as_training"] is True
-    assert summary["checkpoint"] == str(run / "best.pt")
-    assert summary["checkpoint_checksum"] == checksum(run / "best.pt")
+    assert summary["checkpoints"] == [str(run / "best.pt")]
+    assert summary["checkpoint_checksums"] == [checksum(run / "best.pt")]
 
     endo = summary["labels"]["endo"]
     assert endo["n"] == endo["overall"]["n"] == len(samples)
@@ -145,16 +145,48 @@ def test_distances_and_areas_in_mm_with_spacing(run, tmp_path):
 def test_splits(rvsc):
     data = load_dataset(rvsc)
     info = {"train_patients": [f"P{k:02d}" for k in range(1, 11)], "val_patients": ["P11", "P12"]}
-    indices, patients = split_indices(data, info, "test")
+    indices, patients = split_indices(data, [info], "test")
     assert patients == ["P13", "P14", "P15", "P16"]
     assert sorted({data.rows[i]["patient"] for i in indices}) == patients
-    assert len(split_indices(data, info, "all")[0]) == 243
-    assert split_indices(data, info, "val")[1] == ["P11", "P12"]
+    assert len(split_indices(data, [info], "all")[0]) == 243
+    assert split_indices(data, [info], "val")[1] == ["P11", "P12"]
     everyone = {"train_patients": data.patients[2:], "val_patients": data.patients[:2]}
     with pytest.raises(DataError, match="no test patient"):
-        split_indices(data, everyone, "test")
+        split_indices(data, [everyone], "test")
     with pytest.raises(DataError, match="validation patients"):
-        split_indices(data, {"train_patients": [], "val_patients": ["X1"]}, "val")
+        split_indices(data, [{"train_patients": [], "val_patients": ["X1"]}], "val")
+
+
+def test_splits_of_an_ensemble(rvsc):
+    """Seeds of one split share its val patients; folds have none in common, and test leaves out all they saw."""
+    data = load_dataset(rvsc)
+    folds = [{"train_patients": [f"P{k:02d}" for k in range(1, 13) if (k - 1) // 4 != fold],
+              "val_patients": [f"P{k:02d}" for k in range(1, 13) if (k - 1) // 4 == fold]} for fold in range(3)]
+    assert split_indices(data, folds, "test")[1] == ["P13", "P14", "P15", "P16"]
+    assert split_indices(data, [folds[1], dict(folds[1])], "val")[1] == ["P05", "P06", "P07", "P08"]
+    with pytest.raises(ConfigError, match="validated on different patients"):
+        split_indices(data, folds, "val")
+
+
+def test_an_ensemble_is_scored_on_its_mean_probability(run, rvsc, tmp_path):
+    second = tmp_path / "second"
+    train(rvsc, second, TrainConfig(width=8, depth=2, epochs=2, batch_size=8, lr=0.01, fraction=0.15, seed=7,
+                                    device="cpu", augment=False, val_patients=VAL_PATIENTS), verbose=False)
+    summary = evaluate([run, second], rvsc, split="val", out=tmp_path / "eval", device="cpu")
+    assert summary["checkpoints"] == [str(run / "best.pt"), str(second / "best.pt")]
+    assert summary["settings"]["ensemble"] == "mean"
+    per_case = {row["id"]: row for row in read_csv(tmp_path / "eval" / "per_case.csv")}
+    data = load_dataset(rvsc)
+    models = [model_from_checkpoint(folder)[0].eval() for folder in (run, second)]
+    for index in data.indices_of_patients(VAL_PATIENTS)[:5]:
+        row = data.rows[index]
+        height, width = int(row["height"]), int(row["width"])
+        image = torch.from_numpy(data.images[index:index + 1, :, :height, :width])
+        with torch.no_grad():
+            mean = torch.stack([torch.sigmoid(model(image))[0, 0] for model in models]).mean(0)
+        expected = segmentation_metrics(single_region(mean.numpy() > 0.5), data.masks[index, 0, :height, :width] > 0,
+                                        None)
+        assert float(per_case[row["id"]]["dice"]) == pytest.approx(expected["dice"], rel=1e-5), row["id"]
 
 
 def test_user_errors(run, rvsc, tmp_path):

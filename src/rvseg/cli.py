@@ -116,9 +116,9 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from rvseg.evaluate import evaluate
 
-    summary = evaluate(args.checkpoint, args.dataset, split=args.split, out=args.out, tta=args.tta,
-                       postprocess=not args.no_postprocess, batch_size=args.batch_size, device=args.device,
-                       force=args.force)
+    summary = evaluate(args.checkpoints, args.dataset, split=args.split, out=args.out, ensemble=args.ensemble,
+                       tta=args.tta, postprocess=not args.no_postprocess, batch_size=args.batch_size,
+                       device=args.device, force=args.force)
     if args.json:
         print_json(summary)
         return 0
@@ -238,6 +238,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ensemble", default="mean", help="several checkpoints: mean (average probability) | "
+                                                           "vote (majority)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -281,8 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(handler=cmd_train)
 
-    p = commands.add_parser("evaluate", help="Dice, HD (mm) and more of a checkpoint on a prepared data set")
-    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    p = commands.add_parser("evaluate", help="Dice, HD (mm) and more of a checkpoint (or an ensemble) on a "
+                                             "prepared data set")
+    p.add_argument("checkpoints", nargs="+", metavar="RUN_OR_CHECKPOINT",
+                   help="checkpoint files or run folders; several are evaluated as one ensemble")
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("--split", default="val", help="val (the checkpoint's) | test (patients it never saw) | all")
     p.add_argument("--out", required=True, metavar="EVAL", help="output folder")
@@ -296,7 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="SRC", help="a DICOM / PNG / JPEG file, a folder of them, an RVSC patient folder "
                                               "or a prepared data set")
     p.add_argument("--out", required=True, metavar="PRED", help="output folder")
-    p.add_argument("--ensemble", default="mean", help="mean (average probability) | vote (majority)")
     add_inference_arguments(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_predict)

@@ -1,8 +1,11 @@
-"""``rvseg evaluate``: the RVSC challenge's metrics of a checkpoint on a prepared data set.
+"""``rvseg evaluate``: the RVSC challenge's metrics of a checkpoint, or an ensemble, on a prepared data set.
 
 **Which samples** (``split``): ``val``, the checkpoint's own validation patients; ``test``, the
 patients of the data set in neither the checkpoint's training nor validation list; ``all``, every
-sample. A label a sample does not carry (e.g. a Sunnybrook epicardium) is unknown, not empty: that
+sample. Several checkpoints are evaluated as one ensemble (``mean`` or ``vote``, as ``rvseg predict``
+combines them): ``val`` then needs the checkpoints to share one validation list (e.g. seeds of one
+split), and ``test`` leaves out every patient that any of them trained or validated on, so the
+models of a cross-validation are scored as an ensemble only on patients none of them saw. A label a sample does not carry (e.g. a Sunnybrook epicardium) is unknown, not empty: that
 (sample, label) is left out and counted as ``n_absent``.
 
 **How.** Each sample is segmented from its real extent (the stacking padding cropped using
@@ -50,16 +53,17 @@ EMPTY_RULE = ("both masks empty: Dice, Jaccard, sensitivity, precision 1 and HD 
               "0, HD and HD95 undefined (left out of their means, counted in n_hd_undefined)")
 
 
-def evaluate(checkpoint: str | Path, dataset: str | Path, split: str = "val", out: str | Path | None = None, *,
-             tta: bool = False, postprocess: bool = True, batch_size: int = 16, device: str = "cpu",
-             force: bool = False) -> dict:
-    """Evaluate a checkpoint on a prepared data set (module docstring).
+def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path, split: str = "val",
+             out: str | Path | None = None, *, ensemble: str = "mean", tta: bool = False, postprocess: bool = True,
+             batch_size: int = 16, device: str = "cpu", force: bool = False) -> dict:
+    """Evaluate a checkpoint, or an ensemble of several, on a prepared data set (module docstring).
 
     Args:
-        checkpoint: a checkpoint file or a run folder (its ``best.pt``, else ``last.pt``).
+        checkpoints: a checkpoint file or a run folder (its ``best.pt``, else ``last.pt``), or several.
         dataset: a folder written by ``rvseg prepare``.
         split: ``val``, ``test`` or ``all``.
         out: the output folder, or None to only compute and return the summary.
+        ensemble: how several checkpoints' outputs are combined: ``mean`` or ``vote``.
         tta: flip test-time augmentation.
         postprocess: keep each label's largest region with holes filled (as ``rvseg predict``).
         batch_size: images per forward pass.
@@ -70,8 +74,9 @@ def evaluate(checkpoint: str | Path, dataset: str | Path, split: str = "val", ou
         the summary (also ``out/summary.json``); with ``out``, ``summary["files"]`` lists the files.
 
     Raises:
-        ConfigError: an unknown split, a test split with no patient left, or a data set normalised
-            unlike the checkpoint's.
+        ConfigError: an unknown split or ensemble, checkpoints that disagree on their preparation, a val
+            split of checkpoints validated on different patients, or a data set normalised unlike the
+            checkpoints'.
         DataError: an unreadable checkpoint or data set, labels the data set lacks, or ``out`` not empty.
     """
     if split not in SPLITS:
@@ -79,25 +84,29 @@ def evaluate(checkpoint: str | Path, dataset: str | Path, split: str = "val", ou
     out = Path(out) if out is not None else None
     if out is not None:
         check_output_folder(out, force)
-    predictor = Predictor.from_checkpoints([checkpoint], tta=tta, batch_size=batch_size, device=device)
+    if isinstance(checkpoints, (str, Path)):
+        checkpoints = [checkpoints]
+    predictor = Predictor.from_checkpoints(checkpoints, ensemble=ensemble, tta=tta, batch_size=batch_size,
+                                           device=device)
     data = load_dataset(dataset)
     channels = data.label_indices(predictor.labels)
-    indices, patients = split_indices(data, predictor.data, split)
+    indices, patients = split_indices(data, predictor.data_infos, split)
     inputs = prepared_inputs(predictor, data, indices)
     shapes = [extent(data, i) for i in indices]
     predictions = [masks_from_scores(score, postprocess) for score in predictor.score_maps(inputs, shapes)]
     rows = case_rows(data, indices, predictions, predictor.labels, channels)
     summary = summarise(rows, predictor.labels)
     summary.update(
-        checkpoint=str(predictor.checkpoints[0]),
-        checkpoint_checksum=checksum(predictor.checkpoints[0]),
+        checkpoints=[str(path) for path in predictor.checkpoints],
+        checkpoint_checksums=[checksum(path) for path in predictor.checkpoints],
         dataset=str(data.root),
         dataset_content_hash=data.meta.get("content_hash", ""),
-        same_data_as_training=data.meta.get("content_hash") == predictor.data.get("content_hash"),
+        same_data_as_training=all(data.meta.get("content_hash") == info.get("content_hash")
+                                  for info in predictor.data_infos),
         split=split,
         patients=patients,
         n_samples=len(indices),
-        settings={"tta": tta, "postprocess": postprocess, "mask_style": predictor.mask_style,
+        settings={"ensemble": ensemble if len(predictor.models) > 1 else None, "tta": tta, "postprocess": postprocess, "mask_style": predictor.mask_style,
                   "batch_size": batch_size, "device": str(predictor.device),
                   "model_prepare": predictor.prepare, "dataset_prepare": data.meta.get("options", {})},
         empty_rule=EMPTY_RULE,
@@ -110,22 +119,28 @@ def evaluate(checkpoint: str | Path, dataset: str | Path, split: str = "val", ou
     return summary
 
 
-def split_indices(data: PreparedDataset, info: dict, split: str) -> tuple[np.ndarray, list[str]]:
-    """Sample indices and patients of ``split`` (module docstring), using the checkpoint's patient lists.
+def split_indices(data: PreparedDataset, infos: Sequence[dict], split: str) -> tuple[np.ndarray, list[str]]:
+    """Sample indices and patients of ``split`` (module docstring), using the checkpoints' patient lists.
 
     Raises:
+        ConfigError: a val split of checkpoints validated on different patients.
         DataError: no sample of the split's patients is in the data set.
     """
-    train, val = set(info.get("train_patients", [])), set(info.get("val_patients", []))
+    validated = [set(info.get("val_patients", [])) for info in infos]
+    seen = set().union(*validated, *(info.get("train_patients", []) for info in infos))
     if split == "all":
         patients = data.patients
     elif split == "val":
+        val = validated[0]
+        if any(other != val for other in validated[1:]):
+            raise ConfigError("the checkpoints were validated on different patients, so they have no common "
+                              "val split; use --split test (patients none of them saw) or all")
         patients = sorted(set(data.patients) & val)
         if not patients:
             raise DataError(f"none of the checkpoint's validation patients ({', '.join(sorted(val)) or 'none'}) "
                             "is in this data set; use --split test or all", data.root)
     else:
-        patients = sorted(set(data.patients) - train - val)
+        patients = sorted(set(data.patients) - seen)
         if not patients:
             raise DataError("every patient of this data set was used to train or validate the checkpoint, so "
                             "there is no test patient; use --split val or all", data.root)

@@ -74,7 +74,7 @@ class Predictor:
         batch_size: images per forward pass.
         device: where the models run.
         checkpoints: the checkpoint files (for the record).
-        data: the first checkpoint's data info (``train_patients``, ``val_patients``, ...).
+        data_infos: each checkpoint's data info (``train_patients``, ``val_patients``, ``content_hash``, ...).
     """
 
     models: list[nn.Module]
@@ -86,7 +86,7 @@ class Predictor:
     batch_size: int = 16
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     checkpoints: list[Path] = field(default_factory=list)
-    data: dict = field(default_factory=dict)
+    data_infos: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.ensemble not in ENSEMBLES:
@@ -121,7 +121,7 @@ class Predictor:
         first = infos[0]
         return cls(models=models, labels=list(first["labels"]), prepare=dict(first["prepare"]),
                    mask_style=first.get("mask_style", "filled"), ensemble=ensemble, tta=tta,
-                   batch_size=batch_size, device=resolve_device(device), checkpoints=files, data=first)
+                   batch_size=batch_size, device=resolve_device(device), checkpoints=files, data_infos=infos)
 
     @property
     def input_size(self) -> tuple[int, int] | None:
