@@ -156,6 +156,34 @@ def test_resume_after_pause_equals_one_uninterrupted_run(tiny_dataset, tmp_path)
     assert metrics(tmp_path / "twice") == metrics(tmp_path / "once")
 
 
+def test_ema_validates_and_saves_the_moving_average(tiny_dataset, tmp_path):
+    run(tiny_dataset, tmp_path / "plain", epochs=3)
+    run(tiny_dataset, tmp_path / "ema", epochs=3, ema=0.9)
+    rows = metrics(tmp_path / "ema")
+    assert [r["val_dice_endo"] for r in rows] != [r["val_dice_endo"] for r in metrics(tmp_path / "plain")]
+    state = load_checkpoint(tmp_path / "ema" / "last.pt")
+    assert state["ema_updates"] == 3 * 4  # 32 training slices in batches of 8
+    assert not torch.equal(state["model"]["encoders.0.0.weight"],
+                           state["training_model"]["encoders.0.0.weight"])
+    # "model" is the average, and it is what the logged validation scored.
+    data = load_dataset(tiny_dataset)
+    config = TrainConfig(**TINY)
+    _, val_idx, _, _ = loop.choose_indices(data, config)
+    val = loop.split_tensors(data, val_idx, config, torch.device("cpu"))
+    last, _, _ = model_from_checkpoint(tmp_path / "ema" / "last.pt")
+    val_loss, val_dice = loop.validate(last, val, build_loss("dice"), Runtime(torch.device("cpu"), "fp32"), 8, 0.5)
+    assert float(rows[-1]["val_loss"]) == pytest.approx(val_loss, abs=2e-6)
+    assert float(rows[-1]["val_dice_endo"]) == pytest.approx(val_dice[0], abs=2e-6)
+
+
+def test_resume_with_ema_equals_one_uninterrupted_run(tiny_dataset, tmp_path):
+    run(tiny_dataset, tmp_path / "once", epochs=4, ema=0.8)
+    run(tiny_dataset, tmp_path / "twice", epochs=4, ema=0.8, pause_after=2)
+    train(tiny_dataset, tmp_path / "twice", TrainConfig(**{**TINY, "epochs": 4, "ema": 0.8}), resume=True,
+          verbose=False)
+    assert metrics(tmp_path / "twice") == metrics(tmp_path / "once")
+
+
 def test_resume_refuses_other_options_or_data_with_one_line(tiny_dataset, tmp_path, capsys):
     run(tiny_dataset, tmp_path / "run", epochs=1, fraction=0.25)
     resume = ["train", str(tiny_dataset), "--out", str(tmp_path / "run"), "--resume", "--epochs", "2", "--quiet"]
@@ -480,7 +508,7 @@ def test_training_steps_never_wait_for_the_gpu(tiny_dataset, tmp_path):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 run(tiny_dataset, tmp_path / f"b{batch_size}", device="cuda", epochs=1, batch_size=batch_size,
-                    elastic=2.0)
+                    elastic=2.0, ema=0.99)  # the average moves on the device too
         finally:
             torch.cuda.set_sync_debug_mode("default")
         return sum("synchroniz" in str(w.message) for w in caught)

@@ -10,6 +10,10 @@ global generators (``torch_rng``, which dropout draws from), the position inside
 the running loss sum and the record of the best epoch; also the run's config and data facts, which a
 resumed run must match. ``best.pt`` holds the model weights of the best validation epoch; it is
 written before ``last.pt``, so it is never older than the best epoch ``last.pt`` records.
+
+``model`` is always the weights the run validated: with ``--ema`` the moving average
+(:mod:`rvseg.train.average`), and ``last.pt`` then also holds the trained weights
+(``training_model``) and the average's update count (``ema_updates``) to continue from.
 """
 
 from __future__ import annotations

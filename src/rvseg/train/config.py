@@ -53,6 +53,7 @@ class TrainConfig:
     gamma: float = 0.1
     sgdr_t0: int = 50
     min_lr: float = 1e-6
+    ema: float = 0.0
     epochs: int = 100
     batch_size: int = 16
     seed: int = 0
@@ -88,6 +89,7 @@ class TrainConfig:
             check_option(name, getattr(self, name), "greater than 0", lambda v: v > 0)
         for name in ("weight_decay", "momentum", "min_lr"):
             check_option(name, getattr(self, name), "at least 0", lambda v: v >= 0)
+        check_option("ema", self.ema, "in [0, 1) (0 = off)", lambda v: 0 <= v < 1)
         check_graph_or_compile(self.cuda_graph, self.compile)
         if self.pause_after is not None:
             check_option("pause_after", self.pause_after, "at least 1", lambda v: v >= 1)
@@ -119,6 +121,8 @@ HELP = {
     "optimizer": "adam | adamw | sgd",
     "scheduler": "none | cosine | step | sgdr",
     "sgdr_t0": "epochs of the first SGDR cycle",
+    "ema": "validate and save an exponential moving average of the weights with this decay per step "
+           "(e.g. 0.99; 0 = off)",
     "augment": "batched on-device flips, rotation, scaling, intensity jitter",
     "oversample_small": "weight of slices with < 1%% foreground in the batch draw (1 = uniform; the paper oversampled)",
     "elastic": "elastic deformation amplitude in pixels (0 = off)",

@@ -31,6 +31,7 @@ from rvseg.losses import build_loss
 from rvseg.metrics import dice_per_image
 from rvseg.models import build_model, count_parameters
 from rvseg.train.augment import AugmentConfig, augment_batch, to_device_generator
+from rvseg.train.average import WeightAverage
 from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig, user_fields
 from rvseg.train.optim import build_optimizer, build_scheduler
@@ -294,6 +295,8 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     optimizer = build_optimizer(model.parameters(), config, for_cuda_graph=config.cuda_graph)
     scheduler = build_scheduler(optimizer, config)
     scaler = runtime.grad_scaler()
+    average = WeightAverage(model, config.ema) if config.ema else None
+    evaluated = average.model if average else model  # the weights that are validated and saved as "model"
     augment = AugmentConfig(flip=True, rotate_deg=config.rotate_deg, scale=(config.scale_min, config.scale_max),
                             translate=config.translate, intensity=config.intensity, elastic=config.elastic) \
         if config.augment else None
@@ -306,7 +309,10 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     if resume and (out / "last.pt").is_file():
         state = load_checkpoint(out / "last.pt")
         check_resumable(state, config, data_info, runtime, out)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("training_model", state["model"]))
+        if average:
+            average.model.load_state_dict(state["model"])
+            average.updates = state["ema_updates"]
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -343,8 +349,11 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
             # best.pt before last.pt: a crash between the two writes then leaves a last.pt whose record of
             # the best epoch is no newer than best.pt, and the resumed run finds that epoch again.
             save_best()
+        weights = {"model": evaluated.state_dict()}
+        if average:  # "model" is the average: what the run validated, and what evaluate and predict load
+            weights.update(training_model=model.state_dict(), ema_updates=average.updates)
         save_checkpoint(out / "last.pt", {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            **weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "order_generator": order_gen.get_state(),
             "augment_generators": [s["augment"] for s in states],
             "torch_rng": [{k: v for k, v in s.items() if k != "augment"} for s in states],
@@ -382,6 +391,8 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
                 if augment is not None:
                     images, targets = augment_batch(images, targets, augment, augment_gen)
                 running += train_step(images, targets)
+                if average:
+                    average.update()
                 step += 1
                 trained_images += len(images)
                 if any_rank(stop.requested, runtime):
@@ -400,7 +411,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
                 raise diverged("training", train_loss)
             lr = float(optimizer.param_groups[0]["lr"])  # a device tensor under --cuda-graph
             scheduler.step()
-            val_loss, val_dice = validate(model, val_set, loss_fn, runtime, config.batch_size, threshold)
+            val_loss, val_dice = validate(evaluated, val_set, loss_fn, runtime, config.batch_size, threshold)
             if not math.isfinite(val_loss):  # the epoch's last update broke the weights
                 raise diverged("validation", val_loss)
             epoch, step = epoch + 1, 0
@@ -411,7 +422,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
             if score > best["score"]:
                 best = {"score": score, "epoch": epoch, "dice": val_dice}
                 if runtime.is_main:
-                    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    best_weights = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
             if runtime.is_main:
                 metrics.append(row)
             final = epoch == config.epochs or epoch == config.pause_after
