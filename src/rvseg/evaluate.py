@@ -5,7 +5,9 @@ patients of the data set in neither the checkpoint's training nor validation lis
 sample. Several checkpoints are evaluated as one ensemble (``mean`` or ``vote``, as ``rvseg predict``
 combines them): ``val`` then needs the checkpoints to share one validation list (e.g. seeds of one
 split), and ``test`` leaves out every patient that any of them trained or validated on, so the
-models of a cross-validation are scored as an ensemble only on patients none of them saw. A label a sample does not carry (e.g. a Sunnybrook epicardium) is unknown, not empty: that
+models of a cross-validation are scored as an ensemble only on patients none of them saw.
+
+A label a sample does not carry (e.g. a Sunnybrook epicardium) is unknown, not empty: that
 (sample, label) is left out and counted as ``n_absent``.
 
 **How.** Each sample is segmented from its real extent (the stacking padding cropped using
@@ -106,8 +108,9 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
         split=split,
         patients=patients,
         n_samples=len(indices),
-        settings={"ensemble": ensemble if len(predictor.models) > 1 else None, "tta": tta, "postprocess": postprocess, "mask_style": predictor.mask_style,
-                  "batch_size": batch_size, "device": str(predictor.device),
+        settings={"ensemble": ensemble if len(predictor.models) > 1 else None, "tta": tta,
+                  "postprocess": postprocess, "mask_style": predictor.mask_style, "batch_size": batch_size,
+                  "device": str(predictor.device),
                   "model_prepare": predictor.prepare, "dataset_prepare": data.meta.get("options", {})},
         empty_rule=EMPTY_RULE,
         rvseg_version=__version__,

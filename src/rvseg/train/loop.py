@@ -36,8 +36,15 @@ from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig, user_fields
 from rvseg.train.optim import build_optimizer, build_scheduler
 from rvseg.train.progress import MetricsLog, ProgressLine, draw_progress
-from rvseg.train.runtime import (Runtime, all_reduce_sum, any_rank, gather_objects, setup_runtime, teardown_runtime,
-                                 wait_for_all_ranks)
+from rvseg.train.runtime import (
+    Runtime,
+    all_reduce_sum,
+    any_rank,
+    gather_objects,
+    setup_runtime,
+    teardown_runtime,
+    wait_for_all_ranks,
+)
 from rvseg.train.step import check_cuda_graph, make_train_step
 
 #: A slice whose target covers less than this share of the image counts as "small" for oversampling.
@@ -416,8 +423,12 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
                 raise diverged("validation", val_loss)
             epoch, step = epoch + 1, 0
             row = {"epoch": epoch, "train_loss": f"{train_loss:.6f}", "val_loss": f"{val_loss:.6f}",
-                   **{f"val_dice_{label}": f"{d:.6f}" for label, d in zip(config.target, val_dice, strict=True)},
-                   "lr": f"{lr:.6g}", "seconds": f"{time.perf_counter() - epoch_started:.3f}"}
+                   **{f"val_dice_{label}": f"{d:.6f}" for label, d in zip(config.target, val_dice, strict=True)}}
+            if average:  # the trained weights too: one run then shows what the average gains
+                _, trained_dice = validate(model, val_set, loss_fn, runtime, config.batch_size, threshold)
+                row.update({f"trained_val_dice_{label}": f"{d:.6f}"
+                            for label, d in zip(config.target, trained_dice, strict=True)})
+            row.update(lr=f"{lr:.6g}", seconds=f"{time.perf_counter() - epoch_started:.3f}")
             score = float(np.mean(val_dice))
             if score > best["score"]:
                 best = {"score": score, "epoch": epoch, "dice": val_dice}

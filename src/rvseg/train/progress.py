@@ -43,6 +43,9 @@ def draw_progress(rows: list[dict], path: Path) -> None:
     ax_loss.legend()
     for key in (k for k in rows[0] if k.startswith("val_dice_")):
         ax_dice.plot(epochs, [float(r[key]) for r in rows], label=key.removeprefix("val_dice_"))
+    for key in (k for k in rows[0] if k.startswith("trained_val_dice_")):  # --ema: the weights before averaging
+        label = key.removeprefix("trained_val_dice_") + " trained"
+        ax_dice.plot(epochs, [float(r[key]) for r in rows], ":", label=label)
     ax_dice.set(xlabel="epoch", ylabel="Dice", title="validation Dice (per image)", ylim=(0, 1))
     ax_dice.legend()
     ax_lr.plot(epochs, [float(r["lr"]) for r in rows])
