@@ -90,6 +90,10 @@ def read_run(run_dir: Path, step: dict | None) -> dict:
         last = rows[-1]
         record["final_val_dice"] = {key[len("val_dice_"):]: float(value) for key, value in last.items()
                                     if key.startswith("val_dice_")}
+        trained = [key for key in last if key.startswith("trained_val_dice_")]
+        if trained:  # an --ema run: the weights before averaging, for comparison
+            record["trained_weights"] = {key[len("trained_val_dice_"):]: {
+                "final": float(last[key]), "best": max(float(row[key]) for row in rows)} for key in trained}
     evaluations = read_evaluations(run_dir)
     if evaluations:
         record["evaluations"] = evaluations

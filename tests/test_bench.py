@@ -252,6 +252,15 @@ def test_time_to_dice_sums_epoch_seconds_until_the_goal():
     assert summary.time_to_dice(rows, goal=0.95) is None
 
 
+def test_gpu_summary_reads_the_trained_weights_of_an_ema_run(tmp_path):
+    summary = load_script("gpu_summary")
+    (tmp_path / "metrics.csv").write_text("epoch,val_dice_endo,trained_val_dice_endo,seconds\n"
+                                          "1,0.70,0.72,1.0\n2,0.80,0.75,1.0\n3,0.81,0.74,1.0\n")
+    record = summary.read_run(tmp_path, None)
+    assert record["final_val_dice"] == {"endo": 0.81}
+    assert record["trained_weights"] == {"endo": {"final": 0.74, "best": 0.75}}
+
+
 def test_gpu_summary_computes_the_targets(tmp_path):
     summary = load_script("gpu_summary")
     work = tmp_path / "work"
