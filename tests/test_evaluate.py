@@ -14,7 +14,7 @@ import torch
 from skimage.io import imread
 
 import rvseg.evaluate as evaluate_module
-from rvseg.cli import main
+from rvseg.cli import main, parse_arguments
 from rvseg.data.dataset import load_dataset
 from rvseg.data.phantom import write_phantom
 from rvseg.data.prepare import PrepareOptions, prepare
@@ -252,3 +252,22 @@ def test_figures(tmp_path):
     draw_examples(panels, tmp_path / "examples.png", title="test")
     draw_dice_histogram({"endo": [0.1, 0.8, 0.85, float("nan")], "epi": []}, tmp_path / "hist.png")
     assert imread(tmp_path / "examples.png").ndim == 3 and imread(tmp_path / "hist.png").ndim == 3
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "a", "b", "data", "--out", "e", "--tta"],
+    ["evaluate", "a", "b", "--tta", "data", "--out", "e"],
+    ["evaluate", "a", "--tta", "b", "data", "--out", "e"],
+    ["evaluate", "--tta", "a", "b", "--out", "e", "data"],
+])
+def test_options_may_come_between_the_checkpoints_and_the_data_set(argv):
+    args = parse_arguments(argv)
+    assert (args.checkpoints, args.dataset, args.tta, args.out) == (["a", "b"], "data", True, "e")
+    predict = parse_arguments(["predict", "a", "--tta", "b", "scan.dcm", "--out", "p"])
+    assert (predict.checkpoints, predict.src) == (["a", "b"], "scan.dcm")
+
+
+def test_an_unknown_option_is_still_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_arguments(["evaluate", "a", "data", "--out", "e", "--fast"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --fast" in capsys.readouterr().err

@@ -373,8 +373,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands whose positionals are "one or more checkpoints, then one path". With options between them
+#: (``evaluate runA runB --tta data``) argparse splits the paths at the options and misassigns them.
+CHECKPOINTS_THEN_PATH = {"evaluate": "dataset", "predict": "src"}
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    last = CHECKPOINTS_THEN_PATH.get(args.command)
+    if extras and last and not any(extra.startswith("-") for extra in extras):
+        paths = [*args.checkpoints, getattr(args, last), *extras]  # in command-line order
+        args.checkpoints = paths[:-1]
+        setattr(args, last, paths[-1])
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     try:
         return args.handler(args)
     except RvsegError as exc:
