@@ -186,6 +186,13 @@ def test_resume_with_ema_equals_one_uninterrupted_run(tiny_dataset, tmp_path):
     assert metrics(tmp_path / "twice") == metrics(tmp_path / "once")
 
 
+@pytest.mark.parametrize("name", ["rvsc-endo", "rvsc-epi"])
+def test_the_committed_recipes_load(name):
+    config = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    assert config.target == [name.removeprefix("rvsc-")] and config.val_patients == ["P13", "P14", "P15", "P16"]
+    assert (config.loss, config.scheduler, config.epochs, config.ema) == ("switching", "sgdr", 350, 0.99)
+
+
 def test_resume_refuses_other_options_or_data_with_one_line(tiny_dataset, tmp_path, capsys):
     run(tiny_dataset, tmp_path / "run", epochs=1, fraction=0.25)
     resume = ["train", str(tiny_dataset), "--out", str(tmp_path / "run"), "--resume", "--epochs", "2", "--quiet"]
