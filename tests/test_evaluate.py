@@ -254,20 +254,28 @@ def test_figures(tmp_path):
     assert imread(tmp_path / "examples.png").ndim == 3 and imread(tmp_path / "hist.png").ndim == 3
 
 
-@pytest.mark.parametrize("argv", [
-    ["evaluate", "a", "b", "data", "--out", "e", "--tta"],
-    ["evaluate", "a", "b", "--tta", "data", "--out", "e"],
-    ["evaluate", "a", "--tta", "b", "data", "--out", "e"],
-    ["evaluate", "--tta", "a", "b", "--out", "e", "data"],
+@pytest.mark.parametrize("order", [
+    ["a", "b", "data", "--out", "e", "--tta"],
+    ["a", "b", "--tta", "data", "--out", "e"],
+    ["a", "--tta", "b", "data", "--out", "e"],
+    ["--tta", "a", "b", "--out", "e", "data"],
 ])
-def test_options_may_come_between_the_checkpoints_and_the_data_set(argv):
-    args = parse_arguments(argv)
+def test_options_may_come_between_the_checkpoints_and_the_data_set(order, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b", "data", "scan.dcm"):
+        Path(name).touch()
+    args = parse_arguments(["evaluate", *order])
     assert (args.checkpoints, args.dataset, args.tta, args.out) == (["a", "b"], "data", True, "e")
     predict = parse_arguments(["predict", "a", "--tta", "b", "scan.dcm", "--out", "p"])
     assert (predict.checkpoints, predict.src) == (["a", "b"], "scan.dcm")
 
 
-def test_an_unknown_option_is_still_refused(capsys):
+@pytest.mark.parametrize("argv", [["evaluate", "a", "data", "--out", "e", "--fast"],
+                                  ["evaluate", "a", "data", "--out", "e", "--tta", "yes"]])
+def test_an_unknown_option_or_a_stray_word_is_still_refused(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("a").touch()
+    Path("data").touch()
     with pytest.raises(SystemExit) as exit_:
-        parse_arguments(["evaluate", "a", "data", "--out", "e", "--fast"])
-    assert exit_.value.code == 2 and "unrecognized arguments: --fast" in capsys.readouterr().err
+        parse_arguments(argv)
+    assert exit_.value.code == 2 and f"unrecognized arguments: {argv[-1]}" in capsys.readouterr().err

@@ -359,6 +359,15 @@ def torchrun_command(dataset, out, *extra, port_offset: int = 0) -> list[str]:
     return torchrun + cli_command(dataset, out, *extra)[1:]
 
 
+def test_a_torchrun_rank_exits_with_its_code_and_its_output(tmp_path):
+    """A rank ends with os._exit (no interpreter shutdown, where gloo's threads abort it): the exit code
+    and the buffered output must still get out."""
+    env = {**os.environ, "WORLD_SIZE": "2"}
+    result = subprocess.run([sys.executable, "-m", "rvseg", "inspect", str(tmp_path / "missing")], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("rvseg: ") and "missing" in result.stderr
+
+
 def test_two_rank_ddp_on_cpu_writes_one_consistent_run(tiny_dataset, tmp_path):
     command = torchrun_command(tiny_dataset, tmp_path / "ddp", "--epochs", "2", "--quiet")
     result = subprocess.run(command, capture_output=True, text=True, timeout=180)

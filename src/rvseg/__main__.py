@@ -1,3 +1,3 @@
-from rvseg.cli import main
+from rvseg.cli import console_main
 
-raise SystemExit(main())
+console_main()

@@ -43,7 +43,6 @@ from rvseg.train.runtime import (
     gather_objects,
     setup_runtime,
     teardown_runtime,
-    wait_for_all_ranks,
 )
 from rvseg.train.step import check_cuda_graph, make_train_step
 
@@ -269,9 +268,7 @@ def train(dataset: str | Path, out: str | Path, config: TrainConfig, *, resume: 
     try:
         if config.cuda_graph:
             check_cuda_graph(runtime)  # before anything is written into the run folder
-        summary = run(Path(dataset), Path(out), config, runtime, resume=resume, verbose=verbose and runtime.is_main)
-        wait_for_all_ranks(runtime)
-        return summary
+        return run(Path(dataset), Path(out), config, runtime, resume=resume, verbose=verbose and runtime.is_main)
     finally:
         teardown_runtime(runtime)
 

@@ -108,16 +108,6 @@ def teardown_runtime(runtime: Runtime) -> None:
         dist.destroy_process_group()
 
 
-def wait_for_all_ranks(runtime: Runtime) -> None:
-    """Block until every rank gets here (a no-op on one process).
-
-    Called before a finished run tears its process group down: rank 0 still writes the run's last files
-    after the final collective, and a rank that shuts its side of the group down while another is still
-    busy has been seen to abort at exit (gloo, 2 CPU ranks).
-    """
-    if runtime.distributed:
-        dist.barrier(group=runtime.control_group)
-
 
 def all_reduce_sum(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     """Sum a tensor over ranks (a no-op on one process)."""
