@@ -24,7 +24,7 @@ counts each case.
 **Output folder** ``EVAL/`` (written to a temporary sibling and renamed into place, so it is never
 half-written): ``per_case.csv`` (one row per sample and label), ``summary.json`` (per label: mean
 and sd overall, per patient and per phase, the ED/ES table of the RVSC results, empty-case counts,
-the settings and the checkpoint's checksum), ``examples_best.png`` and ``examples_worst.png`` (the
+the settings and the checkpoints' checksums), ``examples_best.png`` and ``examples_worst.png`` (the
 samples of highest and lowest Dice of the first label, with reference and predicted contours), and
 ``dice_histogram.png``.
 """
@@ -140,8 +140,9 @@ def split_indices(data: PreparedDataset, infos: Sequence[dict], split: str) -> t
                               "val split; use --split test (patients none of them saw) or all")
         patients = sorted(set(data.patients) & val)
         if not patients:
-            raise DataError(f"none of the checkpoint's validation patients ({', '.join(sorted(val)) or 'none'}) "
-                            "is in this data set; use --split test or all", data.root)
+            listed = ", ".join(sorted(val)) or "none"
+            raise DataError(f"none of the validation patients of the checkpoint(s) ({listed}) is in this data set; "
+                            "use --split test or all", data.root)
     else:
         patients = sorted(set(data.patients) - seen)
         if not patients:
