@@ -115,22 +115,42 @@ def read_evaluations(run_dir: Path) -> dict:
     return evaluations
 
 
+#: Per-run training figures averaged over the folds: where in the run record, and the name in the summary.
+FOLD_TRAINING_FIGURES = {("best_val_dice",): "best_val_dice", ("final_val_dice",): "final_val_dice",
+                         ("trained_weights", "best"): "trained_best_val_dice",
+                         ("trained_weights", "final"): "trained_final_val_dice"}
+
+
 def cross_validation(training: dict) -> dict:
-    """Mean over the folds of each ``accuracy-<config>-fold<k>`` run: variant -> label -> metric -> mean."""
+    """Mean over the finished folds of each ``accuracy-<config>-fold<k>`` run.
+
+    ``variant -> label -> metric -> mean`` for the ``rvseg evaluate`` results, and under ``training`` the
+    runs' own best and final val Dice per label (with ``--ema``, also the trained weights').
+    """
     groups: dict[str, list[dict]] = {}
     for name, run in training.items():
-        if name.startswith("accuracy-") and "-fold" in name and run.get("evaluations"):
-            groups.setdefault(name.rsplit("-fold", 1)[0], []).append(run["evaluations"])
+        if name.startswith("accuracy-") and "-fold" in name and run.get("complete"):
+            groups.setdefault(name.rsplit("-fold", 1)[0], []).append(run)
     means = {}
-    for name, folds in groups.items():
-        means[name] = {"folds": len(folds)}
-        for variant in folds[0]:
-            for label in folds[0][variant]:
+    for name, runs in groups.items():
+        means[name] = {"folds": len(runs)}
+        evaluations = [run.get("evaluations", {}) for run in runs]
+        for variant in evaluations[0]:
+            for label in evaluations[0][variant]:
                 for metric in ("dice", "hd", "hd95"):
-                    values = [nested(f, variant, label, metric) for f in folds]
-                    values = [v for v in values if v is not None]
+                    values = [v for v in (nested(f, variant, label, metric) for f in evaluations) if v is not None]
                     if values:
                         means[name].setdefault(variant, {}).setdefault(label, {})[metric] = sum(values) / len(values)
+        for (key, *inner), figure in FOLD_TRAINING_FIGURES.items():
+            per_label: dict[str, list[float]] = {}
+            for run in runs:
+                for label, value in (run.get(key) or {}).items():
+                    value = nested(value, *inner) if inner else value
+                    if value is not None:
+                        per_label.setdefault(label, []).append(value)
+            if per_label:
+                means[name].setdefault("training", {})[figure] = {
+                    label: sum(values) / len(values) for label, values in per_label.items()}
     return means
 
 

@@ -259,6 +259,11 @@ def test_gpu_summary_reads_the_trained_weights_of_an_ema_run(tmp_path):
     record = summary.read_run(tmp_path, None)
     assert record["final_val_dice"] == {"endo": 0.81}
     assert record["trained_weights"] == {"endo": {"final": 0.74, "best": 0.75}}
+    folds = {f"accuracy-x-fold{k}": {"complete": k < 2, "trained_weights": {"endo": {"final": 0.7 + k / 5,
+                                                                                     "best": 0.8 + k / 5}}}
+             for k in range(3)}  # fold 2 unfinished: left out
+    assert summary.cross_validation(folds) == {"accuracy-x": {"folds": 2, "training": {
+        "trained_best_val_dice": {"endo": pytest.approx(0.9)}, "trained_final_val_dice": {"endo": pytest.approx(0.8)}}}}
 
 
 def test_gpu_summary_computes_the_targets(tmp_path):
@@ -282,7 +287,7 @@ def test_gpu_summary_computes_the_targets(tmp_path):
     write_run(keep / "accuracy" / "rvsc-endo", [0.81], [2.0], None)
     for fold, dice in enumerate((0.86, 0.90)):
         run = keep / "accuracy" / f"rvsc-endo-fold{fold}"
-        write_run(run, [dice], [2.0], {"seconds": 2.0})
+        write_run(run, [dice], [2.0], {"seconds": 2.0, "best_val_dice": {"endo": dice - 0.005}})
         (run / "eval-raw").mkdir()
         (run / "eval-raw" / "summary.json").write_text(json.dumps({"labels": {"endo": {"overall": {"metrics": {
             "dice": {"mean": dice}, "hd": {"mean": 6.0 + fold}, "hd95": {"mean": 4.0}}}}}}))
@@ -303,7 +308,9 @@ def test_gpu_summary_computes_the_targets(tmp_path):
                                             "accuracy-rvsc-endo-fold0": {"epoch": 1, "seconds": 2.0},
                                             "accuracy-rvsc-endo-fold1": {"epoch": 1, "seconds": 2.0}}
     assert targets["cross_validation"] == {"accuracy-rvsc-endo": {
-        "folds": 2, "raw": {"endo": {"dice": pytest.approx(0.88), "hd": 6.5, "hd95": 4.0}}}}
+        "folds": 2, "raw": {"endo": {"dice": pytest.approx(0.88), "hd": 6.5, "hd95": 4.0}},
+        "training": {"best_val_dice": {"endo": pytest.approx(0.875)},
+                     "final_val_dice": {"endo": pytest.approx(0.88)}}}}
     assert targets["rvsc_loop_over_raw"] == {"bench-rvsc": {"value": 0.7, "goal": 0.9, "met": False},
                                              "bench-rvsc-graph": None}
     assert targets["small_image_speedup"] == {"bench-rvsc-graph": 3.0}
