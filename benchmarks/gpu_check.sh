@@ -31,10 +31,11 @@
 # region (there, because checkpoints are larger than what a call brings back).
 #
 # Sweeps and accuracy runs live in --keep DIR (default gpu-work/full, or gpu-work/smoke, in this
-# checkout, git-ignored): the same command run again continues them (--sweeps-only skips phase A), on
-# the same machine or, on another one, from the keep.tar.gz of an earlier call (--restore: unpacked
-# into an empty keep folder). Finished runs are reused; the others train again from scratch, as their
-# checkpoints did not come back. A finished accuracy run is never retrained: delete its folder for that.
+# checkout, git-ignored): the same command run again continues them (--sweeps-only skips phase A
+# except its CUDA-only tests), on the same machine or, on another one, from the keep.tar.gz of an
+# earlier call (--restore: unpacked into an empty keep folder). Finished runs are reused; the others
+# train again from scratch, as their checkpoints did not come back. A finished accuracy run is never
+# retrained: delete its folder for that.
 #
 # The GPU machine has python3 with torch, numpy, scipy, scikit-image, matplotlib, pyyaml and pytest
 # but no pydicom, nibabel or optuna and no network: --wheels DIR (default ./wheels, filled by
@@ -314,16 +315,17 @@ else
 fi
 
 # ---- phase A: the GPU to itself
-if (( SWEEPS_ONLY )); then
-    log "== phase A skipped (--sweeps-only)"
+# The CUDA-only tests run on every call, --sweeps-only too: about 30 s, and nowhere else can they run.
+if [[ $MODE == smoke ]]; then
+    skip gpu-tests "smoke: the CUDA-only tests skip without CUDA"
 else
-    if [[ $MODE == smoke ]]; then
-        skip gpu-tests "smoke: the CUDA-only tests skip without CUDA"
-    else
-        step gpu-tests 90 30 "$PY" -m pytest -q -p no:cacheprovider -rfEs "$REPO/tests/test_step.py" \
-            "$REPO/tests/test_augment.py" "$REPO/tests/test_train.py::test_training_steps_never_wait_for_the_gpu" \
-            "$REPO/tests/test_train.py::test_device_and_precision_flags" -k "cuda or graph or gpu or device"
-    fi
+    step gpu-tests 90 30 "$PY" -m pytest -q -p no:cacheprovider -rfEs "$REPO/tests/test_step.py" \
+        "$REPO/tests/test_augment.py" "$REPO/tests/test_train.py::test_training_steps_never_wait_for_the_gpu" \
+        "$REPO/tests/test_train.py::test_device_and_precision_flags" -k "cuda or graph or gpu or device"
+fi
+if (( SWEEPS_ONLY )); then
+    log "== the rest of phase A skipped (--sweeps-only)"
+else
     train_step train-default 90 30 "${TRAIN[@]}"
     if [[ $MODE == smoke ]]; then
         skip train-default-graph "smoke: --cuda-graph needs CUDA"
