@@ -36,14 +36,7 @@ from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig, user_fields
 from rvseg.train.optim import build_optimizer, build_scheduler
 from rvseg.train.progress import MetricsLog, ProgressLine, draw_progress
-from rvseg.train.runtime import (
-    Runtime,
-    all_reduce_sum,
-    any_rank,
-    gather_objects,
-    setup_runtime,
-    teardown_runtime,
-)
+from rvseg.train.runtime import Runtime, all_reduce_sum, any_rank, gather_objects, setup_runtime, teardown_runtime
 from rvseg.train.step import check_cuda_graph, make_train_step
 
 #: A slice whose target covers less than this share of the image counts as "small" for oversampling.

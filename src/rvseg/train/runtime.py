@@ -108,7 +108,6 @@ def teardown_runtime(runtime: Runtime) -> None:
         dist.destroy_process_group()
 
 
-
 def all_reduce_sum(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     """Sum a tensor over ranks (a no-op on one process)."""
     if runtime.distributed:
