@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def cross_validation(training: dict) -> dict:
                 for metric in ("dice", "hd", "hd95"):
                     values = [v for v in (nested(f, variant, label, metric) for f in evaluations) if v is not None]
                     if values:
-                        means[name].setdefault(variant, {}).setdefault(label, {})[metric] = sum(values) / len(values)
+                        means[name].setdefault(variant, {}).setdefault(label, {})[metric] = statistics.mean(values)
         for (key, *inner), figure in FOLD_TRAINING_FIGURES.items():
             per_label: dict[str, list[float]] = {}
             for run in runs:
@@ -150,7 +151,7 @@ def cross_validation(training: dict) -> dict:
                         per_label.setdefault(label, []).append(value)
             if per_label:
                 means[name].setdefault("training", {})[figure] = {
-                    label: sum(values) / len(values) for label, values in per_label.items()}
+                    label: statistics.mean(values) for label, values in per_label.items()}
     return means
 
 
