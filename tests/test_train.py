@@ -40,6 +40,19 @@ def metrics(run_dir: Path, drop=("seconds",)) -> list[dict]:
         return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
 
 
+def assert_last_row_scores_the_saved_model(dataset, run_dir: Path) -> None:
+    """The last metrics.csv row is the validation of last.pt's ``model`` (a TINY run, val patient S04)."""
+    data = load_dataset(dataset)
+    config = TrainConfig(**TINY)
+    _, val_idx, _, _ = loop.choose_indices(data, config)
+    val = loop.split_tensors(data, val_idx, config, torch.device("cpu"))
+    last, _, _ = model_from_checkpoint(run_dir / "last.pt")
+    val_loss, val_dice = loop.validate(last, val, build_loss("dice"), Runtime(torch.device("cpu"), "fp32"), 8, 0.5)
+    row = metrics(run_dir)[-1]
+    assert float(row["val_loss"]) == pytest.approx(val_loss, abs=2e-6)
+    assert float(row["val_dice_endo"]) == pytest.approx(val_dice[0], abs=2e-6)
+
+
 def test_run_folder_has_every_output(tiny_dataset, tmp_path):
     summary = run(tiny_dataset, tmp_path / "run")
     for name in ("config.yaml", "metrics.csv", "progress.png", "last.pt", "best.pt", "summary.json"):
@@ -167,15 +180,7 @@ def test_ema_validates_and_saves_the_moving_average(tiny_dataset, tmp_path):
     assert state["ema_updates"] == 3 * 4  # 32 training slices in batches of 8
     assert not torch.equal(state["model"]["encoders.0.0.weight"],
                            state["training_model"]["encoders.0.0.weight"])
-    # "model" is the average, and it is what the logged validation scored.
-    data = load_dataset(tiny_dataset)
-    config = TrainConfig(**TINY)
-    _, val_idx, _, _ = loop.choose_indices(data, config)
-    val = loop.split_tensors(data, val_idx, config, torch.device("cpu"))
-    last, _, _ = model_from_checkpoint(tmp_path / "ema" / "last.pt")
-    val_loss, val_dice = loop.validate(last, val, build_loss("dice"), Runtime(torch.device("cpu"), "fp32"), 8, 0.5)
-    assert float(rows[-1]["val_loss"]) == pytest.approx(val_loss, abs=2e-6)
-    assert float(rows[-1]["val_dice_endo"]) == pytest.approx(val_dice[0], abs=2e-6)
+    assert_last_row_scores_the_saved_model(tiny_dataset, tmp_path / "ema")  # "model" is the average
 
 
 def test_resume_with_ema_equals_one_uninterrupted_run(tiny_dataset, tmp_path):
@@ -380,14 +385,8 @@ def test_two_rank_ddp_on_cpu_writes_one_consistent_run(tiny_dataset, tmp_path):
     assert summary["world_size"] == 2 and summary["n_train"] == 32
     model, _, _ = model_from_checkpoint(tmp_path / "ddp")
     assert not any(k.startswith("module.") for k in model.state_dict())
-    # The logged validation is that of the saved model (rank 0's BatchNorm statistics on every rank).
-    config = TrainConfig(**TINY)
-    _, val_idx, _, _ = loop.choose_indices(load_dataset(tiny_dataset), config)
-    val = loop.split_tensors(load_dataset(tiny_dataset), val_idx, config, torch.device("cpu"))
-    last, _, _ = model_from_checkpoint(tmp_path / "ddp" / "last.pt")
-    val_loss, val_dice = loop.validate(last, val, build_loss("dice"), Runtime(torch.device("cpu"), "fp32"), 8, 0.5)
-    assert float(rows[-1]["val_loss"]) == pytest.approx(val_loss, abs=2e-6)
-    assert float(rows[-1]["val_dice_endo"]) == pytest.approx(val_dice[0], abs=2e-6)
+    # Rank 0's BatchNorm statistics on every rank: the ranks validated the model that was saved.
+    assert_last_row_scores_the_saved_model(tiny_dataset, tmp_path / "ddp")
 
 
 def test_two_ranks_interrupted_mid_epoch_resume_exactly(tiny_dataset, tmp_path):
