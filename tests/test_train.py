@@ -453,14 +453,21 @@ def test_compile_flag_compiles_the_training_model(tiny_dataset, tmp_path, monkey
 
 def test_oversampling_draws_small_foreground_slices_more_often():
     hard = torch.zeros(100, 1, 10, 10, dtype=torch.bool)
-    hard[:50, :, :5, :5] = True  # 25% foreground; the other 50 slices are empty (< 1%)
+    hard[:50, :, :5, :5] = True  # 25% foreground
+    hard[50:, :, 0, :2] = True  # 2% foreground
     data = loop.SplitData(hard.float(), hard.float(), hard, ["P"] * 100)
-    config = TrainConfig(oversample_small=4.0)
-    order = loop.epoch_order(data, config, torch.Generator().manual_seed(0))
-    assert len(order) == 100
-    assert (order >= 50).float().mean() > 0.7  # expected 4/5
+
+    def share_of_small(**options) -> float:
+        order = loop.epoch_order(data, TrainConfig(**options), torch.Generator().manual_seed(0))
+        assert len(order) == 100
+        return float((order >= 50).float().mean())
+
+    assert share_of_small(oversample_small=4.0, small_foreground=0.05) > 0.7  # expected 4/5
+    assert 0.3 < share_of_small(oversample_small=4.0) < 0.7  # 2% is not small at the default 1%
     uniform = loop.epoch_order(data, TrainConfig(), torch.Generator().manual_seed(0))
     assert sorted(uniform.tolist()) == list(range(100))
+    with pytest.raises(ConfigError, match="--small-foreground must be in"):
+        TrainConfig(small_foreground=1.5).validate()
 
 
 def test_device_and_precision_flags(tiny_dataset, tmp_path):

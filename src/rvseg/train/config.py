@@ -66,6 +66,7 @@ class TrainConfig:
     intensity: float = 0.1
     elastic: float = 0.0
     oversample_small: float = 1.0
+    small_foreground: float = 0.01
     # runtime
     device: str = "auto"
     precision: str = "auto"
@@ -89,6 +90,7 @@ class TrainConfig:
             check_option(name, getattr(self, name), "greater than 0", lambda v: v > 0)
         for name in ("weight_decay", "momentum", "min_lr"):
             check_option(name, getattr(self, name), "at least 0", lambda v: v >= 0)
+        check_option("small_foreground", self.small_foreground, "in (0, 1)", lambda v: 0 < v < 1)
         check_option("ema", self.ema, "in [0, 1) (0 = off)", lambda v: 0 <= v < 1)
         check_graph_or_compile(self.cuda_graph, self.compile)
         if self.pause_after is not None:
@@ -124,7 +126,9 @@ HELP = {
     "ema": "validate and save an exponential moving average of the weights with this decay per step "
            "(e.g. 0.99; 0 = off)",
     "augment": "batched on-device flips, rotation, scaling, intensity jitter",
-    "oversample_small": "weight of slices with < 1%% foreground in the batch draw (1 = uniform; the paper oversampled)",
+    "oversample_small": "weight of small-foreground slices in the batch draw (1 = uniform; the paper oversampled)",
+    "small_foreground": "a slice whose first target covers less than this share of the image is small (for "
+                        "--oversample-small)",
     "elastic": "elastic deformation amplitude in pixels (0 = off)",
     "device": "auto | cpu | cuda | cuda:N",
     "precision": "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32",

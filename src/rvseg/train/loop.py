@@ -39,8 +39,6 @@ from rvseg.train.progress import MetricsLog, ProgressLine, draw_progress
 from rvseg.train.runtime import Runtime, all_reduce_sum, any_rank, gather_objects, setup_runtime, teardown_runtime
 from rvseg.train.step import check_cuda_graph, make_train_step
 
-#: A slice whose target covers less than this share of the image counts as "small" for oversampling.
-SMALL_FOREGROUND = 0.01
 #: Checkpoints are written at most this share of the time (the rest is training).
 CHECKPOINT_OVERHEAD = 0.1
 #: progress.png is redrawn at most this often (seconds), and at the end.
@@ -153,11 +151,12 @@ def resolve_tau(config: TrainConfig, train: SplitData) -> float | None:
 
 
 def epoch_order(train: SplitData, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """The epoch's sample order; slices with < 1% foreground drawn ``oversample_small`` times as often."""
+    """The epoch's sample order; slices whose first target covers less than ``small_foreground`` of the
+    image are drawn ``oversample_small`` times as often."""
     n = len(train)
     if config.oversample_small == 1.0:
         return torch.randperm(n, generator=generator)
-    small = train.hard[:, 0].flatten(1).float().mean(dim=1).cpu() < SMALL_FOREGROUND
+    small = train.hard[:, 0].flatten(1).float().mean(dim=1).cpu() < config.small_foreground
     weights = torch.where(small, config.oversample_small, 1.0)
     return torch.multinomial(weights, n, replacement=True, generator=generator)
 
