@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from helpers import synthetic_report
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

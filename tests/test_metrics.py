@@ -264,10 +264,10 @@ def test_batch_metrics_equals_per_slice_calls_with_shared_or_per_slice_spacing()
     refs = np.stack([random_blobs(rng, (24, 20)) for _ in range(4)])
     spacings = [(0.7, 1.3), None, (1.0, 2.0), (1.4, 0.7)]
     rows = batch_metrics(preds, refs, spacings)
-    expected = [segmentation_metrics(p, r, s) for p, r, s in zip(preds, refs, spacings)]
+    expected = [segmentation_metrics(p, r, s) for p, r, s in zip(preds, refs, spacings, strict=True)]
     assert rows == expected
     shared = batch_metrics(list(preds), list(refs), (0.7, 1.3))
-    assert shared == [segmentation_metrics(p, r, (0.7, 1.3)) for p, r in zip(preds, refs)]
+    assert shared == [segmentation_metrics(p, r, (0.7, 1.3)) for p, r in zip(preds, refs, strict=True)]
     assert [row["unit"] for row in batch_metrics(preds, refs, None)] == ["px"] * 4
 
 

@@ -113,7 +113,7 @@ def test_gradients_reach_every_parameter(name):
 def test_same_seed_same_weights_and_logits():
     first, second = seeded_model("unet", seed=3), seeded_model("unet", seed=3)
     other = seeded_model("unet", seed=4)
-    for (key, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+    for (key, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b), key
     assert not torch.equal(first.head.weight, other.head.weight)
     images = torch.randn(2, 1, 32, 32)

@@ -218,7 +218,7 @@ def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
         if relative.name != PHANTOM_JSON:
             assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes(), relative
     assert first.truth == second.truth
-    assert all(a != b for a, b in zip(pixel_data_of(tmp_path / "a"), pixel_data_of(tmp_path / "c")))
+    assert all(a != b for a, b in zip(pixel_data_of(tmp_path / "a"), pixel_data_of(tmp_path / "c"), strict=True))
     assert first.truth[0].ed_volume_ml != other.truth[0].ed_volume_ml
 
 

@@ -9,14 +9,13 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from helpers import crop_dicom, make_patient_copy
 
 from rvseg.cli import main
 from rvseg.data.dataset import encode_targets, load_dataset
 from rvseg.data.phantom import write_phantom
 from rvseg.data.splits import split_patients, training_share
 from rvseg.errors import ConfigError
-
-from helpers import crop_dicom, make_patient_copy
 
 
 def prepare_json(capsys, src, out, *flags) -> dict:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from helpers import crop_dicom, make_patient_copy
 
 from rvseg.data.contours import polygon_area, read_contour_file
 from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, order_series, plane_positions, read_dicom
 from rvseg.data.rvsc import looks_like_rvsc, read_rvsc
 from rvseg.errors import DataError
-
-from helpers import crop_dicom, make_patient_copy
 
 ANNOTATED = ("0020", "0022", "0023")
 
@@ -362,3 +362,39 @@ def test_unlisted_contour_files_are_noted(tmp_path, rvsc_root):
     report = read_rvsc(root)
     assert [s.id for s in report.samples] == ["P09-0020", "P09-0022"]
     assert len(report.notes) == 1 and "2 contour file(s)" in report.notes[0] and str(list_file) in report.notes[0]
+
+
+# --- the test sets' separate contour tree -------------------------------------------------------
+
+
+def make_test_set_copy(tmp_path: Path, rvsc_root: Path) -> Path:
+    """patient09 laid out as an RVSC test-set patient: ``TestSet/Test1Set/patient09`` holds the DICOMs
+    and the list file, ``TestSet/Test1SetContours/P09contours-manual`` the contours. Returns ``TestSet``."""
+    data = make_patient_copy(tmp_path, rvsc_root, frames=ANNOTATED)
+    test_set = tmp_path / "TestSet"
+    (test_set / "Test1SetContours").mkdir(parents=True)
+    (data / "patient09" / "P09contours-manual").rename(test_set / "Test1SetContours" / "P09contours-manual")
+    data.rename(test_set / "Test1Set")
+    return test_set
+
+
+def test_test_set_contours_in_their_separate_tree(tmp_path, rvsc_root, report):
+    test_set = make_test_set_copy(tmp_path, rvsc_root)
+    assert looks_like_rvsc(test_set)
+    for root in (test_set, test_set / "Test1Set", test_set / "Test1Set" / "patient09"):
+        read = read_rvsc(root)
+        assert [(s.id, s.phase) for s in read.samples] == [(s.id, s.phase) for s in report.samples]
+        for got, want in zip(read.samples, report.samples, strict=True):
+            assert all(np.array_equal(got.masks[k], want.masks[k]) for k in ("endo", "epi"))
+        assert str(test_set / "Test1SetContours") in read.samples[0].sources["endo"]
+    (test_set / "Test1Set" / "patient09" / "P09list.txt").unlink()  # globbed in the separate tree instead
+    assert len(read_rvsc(test_set).samples) == len(report.samples)
+
+
+def test_a_patient_found_twice_is_refused(tmp_path, rvsc_root):
+    test_set = make_test_set_copy(tmp_path, rvsc_root)
+    shutil.copytree(test_set / "Test1Set", tmp_path / "TrainingSet")
+    shutil.copytree(test_set / "Test1SetContours", tmp_path / "TrainingSetContours")
+    message = raised_message(tmp_path)
+    assert "patient P09 was already read from" in message
+    assert len(read_rvsc(tmp_path, skip_bad=True).samples) == len(ANNOTATED)

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import crop_dicom
 
 from rvseg.data.contours import polygon_area, read_contour_file
 from rvseg.data.dicom import dicom_stacks, plane_positions, read_dicom
 from rvseg.data.sunnybrook import looks_like_sunnybrook, read_sunnybrook
 from rvseg.errors import ConfigError, DataError
-
-from helpers import crop_dicom
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,19 @@ import yaml
 
 from rvseg.errors import ConfigError, DataError
 from rvseg.report.html import write_report
-from rvseg.sweep import (INTERRUPTED_ATTR, OWNER_ATTR, SweepOptions, next_action, open_storage, open_study,
-                         recover, record_spec, resolve_spec, run_sweep, storage_url)
+from rvseg.sweep import (
+    INTERRUPTED_ATTR,
+    OWNER_ATTR,
+    SweepOptions,
+    next_action,
+    open_storage,
+    open_study,
+    record_spec,
+    recover,
+    resolve_spec,
+    run_sweep,
+    storage_url,
+)
 from rvseg.sweeps.claims import Owner, RunClaim
 from rvseg.sweeps.results import read_metrics, read_results
 from rvseg.sweeps.spec import MAX_RUN_NAME, make_overrides, parse_spec, run_name

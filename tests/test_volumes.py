@@ -15,7 +15,7 @@ from rvseg.volumes import SliceArea, area_mm2, assign_phases, slice_spacing_mm, 
 def cine(stack: str, locations, areas_by_slice, trigger_step: float = 40.0) -> list[SliceArea]:
     """Images of a cine stack: ``areas_by_slice[s][k]`` is the area of frame k on slice s."""
     images = []
-    for s, (location, areas) in enumerate(zip(locations, areas_by_slice)):
+    for s, (location, areas) in enumerate(zip(locations, areas_by_slice, strict=True)):
         for k, area in enumerate(areas):
             images.append(SliceArea(stack=stack, id=f"{stack}-s{s}-f{k}", slice_location=location, area_mm2=area,
                                     trigger_time=k * trigger_step, frame=100 * s + k))

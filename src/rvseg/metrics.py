@@ -175,7 +175,7 @@ def batch_metrics(
         raise ValueError(f"got {len(preds)} predictions but {len(refs)} references")
     per_slice = _per_slice_spacings(spacings, len(preds))
     rows = []
-    for index, (pred, ref, spacing) in enumerate(zip(preds, refs, per_slice)):
+    for index, (pred, ref, spacing) in enumerate(zip(preds, refs, per_slice, strict=True)):
         try:
             rows.append(segmentation_metrics(pred, ref, spacing))
         except ValueError as exc:

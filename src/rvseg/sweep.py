@@ -60,10 +60,29 @@ from rvseg import __version__
 from rvseg.errors import ConfigError, DataError, RvsegError
 from rvseg.io import write_json
 from rvseg.sweeps.claims import Owner, RunClaim
-from rvseg.sweeps.results import (FINISHED, collect_results, epoch_dice, read_json, read_metrics, read_run,
-                                  run_status, write_results)
-from rvseg.sweeps.spec import (OBJECTIVES, PREPARE_FIELDS, Overrides, SweepSpec, apply_overrides, cell_label,
-                               load_spec, parse_spec, preset_spec, run_name, variant_name)
+from rvseg.sweeps.results import (
+    FINISHED,
+    collect_results,
+    epoch_dice,
+    read_json,
+    read_metrics,
+    read_run,
+    run_status,
+    write_results,
+)
+from rvseg.sweeps.spec import (
+    OBJECTIVES,
+    PREPARE_FIELDS,
+    Overrides,
+    SweepSpec,
+    apply_overrides,
+    cell_label,
+    load_spec,
+    parse_spec,
+    preset_spec,
+    run_name,
+    variant_name,
+)
 
 #: Seconds between a trial's heartbeats in the storage.
 HEARTBEAT_S = 15.0
@@ -407,7 +426,7 @@ def variants(spec: SweepSpec) -> list[dict]:
     names = [axis.name for axis in spec.space if axis.values]
     found = []
     for combo in itertools.product(*lists):
-        params = dict(zip(names, combo))
+        params = dict(zip(names, combo, strict=True))
         prepare = {k: v for axis in spec.space if axis.name in params
                    for k, v in axis.settings(params[axis.name]).items() if k in PREPARE_FIELDS}
         if prepare not in found:

@@ -1,6 +1,6 @@
 """Reader for the RVSC-MICCAI 2012 native layout (DICOM frames + manual contour files).
 
-Layout, for ``root`` = a folder of patient folders or one patient folder::
+Layout of one patient folder::
 
     patient09/
         P09dicom/P09-0020.dcm                                  one cine frame per file
@@ -11,6 +11,17 @@ Layout, for ``root`` = a folder of patient folders or one patient folder::
 ``P09list.txt`` holds Windows-style paths relative to the folder above the patient folder
 (``.\\patient09\\P09contours-manual\\P09-0020-icontour-manual.txt``). Contours are matched to frames
 by the ``PNN-FFFF`` stem.
+
+The challenge's test sets keep their contours in a separate tree beside the set, released after
+the images; a patient folder without ``PNNcontours-manual/`` takes it from there::
+
+    TestSet/Test1Set/patient17/{P17dicom/, P17list.txt}
+    TestSet/Test1SetContours/P17contours-manual/P17-0020-icontour-manual.txt
+
+so ``root`` may be a patient folder, a set folder of patient folders, or a folder holding set
+folders (``TrainingSet/``, ``TestSet/Test1Set/``, ...; patient folders up to three levels down).
+The list file of such a patient still names the in-tree path; its entries are looked up by file
+name in the separate tree.
 
 Phase: a frame is ED when it is the first frame of its slice (lowest TriggerTime among the slice's
 frames, or TriggerTime 0 when it is the only frame of its slice read); any other annotated frame
@@ -40,6 +51,10 @@ LABEL_OF_CONTOUR = {"i": "endo", "o": "epi"}
 NESTING_TOLERANCE = 0.01
 
 PATIENT_DIR_NAME = re.compile(r"patient(\d+)", re.IGNORECASE)
+#: How far below ``root`` patient folders are looked for (``TestSet/Test1Set/patient17``).
+PATIENT_SEARCH_DEPTH = 3
+#: A set's separate contour tree: ``Test1Set`` -> ``Test1SetContours``.
+CONTOUR_TREE_SUFFIX = "Contours"
 DICOM_NAME = re.compile(r"(P\d+-\d+)\.dcm", re.IGNORECASE)
 CONTOUR_NAME = re.compile(r"(P\d+-\d+)-([io])contour-manual\.txt", re.IGNORECASE)
 
@@ -89,7 +104,13 @@ def read_rvsc(root: str | Path, *, skip_bad: bool = False) -> ReadReport:
             root,
         )
     report = ReadReport(format="rvsc", labels=LABELS)
+    seen: dict[str, Path] = {}
     for patient_dir in patient_dirs:
+        patient = _patient_id(patient_dir)
+        if patient in seen:
+            report.bad_file(patient_dir, f"patient {patient} was already read from {seen[patient]}", skip_bad)
+            continue
+        seen[patient] = patient_dir
         _read_patient(patient_dir, report, skip_bad)
     report.samples.sort(key=lambda sample: sample.id)
     return report
@@ -145,9 +166,17 @@ def note_unnested(sample_id: str, masks: dict[str, np.ndarray], inner: str, oute
 
 
 def _patient_dirs(root: Path) -> list[Path]:
+    """``root`` itself when it is a patient folder, else the patient folders below it (breadth first,
+    up to :data:`PATIENT_SEARCH_DEPTH` levels; a patient folder's own subfolders are not searched)."""
     if PATIENT_DIR_NAME.fullmatch(root.name):
         return [root]
-    return sorted(child for child in root.iterdir() if child.is_dir() and PATIENT_DIR_NAME.fullmatch(child.name))
+    found: list[Path] = []
+    level = [root]
+    for _ in range(PATIENT_SEARCH_DEPTH):
+        folders = sorted(child for folder in level for child in folder.iterdir() if child.is_dir())
+        found += [folder for folder in folders if PATIENT_DIR_NAME.fullmatch(folder.name)]
+        level = [folder for folder in folders if not PATIENT_DIR_NAME.fullmatch(folder.name)]
+    return sorted(found, key=lambda folder: (folder.name.lower(), str(folder)))
 
 
 def _patient_id(patient_dir: Path) -> str:
@@ -202,13 +231,22 @@ def _read_patient(patient_dir: Path, report: ReadReport, skip_bad: bool) -> None
     report.unmatched_images.extend(str(frames[stem].path) for stem in sorted(frames) if stem not in contours)
 
 
+def _contour_dir(patient_dir: Path, patient: str) -> Path:
+    """The patient's ``PNNcontours-manual`` folder: in the patient folder, or else in the set's separate
+    contour tree (``Test1Set/patient17`` -> ``Test1SetContours/P17contours-manual``) when that exists."""
+    in_tree = patient_dir / f"{patient}contours-manual"
+    set_dir = patient_dir.parent
+    separate = set_dir.parent / f"{set_dir.name}{CONTOUR_TREE_SUFFIX}" / in_tree.name
+    return separate if not in_tree.is_dir() and separate.is_dir() else in_tree
+
+
 def _contour_files(patient_dir: Path, patient: str, report: ReadReport, skip_bad: bool) -> list[Path]:
     list_file = patient_dir / f"{patient}list.txt"
-    contour_dir = patient_dir / f"{patient}contours-manual"
+    contour_dir = _contour_dir(patient_dir, patient)
     on_disk = sorted(contour_dir.glob("*contour-manual.txt")) if contour_dir.is_dir() else []
     if not list_file.is_file():
         return on_disk
-    listed = _listed_contour_files(list_file, patient_dir, report, skip_bad)
+    listed = _listed_contour_files(list_file, patient_dir, contour_dir, report, skip_bad)
     unlisted = sorted(set(on_disk) - set(listed))
     if unlisted:
         report.notes.append(
@@ -218,8 +256,11 @@ def _contour_files(patient_dir: Path, patient: str, report: ReadReport, skip_bad
     return listed
 
 
-def _listed_contour_files(list_file: Path, patient_dir: Path, report: ReadReport, skip_bad: bool) -> list[Path]:
-    """The contour files a ``PNNlist.txt`` names, each checked to exist inside the patient folder."""
+def _listed_contour_files(
+    list_file: Path, patient_dir: Path, contour_dir: Path, report: ReadReport, skip_bad: bool
+) -> list[Path]:
+    """The contour files a ``PNNlist.txt`` names, each checked to exist inside the patient folder, or
+    (when the contours live in the set's separate tree) by its file name in ``contour_dir``."""
     try:
         # utf-8-sig: list files written on Windows may start with a byte-order mark.
         lines = list_file.read_text(encoding="utf-8-sig").splitlines()
@@ -240,6 +281,8 @@ def _listed_contour_files(list_file: Path, patient_dir: Path, report: ReadReport
             reason = f"line {number}: {entry!r} points outside the patient folder {patient_abs}"
             report.bad_file(list_file, reason, skip_bad)
             continue
+        if not candidate.is_file() and not Path(os.path.abspath(contour_dir)).is_relative_to(patient_abs):
+            candidate = contour_dir / PureWindowsPath(entry).name
         if not candidate.is_file():
             reason = f"line {number}: listed contour file {entry!r} does not exist ({candidate})"
             report.bad_file(list_file, reason, skip_bad)

@@ -115,7 +115,7 @@ class UNet(nn.Module):
             skips.append(features)
             features = self.pool(features)
         features = self.dropout(self.bottleneck(features))
-        for upconv, decoder, skip in zip(self.upconvs, self.decoders, reversed(skips)):
+        for upconv, decoder, skip in zip(self.upconvs, self.decoders, reversed(skips), strict=True):
             features = decoder(torch.cat([skip, upconv(features)], dim=1))
         logits = self.head(features)
         return logits[..., top : top + height, left : left + width]

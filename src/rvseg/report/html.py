@@ -31,8 +31,17 @@ from rvseg import __version__
 from rvseg.errors import DataError
 from rvseg.io import write_text
 from rvseg.report import plots
-from rvseg.report.tables import (BEST_MARK, Cell, Table, format_metric, point_label, runs_table, sweep_table,
-                                 table_html, table_markdown)
+from rvseg.report.tables import (
+    BEST_MARK,
+    Cell,
+    Table,
+    format_metric,
+    point_label,
+    runs_table,
+    sweep_table,
+    table_html,
+    table_markdown,
+)
 from rvseg.sweeps.results import collect_results, read_json, read_metrics, run_status
 from rvseg.sweeps.spec import SweepSpec, parse_spec
 

@@ -58,7 +58,7 @@ def curves_figure(points: list[tuple[str, list[list[dict]]]]) -> bytes:
     figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.1 * rows), squeeze=False, sharey=True)
     for ax in axes.ravel()[len(points):]:
         ax.axis("off")
-    for ax, (label, runs) in zip(axes.ravel(), points):
+    for ax, (label, runs) in zip(axes.ravel(), points, strict=False):
         for key, style, colour in (("train_loss", "-", "tab:blue"), ("val_loss", "--", "tab:orange")):
             epochs, mean, sd = mean_curve(runs, key)
             if len(epochs):

@@ -141,9 +141,9 @@ def sweep_table(records: list[dict], spec: SweepSpec, layout: dict | None = None
 
     rows = []
     for row_key in row_keys:
-        row = [Cell(display_value(a, v)) for a, v in zip(row_axes, row_key)]
+        row = [Cell(display_value(a, v)) for a, v in zip(row_axes, row_key, strict=True)]
         for column_value in column_values:
-            params = dict(zip(row_axes, row_key))
+            params = dict(zip(row_axes, row_key, strict=True))
             if column_axis:
                 params[column_axis] = column_value
             key = tuple(params.get(name) for name in spec.axis_names)
