@@ -1,4 +1,5 @@
-"""Sunnybrook (link.csv) reader, on the real subset and on broken copies of one patient."""
+"""Sunnybrook reader, on the real subset, on copies of it laid out as the challenge and Cardiac Atlas
+Project downloads, and on broken copies of one patient."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from helpers import crop_dicom
 
 from rvseg.data.contours import polygon_area, read_contour_file
 from rvseg.data.dicom import dicom_stacks, plane_positions, read_dicom
+from rvseg.data.formats import detect_format
 from rvseg.data.sunnybrook import looks_like_sunnybrook, read_sunnybrook
 from rvseg.errors import ConfigError, DataError
 
@@ -59,7 +61,7 @@ def test_subset_counts(report):
 
 def test_subset_samples(report, sunnybrook_root):
     sample = next(s for s in report.samples if s.id == "SCD0000101-0048")
-    assert sample.patient == "SCD0000101" and sample.frame == 48 and sample.phase == "unknown"
+    assert sample.patient == "SCD0000101" and sample.frame == 48 and sample.phase == "ES"
     assert sample.image.shape == (256, 256) and sample.image.dtype == np.float32
     assert sample.spacing_mm == pytest.approx((1.367188, 1.367188))
     assert sample.slice == f"{sample.slice_location:.2f}"
@@ -82,6 +84,20 @@ def test_slice_spacing_is_measured_between_the_image_planes(sunnybrook_root):
     assert np.diff(planes) == pytest.approx([10.0] * 8 + [20.0], abs=0.01)
     assert np.diff(locations) == pytest.approx([6.72] * 8 + [13.44], abs=0.01)
     assert stack[0].slice_thickness_mm == 10.0
+
+
+def test_subset_phases(report):
+    # Each patient was contoured at two phases of every slice (e.g. images 48 and 59: phases 8 and
+    # 19 of 20). The larger cavity is ED; independently of that rule, the experts drew every
+    # o-contour at ED only, which the assignment must reproduce.
+    for patient in report.patients:
+        samples = [s for s in report.samples if s.patient == patient]
+        phases = {s.phase for s in samples}
+        assert phases == {"ED", "ES"}
+        assert all(s.phase == "ED" for s in samples if "epi" in s.masks)
+        index = {phase: {(s.frame - 1) % 20 for s in samples if s.phase == phase} for phase in phases}
+        assert len(index["ED"]) == len(index["ES"]) == 1
+    assert sum(s.phase == "ED" for s in report.samples) == 48
 
 
 def test_subset_mask_areas_match_polygons(report):
@@ -233,3 +249,119 @@ def test_skip_bad_records_the_file_and_keeps_the_rest(tmp_path, sunnybrook_root)
     assert "SCD0000101-0048" not in {s.id for s in report.samples}
     assert [entry["path"] for entry in report.skipped] == [str(bad)]
     assert "not a DICOM file" in report.skipped[0]["reason"]
+
+
+# --- the challenge and Cardiac Atlas Project downloads -------------------------------------------
+
+ORIGINAL_IDS = {"SCD0000101": "SC-HF-I-1", "SCD0000201": "SC-HF-I-2"}
+
+
+def copy_contours(sunnybrook_root: Path, original_id: str, case_folder: Path) -> None:
+    """The subset's contours of one case, as ``<case>/contours-manual/IRCCI-expert/``, with one papillary contour."""
+    expert = case_folder / "contours-manual" / "IRCCI-expert"
+    expert.mkdir(parents=True)
+    for kind in ("i", "o"):
+        for path in (sunnybrook_root / "contourfiles" / original_id / f"{kind}-contours").glob("*.txt"):
+            shutil.copy(path, expert)
+    first = min(expert.glob("*-icontour-manual.txt"))
+    shutil.copy(first, expert / first.name.replace("icontour", "p1contour"))
+
+
+def copy_images(sunnybrook_root: Path, patient_id: str, folder: Path, series: int, numbers=None) -> None:
+    """The subset's DICOMs of one patient as ``folder/IM-SSSS-NNNN.dcm`` (only ``numbers`` when given)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in (sunnybrook_root / "dicoms" / patient_id).glob("*.dcm"):
+        if numbers is None or int(path.stem) in numbers:
+            shutil.copy(path, folder / f"IM-{series:04d}-{int(path.stem):04d}.dcm")
+
+
+def make_challenge_download(tmp_path: Path, sunnybrook_root: Path) -> Path:
+    """The Kaggle DSB 2015 tutorial's layout: padded case folders for the contours, unpadded ones
+    holding every series of the study mixed (here the cine as series 4, and two decoys)."""
+    root = tmp_path / "Sunnybrook_data"
+    contours = root / "Sunnybrook Cardiac MR Database ContoursPart3" / "TrainingDataContours"
+    for patient_id, original_id in ORIGINAL_IDS.items():
+        copy_contours(sunnybrook_root, original_id, contours / original_id.replace("-I-", "-I-0"))
+        images = root / "challenge_training" / original_id
+        copy_images(sunnybrook_root, patient_id, images, series=4)
+        copy_images(sunnybrook_root, patient_id, images, series=3, numbers={48, 59})
+    # a decoy holding exactly the contoured images of the first case: it covers them all, but the cine is larger
+    contoured = {int(p.name[8:12]) for p in (contours / "SC-HF-I-01").rglob("*contour-manual.txt")}
+    copy_images(sunnybrook_root, "SCD0000101", root / "challenge_training" / "SC-HF-I-1", series=9, numbers=contoured)
+    return root
+
+
+def make_atlas_download(tmp_path: Path, sunnybrook_root: Path) -> Path:
+    """The Cardiac Atlas Project's layout: SCD_IMAGES_0N/<PatientID>/CINESAX_300/, SCD_ManualContours/
+    <padded OriginalID>/, and scd_patientdata.csv mapping the two."""
+    root = tmp_path / "scd"
+    for n, (patient_id, original_id) in enumerate(ORIGINAL_IDS.items(), start=1):
+        copy_images(sunnybrook_root, patient_id, root / f"SCD_IMAGES_0{n}" / patient_id / "CINESAX_300", series=3)
+        case = root / "scd_manualcontours" / "SCD_ManualContours" / original_id.replace("-I-", "-I-0")
+        copy_contours(sunnybrook_root, original_id, case)
+    rows = ["PatientID,OriginalID,Gender,Age,Pathology"]
+    rows += [f"{p},{o},Male,60,Heart failure with infarct" for p, o in ORIGINAL_IDS.items()]
+    (root / "scd_patientdata.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def assert_same_samples(got, want, patient_names: dict[str, str]) -> None:
+    """``got`` holds ``want``'s samples, patients renamed by ``patient_names``, with equal masks and phases."""
+    assert len(got.samples) == len(want.samples)
+    for sample in want.samples:
+        twin = next(s for s in got.samples if s.id == f"{patient_names[sample.patient]}-{sample.frame:04d}")
+        assert (twin.phase, twin.slice, twin.spacing_mm) == (sample.phase, sample.slice, sample.spacing_mm)
+        assert twin.masks.keys() == sample.masks.keys()
+        assert all(np.array_equal(twin.masks[k], sample.masks[k]) for k in sample.masks)
+        assert np.array_equal(twin.image, sample.image)
+
+
+@pytest.fixture(scope="module")
+def two_patients(report):
+    """The link.csv reading of the two patients that the download copies hold."""
+    return type(report)(format=report.format, labels=report.labels,
+                        samples=[s for s in report.samples if s.patient in ORIGINAL_IDS])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_challenge_download_reads_like_the_subset(tmp_path, sunnybrook_root, two_patients):
+    root = make_challenge_download(tmp_path, sunnybrook_root)
+    assert looks_like_sunnybrook(root) and detect_format(root) == "sunnybrook"
+    read = read_sunnybrook(root)
+    assert read.patients == ["SC-HF-I-1", "SC-HF-I-2"]
+    assert_same_samples(read, two_patients, ORIGINAL_IDS)
+    assert all("IM-0004-" in s.sources["image"] for s in read.samples)  # the cine, not a decoy
+    (note,) = [n for n in read.notes if "series hold every contoured image" in n]
+    assert "IM-0004 (20 images)" in note and "IM-0009 (18 images)" in note and "the largest" in note
+    assert sum("papillary" in n for n in read.notes) == 2
+    assert len(read.unmatched_images) == 4  # the two uncontoured images of each cine
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_atlas_download_reads_like_the_subset(tmp_path, sunnybrook_root, two_patients):
+    root = make_atlas_download(tmp_path, sunnybrook_root)
+    assert detect_format(root) == "sunnybrook"
+    read = read_sunnybrook(root, labels=("endo", "epi"))
+    assert read.patients == ["SCD0000101", "SCD0000201"]
+    assert_same_samples(read, two_patients, {p: p for p in ORIGINAL_IDS})
+    assert not any("series hold every" in n for n in read.notes)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_download_case_without_images(tmp_path, sunnybrook_root):
+    root = make_atlas_download(tmp_path, sunnybrook_root)
+    shutil.rmtree(root / "SCD_IMAGES_02")
+    case = root / "scd_manualcontours" / "SCD_ManualContours" / "SC-HF-I-02"
+    message = raised_message(root)
+    assert message.startswith(f"{case}: no IM-SSSS-NNNN.dcm images found for case SC-HF-I-2")
+    read = read_sunnybrook(root, skip_bad=True)
+    assert read.patients == ["SCD0000101"] and [e["path"] for e in read.skipped] == [str(case)]
+
+
+def test_download_contour_file_misnamed(tmp_path, sunnybrook_root):
+    root = make_atlas_download(tmp_path, sunnybrook_root)
+    bad = root / "scd_manualcontours" / "SCD_ManualContours" / "SC-HF-I-01" / "contours-manual" / "IRCCI-expert"
+    bad = bad / "IM-0001-48-contour.txt"
+    bad.write_text("1 2\n")
+    message = raised_message(root)
+    assert message.startswith(f"{bad}: file name does not follow IM-0001-NNNN-")

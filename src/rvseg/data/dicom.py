@@ -46,6 +46,7 @@ class DicomImage:
         normal: unit normal of the image plane (row direction x column direction of
             ImageOrientationPatient), or None.
         position: ImagePositionPatient (mm, patient coordinates of the first pixel's centre), or None.
+        cardiac_images: CardiacNumberOfImages (frames of one cardiac cycle of a cine), or None.
     """
 
     pixels: np.ndarray
@@ -59,6 +60,7 @@ class DicomImage:
     study_uid: str | None = None
     normal: tuple[float, float, float] | None = None
     position: tuple[float, float, float] | None = None
+    cardiac_images: int | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -108,12 +110,13 @@ def read_dicom(path: str | Path) -> DicomImage:
             trigger_time=_optional_float(dataset, "TriggerTime", path),
             slice_location=location,
             slice_thickness_mm=_slice_thickness(dataset, path),
-            instance_number=_instance_number(dataset, path),
+            instance_number=_optional_int(dataset, "InstanceNumber", path),
             series_uid=_optional_str(dataset, "SeriesInstanceUID"),
             path=path,
             study_uid=_optional_str(dataset, "StudyInstanceUID"),
             normal=None if normal is None else tuple(normal.tolist()),
             position=None if position is None else tuple(position.tolist()),
+            cardiac_images=_optional_int(dataset, "CardiacNumberOfImages", path),
         )
 
 
@@ -293,14 +296,14 @@ def _slice_thickness(dataset: Dataset, path: Path) -> float | None:
     return None
 
 
-def _instance_number(dataset: Dataset, path: Path) -> int | None:
-    value = _element_value(dataset, "InstanceNumber")
+def _optional_int(dataset: Dataset, keyword: str, path: Path) -> int | None:
+    value = _element_value(dataset, keyword)
     if value is None:
         return None
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise DataError(f"tag InstanceNumber holds {value!r}, not an integer", path) from None
+        raise DataError(f"tag {keyword} holds {value!r}, not an integer", path) from None
 
 
 def _optional_str(dataset: Dataset, keyword: str) -> str | None:

@@ -34,7 +34,8 @@ LAYOUTS: dict[str, Layout] = {
         Layout("rvsc", read_rvsc, looks_like_rvsc,
                "RVSC: patientNN/PNNdicom/*.dcm with PNNcontours-manual/*-{i,o}contour-manual.txt"),
         Layout("sunnybrook", read_sunnybrook, looks_like_sunnybrook,
-               "Sunnybrook: link.csv, dicoms/<patient>/<N>.dcm, contourfiles/<id>/{i,o}-contours/"),
+               "Sunnybrook: link.csv, dicoms/<patient>/<N>.dcm, contourfiles/<id>/{i,o}-contours/; or the "
+               "challenge / Cardiac Atlas downloads, <case>/contours-manual/IRCCI-expert/ and IM-SSSS-NNNN.dcm"),
         Layout("pngpairs", read_pngpairs, looks_like_pngpairs,
                "contour maps: a CSV manifest (image, i-contour map, o-contour map) beside the images"),
         Layout("acdc", read_acdc, looks_like_acdc,

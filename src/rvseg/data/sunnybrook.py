@@ -1,15 +1,24 @@
-"""Reader for the Sunnybrook Cardiac Data as distributed with a ``link.csv``.
+"""Reader for the Sunnybrook Cardiac Data (Radau et al. 2009), in the layouts it is distributed in.
 
-Layout::
+1. **Repackaged with a ``link.csv``**::
 
     link.csv                                                 patient_id,original_id
     dicoms/<patient_id>/<N>.dcm                              one image per file
     contourfiles/<original_id>/i-contours/IM-0001-NNNN-icontour-manual.txt
     contourfiles/<original_id>/o-contours/IM-0001-NNNN-ocontour-manual.txt
 
-``NNNN`` is ``N`` zero-padded to 4 digits. The contours are of the LEFT ventricle: the i-contour
-(endocardium) gives ``labels[0]`` and the o-contour (epicardium) ``labels[1]``; the names come from
-the caller. The layout does not say which images are ED or ES, so every phase is ``unknown``.
+   ``NNNN`` is ``N`` zero-padded to 4 digits.
+2. **The challenge and Cardiac Atlas Project downloads**: ``<case>/contours-manual/IRCCI-expert/``
+   contour folders and ``IM-SSSS-NNNN.dcm`` images (:mod:`rvseg.data.sunnybrook_downloads`).
+
+The contours are of the LEFT ventricle: the i-contour (endocardium) gives ``labels[0]`` and the
+o-contour (epicardium) ``labels[1]``; the names come from the caller.
+
+**Phase.** No layout says which images are ED or ES. The experts contoured two phases of every
+slice; with 20 phases per cycle (CardiacNumberOfImages, else the challenge's 20), an image's phase
+index is ``(N - 1) % 20``. Of a patient's two contoured phase indices, the one whose endocardium is
+larger over the slices contoured at both is ED (end-diastole is the largest cavity), the other ES.
+A patient contoured at any other number of phases keeps ``unknown``, with a note.
 """
 
 from __future__ import annotations
@@ -19,10 +28,13 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from rvseg.data.dicom import read_dicom
 from rvseg.data.pngpairs import drop_odd_sizes
 from rvseg.data.rvsc import contour_masks, note_unnested, slice_key
 from rvseg.data.sample import ReadReport, Sample
+from rvseg.data.sunnybrook_downloads import find_cases, looks_like_sunnybrook_download
 from rvseg.errors import ConfigError, DataError
 
 LINK_FILE = "link.csv"
@@ -30,44 +42,65 @@ LINK_COLUMNS = ("patient_id", "original_id")
 DICOM_NAME = re.compile(r"(\d+)\.dcm", re.IGNORECASE)
 CONTOUR_NAME = re.compile(r"IM-0001-(\d+)-([io])contour-manual\.txt", re.IGNORECASE)
 CONTOUR_KINDS = ("i", "o")
+#: Phases per cycle of the challenge's cines, where an image does not say (CardiacNumberOfImages).
+CHALLENGE_PHASES = 20
 
 
-def looks_like_sunnybrook(root: str | Path) -> bool:
+def looks_like_linked(root: str | Path) -> bool:
     """Whether ``root`` holds ``link.csv``, ``dicoms/`` and ``contourfiles/`` (no file reads)."""
     root = Path(root)
     return (root / LINK_FILE).is_file() and (root / "dicoms").is_dir() and (root / "contourfiles").is_dir()
 
 
+def looks_like_sunnybrook(root: str | Path) -> bool:
+    """Whether ``root`` is in one of the Sunnybrook layouts (module docstring; folder names only)."""
+    return looks_like_linked(root) or looks_like_sunnybrook_download(root)
+
+
 def read_sunnybrook(
     root: str | Path, *, labels: tuple[str, str] = ("endo", "epi"), skip_bad: bool = False
 ) -> ReadReport:
-    """Read a Sunnybrook folder with a ``link.csv`` (module docstring).
+    """Read a Sunnybrook folder in any of its layouts (module docstring).
 
     Args:
-        root: the folder holding ``link.csv``, ``dicoms/`` and ``contourfiles/``.
+        root: the folder holding ``link.csv``, ``dicoms/`` and ``contourfiles/``; or a download (or a
+            folder above it) holding ``<case>/contours-manual/IRCCI-expert/`` folders and the images.
         labels: the names of the i-contour and o-contour labels, in that order.
         skip_bad: record bad files (and patients missing on disk) in ``report.skipped`` and carry
             on instead of raising.
 
     Returns:
-        a :class:`ReadReport` with format ``"sunnybrook"``. Each sample: id ``<patient_id>-<NNNN>``,
-        patient ``<patient_id>``, image float32 (H, W), bool (H, W) masks, frame ``N``, slice = slice
-        location formatted with 2 decimals, phase ``unknown``.
+        a :class:`ReadReport` with format ``"sunnybrook"``. Each sample: id ``<patient>-<NNNN>``,
+        patient = the name of its image folder (``SCD0000101``, ``SC-HF-I-1``), image float32 (H, W),
+        bool (H, W) masks, frame ``N``, slice = slice location formatted with 2 decimals, phase
+        ED/ES (or ``unknown``; module docstring).
 
     Raises:
         ConfigError: ``labels`` is not two distinct non-empty names.
-        DataError: ``root`` is not in this layout, ``link.csv`` is malformed, or (without
+        DataError: ``root`` is not in these layouts, ``link.csv`` is malformed, or (without
             ``skip_bad``) a patient folder is missing, a file is bad, or an image's size differs from
             the other images of its patient.
     """
     labels = _checked_labels(labels)
     root = Path(root)
-    if not looks_like_sunnybrook(root):
-        raise DataError(
-            f"not a Sunnybrook folder: expected {LINK_FILE}, dicoms/ and contourfiles/ in it", root
-        )
-    links = _read_links(root / LINK_FILE)
     report = ReadReport(format="sunnybrook", labels=labels)
+    if looks_like_linked(root):
+        _read_linked(root, labels, report, skip_bad)
+    elif looks_like_sunnybrook_download(root):
+        for case in find_cases(root, labels, report, skip_bad):
+            _read_patient(case.patient, case.contours, case.images, labels, report, skip_bad)
+    else:
+        raise DataError(
+            f"not a Sunnybrook folder: expected {LINK_FILE}, dicoms/ and contourfiles/ in it, or "
+            "<case>/contours-manual/IRCCI-expert/ contour folders below it",
+            root,
+        )
+    report.samples = sorted(drop_odd_sizes(report.samples, report, skip_bad), key=lambda sample: sample.id)
+    return report
+
+
+def _read_linked(root: Path, labels: tuple[str, str], report: ReadReport, skip_bad: bool) -> None:
+    links = _read_links(root / LINK_FILE)
     _note_unlinked_folders(root, links, report)
     for patient_id, original_id in links:
         dicom_dir = root / "dicoms" / patient_id
@@ -77,9 +110,9 @@ def read_sunnybrook(
             reason = f"patient {patient_id} ({original_id}) is listed in {LINK_FILE} but this folder does not exist"
             report.bad_file(missing, reason, skip_bad)
             continue
-        _read_patient(patient_id, dicom_dir, contour_dir, labels, report, skip_bad)
-    report.samples = sorted(drop_odd_sizes(report.samples, report, skip_bad), key=lambda sample: sample.id)
-    return report
+        contours = _contours_by_number(contour_dir, labels, report, skip_bad)
+        images = _dicoms_by_number(dicom_dir, report, skip_bad)
+        _read_patient(patient_id, contours, images, labels, report, skip_bad)
 
 
 def _checked_labels(labels: tuple[str, str]) -> tuple[str, str]:
@@ -124,14 +157,15 @@ def _note_unlinked_folders(root: Path, links: list[tuple[str, str]], report: Rea
 
 def _read_patient(
     patient_id: str,
-    dicom_dir: Path,
-    contour_dir: Path,
+    contours: dict[int, dict[str, Path]],
+    images: dict[int, Path],
     labels: tuple[str, str],
     report: ReadReport,
     skip_bad: bool,
 ) -> None:
-    contours = _contours_by_number(contour_dir, labels, report, skip_bad)
-    images = _dicoms_by_number(dicom_dir, report, skip_bad)
+    """Pair a patient's contours (image number -> label -> file) with its images (number -> DICOM)."""
+    samples: list[Sample] = []
+    cycle_lengths: dict[int, int] = {}
     for number, contour_files in sorted(contours.items()):
         if number not in images:
             report.unmatched_contours.extend(str(path) for path in contour_files.values())
@@ -150,7 +184,8 @@ def _read_patient(
             continue
         note_unnested(sample_id, masks, *labels, report)
         location = image.slice_location
-        report.samples.append(
+        cycle_lengths[number] = image.cardiac_images or CHALLENGE_PHASES
+        samples.append(
             Sample(
                 id=sample_id,
                 patient=patient_id,
@@ -159,13 +194,44 @@ def _read_patient(
                 spacing_mm=image.spacing_mm,
                 slice=slice_key(location),
                 frame=number,
-                phase="unknown",
                 slice_location=location,
                 slice_thickness_mm=image.slice_thickness_mm,
                 sources={"image": str(image.path), **sources},
             )
         )
     report.unmatched_images.extend(str(images[number]) for number in sorted(images) if number not in contours)
+    _assign_phases(patient_id, samples, cycle_lengths, labels[0], report)
+    report.samples.extend(samples)
+
+
+def _assign_phases(
+    patient_id: str, samples: list[Sample], cycle_lengths: dict[int, int], inner: str, report: ReadReport
+) -> None:
+    """ED/ES for a patient contoured at two phase indices: ED is the larger cavity (module docstring)."""
+    by_phase: dict[int, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_phase[(sample.frame - 1) % cycle_lengths[sample.frame]].append(sample)
+    if len(by_phase) != 2:
+        if samples:
+            report.notes.append(f"{patient_id}: contours at {len(by_phase)} phase(s) of the cycle, not 2; "
+                                "ED/ES not assigned")
+        return
+    first, second = by_phase.values()
+    areas = [{s.slice: int(s.masks[inner].sum()) for s in group if inner in s.masks and s.slice}
+             for group in (first, second)]
+    shared = set(areas[0]) & set(areas[1])
+    if shared:
+        totals = [sum(area[key] for key in shared) for area in areas]
+    else:  # no slice location to pair them by: the mean cavity of each phase
+        totals = [np.mean([s.masks[inner].sum() for s in group if inner in s.masks] or [0])
+                  for group in (first, second)]
+    if totals[0] == totals[1]:
+        report.notes.append(f"{patient_id}: both contoured phases have the same cavity size; ED/ES not assigned")
+        return
+    ed, es = (first, second) if totals[0] > totals[1] else (second, first)
+    for group, phase in ((ed, "ED"), (es, "ES")):
+        for sample in group:
+            sample.phase = phase
 
 
 def _contours_by_number(

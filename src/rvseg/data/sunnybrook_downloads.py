@@ -1,0 +1,201 @@
+"""Finding the cases of the Sunnybrook Cardiac Data in the layouts it is downloaded in.
+
+Both downloads keep the expert contours in one folder per case, named by the case's original id
+(``SC-HF-I-01``, ``SC-N-40``)::
+
+    <case>/contours-manual/IRCCI-expert/IM-0001-NNNN-{i,o,p1,p2}contour-manual.txt
+
+and the DICOM images of the case elsewhere, as ``IM-SSSS-NNNN.dcm`` files: ``SSSS`` is a series
+number, ``NNNN`` the image number that the contour file names (``(slice - 1) * 20 + phase`` for the
+challenge's 20-phase cines). Where the images live:
+
+- **the challenge download** (MICCAI 2009 LV segmentation challenge, as used by the Kaggle Data
+  Science Bowl 2015 tutorial): a folder named by the case, padded or not (``challenge_training/
+  SC-HF-I-1/``, or ``TrainingDataDICOM/SC-HF-I-01/DICOM/``), that may hold every series of the
+  study mixed together;
+- **the Cardiac Atlas Project download**: ``SCD_IMAGES_01/SCD0000101/CINESAX_300/`` (or
+  ``SCD_DeidentifiedImages/SCD0000101/...``), the folder named by the ``PatientID`` that
+  ``scd_patientdata.csv`` (``PatientID,OriginalID,...``) gives the case's ``OriginalID``.
+
+The series is the one whose files cover the most contoured image numbers; of several that cover
+all, the one with the most images (the short-axis cine is by far the longest series of a study).
+Every other choice is reported in the notes. Case ids compare with their numbers unpadded
+(``SC-HF-I-01`` is ``SC-HF-I-1``). The i- and o-contours give the caller's two labels;
+papillary-muscle contours (``p1``, ``p2``) are counted in a note and not read.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rvseg.data.sample import ReadReport
+
+CONTOUR_FOLDERS = ("contours-manual", "IRCCI-expert")
+CONTOUR_NAME = re.compile(r"IM-0001-(\d+)-(i|o|p1|p2)contour-manual\.txt", re.IGNORECASE)
+DICOM_NAME = re.compile(r"IM-(\d+)-(\d+)\.dcm", re.IGNORECASE)
+PATIENT_TABLE = "scd_patientdata.csv"
+PATIENT_TABLE_COLUMNS = ("PatientID", "OriginalID")
+#: Folder levels searched below the root (``<root>/Sunnybrook Cardiac MR Database ContoursPart3/
+#: TrainingDataContours/SC-HF-I-01/contours-manual/IRCCI-expert`` is 5 deep).
+SEARCH_DEPTH = 6
+#: Levels searched below a case's image folder for its DICOM files (``CINESAX_300/``, ``DICOM/``).
+IMAGE_DEPTH = 2
+
+
+@dataclass
+class Case:
+    """One case: its contour files and the DICOM images of the series they were drawn on.
+
+    Attributes:
+        patient: the name of the case's image folder (``SC-HF-I-1``, ``SCD0000101``).
+        contours: image number -> label -> contour file.
+        images: image number -> DICOM file, every image of the chosen series.
+    """
+
+    patient: str
+    contours: dict[int, dict[str, Path]] = field(default_factory=dict)
+    images: dict[int, Path] = field(default_factory=dict)
+
+
+def case_key(name: str) -> str:
+    """A case id with its numbers unpadded: ``SC-HF-I-01`` -> ``SC-HF-I-1`` (case-insensitive)."""
+    return "-".join(str(int(token)) if token.isdigit() else token.upper() for token in name.split("-"))
+
+
+def contour_case_folders(root: str | Path) -> list[Path]:
+    """The ``<case>`` folders below ``root`` that hold ``contours-manual/IRCCI-expert/`` (sorted)."""
+    return sorted(
+        folder.parent.parent for folder in _folders(Path(root), SEARCH_DEPTH)
+        if (folder.parent.name, folder.name) == CONTOUR_FOLDERS
+    )
+
+
+def looks_like_sunnybrook_download(root: str | Path) -> bool:
+    """Whether ``root`` holds at least one ``<case>/contours-manual/IRCCI-expert/`` folder."""
+    root = Path(root)
+    return root.is_dir() and bool(contour_case_folders(root))
+
+
+def find_cases(root: str | Path, labels: tuple[str, str], report: ReadReport, skip_bad: bool) -> list[Case]:
+    """Every case of a Sunnybrook download below ``root``, with its contours and its images' series.
+
+    A case whose images cannot be found, or a case found twice, goes through ``report.bad_file``.
+    """
+    root = Path(root)
+    folders = _folders(root, SEARCH_DEPTH)
+    case_folders = contour_case_folders(root)
+    inside_cases = [folder for folder in folders if any(folder.is_relative_to(case) for case in case_folders)]
+    by_name: dict[str, list[Path]] = defaultdict(list)
+    for folder in sorted(set(folders) - set(inside_cases)):
+        by_name[folder.name.upper()].append(folder)
+    patient_ids = _patient_ids(root, report, skip_bad)
+
+    cases: list[Case] = []
+    seen: dict[str, Path] = {}
+    for case_folder in case_folders:
+        key = case_key(case_folder.name)
+        if key in seen:
+            report.bad_file(case_folder, f"case {key} was already read from {seen[key]}", skip_bad)
+            continue
+        seen[key] = case_folder
+        contours = _contours_by_number(case_folder.joinpath(*CONTOUR_FOLDERS), labels, report, skip_bad)
+        names = [patient_ids[key].upper()] if key in patient_ids else []
+        names += [name for name in by_name if case_key(name) == key]
+        image_folders = list(dict.fromkeys(folder for name in names for folder in by_name.get(name, [])))
+        case = _case_images(key, case_folder, contours, image_folders, report, skip_bad)
+        if case is not None:
+            cases.append(case)
+    return cases
+
+
+def _folders(root: Path, depth: int) -> list[Path]:
+    """``root``'s subfolders down to ``depth`` levels, breadth first (symbolic links not followed)."""
+    found: list[Path] = []
+    level = [root]
+    for _ in range(depth):
+        level = sorted(child for folder in level for child in _subfolders(folder))
+        found += level
+    return found
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [child for child in folder.iterdir() if child.is_dir() and not child.is_symlink()]
+    except OSError:
+        return []
+
+
+def _patient_ids(root: Path, report: ReadReport, skip_bad: bool) -> dict[str, str]:
+    """Case key -> ``PatientID`` from the Cardiac Atlas Project's ``scd_patientdata.csv``, if there is one."""
+    tables = [folder / PATIENT_TABLE for folder in (root, *_folders(root, 2)) if (folder / PATIENT_TABLE).is_file()]
+    if not tables:
+        return {}
+    table = tables[0]
+    try:
+        rows = list(csv.DictReader(table.read_text(encoding="utf-8-sig").splitlines()))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        report.bad_file(table, f"cannot read ({exc.__class__.__name__}: {exc})", skip_bad)
+        return {}
+    if not rows or not all(column in rows[0] for column in PATIENT_TABLE_COLUMNS):
+        report.bad_file(table, f"expected the columns {', '.join(PATIENT_TABLE_COLUMNS)}", skip_bad)
+        return {}
+    return {case_key(row["OriginalID"].strip()): row["PatientID"].strip() for row in rows
+            if row["OriginalID"] and row["PatientID"]}
+
+
+def _contours_by_number(
+    folder: Path, labels: tuple[str, str], report: ReadReport, skip_bad: bool
+) -> dict[int, dict[str, Path]]:
+    """Image number -> label -> i/o-contour file of one case's ``IRCCI-expert`` folder."""
+    contours: dict[int, dict[str, Path]] = defaultdict(dict)
+    papillary = 0
+    label_of = {"i": labels[0], "o": labels[1]}
+    for path in sorted(folder.glob("*.txt")):
+        match = CONTOUR_NAME.fullmatch(path.name)
+        if match is None:
+            report.bad_file(path, "file name does not follow IM-0001-NNNN-{i,o,p1,p2}contour-manual.txt", skip_bad)
+            continue
+        kind = match.group(2).lower()
+        if kind in label_of:
+            contours[int(match.group(1))][label_of[kind]] = path
+        else:
+            papillary += 1
+    if papillary:
+        report.notes.append(f"{folder}: {papillary} papillary-muscle contour file(s) (p1/p2) not read")
+    return dict(contours)
+
+
+def _case_images(
+    key: str,
+    case_folder: Path,
+    contours: dict[int, dict[str, Path]],
+    image_folders: list[Path],
+    report: ReadReport,
+    skip_bad: bool,
+) -> Case | None:
+    """The case with the series (a folder and series number) that its contours were drawn on."""
+    series: dict[tuple[Path, int], dict[int, Path]] = defaultdict(dict)
+    for image_folder in image_folders:
+        for folder in (image_folder, *_folders(image_folder, IMAGE_DEPTH)):
+            for path in sorted(folder.glob("*.dcm")):
+                match = DICOM_NAME.fullmatch(path.name)
+                if match is not None:
+                    series[(folder, int(match.group(1)))][int(match.group(2))] = path
+    if not series:
+        looked = ", ".join(str(folder) for folder in image_folders) or f"no folder named after {key} was found"
+        report.bad_file(case_folder, f"no IM-SSSS-NNNN.dcm images found for case {key} ({looked})", skip_bad)
+        return None
+    numbers = set(contours)
+    chosen = max(series, key=lambda name: (len(numbers & set(series[name])), len(series[name])))
+    covering = [name for name in series if numbers <= set(series[name])]
+    if len(covering) > 1:
+        listed = ", ".join(f"{folder.name}/IM-{number:04d} ({len(series[folder, number])} images)"
+                           for folder, number in sorted(covering))
+        report.notes.append(f"{case_folder}: {len(covering)} series hold every contoured image ({listed}); "
+                            f"read {chosen[0]}/IM-{chosen[1]:04d}-*, the largest")
+    patient = next(folder.name for folder in image_folders if folder == chosen[0] or folder in chosen[0].parents)
+    return Case(patient=patient, contours=contours, images=series[chosen])
