@@ -137,6 +137,20 @@ def test_predict_on_rvsc_patient_folder(patient09_prediction):
     assert read_csv(out / "skipped.csv") == []
 
 
+def test_predict_on_an_rvsc_test_set_folder(checkpoint, shared_data, tmp_path):
+    frames = sorted((shared_data / "rvsc-native" / "patient09" / "P09dicom").glob("*.dcm"))[20:23]
+    for set_name in ("Test1Set", "Test2Set"):
+        (tmp_path / "TestSet" / set_name / "patient09" / "P09dicom").mkdir(parents=True)
+    for path in frames:
+        shutil.copy(path, tmp_path / "TestSet" / "Test1Set" / "patient09" / "P09dicom")
+    summary = predict([checkpoint], tmp_path / "TestSet" / "Test1Set", tmp_path / "one")
+    assert summary["source_kind"] == "rvsc" and summary["n_images"] == 3
+    with pytest.raises(DataError, match="patient P09 is also in"):  # the same patient in two sets is ambiguous
+        predict([checkpoint], tmp_path / "TestSet", tmp_path / "both")
+    shutil.rmtree(tmp_path / "TestSet" / "Test2Set")
+    assert predict([checkpoint], tmp_path / "TestSet", tmp_path / "all")["n_images"] == 3
+
+
 def test_patient09_volumes_follow_the_documented_rules(patient09_prediction):
     out, summary = patient09_prediction
     rows = read_csv(out / "volumes.csv")

@@ -7,7 +7,8 @@
   cine series or a whole study. DICOMs are grouped into stacks of parallel slices
   (:func:`~rvseg.data.dicom.dicom_stacks`: a series, or the single-slice series of one study's
   short-axis cine joined) and ordered by slice location, trigger time and instance number;
-- an RVSC patient folder (``patientNN/PNNdicom/*.dcm``) or a folder of them: each patient is a stack;
+- an RVSC patient folder (``patientNN/PNNdicom/*.dcm``) or a folder holding them (up to three levels
+  down, as in ``TestSet/Test1Set/patient17``): each patient is a stack;
 - a prepared data set (a folder with ``dataset.json``): its (already normalised) images are used, and
   predictions are mapped to each sample's original size (``orig_height`` x ``orig_width``); the
   overlay then shows the prepared image resized to that size.
@@ -59,7 +60,7 @@ from rvseg.data.contours import mask_to_contour, write_contour_file
 from rvseg.data.dataset import load_dataset
 from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, plane_positions, read_dicom
 from rvseg.data.pngpairs import read_gray
-from rvseg.data.rvsc import PATIENT_DIR_NAME, looks_like_rvsc
+from rvseg.data.rvsc import looks_like_rvsc, patient_folders, patient_id
 from rvseg.data.sample import ReadReport
 from rvseg.errors import DataError
 from rvseg.inference import Predictor, extent, masks_from_scores, to_original_geometry
@@ -189,11 +190,13 @@ def read_source(src: Path, exclude: Path | None = None) -> Source:
     if (src / "dataset.json").is_file():
         return Source("prepared", prepared_images(src), [])
     if looks_like_rvsc(src):
-        patients = [src] if PATIENT_DIR_NAME.fullmatch(src.name) else sorted(
-            folder for folder in src.iterdir() if folder.is_dir() and PATIENT_DIR_NAME.fullmatch(folder.name))
         images, skipped = [], []
-        for folder in patients:
-            patient = "P" + PATIENT_DIR_NAME.fullmatch(folder.name).group(1)  # type: ignore[union-attr]
+        seen: dict[str, Path] = {}
+        for folder in patient_folders(src):
+            patient = patient_id(folder)
+            if patient in seen:
+                raise DataError(f"patient {patient} is also in {seen[patient]}; segment one of them at a time", folder)
+            seen[patient] = folder
             found, bad = read_files(sorted((folder / f"{patient}dicom").glob("*")), stack=patient)
             images += found
             skipped += bad

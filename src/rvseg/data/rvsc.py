@@ -73,7 +73,7 @@ def looks_like_rvsc(root: str | Path) -> bool:
     root = Path(root)
     if not root.is_dir():
         return False
-    return any((folder / f"{_patient_id(folder)}dicom").is_dir() for folder in _patient_dirs(root))
+    return any((folder / f"{patient_id(folder)}dicom").is_dir() for folder in patient_folders(root))
 
 
 def read_rvsc(root: str | Path, *, skip_bad: bool = False) -> ReadReport:
@@ -96,7 +96,7 @@ def read_rvsc(root: str | Path, *, skip_bad: bool = False) -> ReadReport:
     root = Path(root)
     if not root.is_dir():
         raise DataError("RVSC folder does not exist or is not a folder", root)
-    patient_dirs = _patient_dirs(root)
+    patient_dirs = patient_folders(root)
     if not patient_dirs:
         raise DataError(
             "no RVSC patient found: expected this folder to be a patientNN folder or to hold "
@@ -106,7 +106,7 @@ def read_rvsc(root: str | Path, *, skip_bad: bool = False) -> ReadReport:
     report = ReadReport(format="rvsc", labels=LABELS)
     seen: dict[str, Path] = {}
     for patient_dir in patient_dirs:
-        patient = _patient_id(patient_dir)
+        patient = patient_id(patient_dir)
         if patient in seen:
             report.bad_file(patient_dir, f"patient {patient} was already read from {seen[patient]}", skip_bad)
             continue
@@ -165,7 +165,7 @@ def note_unnested(sample_id: str, masks: dict[str, np.ndarray], inner: str, oute
         )
 
 
-def _patient_dirs(root: Path) -> list[Path]:
+def patient_folders(root: Path) -> list[Path]:
     """``root`` itself when it is a patient folder, else the patient folders below it (breadth first,
     up to :data:`PATIENT_SEARCH_DEPTH` levels; a patient folder's own subfolders are not searched)."""
     if PATIENT_DIR_NAME.fullmatch(root.name):
@@ -179,13 +179,13 @@ def _patient_dirs(root: Path) -> list[Path]:
     return sorted(found, key=lambda folder: (folder.name.lower(), str(folder)))
 
 
-def _patient_id(patient_dir: Path) -> str:
+def patient_id(patient_dir: Path) -> str:
     """``patient09`` -> ``P09`` (the prefix of the patient's folders and files)."""
     return "P" + PATIENT_DIR_NAME.fullmatch(patient_dir.name).group(1)  # type: ignore[union-attr]
 
 
 def _read_patient(patient_dir: Path, report: ReadReport, skip_bad: bool) -> None:
-    patient = _patient_id(patient_dir)
+    patient = patient_id(patient_dir)
     dicom_dir = patient_dir / f"{patient}dicom"
     dicom_files = sorted(dicom_dir.glob("*.dcm"))
     if not dicom_files:
