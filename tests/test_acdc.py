@@ -184,6 +184,19 @@ def test_folders_without_acdc_files(tmp_path):
     assert not looks_like_acdc(tmp_path)
 
 
+def test_the_download_root_with_its_training_and_testing_sets(tmp_path):
+    database = tmp_path / "ACDC" / "database"
+    write_patient(database / "training", 1, {1: True, 12: True}, "ED: 1\nES: 12\n")
+    write_patient(database / "testing", 101, {1: True, 9: True}, "ED: 1\nES: 9\n")
+    for root in (tmp_path / "ACDC", database):
+        assert looks_like_acdc(root)
+        report = read_acdc(root)
+        assert report.patients == ["patient001", "patient101"] and len(report.samples) == 2 * 2 * 4
+    write_patient(database / "extra", 101, {1: True}, None)  # the same patient again: ambiguous
+    with pytest.raises(DataError, match="patient patient101 was already read from"):
+        read_acdc(database)
+
+
 def test_looks_like_acdc(acdc):
     assert looks_like_acdc(acdc)
     assert looks_like_acdc(acdc / "patient001")

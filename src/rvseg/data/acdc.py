@@ -1,6 +1,7 @@
 """ACDC (MICCAI 2017 Automated Cardiac Diagnosis Challenge) NIfTI volumes.
 
-Layout: ``root`` holds ``patientNNN/`` folders (or is one), each with
+Layout: ``root`` is a ``patientNNN/`` folder, or holds them up to three levels down (the download's
+``database/training/`` and ``database/testing/``), each with
 
 * ``patientNNN_frameFF.nii.gz``: one 3D short-axis volume per annotated time frame ``FF``;
 * ``patientNNN_frameFF_gt.nii.gz``: its label volume, 0 = background, 1 = RV cavity,
@@ -30,13 +31,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from rvseg.data.folders import named_folders
 from rvseg.data.sample import ReadReport, Sample
 from rvseg.errors import DataError
 
 LABELS = ("rv", "myo", "lv")
 #: Label value of each label name in the ground-truth volumes.
 LABEL_VALUES = {"rv": 1, "myo": 2, "lv": 3}
-PATIENT_FOLDER = re.compile(r"^patient\d+$")
+PATIENT_FOLDER = re.compile(r"patient\d+")
+#: How far below ``root`` patient folders are looked for (the download's ``database/training/``).
+PATIENT_SEARCH_DEPTH = 3
 FRAME_FILE = re.compile(r"^(?P<patient>patient\d+)_frame(?P<frame>\d+)(?P<gt>_gt)?\.nii(\.gz)?$")
 
 
@@ -71,17 +75,21 @@ def read_acdc(root: str | Path, *, skip_bad: bool = False) -> ReadReport:
     if not folders:
         raise DataError("holds no patientNNN folder with patientNNN_frameFF.nii.gz files (ACDC layout)", root)
     report = ReadReport(format="acdc", labels=LABELS)
+    seen: dict[str, Path] = {}
     for folder in folders:
+        if folder.name in seen:
+            report.bad_file(folder, f"patient {folder.name} was already read from {seen[folder.name]}", skip_bad)
+            continue
+        seen[folder.name] = folder
         report.samples.extend(read_patient(folder, report, skip_bad))
     report.samples.sort(key=lambda sample: sample.id)
     return report
 
 
 def patient_folders(root: Path) -> list[Path]:
-    """``root`` itself when it is a patient folder, else its ``patientNNN`` sub-folders, sorted."""
-    if PATIENT_FOLDER.match(root.name):
-        return [root]
-    return sorted(path for path in root.iterdir() if path.is_dir() and PATIENT_FOLDER.match(path.name))
+    """``root`` itself when it is a patient folder, else the ``patientNNN`` folders below it, up to
+    :data:`PATIENT_SEARCH_DEPTH` levels (``database/training/patient001``)."""
+    return named_folders(root, PATIENT_FOLDER, PATIENT_SEARCH_DEPTH)
 
 
 def frame_files(folder: Path) -> dict[tuple[int, bool], Path]:

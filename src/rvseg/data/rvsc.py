@@ -41,6 +41,7 @@ import numpy as np
 
 from rvseg.data.contours import polygon_to_mask, read_contour_file
 from rvseg.data.dicom import DicomImage, read_dicom
+from rvseg.data.folders import named_folders
 from rvseg.data.sample import ReadReport, Sample
 from rvseg.errors import DataError
 
@@ -166,17 +167,9 @@ def note_unnested(sample_id: str, masks: dict[str, np.ndarray], inner: str, oute
 
 
 def patient_folders(root: Path) -> list[Path]:
-    """``root`` itself when it is a patient folder, else the patient folders below it (breadth first,
-    up to :data:`PATIENT_SEARCH_DEPTH` levels; a patient folder's own subfolders are not searched)."""
-    if PATIENT_DIR_NAME.fullmatch(root.name):
-        return [root]
-    found: list[Path] = []
-    level = [root]
-    for _ in range(PATIENT_SEARCH_DEPTH):
-        folders = sorted(child for folder in level for child in folder.iterdir() if child.is_dir())
-        found += [folder for folder in folders if PATIENT_DIR_NAME.fullmatch(folder.name)]
-        level = [folder for folder in folders if not PATIENT_DIR_NAME.fullmatch(folder.name)]
-    return sorted(found, key=lambda folder: (folder.name.lower(), str(folder)))
+    """``root`` itself when it is a patient folder, else the patient folders below it (up to
+    :data:`PATIENT_SEARCH_DEPTH` levels)."""
+    return named_folders(root, PATIENT_DIR_NAME, PATIENT_SEARCH_DEPTH)
 
 
 def patient_id(patient_dir: Path) -> str:

@@ -32,6 +32,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rvseg.data.folders import subfolders
 from rvseg.data.sample import ReadReport
 
 CONTOUR_FOLDERS = ("contours-manual", "IRCCI-expert")
@@ -69,7 +70,7 @@ def case_key(name: str) -> str:
 def contour_case_folders(root: str | Path) -> list[Path]:
     """The ``<case>`` folders below ``root`` that hold ``contours-manual/IRCCI-expert/`` (sorted)."""
     return sorted(
-        folder.parent.parent for folder in _folders(Path(root), SEARCH_DEPTH)
+        folder.parent.parent for folder in subfolders(Path(root), SEARCH_DEPTH)
         if (folder.parent.name, folder.name) == CONTOUR_FOLDERS
     )
 
@@ -86,7 +87,7 @@ def find_cases(root: str | Path, labels: tuple[str, str], report: ReadReport, sk
     A case whose images cannot be found, or a case found twice, goes through ``report.bad_file``.
     """
     root = Path(root)
-    folders = _folders(root, SEARCH_DEPTH)
+    folders = subfolders(root, SEARCH_DEPTH)
     case_folders = contour_case_folders(root)
     inside_cases = [folder for folder in folders if any(folder.is_relative_to(case) for case in case_folders)]
     by_name: dict[str, list[Path]] = defaultdict(list)
@@ -112,26 +113,9 @@ def find_cases(root: str | Path, labels: tuple[str, str], report: ReadReport, sk
     return cases
 
 
-def _folders(root: Path, depth: int) -> list[Path]:
-    """``root``'s subfolders down to ``depth`` levels, breadth first (symbolic links not followed)."""
-    found: list[Path] = []
-    level = [root]
-    for _ in range(depth):
-        level = sorted(child for folder in level for child in _subfolders(folder))
-        found += level
-    return found
-
-
-def _subfolders(folder: Path) -> list[Path]:
-    try:
-        return [child for child in folder.iterdir() if child.is_dir() and not child.is_symlink()]
-    except OSError:
-        return []
-
-
 def _patient_ids(root: Path, report: ReadReport, skip_bad: bool) -> dict[str, str]:
     """Case key -> ``PatientID`` from the Cardiac Atlas Project's ``scd_patientdata.csv``, if there is one."""
-    tables = [folder / PATIENT_TABLE for folder in (root, *_folders(root, 2)) if (folder / PATIENT_TABLE).is_file()]
+    tables = [folder / PATIENT_TABLE for folder in (root, *subfolders(root, 2)) if (folder / PATIENT_TABLE).is_file()]
     if not tables:
         return {}
     table = tables[0]
@@ -180,7 +164,7 @@ def _case_images(
     """The case with the series (a folder and series number) that its contours were drawn on."""
     series: dict[tuple[Path, int], dict[int, Path]] = defaultdict(dict)
     for image_folder in image_folders:
-        for folder in (image_folder, *_folders(image_folder, IMAGE_DEPTH)):
+        for folder in (image_folder, *subfolders(image_folder, IMAGE_DEPTH)):
             for path in sorted(folder.glob("*.dcm")):
                 match = DICOM_NAME.fullmatch(path.name)
                 if match is not None:
