@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from skimage.io import imsave
 
+from rvseg.data.formats import detect_format
 from rvseg.data.pngpairs import looks_like_pngpairs, read_pngpairs
 from rvseg.errors import DataError
 
@@ -122,11 +123,33 @@ def test_empty_contour_cells(tmp_path):
 
 def test_missing_manifest_says_what_was_looked_for(tmp_path):
     write_pair(tmp_path, "P01-0020")
+    for name in ("P01-0020-icontour-manual.png", "P01-0020-ocontour-manual.png"):
+        (tmp_path / name).rename(tmp_path / name.replace("contour", "mask"))
     with pytest.raises(DataError) as error:
         read_pngpairs(tmp_path)
     assert str(tmp_path) in str(error.value)
     assert "no CSV manifest (*.csv)" in str(error.value) and "image_file_i_contour" in str(error.value)
+    assert "<stem>-icontour-manual.png" in str(error.value)
     assert not looks_like_pngpairs(tmp_path)
+
+
+def test_without_a_manifest_maps_pair_with_their_image_by_name(folder):
+    with_manifest = read_pngpairs(folder)
+    (folder / "list.csv").unlink()
+    (folder / "P01-0027-ocontour-manual.png").rename(folder / "P01-0027_ocontour.png")  # other spellings pair too
+    save(folder / "P03-0060.png", np.zeros(SHAPE, dtype=np.uint8))  # an image without maps
+    (folder / "P04-0080-icontour-manual.png").write_bytes((folder / "P01-0020-icontour-manual.png").read_bytes())
+    assert looks_like_pngpairs(folder) and detect_format(folder) == "pngpairs"
+    report = read_pngpairs(folder)
+    assert [s.id for s in report.samples] == [s.id for s in with_manifest.samples]
+    for got, want in zip(report.samples, with_manifest.samples, strict=True):
+        assert (got.phase, got.slice) == (want.phase, want.slice)
+        assert all(np.array_equal(got.masks[k], want.masks[k]) for k in ("endo", "epi"))
+    assert report.unmatched_images == [str(folder / "P03-0060.png")]
+    assert report.unmatched_contours == [str(folder / "P04-0080-icontour-manual.png")]
+    save(folder / "P01-0020.jpg", np.zeros(SHAPE, dtype=np.uint8))
+    with pytest.raises(DataError, match="a second image named P01-0020"):
+        read_pngpairs(folder)
 
 
 def test_empty_manifest_and_unknown_header_are_errors(tmp_path):

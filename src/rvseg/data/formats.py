@@ -37,7 +37,8 @@ LAYOUTS: dict[str, Layout] = {
                "Sunnybrook: link.csv, dicoms/<patient>/<N>.dcm, contourfiles/<id>/{i,o}-contours/; or the "
                "challenge / Cardiac Atlas downloads, <case>/contours-manual/IRCCI-expert/ and IM-SSSS-NNNN.dcm"),
         Layout("pngpairs", read_pngpairs, looks_like_pngpairs,
-               "contour maps: a CSV manifest (image, i-contour map, o-contour map) beside the images"),
+               "contour maps: a CSV manifest (image, i-contour map, o-contour map) beside the images, or "
+               "<stem>-icontour-manual.png maps beside <stem>.png"),
         Layout("acdc", read_acdc, looks_like_acdc,
                "ACDC: patientNNN/patientNNN_frameFF.nii.gz with patientNNN_frameFF_gt.nii.gz"),
     )

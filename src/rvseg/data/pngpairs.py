@@ -7,6 +7,10 @@ and a CSV manifest with one row per image::
     image_file,image_file_i_contour,image_file_o_contour
     P01-0080.png,P01-0080-icontour-manual.png,P01-0080-ocontour-manual.png
 
+Without a manifest, images and maps are paired by name: ``<stem>-icontour-manual.png`` and
+``<stem>-ocontour-manual.png`` (``-`` or ``_``; ``-manual``/``-auto`` optional; any of the image
+suffixes below) are the maps of ``<stem>.png``.
+
 Column names are matched case-insensitively, ignoring punctuation: the image column is named like
 ``image``/``image_file``/``img``, the contour columns hold ``icontour``/``endo``/``inner`` and
 ``ocontour``/``epi``/``outer``. Paths are relative to the manifest's folder (``\\`` is read as
@@ -41,13 +45,21 @@ RVSC_NAME = re.compile(r"^P\d+-(\d{4})$")
 RVSC_FRAMES_PER_SLICE = 20
 #: ITU-R BT.709 luma weights for R, G, B.
 LUMA_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: The stem of a contour map paired with its image by name (no manifest).
+MAP_NAME = re.compile(r"(?P<stem>.+?)[-_](?P<kind>[io])contour(?:[-_](?:manual|auto))?", re.IGNORECASE)
+LABEL_OF_MAP = {"i": "endo", "o": "epi"}
 
 
 def looks_like_pngpairs(root: str | Path) -> bool:
-    """Whether ``root`` is a folder holding a CSV whose header names an image and a contour column."""
+    """Whether ``root`` is a folder holding a CSV whose header names an image and a contour column, or
+    (without a CSV) an image with a contour map named after it."""
     root = Path(root)
     if not root.is_dir():
         return False
+    if not any(root.glob("*.csv")):
+        rows, _ = pairs_by_name(root)
+        return any(LABELS[0] in paths or LABELS[1] in paths for _, paths in rows)
     for candidate in sorted(root.glob("*.csv")):
         try:
             with candidate.open(newline="", encoding="utf-8-sig") as handle:
@@ -65,8 +77,8 @@ def read_pngpairs(root: str | Path, *, manifest: str | Path | None = None, skip_
 
     Args:
         root: the folder.
-        manifest: the CSV; default: the only ``*.csv`` in ``root``. A relative path is looked up in
-            ``root`` first, then as given.
+        manifest: the CSV; default: the only ``*.csv`` in ``root``, or with none, pairing by name. A
+            relative path is looked up in ``root`` first, then as given.
         skip_bad: record bad files in ``report.skipped`` and go on, instead of raising.
 
     Returns:
@@ -82,27 +94,58 @@ def read_pngpairs(root: str | Path, *, manifest: str | Path | None = None, skip_
     root = Path(root)
     if not root.is_dir():
         raise DataError("is not a folder (expected images, contour maps and a CSV manifest)", root)
-    manifest_path = find_manifest(root, manifest)
-    rows = read_manifest(manifest_path)
     report = ReadReport(format="pngpairs", labels=LABELS)
+    by_name = manifest is None and not any(root.glob("*.csv"))
+    if by_name:
+        rows, report.unmatched_contours = pairs_by_name(root)
+        if not any(set(LABELS) & paths.keys() for _, paths in rows):
+            raise DataError(f"no CSV manifest (*.csv) and no contour map named after an image; expected a "
+                            f"manifest with columns {EXPECTED_COLUMNS}, or <stem>-icontour-manual.png beside "
+                            "<stem>.png", root)
+    else:
+        manifest_path = find_manifest(root, manifest)
+        rows = read_manifest(manifest_path)
     samples = []
     seen: dict[str, int] = {}
     for number, paths in rows:
         image_path = paths["image"]
         if image_path.stem in seen:
-            repeated = f"row {number} lists {image_path.name} again (first in row {seen[image_path.stem]})"
-            report.bad_file(manifest_path, repeated, skip_bad)
+            if by_name:
+                report.bad_file(image_path, f"a second image named {image_path.stem} (the maps pair by stem)", skip_bad)
+            else:
+                repeated = f"row {number} lists {image_path.name} again (first in row {seen[image_path.stem]})"
+                report.bad_file(manifest_path, repeated, skip_bad)
             continue
         seen[image_path.stem] = number
+        listed_in = "the folder (paired by name)" if by_name else f"{manifest_path.name} (row {number})"
         try:
-            sample = read_row(number, paths, manifest_path, report, skip_bad)
+            sample = read_row(paths, listed_in, report, skip_bad)
         except _SkippedRow:
             continue
         if sample is not None:
             samples.append(sample)
     report.samples = sorted(drop_odd_sizes(samples, report, skip_bad), key=lambda s: s.id)
-    note_unlisted_files(root, manifest_path, rows, report)
+    if not by_name:
+        note_unlisted_files(root, manifest_path, rows, report)
     return report
+
+
+def pairs_by_name(root: Path) -> tuple[list[tuple[int, dict[str, Path]]], list[str]]:
+    """Rows like :func:`read_manifest`'s from file names (module docstring), numbered in name order,
+    and the contour maps that have no image of their stem."""
+    files = sorted(path for path in root.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+    maps: dict[str, dict[str, Path]] = {}
+    images: list[Path] = []
+    for path in files:
+        match = MAP_NAME.fullmatch(path.stem)
+        if match is None:
+            images.append(path)
+        else:
+            maps.setdefault(match["stem"], {})[LABEL_OF_MAP[match["kind"].lower()]] = path
+    rows = [(number, {"image": image, **maps.get(image.stem, {})}) for number, image in enumerate(images, start=1)]
+    stems = {image.stem for image in images}
+    orphans = [str(path) for stem, found in sorted(maps.items()) if stem not in stems for path in found.values()]
+    return rows, orphans
 
 
 def column_role(name: str) -> str | None:
@@ -182,15 +225,16 @@ def reject(path: Path, reason: str, report: ReadReport, skip_bad: bool) -> None:
     raise _SkippedRow
 
 
-def read_row(number: int, paths: dict[str, Path], manifest: Path, report: ReadReport, skip_bad: bool) -> Sample | None:
+def read_row(paths: dict[str, Path], listed_in: str, report: ReadReport, skip_bad: bool) -> Sample | None:
     """The sample of one manifest row, or None when it has no usable contour map (recorded in ``report``).
+    ``listed_in`` says where the row comes from in messages (``train_dir.csv (row 5)``).
 
     Raises:
         _SkippedRow: a file of the row is bad and was recorded with ``skip_bad``.
     """
     for path in paths.values():
         if not path.is_file():
-            reject(path, f"is listed in {manifest.name} (row {number}) but does not exist", report, skip_bad)
+            reject(path, f"is listed in {listed_in} but does not exist", report, skip_bad)
     image_path = paths["image"]
     if not any(label in paths for label in LABELS):
         report.unmatched_images.append(str(image_path))
@@ -199,7 +243,7 @@ def read_row(number: int, paths: dict[str, Path], manifest: Path, report: ReadRe
     masks = {}
     for label in LABELS:
         if label not in paths:
-            report.notes.append(f"{image_path}: no {label} contour map in {manifest.name} (row {number})")
+            report.notes.append(f"{image_path}: no {label} contour map in {listed_in}")
             continue
         mask = read_map(paths[label], image_path, image.shape, report, skip_bad)
         if mask is not None:
@@ -306,7 +350,7 @@ def note_unlisted_files(
     unlisted = sorted(
         path.name
         for path in root.iterdir()
-        if path.is_file() and path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
         and path.resolve() not in listed
     )
     if unlisted:
