@@ -69,10 +69,11 @@ def case_key(name: str) -> str:
 
 def contour_case_folders(root: str | Path) -> list[Path]:
     """The ``<case>`` folders below ``root`` that hold ``contours-manual/IRCCI-expert/`` (sorted)."""
-    return sorted(
-        folder.parent.parent for folder in subfolders(Path(root), SEARCH_DEPTH)
-        if (folder.parent.name, folder.name) == CONTOUR_FOLDERS
-    )
+    return _case_folders_among(subfolders(Path(root), SEARCH_DEPTH))
+
+
+def _case_folders_among(folders: list[Path]) -> list[Path]:
+    return sorted(folder.parent.parent for folder in folders if (folder.parent.name, folder.name) == CONTOUR_FOLDERS)
 
 
 def looks_like_sunnybrook_download(root: str | Path) -> bool:
@@ -88,7 +89,7 @@ def find_cases(root: str | Path, labels: tuple[str, str], report: ReadReport, sk
     """
     root = Path(root)
     folders = subfolders(root, SEARCH_DEPTH)
-    case_folders = contour_case_folders(root)
+    case_folders = _case_folders_among(folders)
     inside_cases = [folder for folder in folders if any(folder.is_relative_to(case) for case in case_folders)]
     by_name: dict[str, list[Path]] = defaultdict(list)
     for folder in sorted(set(folders) - set(inside_cases)):
