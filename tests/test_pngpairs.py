@@ -128,7 +128,7 @@ def test_missing_manifest_says_what_was_looked_for(tmp_path):
     with pytest.raises(DataError) as error:
         read_pngpairs(tmp_path)
     assert str(tmp_path) in str(error.value)
-    assert "no CSV manifest (*.csv)" in str(error.value) and "image_file_i_contour" in str(error.value)
+    assert "no CSV manifest (*.csv) found" in str(error.value) and "image_file_i_contour" in str(error.value)
     assert "<stem>-icontour-manual.png" in str(error.value)
     assert not looks_like_pngpairs(tmp_path)
 
@@ -147,6 +147,15 @@ def test_without_a_manifest_maps_pair_with_their_image_by_name(folder):
         assert all(np.array_equal(got.masks[k], want.masks[k]) for k in ("endo", "epi"))
     assert report.unmatched_images == [str(folder / "P03-0060.png")]
     assert report.unmatched_contours == [str(folder / "P04-0080-icontour-manual.png")]
+    # an automatic map is no ground truth; a CSV that is no manifest does not stop pairing; case is ignored
+    (folder / "P01-0020-icontour-manual.png").rename(folder / "p01-0020-ICONTOUR-manual.png")
+    save(folder / "P03-0060-icontour-auto.png", np.zeros(SHAPE, dtype=np.uint8))
+    (folder / "stats.csv").write_text("name,value\na,1\n")
+    report = read_pngpairs(folder)
+    assert [s.id for s in report.samples] == [s.id for s in with_manifest.samples]
+    assert report.unmatched_images == [str(folder / "P03-0060.png")]
+    assert any("1 automatic contour map(s) (-auto) not read" in note for note in report.notes)
+    assert any("no CSV is a manifest (stats.csv)" in note for note in report.notes)
     save(folder / "P01-0020.jpg", np.zeros(SHAPE, dtype=np.uint8))
     with pytest.raises(DataError, match="a second image named P01-0020"):
         read_pngpairs(folder)

@@ -145,7 +145,7 @@ def test_predict_on_an_rvsc_test_set_folder(checkpoint, shared_data, tmp_path):
         shutil.copy(path, tmp_path / "TestSet" / "Test1Set" / "patient09" / "P09dicom")
     summary = predict([checkpoint], tmp_path / "TestSet" / "Test1Set", tmp_path / "one")
     assert summary["source_kind"] == "rvsc" and summary["n_images"] == 3
-    with pytest.raises(DataError, match="patient P09 is also in"):  # the same patient in two sets is ambiguous
+    with pytest.raises(DataError, match="patient P09 was already read from"):  # in two sets: ambiguous
         predict([checkpoint], tmp_path / "TestSet", tmp_path / "both")
     shutil.rmtree(tmp_path / "TestSet" / "Test2Set")
     assert predict([checkpoint], tmp_path / "TestSet", tmp_path / "all")["n_images"] == 3

@@ -387,8 +387,16 @@ def test_test_set_contours_in_their_separate_tree(tmp_path, rvsc_root, report):
         for got, want in zip(read.samples, report.samples, strict=True):
             assert all(np.array_equal(got.masks[k], want.masks[k]) for k in ("endo", "epi"))
         assert str(test_set / "Test1SetContours") in read.samples[0].sources["endo"]
+    (test_set / "Test1Set" / "patient09" / "P09contours-manual").mkdir()  # empty, made before the release
+    assert len(read_rvsc(test_set).samples) == len(report.samples)
     (test_set / "Test1Set" / "patient09" / "P09list.txt").unlink()  # globbed in the separate tree instead
     assert len(read_rvsc(test_set).samples) == len(report.samples)
+
+
+def test_a_symlinked_patient_folder_is_read(tmp_path, rvsc_root, report):
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "patient09").symlink_to(rvsc_root / "patient09", target_is_directory=True)
+    assert [s.id for s in read_rvsc(tmp_path / "set").samples] == [s.id for s in report.samples]
 
 
 def test_a_patient_found_twice_is_refused(tmp_path, rvsc_root):

@@ -353,7 +353,8 @@ def test_download_case_without_images(tmp_path, sunnybrook_root):
     shutil.rmtree(root / "SCD_IMAGES_02")
     case = root / "scd_manualcontours" / "SCD_ManualContours" / "SC-HF-I-02"
     message = raised_message(root)
-    assert message.startswith(f"{case}: no IM-SSSS-NNNN.dcm images found for case SC-HF-I-2")
+    assert message.startswith(f"{case}: no IM-SSSS-NNNN.dcm images of the contoured numbers for case SC-HF-I-2")
+    assert "PatientID" in message
     read = read_sunnybrook(root, skip_bad=True)
     assert read.patients == ["SCD0000101"] and [e["path"] for e in read.skipped] == [str(case)]
 
@@ -365,3 +366,48 @@ def test_download_contour_file_misnamed(tmp_path, sunnybrook_root):
     bad.write_text("1 2\n")
     message = raised_message(root)
     assert message.startswith(f"{bad}: file name does not follow IM-0001-NNNN-")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_dicom_part_download_with_its_padded_image_folders(tmp_path, sunnybrook_root, two_patients):
+    # "Sunnybrook Cardiac MR Database DICOMPart3/TrainingDataDICOM/SC-HF-I-01/DICOM/IM-0001-NNNN.dcm",
+    # contours in the ContoursPart tree under the same padded case name; a macOS zip leftover and a
+    # folder whose name has a non-ASCII digit are ignored.
+    root = tmp_path / "Sunnybrook_data"
+    for patient_id, original_id in ORIGINAL_IDS.items():
+        padded = original_id.replace("-I-", "-I-0")
+        copy_images(sunnybrook_root, patient_id, root / "DICOMPart3" / "TrainingDataDICOM" / padded / "DICOM", series=1)
+        copy_contours(sunnybrook_root, original_id, root / "ContoursPart3" / "TrainingDataContours" / padded)
+    shutil.copytree(root / "ContoursPart3", root / "__MACOSX" / "ContoursPart3")
+    (root / "notes" / "fig-\u00b2").mkdir(parents=True)
+    read = read_sunnybrook(root)
+    assert read.patients == ["SC-HF-I-1", "SC-HF-I-2"]  # the same ids as the challenge layout's
+    assert_same_samples(read, two_patients, ORIGINAL_IDS)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_images_inside_the_case_folder_and_symlinked_folders(tmp_path, sunnybrook_root, two_patients):
+    store = tmp_path / "store"
+    for patient_id, original_id in ORIGINAL_IDS.items():
+        copy_contours(sunnybrook_root, original_id, store / original_id)
+        copy_images(sunnybrook_root, patient_id, store / original_id / "DICOM", series=5)
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "cases").symlink_to(store, target_is_directory=True)
+    (store / "loop").symlink_to(store, target_is_directory=True)  # a cycle: entered once
+    assert_same_samples(read_sunnybrook(root), two_patients, ORIGINAL_IDS)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_phases_stay_unknown_without_a_slice_contoured_at_both(tmp_path, sunnybrook_root):
+    root = make_atlas_download(tmp_path, sunnybrook_root)
+    expert = root / "scd_manualcontours" / "SCD_ManualContours" / "SC-HF-I-01" / "contours-manual" / "IRCCI-expert"
+    for path in expert.glob("*-icontour-manual.txt"):
+        number = int(path.name[8:12])
+        if (number - 1) % 20 < 10:  # drop every i-contour of the ES phase (image 48 is phase 8)
+            path.unlink()
+    read = read_sunnybrook(root)
+    first = [s for s in read.samples if s.patient == "SCD0000101"]
+    assert first and {s.phase for s in first} == {"unknown"}
+    assert any(n.startswith("SCD0000101: contours at 1 phase(s)") for n in read.notes)
+    assert {s.phase for s in read.samples if s.patient == "SCD0000201"} == {"ED", "ES"}

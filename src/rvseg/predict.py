@@ -59,6 +59,7 @@ from rvseg import __version__
 from rvseg.data.contours import mask_to_contour, write_contour_file
 from rvseg.data.dataset import load_dataset
 from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, plane_positions, read_dicom
+from rvseg.data.folders import unique_folders
 from rvseg.data.pngpairs import read_gray
 from rvseg.data.rvsc import looks_like_rvsc, patient_folders, patient_id
 from rvseg.data.sample import ReadReport
@@ -191,12 +192,10 @@ def read_source(src: Path, exclude: Path | None = None) -> Source:
         return Source("prepared", prepared_images(src), [])
     if looks_like_rvsc(src):
         images, skipped = [], []
-        seen: dict[str, Path] = {}
-        for folder in patient_folders(src):
+        # A patient in two sets would give every output file two sources: refused, as the reader does.
+        folders = unique_folders(patient_folders(src), patient_id, ReadReport("rvsc", ()), skip_bad=False)
+        for folder in folders:
             patient = patient_id(folder)
-            if patient in seen:
-                raise DataError(f"patient {patient} is also in {seen[patient]}; segment one of them at a time", folder)
-            seen[patient] = folder
             found, bad = read_files(sorted((folder / f"{patient}dicom").glob("*")), stack=patient)
             images += found
             skipped += bad

@@ -31,7 +31,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from rvseg.data.folders import named_folders
+from rvseg.data.folders import named_folders, unique_folders
 from rvseg.data.sample import ReadReport, Sample
 from rvseg.errors import DataError
 
@@ -75,12 +75,7 @@ def read_acdc(root: str | Path, *, skip_bad: bool = False) -> ReadReport:
     if not folders:
         raise DataError("holds no patientNNN folder with patientNNN_frameFF.nii.gz files (ACDC layout)", root)
     report = ReadReport(format="acdc", labels=LABELS)
-    seen: dict[str, Path] = {}
-    for folder in folders:
-        if folder.name in seen:
-            report.bad_file(folder, f"patient {folder.name} was already read from {seen[folder.name]}", skip_bad)
-            continue
-        seen[folder.name] = folder
+    for folder in unique_folders(folders, lambda folder: folder.name, report, skip_bad):
         report.samples.extend(read_patient(folder, report, skip_bad))
     report.samples.sort(key=lambda sample: sample.id)
     return report

@@ -116,7 +116,7 @@ def read_dicom(path: str | Path) -> DicomImage:
             study_uid=_optional_str(dataset, "StudyInstanceUID"),
             normal=None if normal is None else tuple(normal.tolist()),
             position=None if position is None else tuple(position.tolist()),
-            cardiac_images=_optional_int(dataset, "CardiacNumberOfImages", path),
+            cardiac_images=_cardiac_images(dataset),
         )
 
 
@@ -304,6 +304,17 @@ def _optional_int(dataset: Dataset, keyword: str, path: Path) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         raise DataError(f"tag {keyword} holds {value!r}, not an integer", path) from None
+
+
+def _cardiac_images(dataset: Dataset) -> int | None:
+    """CardiacNumberOfImages when it is a positive integer: only a hint (phase numbering), so a malformed
+    value is ignored rather than rejecting the image."""
+    value = _element_value(dataset, "CardiacNumberOfImages")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
 
 
 def _optional_str(dataset: Dataset, keyword: str) -> str | None:

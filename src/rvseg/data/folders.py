@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from rvseg.data.sample import ReadReport
+
+#: Folders never searched: archive and operating-system leftovers (``__MACOSX`` copies of a zip's
+#: tree would otherwise count every case twice).
+IGNORED_FOLDERS = re.compile(r"__MACOSX|\..*")
 
 
 def subfolders(root: Path, depth: int) -> list[Path]:
-    """``root``'s subfolders down to ``depth`` levels, breadth first and sorted per level (symbolic
-    links and unreadable folders are not entered)."""
-    found: list[Path] = []
-    level = [root]
-    for _ in range(depth):
-        level = sorted(child for folder in level for child in _children(folder))
-        found += level
-    return found
+    """``root``'s subfolders down to ``depth`` levels, breadth first and sorted per level."""
+    return [folder for level in _levels(root, depth, lambda folder: True) for folder in level]
 
 
 def named_folders(root: Path, name: re.Pattern[str], depth: int) -> list[Path]:
@@ -23,19 +24,55 @@ def named_folders(root: Path, name: re.Pattern[str], depth: int) -> list[Path]:
     match, without looking inside them (a patient folder's own subfolders are not searched)."""
     if name.fullmatch(root.name):
         return [root]
-    found: list[Path] = []
+    found = [folder for level in _levels(root, depth, lambda f: not name.fullmatch(f.name)) for folder in level
+             if name.fullmatch(folder.name)]
+    return sorted(found, key=lambda folder: (folder.name.lower(), str(folder)))
+
+
+def unique_folders(folders: list[Path], key: Callable[[Path], str], report: ReadReport, skip_bad: bool) -> list[Path]:
+    """``folders`` without a second folder of the same patient (``key``), which is a bad file: two
+    copies of one patient (a training and a test set, say) make every id ambiguous."""
+    seen: dict[str, Path] = {}
+    for folder in folders:
+        name = key(folder)
+        if name in seen:
+            report.bad_file(folder, f"patient {name} was already read from {seen[name]}", skip_bad)
+        else:
+            seen[name] = folder
+    return list(seen.values())
+
+
+def _levels(root: Path, depth: int, descend: Callable[[Path], bool]) -> Iterator[list[Path]]:
+    """Breadth first, one sorted list per level; only folders for which ``descend`` holds are entered.
+    Symbolic links to folders are followed, each real folder entered once (no loops)."""
+    visited = {_identity(root)}
     level = [root]
     for _ in range(depth):
-        folders = sorted(child for folder in level for child in _children(folder))
-        found += [folder for folder in folders if name.fullmatch(folder.name)]
-        level = [folder for folder in folders if not name.fullmatch(folder.name)]
-    return sorted(found, key=lambda folder: (folder.name.lower(), str(folder)))
+        children = []
+        for folder in level:
+            for child in _children(folder):
+                identity = _identity(child)
+                if identity is not None and identity not in visited:
+                    visited.add(identity)
+                    children.append(child)
+        level = sorted(children)
+        yield level
+        level = [folder for folder in level if descend(folder)]
 
 
 def _children(folder: Path) -> list[Path]:
     # scandir's entries know their type without a stat per file: image folders hold thousands.
     try:
         with os.scandir(folder) as entries:
-            return [Path(entry.path) for entry in entries if entry.is_dir(follow_symlinks=False)]
+            return [Path(entry.path) for entry in entries
+                    if entry.is_dir() and not IGNORED_FOLDERS.fullmatch(entry.name)]
     except OSError:
         return []
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        status = folder.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino

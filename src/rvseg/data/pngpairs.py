@@ -7,9 +7,10 @@ and a CSV manifest with one row per image::
     image_file,image_file_i_contour,image_file_o_contour
     P01-0080.png,P01-0080-icontour-manual.png,P01-0080-ocontour-manual.png
 
-Without a manifest, images and maps are paired by name: ``<stem>-icontour-manual.png`` and
-``<stem>-ocontour-manual.png`` (``-`` or ``_``; ``-manual``/``-auto`` optional; any of the image
-suffixes below) are the maps of ``<stem>.png``.
+Without a manifest (no CSV whose header names an image and a contour column), images and maps are
+paired by name: ``<stem>-icontour-manual.png`` and ``<stem>-ocontour-manual.png`` (``-`` or ``_``,
+``-manual`` optional, any of the image suffixes below, case ignored) are the maps of ``<stem>.png``.
+Automatic maps (``-icontour-auto.png``) are not ground truth: they are counted in a note, not read.
 
 Column names are matched case-insensitively, ignoring punctuation: the image column is named like
 ``image``/``image_file``/``img``, the contour columns hold ``icontour``/``endo``/``inner`` and
@@ -47,7 +48,7 @@ RVSC_FRAMES_PER_SLICE = 20
 LUMA_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: The stem of a contour map paired with its image by name (no manifest).
-MAP_NAME = re.compile(r"(?P<stem>.+?)[-_](?P<kind>[io])contour(?:[-_](?:manual|auto))?", re.IGNORECASE)
+MAP_NAME = re.compile(r"(?P<stem>.+?)[-_](?P<kind>[io])contour(?:[-_](?P<source>manual|auto))?", re.IGNORECASE)
 LABEL_OF_MAP = {"i": "endo", "o": "epi"}
 
 
@@ -57,9 +58,12 @@ def looks_like_pngpairs(root: str | Path) -> bool:
     root = Path(root)
     if not root.is_dir():
         return False
-    if not any(root.glob("*.csv")):
-        rows, _ = pairs_by_name(root)
-        return any(LABELS[0] in paths or LABELS[1] in paths for _, paths in rows)
+    return bool(manifests_in(root)) or _has_pairs(pairs_by_name(root)[0])
+
+
+def manifests_in(root: Path) -> list[Path]:
+    """The CSV files of ``root`` whose header names an image column and a contour column."""
+    found = []
     for candidate in sorted(root.glob("*.csv")):
         try:
             with candidate.open(newline="", encoding="utf-8-sig") as handle:
@@ -68,8 +72,12 @@ def looks_like_pngpairs(root: str | Path) -> bool:
             continue
         roles = {column_role(name) for name in header}
         if "image" in roles and roles & set(LABELS):
-            return True
-    return False
+            found.append(candidate)
+    return found
+
+
+def _has_pairs(rows: list[tuple[int, dict[str, Path]]]) -> bool:
+    return any(set(LABELS) & paths.keys() for _, paths in rows)
 
 
 def read_pngpairs(root: str | Path, *, manifest: str | Path | None = None, skip_bad: bool = False) -> ReadReport:
@@ -95,28 +103,31 @@ def read_pngpairs(root: str | Path, *, manifest: str | Path | None = None, skip_
     if not root.is_dir():
         raise DataError("is not a folder (expected images, contour maps and a CSV manifest)", root)
     report = ReadReport(format="pngpairs", labels=LABELS)
-    by_name = manifest is None and not any(root.glob("*.csv"))
-    if by_name:
-        rows, report.unmatched_contours = pairs_by_name(root)
-        if not any(set(LABELS) & paths.keys() for _, paths in rows):
-            raise DataError(f"no CSV manifest (*.csv) and no contour map named after an image; expected a "
-                            f"manifest with columns {EXPECTED_COLUMNS}, or <stem>-icontour-manual.png beside "
-                            "<stem>.png", root)
-    else:
+    by_name = False
+    if manifest is None and not manifests_in(root):
+        rows, report.unmatched_contours, automatic = pairs_by_name(root)
+        by_name = _has_pairs(rows)
+        if by_name and automatic:
+            report.notes.append(f"{root}: {len(automatic)} automatic contour map(s) (-auto) not read as ground truth")
+        if by_name and any(root.glob("*.csv")):
+            names = ", ".join(path.name for path in sorted(root.glob("*.csv")))
+            report.notes.append(f"{root}: no CSV is a manifest ({names}); images and maps paired by name")
+    if not by_name:
         manifest_path = find_manifest(root, manifest)
         rows = read_manifest(manifest_path)
     samples = []
     seen: dict[str, int] = {}
     for number, paths in rows:
         image_path = paths["image"]
-        if image_path.stem in seen:
+        stem = image_path.stem.lower() if by_name else image_path.stem
+        if stem in seen:
             if by_name:
                 report.bad_file(image_path, f"a second image named {image_path.stem} (the maps pair by stem)", skip_bad)
             else:
-                repeated = f"row {number} lists {image_path.name} again (first in row {seen[image_path.stem]})"
+                repeated = f"row {number} lists {image_path.name} again (first in row {seen[stem]})"
                 report.bad_file(manifest_path, repeated, skip_bad)
             continue
-        seen[image_path.stem] = number
+        seen[stem] = number
         listed_in = "the folder (paired by name)" if by_name else f"{manifest_path.name} (row {number})"
         try:
             sample = read_row(paths, listed_in, report, skip_bad)
@@ -130,22 +141,26 @@ def read_pngpairs(root: str | Path, *, manifest: str | Path | None = None, skip_
     return report
 
 
-def pairs_by_name(root: Path) -> tuple[list[tuple[int, dict[str, Path]]], list[str]]:
-    """Rows like :func:`read_manifest`'s from file names (module docstring), numbered in name order,
-    and the contour maps that have no image of their stem."""
+def pairs_by_name(root: Path) -> tuple[list[tuple[int, dict[str, Path]]], list[str], list[Path]]:
+    """Rows like :func:`read_manifest`'s from file names (module docstring), numbered in name order;
+    the contour maps that have no image of their stem; and the automatic maps, not paired."""
     files = sorted(path for path in root.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
     maps: dict[str, dict[str, Path]] = {}
     images: list[Path] = []
+    automatic: list[Path] = []
     for path in files:
         match = MAP_NAME.fullmatch(path.stem)
         if match is None:
             images.append(path)
+        elif (match["source"] or "").lower() == "auto":
+            automatic.append(path)
         else:
-            maps.setdefault(match["stem"], {})[LABEL_OF_MAP[match["kind"].lower()]] = path
-    rows = [(number, {"image": image, **maps.get(image.stem, {})}) for number, image in enumerate(images, start=1)]
-    stems = {image.stem for image in images}
+            maps.setdefault(match["stem"].lower(), {})[LABEL_OF_MAP[match["kind"].lower()]] = path
+    rows = [(number, {"image": image, **maps.get(image.stem.lower(), {})})
+            for number, image in enumerate(images, start=1)]
+    stems = {image.stem.lower() for image in images}
     orphans = [str(path) for stem, found in sorted(maps.items()) if stem not in stems for path in found.values()]
-    return rows, orphans
+    return rows, orphans, automatic
 
 
 def column_role(name: str) -> str | None:
@@ -161,15 +176,18 @@ def column_role(name: str) -> str | None:
 
 
 def find_manifest(root: Path, manifest: str | Path | None) -> Path:
-    """The manifest to read: the given one (looked up in ``root`` first) or the only CSV in ``root``."""
+    """The manifest to read: the given one (looked up in ``root`` first), the only CSV of ``root`` whose
+    header is a manifest's, or else its only CSV (whose reading then says what is wrong with it)."""
     if manifest is not None:
         for candidate in (root / manifest, Path(manifest)):
             if candidate.is_file():
                 return candidate
         raise DataError(f"manifest not found (looked for it in {root} and as given)", manifest)
-    found = sorted(root.glob("*.csv"))
+    found = manifests_in(root) or sorted(root.glob("*.csv"))
     if not found:
-        raise DataError(f"no CSV manifest (*.csv) found; expected one with columns {EXPECTED_COLUMNS}", root)
+        raise DataError(f"no CSV manifest (*.csv) found, and no contour map named after an image; expected a "
+                        f"manifest with columns {EXPECTED_COLUMNS}, or <stem>-icontour-manual.png beside <stem>.png",
+                        root)
     if len(found) > 1:
         names = ", ".join(path.name for path in found)
         raise DataError(f"several CSV files ({names}); say which one is the manifest", root)

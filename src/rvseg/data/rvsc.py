@@ -41,7 +41,7 @@ import numpy as np
 
 from rvseg.data.contours import polygon_to_mask, read_contour_file
 from rvseg.data.dicom import DicomImage, read_dicom
-from rvseg.data.folders import named_folders
+from rvseg.data.folders import named_folders, unique_folders
 from rvseg.data.sample import ReadReport, Sample
 from rvseg.errors import DataError
 
@@ -105,13 +105,7 @@ def read_rvsc(root: str | Path, *, skip_bad: bool = False) -> ReadReport:
             root,
         )
     report = ReadReport(format="rvsc", labels=LABELS)
-    seen: dict[str, Path] = {}
-    for patient_dir in patient_dirs:
-        patient = patient_id(patient_dir)
-        if patient in seen:
-            report.bad_file(patient_dir, f"patient {patient} was already read from {seen[patient]}", skip_bad)
-            continue
-        seen[patient] = patient_dir
+    for patient_dir in unique_folders(patient_dirs, patient_id, report, skip_bad):
         _read_patient(patient_dir, report, skip_bad)
     report.samples.sort(key=lambda sample: sample.id)
     return report
@@ -225,12 +219,13 @@ def _read_patient(patient_dir: Path, report: ReadReport, skip_bad: bool) -> None
 
 
 def _contour_dir(patient_dir: Path, patient: str) -> Path:
-    """The patient's ``PNNcontours-manual`` folder: in the patient folder, or else in the set's separate
-    contour tree (``Test1Set/patient17`` -> ``Test1SetContours/P17contours-manual``) when that exists."""
+    """The patient's ``PNNcontours-manual`` folder: in the patient folder, or when that holds no contour
+    file, in the set's separate tree (``Test1Set/patient17`` -> ``Test1SetContours/P17contours-manual``)."""
     in_tree = patient_dir / f"{patient}contours-manual"
     set_dir = patient_dir.parent
     separate = set_dir.parent / f"{set_dir.name}{CONTOUR_TREE_SUFFIX}" / in_tree.name
-    return separate if not in_tree.is_dir() and separate.is_dir() else in_tree
+    # An empty in-tree folder (made before the test contours were released) does not hide them.
+    return separate if separate.is_dir() and not any(in_tree.glob("*contour-manual.txt")) else in_tree
 
 
 def _contour_files(patient_dir: Path, patient: str, report: ReadReport, skip_bad: bool) -> list[Path]:

@@ -18,7 +18,8 @@ o-contour (epicardium) ``labels[1]``; the names come from the caller.
 slice; with 20 phases per cycle (CardiacNumberOfImages, else the challenge's 20), an image's phase
 index is ``(N - 1) % 20``. Of a patient's two contoured phase indices, the one whose endocardium is
 larger over the slices contoured at both is ED (end-diastole is the largest cavity), the other ES.
-A patient contoured at any other number of phases keeps ``unknown``, with a note.
+A patient contoured at any other number of phases, or with no slice contoured at both, keeps
+``unknown``, with a note.
 """
 
 from __future__ import annotations
@@ -28,19 +29,17 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 from rvseg.data.dicom import read_dicom
 from rvseg.data.pngpairs import drop_odd_sizes
 from rvseg.data.rvsc import contour_masks, note_unnested, slice_key
 from rvseg.data.sample import ReadReport, Sample
-from rvseg.data.sunnybrook_downloads import find_cases, looks_like_sunnybrook_download
+from rvseg.data.sunnybrook_downloads import SEARCH_DEPTH, find_cases, looks_like_sunnybrook_download
 from rvseg.errors import ConfigError, DataError
 
 LINK_FILE = "link.csv"
 LINK_COLUMNS = ("patient_id", "original_id")
-DICOM_NAME = re.compile(r"(\d+)\.dcm", re.IGNORECASE)
-CONTOUR_NAME = re.compile(r"IM-0001-(\d+)-([io])contour-manual\.txt", re.IGNORECASE)
+LINKED_IMAGE_FILE = re.compile(r"(\d+)\.dcm", re.IGNORECASE)
+LINKED_CONTOUR_FILE = re.compile(r"IM-0001-(\d+)-([io])contour-manual\.txt", re.IGNORECASE)
 CONTOUR_KINDS = ("i", "o")
 #: Phases per cycle of the challenge's cines, where an image does not say (CardiacNumberOfImages).
 CHALLENGE_PHASES = 20
@@ -86,15 +85,16 @@ def read_sunnybrook(
     report = ReadReport(format="sunnybrook", labels=labels)
     if looks_like_linked(root):
         _read_linked(root, labels, report, skip_bad)
-    elif looks_like_sunnybrook_download(root):
-        for case in find_cases(root, labels, report, skip_bad):
-            _read_patient(case.patient, case.contours, case.images, labels, report, skip_bad)
     else:
-        raise DataError(
-            f"not a Sunnybrook folder: expected {LINK_FILE}, dicoms/ and contourfiles/ in it, or "
-            "<case>/contours-manual/IRCCI-expert/ contour folders below it",
-            root,
-        )
+        cases = find_cases(root, labels, report, skip_bad) if root.is_dir() else None
+        if cases is None:
+            raise DataError(
+                f"not a Sunnybrook folder: expected {LINK_FILE}, dicoms/ and contourfiles/ in it, or "
+                f"<case>/contours-manual/IRCCI-expert/ contour folders up to {SEARCH_DEPTH} levels below it",
+                root,
+            )
+        for case in cases:
+            _read_patient(case.patient, case.contours, case.images, labels, report, skip_bad)
     report.samples = sorted(drop_odd_sizes(report.samples, report, skip_bad), key=lambda sample: sample.id)
     return report
 
@@ -110,8 +110,8 @@ def _read_linked(root: Path, labels: tuple[str, str], report: ReadReport, skip_b
             reason = f"patient {patient_id} ({original_id}) is listed in {LINK_FILE} but this folder does not exist"
             report.bad_file(missing, reason, skip_bad)
             continue
-        contours = _contours_by_number(contour_dir, labels, report, skip_bad)
-        images = _dicoms_by_number(dicom_dir, report, skip_bad)
+        contours = _linked_contours(contour_dir, labels, report, skip_bad)
+        images = _linked_images(dicom_dir, report, skip_bad)
         _read_patient(patient_id, contours, images, labels, report, skip_bad)
 
 
@@ -216,32 +216,30 @@ def _assign_phases(
             report.notes.append(f"{patient_id}: contours at {len(by_phase)} phase(s) of the cycle, not 2; "
                                 "ED/ES not assigned")
         return
-    first, second = by_phase.values()
-    areas = [{s.slice: int(s.masks[inner].sum()) for s in group if inner in s.masks and s.slice}
-             for group in (first, second)]
-    shared = set(areas[0]) & set(areas[1])
-    if shared:
-        totals = [sum(area[key] for key in shared) for area in areas]
-    else:  # no slice location to pair them by: the mean cavity of each phase
-        totals = [np.mean([s.masks[inner].sum() for s in group if inner in s.masks] or [0])
-                  for group in (first, second)]
+    groups = list(by_phase.values())
+    areas = [{s.slice: int(s.masks[inner].sum()) for s in group if inner in s.masks} for group in groups]
+    shared = set(areas[0]) & set(areas[1]) - {""}
+    if not shared:
+        report.notes.append(f"{patient_id}: no slice has '{inner}' contours at both phases; ED/ES not assigned")
+        return
+    totals = [sum(area[key] for key in shared) for area in areas]
     if totals[0] == totals[1]:
         report.notes.append(f"{patient_id}: both contoured phases have the same cavity size; ED/ES not assigned")
         return
-    ed, es = (first, second) if totals[0] > totals[1] else (second, first)
+    ed, es = groups if totals[0] > totals[1] else groups[::-1]
     for group, phase in ((ed, "ED"), (es, "ES")):
         for sample in group:
             sample.phase = phase
 
 
-def _contours_by_number(
+def _linked_contours(
     contour_dir: Path, labels: tuple[str, str], report: ReadReport, skip_bad: bool
 ) -> dict[int, dict[str, Path]]:
     """Group the patient's contour files as image number ``N`` -> label -> path."""
     contours: dict[int, dict[str, Path]] = defaultdict(dict)
     for kind, label in zip(CONTOUR_KINDS, labels, strict=True):
         for path in sorted((contour_dir / f"{kind}-contours").glob("*.txt")):
-            match = CONTOUR_NAME.fullmatch(path.name)
+            match = LINKED_CONTOUR_FILE.fullmatch(path.name)
             if match is None or match.group(2).lower() != kind:
                 report.bad_file(path, f"file name does not follow IM-0001-NNNN-{kind}contour-manual.txt", skip_bad)
                 continue
@@ -249,11 +247,11 @@ def _contours_by_number(
     return dict(contours)
 
 
-def _dicoms_by_number(dicom_dir: Path, report: ReadReport, skip_bad: bool) -> dict[int, Path]:
+def _linked_images(dicom_dir: Path, report: ReadReport, skip_bad: bool) -> dict[int, Path]:
     """The patient's DICOM files as image number ``N`` -> path (not read: most have no contour)."""
     images: dict[int, Path] = {}
     for path in sorted(dicom_dir.glob("*.dcm")):
-        match = DICOM_NAME.fullmatch(path.name)
+        match = LINKED_IMAGE_FILE.fullmatch(path.name)
         if match is None:
             report.bad_file(path, "DICOM file name does not follow <N>.dcm", skip_bad)
             continue

@@ -15,13 +15,16 @@ challenge's 20-phase cines). Where the images live:
   study mixed together;
 - **the Cardiac Atlas Project download**: ``SCD_IMAGES_01/SCD0000101/CINESAX_300/`` (or
   ``SCD_DeidentifiedImages/SCD0000101/...``), the folder named by the ``PatientID`` that
-  ``scd_patientdata.csv`` (``PatientID,OriginalID,...``) gives the case's ``OriginalID``.
+  ``scd_patientdata.csv`` (``PatientID,OriginalID,...``) gives the case's ``OriginalID``;
+- or inside the case folder itself, beside ``contours-manual/``.
 
 The series is the one whose files cover the most contoured image numbers; of several that cover
 all, the one with the most images (the short-axis cine is by far the longest series of a study).
-Every other choice is reported in the notes. Case ids compare with their numbers unpadded
-(``SC-HF-I-01`` is ``SC-HF-I-1``). The i- and o-contours give the caller's two labels;
-papillary-muscle contours (``p1``, ``p2``) are counted in a note and not read.
+Every such choice is reported in the notes. Case ids compare with their numbers unpadded
+(``SC-HF-I-01`` is ``SC-HF-I-1``); a case's patient id is its ``PatientID`` when the table gives
+one, else its unpadded id, so the same case has the same id in every layout that names it alike.
+The i- and o-contours give the caller's two labels; papillary-muscle contours (``p1``, ``p2``) are
+counted in a note and not read.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ from rvseg.data.folders import subfolders
 from rvseg.data.sample import ReadReport
 
 CONTOUR_FOLDERS = ("contours-manual", "IRCCI-expert")
-CONTOUR_NAME = re.compile(r"IM-0001-(\d+)-(i|o|p1|p2)contour-manual\.txt", re.IGNORECASE)
-DICOM_NAME = re.compile(r"IM-(\d+)-(\d+)\.dcm", re.IGNORECASE)
+EXPERT_CONTOUR_FILE = re.compile(r"IM-0001-(\d+)-(i|o|p1|p2)contour-manual\.txt", re.IGNORECASE)
+SERIES_IMAGE_FILE = re.compile(r"IM-(\d+)-(\d+)\.dcm", re.IGNORECASE)
 PATIENT_TABLE = "scd_patientdata.csv"
 PATIENT_TABLE_COLUMNS = ("PatientID", "OriginalID")
 #: Folder levels searched below the root (``<root>/Sunnybrook Cardiac MR Database ContoursPart3/
@@ -52,7 +55,7 @@ class Case:
     """One case: its contour files and the DICOM images of the series they were drawn on.
 
     Attributes:
-        patient: the name of the case's image folder (``SC-HF-I-1``, ``SCD0000101``).
+        patient: the case's ``PatientID`` (``SCD0000101``) or unpadded id (``SC-HF-I-1``).
         contours: image number -> label -> contour file.
         images: image number -> DICOM file, every image of the chosen series.
     """
@@ -64,37 +67,32 @@ class Case:
 
 def case_key(name: str) -> str:
     """A case id with its numbers unpadded: ``SC-HF-I-01`` -> ``SC-HF-I-1`` (case-insensitive)."""
-    return "-".join(str(int(token)) if token.isdigit() else token.upper() for token in name.split("-"))
-
-
-def contour_case_folders(root: str | Path) -> list[Path]:
-    """The ``<case>`` folders below ``root`` that hold ``contours-manual/IRCCI-expert/`` (sorted)."""
-    return _case_folders_among(subfolders(Path(root), SEARCH_DEPTH))
-
-
-def _case_folders_among(folders: list[Path]) -> list[Path]:
-    return sorted(folder.parent.parent for folder in folders if (folder.parent.name, folder.name) == CONTOUR_FOLDERS)
+    return "-".join(str(int(token)) if re.fullmatch(r"[0-9]+", token) else token.upper() for token in name.split("-"))
 
 
 def looks_like_sunnybrook_download(root: str | Path) -> bool:
-    """Whether ``root`` holds at least one ``<case>/contours-manual/IRCCI-expert/`` folder."""
+    """Whether ``root`` holds a ``<case>/contours-manual/IRCCI-expert/`` folder (up to :data:`SEARCH_DEPTH`)."""
     root = Path(root)
-    return root.is_dir() and bool(contour_case_folders(root))
+    return root.is_dir() and bool(_case_folders_among(subfolders(root, SEARCH_DEPTH)))
 
 
-def find_cases(root: str | Path, labels: tuple[str, str], report: ReadReport, skip_bad: bool) -> list[Case]:
-    """Every case of a Sunnybrook download below ``root``, with its contours and its images' series.
+def find_cases(root: str | Path, labels: tuple[str, str], report: ReadReport, skip_bad: bool) -> list[Case] | None:
+    """Every case of a Sunnybrook download below ``root``, with its contours and its images' series;
+    None when ``root`` holds no case folder at all.
 
     A case whose images cannot be found, or a case found twice, goes through ``report.bad_file``.
     """
     root = Path(root)
     folders = subfolders(root, SEARCH_DEPTH)
     case_folders = _case_folders_among(folders)
-    inside_cases = [folder for folder in folders if any(folder.is_relative_to(case) for case in case_folders)]
+    if not case_folders:
+        return None
     by_name: dict[str, list[Path]] = defaultdict(list)
-    for folder in sorted(set(folders) - set(inside_cases)):
-        by_name[folder.name.upper()].append(folder)
-    patient_ids = _patient_ids(root, report, skip_bad)
+    for folder in folders:
+        if not any(folder.is_relative_to(case) for case in case_folders):
+            by_name[folder.name.upper()].append(folder)
+    near_root = [root, *(folder for folder in folders if len(folder.relative_to(root).parts) <= 2)]
+    patient_ids = _patient_ids(near_root, report, skip_bad)
 
     cases: list[Case] = []
     seen: dict[str, Path] = {}
@@ -104,22 +102,25 @@ def find_cases(root: str | Path, labels: tuple[str, str], report: ReadReport, sk
             report.bad_file(case_folder, f"case {key} was already read from {seen[key]}", skip_bad)
             continue
         seen[key] = case_folder
-        contours = _contours_by_number(case_folder.joinpath(*CONTOUR_FOLDERS), labels, report, skip_bad)
+        contours = _expert_contours(case_folder.joinpath(*CONTOUR_FOLDERS), labels, report, skip_bad)
         names = [patient_ids[key].upper()] if key in patient_ids else []
         names += [name for name in by_name if case_key(name) == key]
-        image_folders = list(dict.fromkeys(folder for name in names for folder in by_name.get(name, [])))
-        case = _case_images(key, case_folder, contours, image_folders, report, skip_bad)
-        if case is not None:
-            cases.append(case)
+        image_folders = [*dict.fromkeys(folder for name in names for folder in by_name.get(name, [])), case_folder]
+        images = _contoured_series(key, case_folder, contours, image_folders, report, skip_bad)
+        if images is not None:
+            cases.append(Case(patient=patient_ids.get(key, key), contours=contours, images=images))
     return cases
 
 
-def _patient_ids(root: Path, report: ReadReport, skip_bad: bool) -> dict[str, str]:
-    """Case key -> ``PatientID`` from the Cardiac Atlas Project's ``scd_patientdata.csv``, if there is one."""
-    tables = [folder / PATIENT_TABLE for folder in (root, *subfolders(root, 2)) if (folder / PATIENT_TABLE).is_file()]
-    if not tables:
+def _case_folders_among(folders: list[Path]) -> list[Path]:
+    return sorted(folder.parent.parent for folder in folders if (folder.parent.name, folder.name) == CONTOUR_FOLDERS)
+
+
+def _patient_ids(folders: list[Path], report: ReadReport, skip_bad: bool) -> dict[str, str]:
+    """Case key -> ``PatientID`` from the first ``scd_patientdata.csv`` in ``folders``, if there is one."""
+    table = next((folder / PATIENT_TABLE for folder in folders if (folder / PATIENT_TABLE).is_file()), None)
+    if table is None:
         return {}
-    table = tables[0]
     try:
         rows = list(csv.DictReader(table.read_text(encoding="utf-8-sig").splitlines()))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -129,10 +130,10 @@ def _patient_ids(root: Path, report: ReadReport, skip_bad: bool) -> dict[str, st
         report.bad_file(table, f"expected the columns {', '.join(PATIENT_TABLE_COLUMNS)}", skip_bad)
         return {}
     return {case_key(row["OriginalID"].strip()): row["PatientID"].strip() for row in rows
-            if row["OriginalID"] and row["PatientID"]}
+            if (row["OriginalID"] or "").strip() and (row["PatientID"] or "").strip()}
 
 
-def _contours_by_number(
+def _expert_contours(
     folder: Path, labels: tuple[str, str], report: ReadReport, skip_bad: bool
 ) -> dict[int, dict[str, Path]]:
     """Image number -> label -> i/o-contour file of one case's ``IRCCI-expert`` folder."""
@@ -140,7 +141,7 @@ def _contours_by_number(
     papillary = 0
     label_of = {"i": labels[0], "o": labels[1]}
     for path in sorted(folder.glob("*.txt")):
-        match = CONTOUR_NAME.fullmatch(path.name)
+        match = EXPERT_CONTOUR_FILE.fullmatch(path.name)
         if match is None:
             report.bad_file(path, "file name does not follow IM-0001-NNNN-{i,o,p1,p2}contour-manual.txt", skip_bad)
             continue
@@ -154,33 +155,35 @@ def _contours_by_number(
     return dict(contours)
 
 
-def _case_images(
+def _contoured_series(
     key: str,
     case_folder: Path,
     contours: dict[int, dict[str, Path]],
     image_folders: list[Path],
     report: ReadReport,
     skip_bad: bool,
-) -> Case | None:
-    """The case with the series (a folder and series number) that its contours were drawn on."""
+) -> dict[int, Path] | None:
+    """Image number -> DICOM file of the series (one folder, one series number) the contours were drawn on."""
     series: dict[tuple[Path, int], dict[int, Path]] = defaultdict(dict)
     for image_folder in image_folders:
         for folder in (image_folder, *subfolders(image_folder, IMAGE_DEPTH)):
             for path in sorted(folder.glob("*.dcm")):
-                match = DICOM_NAME.fullmatch(path.name)
+                match = SERIES_IMAGE_FILE.fullmatch(path.name)
                 if match is not None:
                     series[(folder, int(match.group(1)))][int(match.group(2))] = path
-    if not series:
-        looked = ", ".join(str(folder) for folder in image_folders) or f"no folder named after {key} was found"
-        report.bad_file(case_folder, f"no IM-SSSS-NNNN.dcm images found for case {key} ({looked})", skip_bad)
-        return None
     numbers = set(contours)
-    chosen = max(series, key=lambda name: (len(numbers & set(series[name])), len(series[name])))
+    chosen = max(series, key=lambda name: (len(numbers & set(series[name])), len(series[name])), default=None)
+    if chosen is None or not numbers & set(series[chosen]):
+        searched = ", ".join(str(folder) for folder in image_folders)
+        found = "none" if chosen is None else f"{len(series)} series, none with a contoured image number"
+        report.bad_file(case_folder, f"no IM-SSSS-NNNN.dcm images of the contoured numbers for case {key} "
+                                     f"(searched {searched}, the folders named after the case or its PatientID: "
+                                     f"{found})", skip_bad)
+        return None
     covering = [name for name in series if numbers <= set(series[name])]
     if len(covering) > 1:
         listed = ", ".join(f"{folder.name}/IM-{number:04d} ({len(series[folder, number])} images)"
                            for folder, number in sorted(covering))
         report.notes.append(f"{case_folder}: {len(covering)} series hold every contoured image ({listed}); "
                             f"read {chosen[0]}/IM-{chosen[1]:04d}-*, the largest")
-    patient = next(folder.name for folder in image_folders if folder == chosen[0] or folder in chosen[0].parents)
-    return Case(patient=patient, contours=contours, images=series[chosen])
+    return series[chosen]
