@@ -13,6 +13,7 @@ from rvseg.losses import (
     LOSSES,
     bce_loss,
     build_loss,
+    deep_supervision_loss,
     dice_bce_inverse_loss,
     dice_bce_loss,
     dice_loss,
@@ -305,3 +306,17 @@ def test_build_loss_rejects_bad_switching_params(params, message):
 def test_build_loss_rejects_bad_focal_params(params, message):
     with pytest.raises(ConfigError, match=message):
         build_loss("focal", **params)
+
+
+def test_deep_supervision_loss_weights_halve_per_level():
+    torch.manual_seed(0)
+    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    outputs = tuple(torch.randn(2, 1, 8, 8) for _ in range(3))
+    combined = deep_supervision_loss(dice_loss, 2)
+    expected = (dice_loss(outputs[0], target) + 0.5 * dice_loss(outputs[1], target)
+                + 0.25 * dice_loss(outputs[2], target)) / 1.75
+    assert torch.allclose(combined(outputs, target), expected)
+    assert torch.equal(combined(outputs[0], target), dice_loss(outputs[0], target))  # evaluation mode: one tensor
+    assert deep_supervision_loss(dice_loss, 0) is dice_loss
+    with pytest.raises(ValueError):
+        combined(outputs[:2], target)  # a model with another number of heads

@@ -159,3 +159,29 @@ def test_invalid_architecture_options_raise_config_error(options):
 def test_wrong_input_channels_raise_a_clear_error():
     with pytest.raises(ValueError, match=r"expected a \(B, 1, H, W\) tensor, got shape \(2, 3, 16, 16\)"):
         seeded_model("unet")(torch.randn(2, 3, 16, 16))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_deep_supervision_outputs_in_training_mode_only(name):
+    model = seeded_model(name, out_channels=2, deep_supervision=2)
+    images = torch.randn(2, 1, 37, 29)  # padded to 48 x 32 inside, cropped back
+    outputs = model.train()(images)
+    assert isinstance(outputs, tuple) and len(outputs) == 3
+    assert all(output.shape == (2, 2, 37, 29) for output in outputs)
+    # the main output is exactly the plain model's: the heads only add outputs
+    plain = seeded_model(name, out_channels=2)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("aux_heads")})
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(images), plain.eval()(images))
+        assert torch.allclose(model.train()(images)[0], plain.train()(images))
+    target = (torch.rand(2, 2, 37, 29) > 0.5).float()
+    model.zero_grad()
+    sum(F.binary_cross_entropy_with_logits(output, target) for output in model.train()(images)).backward()
+    assert all(head.weight.grad.abs().sum() > 0 for head in model.aux_heads)
+    assert count_parameters(model) == count_parameters(plain) + 2 * (8 + 1) + 2 * (16 + 1)  # 1x1 heads at 8, 16 ch
+
+
+@pytest.mark.parametrize("levels", [-1, 4, 1.5, True])
+def test_deep_supervision_needs_a_level_below_the_depth(levels):
+    with pytest.raises(ConfigError, match=r"deep supervision must be an integer in \[0, 4\)"):
+        build_model("unet", **SMALL, deep_supervision=levels)

@@ -191,6 +191,21 @@ def test_resume_with_ema_equals_one_uninterrupted_run(tiny_dataset, tmp_path):
     assert metrics(tmp_path / "twice") == metrics(tmp_path / "once")
 
 
+def test_deep_supervision_trains_the_heads_and_the_checkpoint_predicts_plainly(tiny_dataset, tmp_path):
+    run(tiny_dataset, tmp_path / "plain", epochs=2)
+    run(tiny_dataset, tmp_path / "deep", epochs=2, deep_supervision=1)
+    # same initial main weights (the head is built last) and batches: the head's loss changes training
+    assert metrics(tmp_path / "deep") != metrics(tmp_path / "plain")
+    model, config, _ = model_from_checkpoint(tmp_path / "deep" / "last.pt")
+    assert config["deep_supervision"] == 1 and len(model.aux_heads) == 1
+    assert not model.training and model(torch.zeros(1, 1, 20, 16)).shape == (1, 1, 20, 16)
+    assert_last_row_scores_the_saved_model(tiny_dataset, tmp_path / "deep")
+    run(tiny_dataset, tmp_path / "paused", epochs=2, deep_supervision=1, pause_after=1)
+    train(tiny_dataset, tmp_path / "paused", TrainConfig(**{**TINY, "deep_supervision": 1}), resume=True,
+          verbose=False)
+    assert metrics(tmp_path / "paused") == metrics(tmp_path / "deep")
+
+
 @pytest.mark.parametrize("name", ["rvsc-endo", "rvsc-epi"])
 def test_the_committed_recipes_load(name):
     config = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")

@@ -241,3 +241,29 @@ def build_loss(name: str, **params: object) -> Callable[[Tensor, Tensor], Tensor
         check_switching_params(lam, tau, per)
         return functools.partial(switching_loss, lam=lam, tau=tau, per=per)
     return LOSSES[name]
+
+
+def deep_supervision_loss(loss: Callable[[Tensor, Tensor], Tensor], levels: int) -> Callable:
+    """``loss`` applied to every output of a deeply supervised model, weighted 1, 1/2, 1/4, ...
+
+    Args:
+        loss: a ``(logits, target) -> scalar`` loss.
+        levels: the model's auxiliary outputs (0 returns ``loss`` itself).
+
+    Returns:
+        ``(outputs, target) -> scalar``: for a tuple ``(logits, aux_1, ..., aux_levels)``, each
+        (B, C, H, W) like ``target``, the weighted mean of ``loss`` over them (weights halving with
+        each coarser level, as in nnU-Net, normalised to sum to 1); for a single tensor (a model in
+        evaluation mode), ``loss`` of it.
+    """
+    if levels == 0:
+        return loss
+    weights = [0.5**level for level in range(levels + 1)]
+    total = sum(weights)
+
+    def combined(outputs: Tensor | tuple[Tensor, ...], target: Tensor) -> Tensor:
+        if isinstance(outputs, Tensor):
+            return loss(outputs, target)
+        return sum(w * loss(output, target) for w, output in zip(weights, outputs, strict=True)) / total
+
+    return combined

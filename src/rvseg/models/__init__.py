@@ -37,6 +37,7 @@ def build_model(
     width: int = 64,
     depth: int = 4,
     dropout: float = 0.0,
+    deep_supervision: int = 0,
 ) -> nn.Module:
     """Build the model registered under ``name``, freshly initialised.
 
@@ -47,6 +48,7 @@ def build_model(
         width: channels of the first level (doubling per level).
         depth: number of poolings.
         dropout: dropout probability at the bottleneck (training mode only).
+        deep_supervision: decoder levels with an auxiliary head (training mode only; 0 = none).
 
     Raises:
         ConfigError: an unknown name (the message lists the known ones) or an option out of range.
@@ -54,7 +56,8 @@ def build_model(
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
     return MODELS[name](
-        in_channels=in_channels, out_channels=out_channels, width=width, depth=depth, dropout=dropout
+        in_channels=in_channels, out_channels=out_channels, width=width, depth=depth, dropout=dropout,
+        deep_supervision=deep_supervision,
     )
 
 

@@ -61,6 +61,8 @@ class UNet(nn.Module):
             (before the first up-convolution), in training mode only; 0 disables it.
         bottleneck_dilations: dilation of each 3x3 convolution of the bottleneck block; its length is
             the number of convolutions there. ``(1, 1)`` is the plain U-Net.
+        deep_supervision: number of decoder levels below full resolution (1/2, 1/4, ...) that get a
+            1x1 auxiliary head of their own, in ``[0, depth)``; 0 disables it.
 
     Input: float tensor (B, in_channels, H, W) of any H, W >= 1. When H or W is not a multiple of
     ``2**depth`` the input is zero-padded (the same value the convolutions pad with; mirroring would
@@ -68,7 +70,10 @@ class UNet(nn.Module):
     stays centred, and the output is cropped back.
 
     Output: float tensor (B, out_channels, H, W) of logits; the sigmoid is left to the losses and
-    the prediction code.
+    the prediction code. In training mode with ``deep_supervision = k > 0`` the output is a tuple of
+    k + 1 such tensors: the logits, then those of the 1/2, ..., 1/2**k levels' heads, each upsampled
+    bilinearly to the input size, so that every one is scored against the same full-size target
+    (:func:`rvseg.losses.deep_supervision_loss`). In evaluation mode only the logits are returned.
     """
 
     def __init__(
@@ -79,9 +84,14 @@ class UNet(nn.Module):
         depth: int = 4,
         dropout: float = 0.0,
         bottleneck_dilations: Sequence[int] = (1, 1),
+        deep_supervision: int = 0,
     ):
         super().__init__()
         check_architecture(in_channels, out_channels, width, depth, dropout)
+        if isinstance(deep_supervision, bool) or not isinstance(deep_supervision, int) \
+                or not 0 <= deep_supervision < depth:
+            raise ConfigError(f"deep supervision must be an integer in [0, {depth}) (below the depth), "
+                              f"not {deep_supervision!r}")
         self.in_channels = in_channels
         self.depth = depth
         widths = [width * 2**level for level in range(depth + 1)]
@@ -100,6 +110,10 @@ class UNet(nn.Module):
             ConvBlock(2 * widths[level], widths[level]) for level in reversed(range(depth))
         )
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
+        # aux_heads[k - 1] reads the decoder output at level k (1/2**k of the input size).
+        self.aux_heads = nn.ModuleList(
+            nn.Conv2d(widths[level], out_channels, kernel_size=1) for level in range(1, deep_supervision + 1)
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != self.in_channels:
@@ -115,10 +129,17 @@ class UNet(nn.Module):
             skips.append(features)
             features = self.pool(features)
         features = self.dropout(self.bottleneck(features))
-        for upconv, decoder, skip in zip(self.upconvs, self.decoders, reversed(skips), strict=True):
+        auxiliary = []
+        for index, (upconv, decoder, skip) in enumerate(zip(self.upconvs, self.decoders, reversed(skips), strict=True)):
             features = decoder(torch.cat([skip, upconv(features)], dim=1))
+            level = self.depth - 1 - index  # this block's output is at 1/2**level of the input size
+            if self.training and 0 < level <= len(self.aux_heads):
+                coarse = self.aux_heads[level - 1](features)
+                auxiliary.insert(0, F.interpolate(coarse, size=padded.shape[-2:], mode="bilinear", align_corners=False))
         logits = self.head(features)
-        return logits[..., top : top + height, left : left + width]
+        if not auxiliary:
+            return logits[..., top : top + height, left : left + width]
+        return tuple(output[..., top : top + height, left : left + width] for output in (logits, *auxiliary))
 
 
 class DilatedUNet(UNet):
@@ -135,8 +156,10 @@ class DilatedUNet(UNet):
         width: int = 64,
         depth: int = 4,
         dropout: float = 0.0,
+        deep_supervision: int = 0,
     ):
-        super().__init__(in_channels, out_channels, width, depth, dropout, bottleneck_dilations=DILATED_BOTTLENECK)
+        super().__init__(in_channels, out_channels, width, depth, dropout, bottleneck_dilations=DILATED_BOTTLENECK,
+                         deep_supervision=deep_supervision)
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -68,7 +68,7 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict, dict]:
     try:
         model = build_model(config["arch"], in_channels=data.get("in_channels", 1),
                             out_channels=len(config["target"]), width=config["width"], depth=config["depth"],
-                            dropout=config["dropout"])
+                            dropout=config["dropout"], deep_supervision=config.get("deep_supervision", 0))
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError) as exc:  # a config that lacks a field, or weights of another shape
         raise DataError(f"the checkpoint's weights do not fit the model its config describes ({describe(exc)})",

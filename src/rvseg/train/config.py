@@ -35,6 +35,7 @@ class TrainConfig:
     width: int = 64
     depth: int = 4
     dropout: float = 0.0
+    deep_supervision: int = 0
     # loss
     loss: str = "dice"
     focal_alpha: float = 0.25
@@ -116,6 +117,8 @@ HELP = {
     "arch": "unet | dilated-unet",
     "width": "channels of the first level (doubles per level)",
     "depth": "number of poolings",
+    "deep_supervision": "decoder levels (1/2, 1/4, ...) with an auxiliary head whose upsampled output is scored "
+                        "too, weighted 1/2, 1/4, ... (0 = off)",
     "loss": "dice | inverse-dice | bce | dice-bce | dice-bce-inverse | focal | switching",
     "switch_tau": "switching threshold on the target's mean (the foreground share of filled masks), or auto "
                   "(that mean over the training split)",

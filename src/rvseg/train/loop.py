@@ -27,7 +27,7 @@ from rvseg.data.dataset import PreparedDataset, encode_targets, load_dataset
 from rvseg.data.splits import split_patients, training_share
 from rvseg.errors import ConfigError, RvsegError
 from rvseg.io import write_json
-from rvseg.losses import build_loss
+from rvseg.losses import build_loss, deep_supervision_loss
 from rvseg.metrics import dice_per_image
 from rvseg.models import build_model, count_parameters
 from rvseg.train.augment import AugmentConfig, augment_batch, to_device_generator
@@ -282,7 +282,8 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     # ---- model, loss, optimisation
     torch.manual_seed(config.seed)
     model = build_model(config.arch, in_channels=data_info["in_channels"], out_channels=len(config.target),
-                        width=config.width, depth=config.depth, dropout=config.dropout).to(runtime.device)
+                        width=config.width, depth=config.depth, dropout=config.dropout,
+                        deep_supervision=config.deep_supervision).to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(config.loss, focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
@@ -326,7 +327,8 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     train_model = DistributedDataParallel(model) if runtime.distributed else model
     if config.compile:
         train_model = torch.compile(train_model)
-    train_step = make_train_step(train_model, loss_fn, optimizer, runtime, channels_last=runtime.channels_last,
+    train_step = make_train_step(train_model, deep_supervision_loss(loss_fn, config.deep_supervision), optimizer,
+                                 runtime, channels_last=runtime.channels_last,
                                  batch_size=config.batch_size, cuda_graph=config.cuda_graph, scaler=scaler)
     best_weights = None  # the best epoch's weights until the next checkpoint writes them (rank 0)
 

@@ -45,12 +45,17 @@ def optimisation_step(model: nn.Module, images: torch.Tensor, targets: torch.Ten
         images = images.contiguous(memory_format=torch.channels_last)
     with runtime.autocast():
         logits = model(images)
-    loss = loss_fn(logits.float(), targets)
+    loss = loss_fn(as_float(logits), targets)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
+
+
+def as_float(logits: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """The model's output(s) in fp32 for the loss (a deeply supervised model gives a tuple)."""
+    return tuple(output.float() for output in logits) if isinstance(logits, tuple) else logits.float()
 
 
 def check_cuda_graph(runtime: Runtime) -> None:
@@ -125,7 +130,7 @@ class GraphedStep:
     def forward_backward_update(self) -> torch.Tensor:
         with self.runtime.autocast(cache=False):
             logits = self.model(self.static_images)
-        loss = self.loss_fn(logits.float(), self.static_targets)
+        loss = self.loss_fn(as_float(logits), self.static_targets)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
