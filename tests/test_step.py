@@ -150,11 +150,15 @@ def metric_rows(run_dir: Path) -> list[dict]:
 
 
 @needs_cuda
-@pytest.mark.parametrize("optimizer, batch_size", [("adam", 8), ("adam", 12), ("sgd", 12)])
-def test_graphed_training_follows_the_eager_run(tiny_dataset, tmp_path, monkeypatch, optimizer, batch_size):
+@pytest.mark.parametrize("optimizer, batch_size, deep_supervision", [("adam", 8, 0), ("adam", 12, 0), ("sgd", 12, 0),
+                                                                     ("adam", 12, 1)])
+def test_graphed_training_follows_the_eager_run(tiny_dataset, tmp_path, monkeypatch, optimizer, batch_size,
+                                                deep_supervision):
     """Same data order, augmentation and schedule: the graphed run's losses and Dice track the eager
-    run's (batch 12 leaves a partial last batch, which runs eagerly between replays)."""
-    options = {**GPU_RUN, "optimizer": optimizer, "batch_size": batch_size, "momentum": 0.9}
+    run's (batch 12 leaves a partial last batch, which runs eagerly between replays; a deeply
+    supervised model's step returns a tuple of outputs)."""
+    options = {**GPU_RUN, "optimizer": optimizer, "batch_size": batch_size, "momentum": 0.9,
+               "deep_supervision": deep_supervision}
     train(tiny_dataset, tmp_path / "eager", TrainConfig(**options), verbose=False)
     captures = []
     capture = GraphedStep.capture
