@@ -482,7 +482,9 @@ def test_oversampling_draws_small_foreground_slices_more_often():
     uniform = loop.epoch_order(data, TrainConfig(), torch.Generator().manual_seed(0))
     assert sorted(uniform.tolist()) == list(range(100))
     with pytest.raises(ConfigError, match="--small-foreground must be in"):
-        TrainConfig(small_foreground=1.5).validate()
+        TrainConfig(oversample_small=2.0, small_foreground=1.5).validate()
+    with pytest.raises(ConfigError, match="--small-foreground only matters with --oversample-small"):
+        TrainConfig(small_foreground=0.05).validate()
 
 
 def test_device_and_precision_flags(tiny_dataset, tmp_path):

@@ -19,6 +19,9 @@ import yaml
 
 from rvseg.errors import ConfigError
 
+#: Default share of the image below which a slice's target counts as small (``--oversample-small``).
+SMALL_FOREGROUND = 0.01
+
 
 @dataclass
 class TrainConfig:
@@ -67,7 +70,7 @@ class TrainConfig:
     intensity: float = 0.1
     elastic: float = 0.0
     oversample_small: float = 1.0
-    small_foreground: float = 0.01
+    small_foreground: float = SMALL_FOREGROUND
     # runtime
     device: str = "auto"
     precision: str = "auto"
@@ -92,6 +95,8 @@ class TrainConfig:
         for name in ("weight_decay", "momentum", "min_lr"):
             check_option(name, getattr(self, name), "at least 0", lambda v: v >= 0)
         check_option("small_foreground", self.small_foreground, "in (0, 1)", lambda v: 0 < v < 1)
+        if self.small_foreground != SMALL_FOREGROUND and self.oversample_small == 1.0:
+            raise ConfigError("--small-foreground only matters with --oversample-small above 1")
         check_option("ema", self.ema, "in [0, 1) (0 = off)", lambda v: 0 <= v < 1)
         check_graph_or_compile(self.cuda_graph, self.compile)
         if self.pause_after is not None:
