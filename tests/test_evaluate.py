@@ -7,6 +7,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from rvseg.data.dataset import load_dataset
 from rvseg.data.phantom import write_phantom
 from rvseg.data.prepare import PrepareOptions, prepare
 from rvseg.errors import ConfigError, DataError
-from rvseg.evaluate import case_rows, evaluate, split_indices
+from rvseg.evaluate import case_rows, evaluate, slice_levels, split_indices
 from rvseg.inference import Predictor, check_prepared_compatible, single_region
 from rvseg.io import checksum
 from rvseg.metrics import segmentation_metrics
@@ -108,6 +109,36 @@ def test_evaluate_the_val_split_of_the_shared_rvsc_set(cli_evaluation, rvsc, run
         picture = imread(out / name)
         assert picture.ndim == 3 and min(picture.shape[:2]) > 200, name
     assert sorted(path.name for path in out.iterdir()) == sorted(Path(path).name for path in summary["files"].values())
+
+
+def test_slice_levels_run_from_base_to_apex(cli_evaluation):
+    out, summary = cli_evaluation
+    per_case = read_csv(out / "per_case.csv")
+    p15_ed = sorted((int(row["slice"]), row["level"]) for row in per_case if row["id"].startswith("P15")
+                    and row["phase"] == "ED")
+    # rvsc-train-png numbers the slices from the base (largest RV) down: 7 ED slices of P15 in thirds
+    assert [level for _, level in p15_ed] == ["base"] * 3 + ["mid"] * 2 + ["apex"] * 2
+    by_level = summary["labels"]["endo"]["by_level"]
+    assert sorted(by_level) == ["apex", "base", "mid"]
+    assert sum(group["n"] for group in by_level.values()) == len(per_case)
+    apex = [float(row["dice"]) for row in per_case if row["level"] == "apex"]
+    assert by_level["apex"]["metrics"]["dice"]["mean"] == pytest.approx(np.mean(apex), abs=1e-6)
+
+
+def test_slice_levels_orientation_and_short_stacks():
+    def sample(patient, phase, location, area):
+        return {"patient": patient, "phase": phase, "slice_location": location, "slice": "", "area": area}
+
+    rows = [sample("A", "ED", str(z), area) for z, area in ((-30, 50), (-20, 80), (-10, 300), (0, 500))]  # base last
+    rows += [sample("B", "ES", "2", 10), sample("B", "ES", "1", 20), sample("C", "ES", "5", 30)]
+    rows += [sample("C", "ED", "", 40)]
+    masks = np.zeros((len(rows), 1, 30, 30), dtype=np.uint8)
+    for index, row in enumerate(rows):
+        masks[index, 0].flat[: row["area"]] = 1
+    data = SimpleNamespace(rows=rows, masks=masks)
+    levels = slice_levels(data, range(len(rows)), 0)
+    assert [levels[i] for i in range(4)] == ["apex", "mid", "base", "base"]
+    assert [levels[i] for i in range(4, 8)] == ["apex", "base", "", ""]  # two slices; one alone; no position
 
 
 def test_per_case_metrics_match_the_model_run_directly(cli_evaluation, rvsc, run):

@@ -7,6 +7,13 @@ combines them): ``val`` then needs the checkpoints to share one validation list 
 split), and ``test`` leaves out every patient that any of them trained or validated on, so the
 models of a cross-validation are scored as an ensemble only on patients none of them saw.
 
+**Slice levels.** Each sample is also placed at the ``base``, ``mid`` or ``apex`` third of its
+patient's stack at its phase: the annotated slices are ordered by slice location (else by slice
+number), the end whose reference masks of the first label are larger is the base (the RV tapers to
+the apex), and the ordered slices are cut into thirds (2 slices: base and apex). A sample without a
+position, or alone at its phase, gets level ``""``. Apical slices are where RV segmentation fails most, so the summary
+gives Dice and HD per level.
+
 A label a sample does not carry (e.g. a Sunnybrook epicardium) is unknown, not empty: that
 (sample, label) is left out and counted as ``n_absent``.
 
@@ -23,7 +30,7 @@ counts each case.
 
 **Output folder** ``EVAL/`` (written to a temporary sibling and renamed into place, so it is never
 half-written): ``per_case.csv`` (one row per sample and label), ``summary.json`` (per label: mean
-and sd overall, per patient and per phase, the ED/ES table of the RVSC results, empty-case counts,
+and sd overall, per patient, per phase and per slice level, the ED/ES table of the RVSC results, empty-case counts,
 the settings and the checkpoints' checksums), ``examples_best.png`` and ``examples_worst.png`` (the
 samples of highest and lowest Dice of the first label, with reference and predicted contours), and
 ``dice_histogram.png``.
@@ -48,7 +55,8 @@ from rvseg.report.figures import ExamplePanel, draw_dice_histogram, draw_example
 SPLITS = ("val", "test", "all")
 #: Numeric fields of a metric row that are summarised (mean, sd).
 SUMMARY_METRICS = tuple(name for name in METRIC_FIELDS if name not in ("empty", "unit"))
-PER_CASE_FIELDS = ("id", "patient", "phase", "slice", "frame", "label", *METRIC_FIELDS)
+PER_CASE_FIELDS = ("id", "patient", "phase", "slice", "level", "frame", "label", *METRIC_FIELDS)
+LEVELS = ("base", "mid", "apex")
 #: Examples in each of examples_best.png and examples_worst.png.
 N_EXAMPLES = 6
 EMPTY_RULE = ("both masks empty: Dice, Jaccard, sensitivity, precision 1 and HD 0; one mask empty: Dice and Jaccard "
@@ -162,6 +170,7 @@ def case_rows(data: PreparedDataset, indices: Sequence[int], predictions: Sequen
         labels: the L label names; ``channels`` their mask channels in ``data``.
     """
     rows = []
+    levels = slice_levels(data, indices, channels[0])
     for index, predicted in zip(indices, predictions, strict=True):
         row = data.rows[index]
         height, width = extent(data, index)
@@ -171,22 +180,64 @@ def case_rows(data: PreparedDataset, indices: Sequence[int], predictions: Sequen
                 continue
             reference = data.masks[index, channel, :height, :width] > 0
             rows.append({"id": row["id"], "patient": row["patient"], "phase": row["phase"], "slice": row["slice"],
-                         "frame": row["frame"], "label": label,
+                         "level": levels[index], "frame": row["frame"], "label": label,
                          **segmentation_metrics(predicted[k], reference, spacing)})
     return rows
 
 
+def slice_levels(data: PreparedDataset, indices: Sequence[int], channel: int) -> dict[int, str]:
+    """``base`` / ``mid`` / ``apex`` (or ``""``) for each sample of ``indices`` (module docstring).
+
+    Args:
+        data: the prepared data set.
+        indices: the samples evaluated; each is placed among those of its patient and phase.
+        channel: the mask channel whose reference areas orient the stack.
+    """
+    stacks: dict[tuple[str, str], list[tuple[float, int]]] = {}
+    levels = dict.fromkeys(indices, "")
+    for index in indices:
+        position = slice_position(data.rows[index])
+        if position is not None:
+            stacks.setdefault((data.rows[index]["patient"], data.rows[index]["phase"]), []).append((position, index))
+    for members in stacks.values():
+        ordered = [index for _, index in sorted(members)]
+        n = len(ordered)
+        third = max(n // 3, 1)
+        areas = [int(data.masks[index, channel].sum()) for index in ordered]
+        if sum(areas[-third:]) > sum(areas[:third]):
+            ordered.reverse()
+        for rank, index in enumerate(ordered):
+            if n == 2:
+                levels[index] = ("base", "apex")[rank]
+            elif n > 2:
+                levels[index] = LEVELS[3 * rank // n]
+    return levels
+
+
+def slice_position(row: dict) -> float | None:
+    """A sample's position along its stack: its slice location, else its slice number, else None."""
+    for key in ("slice_location", "slice"):
+        try:
+            position = float(row.get(key) or "")
+        except ValueError:
+            continue
+        if math.isfinite(position):
+            return position
+    return None
+
+
 def summarise(rows: Sequence[dict], labels: Sequence[str]) -> dict:
-    """Per label: summaries overall, per patient and per phase, the ED/ES table and the units."""
+    """Per label: summaries overall, per patient, per phase and per slice level, the ED/ES table and the units."""
     per_label = {}
     for label in labels:
         label_rows = [row for row in rows if row["label"] == label]
-        summary = summarize(label_rows, by=("patient", "phase"), metrics=SUMMARY_METRICS)
+        summary = summarize(label_rows, by=("patient", "phase", "level"), metrics=SUMMARY_METRICS)
         per_label[label] = {
             "n": len(label_rows),
             "overall": summary["overall"],
             "by_patient": summary["by"]["patient"],
             "by_phase": summary["by"]["phase"],
+            "by_level": summary["by"]["level"],
             "table": rvsc_table(summary),
         }
     units = sorted({row["unit"] for row in rows})
