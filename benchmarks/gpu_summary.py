@@ -105,13 +105,21 @@ def read_run(run_dir: Path, step: dict | None) -> dict:
     return record
 
 
+#: Figures read from each ``rvseg evaluate`` summary: name -> where in a label's summary.
+EVALUATION_FIGURES = {
+    **{metric: ("overall", "metrics", metric, "mean") for metric in ("dice", "hd", "hd95")},
+    **{f"dice_{level}": ("by_level", level, "metrics", "dice", "mean") for level in ("base", "mid", "apex")},
+}
+
+
 def read_evaluations(run_dir: Path) -> dict:
-    """``rvseg evaluate`` results in ``RUN/eval-<variant>/``: variant -> label -> mean Dice, HD, HD95 (mm or px)."""
+    """``rvseg evaluate`` results in ``RUN/eval-<variant>/``: variant -> label -> mean Dice, HD, HD95 (mm or
+    px) and the Dice of the basal, mid and apical thirds of the stacks."""
     evaluations = {}
     for folder in sorted(run_dir.glob("eval-*")):
         summary = read_json(folder / "summary.json") or {}
         evaluations[folder.name[len("eval-"):]] = {
-            label: {metric: nested(data, "overall", "metrics", metric, "mean") for metric in ("dice", "hd", "hd95")}
+            label: {name: nested(data, *where) for name, where in EVALUATION_FIGURES.items()}
             for label, data in summary.get("labels", {}).items()}
     return evaluations
 
@@ -138,7 +146,7 @@ def cross_validation(training: dict) -> dict:
         evaluations = [run.get("evaluations", {}) for run in runs]
         for variant in evaluations[0]:
             for label in evaluations[0][variant]:
-                for metric in ("dice", "hd", "hd95"):
+                for metric in EVALUATION_FIGURES:
                     values = [v for v in (nested(f, variant, label, metric) for f in evaluations) if v is not None]
                     if values:
                         means[name].setdefault(variant, {}).setdefault(label, {})[metric] = statistics.mean(values)

@@ -290,7 +290,8 @@ def test_gpu_summary_computes_the_targets(tmp_path):
         write_run(run, [dice], [2.0], {"seconds": 2.0, "best_val_dice": {"endo": dice - 0.005}})
         (run / "eval-raw").mkdir()
         (run / "eval-raw" / "summary.json").write_text(json.dumps({"labels": {"endo": {"overall": {"metrics": {
-            "dice": {"mean": dice}, "hd": {"mean": 6.0 + fold}, "hd95": {"mean": 4.0}}}}}}))
+            "dice": {"mean": dice}, "hd": {"mean": 6.0 + fold}, "hd95": {"mean": 4.0}}},
+            "by_level": {"apex": {"metrics": {"dice": {"mean": dice - 0.2}}}}}}}))
     (keep / "sweeps" / "losses").mkdir(parents=True)
     (keep / "sweeps" / "losses" / "results.csv").write_text("run,status,loss\na,complete,dice\nb,interrupted,focal\n")
     out = tmp_path / "results.json"
@@ -308,7 +309,8 @@ def test_gpu_summary_computes_the_targets(tmp_path):
                                             "accuracy-rvsc-endo-fold0": {"epoch": 1, "seconds": 2.0},
                                             "accuracy-rvsc-endo-fold1": {"epoch": 1, "seconds": 2.0}}
     assert targets["cross_validation"] == {"accuracy-rvsc-endo": {
-        "folds": 2, "raw": {"endo": {"dice": pytest.approx(0.88), "hd": 6.5, "hd95": 4.0}},
+        "folds": 2, "raw": {"endo": {"dice": pytest.approx(0.88), "hd": 6.5, "hd95": 4.0,
+                                     "dice_apex": pytest.approx(0.68)}},
         "training": {"best_val_dice": {"endo": pytest.approx(0.875)},
                      "final_val_dice": {"endo": pytest.approx(0.88)}}}}
     assert targets["rvsc_loop_over_raw"] == {"bench-rvsc": {"value": 0.7, "goal": 0.9, "met": False},
