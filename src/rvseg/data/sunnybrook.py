@@ -70,7 +70,8 @@ def read_sunnybrook(
 
     Returns:
         a :class:`ReadReport` with format ``"sunnybrook"``. Each sample: id ``<patient>-<NNNN>``,
-        patient = the name of its image folder (``SCD0000101``, ``SC-HF-I-1``), image float32 (H, W),
+        patient = the ``patient_id`` of ``link.csv``, else the case's ``PatientID`` from
+        ``scd_patientdata.csv`` (``SCD0000101``) or its unpadded id (``SC-HF-I-1``), image float32 (H, W),
         bool (H, W) masks, frame ``N``, slice = slice location formatted with 2 decimals, phase
         ED/ES (or ``unknown``; module docstring).
 
