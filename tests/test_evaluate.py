@@ -125,6 +125,16 @@ def test_slice_levels_run_from_base_to_apex(cli_evaluation):
     assert by_level["apex"]["metrics"]["dice"]["mean"] == pytest.approx(np.mean(apex), abs=1e-6)
 
 
+def test_the_printed_summary(run, rvsc, tmp_path, capsys):
+    assert main(["evaluate", str(run), str(rvsc), "--out", str(tmp_path / "e"), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())["labels"]["endo"]
+    all_dice = summary["table"]["all"]["dice_mean"]
+    assert f"endo all (n={summary['n']}): Dice {all_dice:.3f}" in printed
+    apex = summary["by_level"]["apex"]["metrics"]["dice"]["mean"]
+    assert "endo Dice by slice level: base " in printed and f"apex {apex:.3f}" in printed
+
+
 def test_slice_levels_orientation_and_short_stacks():
     def sample(patient, phase, location, area):
         return {"patient": patient, "phase": phase, "slice_location": location, "slice": "", "area": area}

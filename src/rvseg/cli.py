@@ -130,6 +130,10 @@ def cmd_evaluate(args) -> int:
             print(f"  {label} {group:>3} (n={cells['n']}): Dice {number(cells['dice_mean'])} "
                   f"({number(cells['dice_sd'])}), HD {number(cells['hd_mean'], 2)} ({number(cells['hd_sd'], 2)}) "
                   f"{summary['units']}")
+        levels = [f"{level} {number(stats['by_level'][level]['metrics']['dice']['mean'])}"
+                  for level in ("base", "mid", "apex") if level in stats["by_level"]]
+        if levels:
+            print(f"  {label} Dice by slice level: {', '.join(levels)}")
         overall = stats["overall"]
         print(f"  {label}: {overall['n_both_empty']} both empty, {overall['n_one_empty']} with one empty mask")
     if "unit_note" in summary:
