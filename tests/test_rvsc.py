@@ -119,6 +119,19 @@ def test_read_dicom_metadata(rvsc_root):
     assert image.pixels.max() > image.pixels.min() >= 0
 
 
+#: CardiacNumberOfImages (0018,1090) as stored in P09's explicit-VR files: tag, VR IS, length 2, "20".
+CARDIAC_IMAGES_ELEMENT = b"\x18\x00\x90\x10IS\x02\x0020"
+
+
+@pytest.mark.parametrize(("value", "expected"), [(b"20", 20), (b"30", 30), (b"ab", None), (b"-3", None)])
+def test_cardiac_number_of_images_is_a_hint_never_a_reason_to_reject(tmp_path, rvsc_root, value, expected):
+    original = (rvsc_root / "patient09" / "P09dicom" / "P09-0023.dcm").read_bytes()
+    assert original.count(CARDIAC_IMAGES_ELEMENT) == 1
+    path = tmp_path / "frame.dcm"
+    path.write_bytes(original.replace(CARDIAC_IMAGES_ELEMENT, CARDIAC_IMAGES_ELEMENT[:-2] + value))  # as scanners write
+    assert read_dicom(path).cardiac_images == expected
+
+
 def test_read_dicom_applies_rescale_and_derives_slice_location(tmp_path, rvsc_root):
     source = rvsc_root / "patient09" / "P09dicom" / "P09-0023.dcm"
     original = read_dicom(source)
