@@ -144,6 +144,15 @@ def contour_masks(
     return masks, sources
 
 
+def dicom_sample(sample_id: str, patient: str, image: DicomImage, masks: dict[str, np.ndarray],
+                 sources: dict[str, str], frame: int, phase: str = "unknown") -> Sample:
+    """The :class:`Sample` of a DICOM image and its filled masks; its slice is its location (2 decimals)."""
+    return Sample(id=sample_id, patient=patient, image=image.pixels, masks=masks, spacing_mm=image.spacing_mm,
+                  slice=slice_key(image.slice_location), frame=frame, phase=phase,
+                  slice_location=image.slice_location, slice_thickness_mm=image.slice_thickness_mm,
+                  sources={"image": str(image.path), **sources})
+
+
 def note_unnested(sample_id: str, masks: dict[str, np.ndarray], inner: str, outer: str, report: ReadReport) -> None:
     """Add a note when more than :data:`NESTING_TOLERANCE` of the ``inner`` mask lies outside ``outer``.
 
@@ -199,22 +208,8 @@ def _read_patient(patient_dir: Path, report: ReadReport, skip_bad: bool) -> None
         if not masks:
             continue
         note_unnested(stem, masks, *LABELS, report)
-        key = slice_key(image.slice_location)
-        report.samples.append(
-            Sample(
-                id=stem,
-                patient=patient,
-                image=image.pixels,
-                masks=masks,
-                spacing_mm=image.spacing_mm,
-                slice=key,
-                frame=int(stem.split("-")[1]),
-                phase=_phase(frames[stem], frames_by_slice[key]),
-                slice_location=image.slice_location,
-                slice_thickness_mm=image.slice_thickness_mm,
-                sources={"image": str(image.path), **sources},
-            )
-        )
+        phase = _phase(frames[stem], frames_by_slice[slice_key(image.slice_location)])
+        report.samples.append(dicom_sample(stem, patient, image, masks, sources, int(stem.split("-")[1]), phase))
     report.unmatched_images.extend(str(frames[stem].path) for stem in sorted(frames) if stem not in contours)
 
 

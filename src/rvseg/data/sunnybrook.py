@@ -31,7 +31,7 @@ from pathlib import Path
 
 from rvseg.data.dicom import read_dicom
 from rvseg.data.pngpairs import drop_odd_sizes
-from rvseg.data.rvsc import contour_masks, note_unnested, slice_key
+from rvseg.data.rvsc import contour_masks, dicom_sample, note_unnested
 from rvseg.data.sample import ReadReport, Sample
 from rvseg.data.sunnybrook_downloads import SEARCH_DEPTH, find_cases, looks_like_sunnybrook_download
 from rvseg.errors import ConfigError, DataError
@@ -184,22 +184,8 @@ def _read_patient(
         if not masks:
             continue
         note_unnested(sample_id, masks, *labels, report)
-        location = image.slice_location
         cycle_lengths[number] = image.cardiac_images or CHALLENGE_PHASES
-        samples.append(
-            Sample(
-                id=sample_id,
-                patient=patient_id,
-                image=image.pixels,
-                masks=masks,
-                spacing_mm=image.spacing_mm,
-                slice=slice_key(location),
-                frame=number,
-                slice_location=location,
-                slice_thickness_mm=image.slice_thickness_mm,
-                sources={"image": str(image.path), **sources},
-            )
-        )
+        samples.append(dicom_sample(sample_id, patient_id, image, masks, sources, number))
     report.unmatched_images.extend(str(images[number]) for number in sorted(images) if number not in contours)
     _assign_phases(patient_id, samples, cycle_lengths, labels[0], report)
     report.samples.extend(samples)
