@@ -108,7 +108,7 @@ def read_run(run_dir: Path, step: dict | None) -> dict:
 #: Figures read from each ``rvseg evaluate`` summary: name -> where in a label's summary.
 EVALUATION_FIGURES = {
     **{metric: ("overall", "metrics", metric, "mean") for metric in ("dice", "hd", "hd95")},
-    **{f"dice_{level}": ("by_level", level, "metrics", "dice", "mean") for level in ("base", "mid", "apex")},
+    **{f"dice_{level}": ("by_slice_level", level, "metrics", "dice", "mean") for level in ("base", "mid", "apex")},
 }
 
 

@@ -291,7 +291,7 @@ def test_gpu_summary_computes_the_targets(tmp_path):
         (run / "eval-raw").mkdir()
         (run / "eval-raw" / "summary.json").write_text(json.dumps({"labels": {"endo": {"overall": {"metrics": {
             "dice": {"mean": dice}, "hd": {"mean": 6.0 + fold}, "hd95": {"mean": 4.0}}},
-            "by_level": {"apex": {"metrics": {"dice": {"mean": dice - 0.2}}}}}}}))
+            "by_slice_level": {"apex": {"metrics": {"dice": {"mean": dice - 0.2}}}}}}}))
     (keep / "sweeps" / "losses").mkdir(parents=True)
     (keep / "sweeps" / "losses" / "results.csv").write_text("run,status,loss\na,complete,dice\nb,interrupted,focal\n")
     out = tmp_path / "results.json"

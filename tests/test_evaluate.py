@@ -114,14 +114,14 @@ def test_evaluate_the_val_split_of_the_shared_rvsc_set(cli_evaluation, rvsc, run
 def test_slice_levels_run_from_base_to_apex(cli_evaluation):
     out, summary = cli_evaluation
     per_case = read_csv(out / "per_case.csv")
-    p15_ed = sorted((int(row["slice"]), row["level"]) for row in per_case if row["id"].startswith("P15")
+    p15_ed = sorted((int(row["slice"]), row["slice_level"]) for row in per_case if row["id"].startswith("P15")
                     and row["phase"] == "ED")
     # rvsc-train-png numbers the slices from the base (largest RV) down: 7 ED slices of P15 in thirds
     assert [level for _, level in p15_ed] == ["base"] * 3 + ["mid"] * 2 + ["apex"] * 2
-    by_level = summary["labels"]["endo"]["by_level"]
-    assert sorted(by_level) == ["apex", "base", "mid"]
+    by_level = summary["labels"]["endo"]["by_slice_level"]
+    assert list(by_level) == ["base", "mid", "apex"]
     assert sum(group["n"] for group in by_level.values()) == len(per_case)
-    apex = [float(row["dice"]) for row in per_case if row["level"] == "apex"]
+    apex = [float(row["dice"]) for row in per_case if row["slice_level"] == "apex"]
     assert by_level["apex"]["metrics"]["dice"]["mean"] == pytest.approx(np.mean(apex), abs=1e-6)
 
 
@@ -131,24 +131,35 @@ def test_the_printed_summary(run, rvsc, tmp_path, capsys):
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())["labels"]["endo"]
     all_dice = summary["table"]["all"]["dice_mean"]
     assert f"endo all (n={summary['n']}): Dice {all_dice:.3f}" in printed
-    apex = summary["by_level"]["apex"]["metrics"]["dice"]["mean"]
-    assert "endo Dice by slice level: base " in printed and f"apex {apex:.3f}" in printed
+    apex = summary["by_slice_level"]["apex"]
+    assert "endo Dice by slice level: base " in printed
+    assert f"apex {apex['metrics']['dice']['mean']:.3f} (n={apex['n']})" in printed
 
 
-def test_slice_levels_orientation_and_short_stacks():
-    def sample(patient, phase, location, area):
-        return {"patient": patient, "phase": phase, "slice_location": location, "slice": "", "area": area}
+def test_slice_levels_orientation_ties_and_short_stacks():
+    def sample(patient, phase, location, area, present=True, slice_number=""):
+        return {"patient": patient, "phase": phase, "slice_location": location, "slice": slice_number,
+                "area": area, "present": present}
 
     rows = [sample("A", "ED", str(z), area) for z, area in ((-30, 50), (-20, 80), (-10, 300), (0, 500))]  # base last
-    rows += [sample("B", "ES", "2", 10), sample("B", "ES", "1", 20), sample("C", "ES", "5", 30)]
-    rows += [sample("C", "ED", "", 40)]
+    rows += [sample("B", "ES", "2", 10), sample("B", "ES", "1", 20)]  # two positions: base and apex
+    rows += [sample("C", "ES", "5", 30)]  # alone
+    rows += [sample("C", "ED", "", 40), sample("C", "ED", "-4", 50)]  # a member without location, no slice number
+    # phase unknown: two frames per location share their level
+    rows += [sample("D", "unknown", str(z), area) for z in (0, 10, 20) for area in (400 - 10 * z, 300 - 10 * z)]
+    rows += [sample("E", "ED", str(z), 0, present=False) for z in (0, 10, 20)]  # no reference to orient by
+    rows += [sample("F", "ED", "", area, slice_number=str(k)) for k, area in ((1, 9), (2, 5), (3, 1))]
     masks = np.zeros((len(rows), 1, 30, 30), dtype=np.uint8)
     for index, row in enumerate(rows):
         masks[index, 0].flat[: row["area"]] = 1
-    data = SimpleNamespace(rows=rows, masks=masks)
-    levels = slice_levels(data, range(len(rows)), 0)
-    assert [levels[i] for i in range(4)] == ["apex", "mid", "base", "base"]
-    assert [levels[i] for i in range(4, 8)] == ["apex", "base", "", ""]  # two slices; one alone; no position
+    present = np.array([[row["present"]] for row in rows])
+    levels = slice_levels(SimpleNamespace(rows=rows, masks=masks, present=present), range(len(rows)), 0)
+    levels = [levels[i] for i in range(len(rows))]
+    assert levels[:4] == ["apex", "mid", "base", "base"]
+    assert levels[4:9] == ["apex", "base", "unknown", "unknown", "unknown"]
+    assert levels[9:15] == ["base", "base", "mid", "mid", "apex", "apex"]
+    assert levels[15:18] == ["unknown"] * 3
+    assert levels[18:] == ["base", "mid", "apex"]  # slice numbers when no sample has a location
 
 
 def test_per_case_metrics_match_the_model_run_directly(cli_evaluation, rvsc, run):

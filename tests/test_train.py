@@ -483,8 +483,8 @@ def test_oversampling_draws_small_foreground_slices_more_often():
     assert sorted(uniform.tolist()) == list(range(100))
     with pytest.raises(ConfigError, match="--small-foreground must be in"):
         TrainConfig(oversample_small=2.0, small_foreground=1.5).validate()
-    with pytest.raises(ConfigError, match="--small-foreground only matters with --oversample-small"):
-        TrainConfig(small_foreground=0.05).validate()
+    with pytest.raises(ConfigError, match=r"--deep-supervision must be in \[0, 2\) \(below --depth\)"):
+        TrainConfig(depth=2, deep_supervision=2).validate()
 
 
 def test_device_and_precision_flags(tiny_dataset, tmp_path):

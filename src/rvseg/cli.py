@@ -130,8 +130,8 @@ def cmd_evaluate(args) -> int:
             print(f"  {label} {group:>3} (n={cells['n']}): Dice {number(cells['dice_mean'])} "
                   f"({number(cells['dice_sd'])}), HD {number(cells['hd_mean'], 2)} ({number(cells['hd_sd'], 2)}) "
                   f"{summary['units']}")
-        levels = [f"{level} {number(stats['by_level'][level]['metrics']['dice']['mean'])}"
-                  for level in ("base", "mid", "apex") if level in stats["by_level"]]
+        levels = [f"{level} {number(group['metrics']['dice']['mean'])} (n={group['n']})"
+                  for level, group in stats["by_slice_level"].items()]
         if levels:
             print(f"  {label} Dice by slice level: {', '.join(levels)}")
         overall = stats["overall"]

@@ -8,11 +8,12 @@ split), and ``test`` leaves out every patient that any of them trained or valida
 models of a cross-validation are scored as an ensemble only on patients none of them saw.
 
 **Slice levels.** Each sample is also placed at the ``base``, ``mid`` or ``apex`` third of its
-patient's stack at its phase: the annotated slices are ordered by slice location (else by slice
-number), the end whose reference masks of the first label are larger is the base (the RV tapers to
-the apex), and the ordered slices are cut into thirds (2 slices: base and apex). A sample without a
-position, or alone at its phase, gets level ``""``. Apical slices are where RV segmentation fails most, so the summary
-gives Dice and HD per level.
+patient's stack at its phase: the stack's distinct slice positions (its slice locations when every
+sample has one, else its slice numbers) are ordered, the end whose reference masks of the first label
+are larger is the base (the RV tapers to the apex), and the positions are cut into thirds (2
+positions: base and apex); every sample at a position gets that position's level. A stack without
+positions, with a single position, or without the first label gets level ``unknown``. Apical slices
+are where RV segmentation fails most, so the summary gives Dice and HD per level.
 
 A label a sample does not carry (e.g. a Sunnybrook epicardium) is unknown, not empty: that
 (sample, label) is left out and counted as ``n_absent``.
@@ -29,11 +30,11 @@ pixels and areas in px^2, and the summary's ``units`` says so. Empty masks follo
 counts each case.
 
 **Output folder** ``EVAL/`` (written to a temporary sibling and renamed into place, so it is never
-half-written): ``per_case.csv`` (one row per sample and label), ``summary.json`` (per label: mean
-and sd overall, per patient, per phase and per slice level, the ED/ES table of the RVSC results, empty-case counts,
-the settings and the checkpoints' checksums), ``examples_best.png`` and ``examples_worst.png`` (the
-samples of highest and lowest Dice of the first label, with reference and predicted contours), and
-``dice_histogram.png``.
+half-written): ``per_case.csv`` (one row per sample and label), ``summary.json`` (per label: mean and sd
+overall, per patient, per phase and per slice level (``by_slice_level``), the ED/ES table of the RVSC
+results, empty-case counts, the settings and the checkpoints' checksums), ``examples_best.png`` and
+``examples_worst.png`` (the samples of highest and lowest Dice of the first label, with reference and
+predicted contours), and ``dice_histogram.png``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ from rvseg.report.figures import ExamplePanel, draw_dice_histogram, draw_example
 SPLITS = ("val", "test", "all")
 #: Numeric fields of a metric row that are summarised (mean, sd).
 SUMMARY_METRICS = tuple(name for name in METRIC_FIELDS if name not in ("empty", "unit"))
-PER_CASE_FIELDS = ("id", "patient", "phase", "slice", "level", "frame", "label", *METRIC_FIELDS)
+PER_CASE_FIELDS = ("id", "patient", "phase", "slice", "slice_level", "frame", "label", *METRIC_FIELDS)
+#: Slice levels from base to apex (module docstring); samples that cannot be placed get ``unknown``.
 LEVELS = ("base", "mid", "apex")
 #: Examples in each of examples_best.png and examples_worst.png.
 N_EXAMPLES = 6
@@ -161,7 +163,8 @@ def split_indices(data: PreparedDataset, infos: Sequence[dict], split: str) -> t
 
 def case_rows(data: PreparedDataset, indices: Sequence[int], predictions: Sequence[np.ndarray],
               labels: Sequence[str], channels: Sequence[int]) -> list[dict]:
-    """One metric row per (sample, label) the sample carries, in sample order.
+    """One metric row per (sample, label) the sample carries, in sample order, with the sample's slice
+    level (:func:`slice_levels`).
 
     Args:
         data: the prepared data set.
@@ -180,50 +183,62 @@ def case_rows(data: PreparedDataset, indices: Sequence[int], predictions: Sequen
                 continue
             reference = data.masks[index, channel, :height, :width] > 0
             rows.append({"id": row["id"], "patient": row["patient"], "phase": row["phase"], "slice": row["slice"],
-                         "level": levels[index], "frame": row["frame"], "label": label,
+                         "slice_level": levels[index], "frame": row["frame"], "label": label,
                          **segmentation_metrics(predicted[k], reference, spacing)})
     return rows
 
 
 def slice_levels(data: PreparedDataset, indices: Sequence[int], channel: int) -> dict[int, str]:
-    """``base`` / ``mid`` / ``apex`` (or ``""``) for each sample of ``indices`` (module docstring).
+    """``base`` / ``mid`` / ``apex`` (or ``unknown``) for each sample of ``indices`` (module docstring).
 
     Args:
         data: the prepared data set.
         indices: the samples evaluated; each is placed among those of its patient and phase.
-        channel: the mask channel whose reference areas orient the stack.
+        channel: the mask channel whose reference areas orient the stack (samples without it count
+            only by their position).
     """
-    stacks: dict[tuple[str, str], list[tuple[float, int]]] = {}
-    levels = dict.fromkeys(indices, "")
+    stacks: dict[tuple[str, str], list[int]] = {}
     for index in indices:
-        position = slice_position(data.rows[index])
-        if position is not None:
-            stacks.setdefault((data.rows[index]["patient"], data.rows[index]["phase"]), []).append((position, index))
+        stacks.setdefault((data.rows[index]["patient"], data.rows[index]["phase"]), []).append(index)
+    levels = dict.fromkeys(indices, "unknown")
     for members in stacks.values():
-        ordered = [index for _, index in sorted(members)]
-        n = len(ordered)
-        third = max(n // 3, 1)
-        areas = [int(data.masks[index, channel].sum()) for index in ordered]
-        if sum(areas[-third:]) > sum(areas[:third]):
+        positions = stack_positions(data, members)
+        if positions is None:
+            continue
+        ordered = sorted(set(positions.values()))
+        area = {position: 0 for position in ordered}
+        for index, position in positions.items():
+            if data.present[index, channel]:
+                area[position] += int(data.masks[index, channel].sum())
+        third = max(len(ordered) // 3, 1)
+        ends = sum(area[p] for p in ordered[:third]), sum(area[p] for p in ordered[-third:])
+        if len(ordered) < 2 or ends[0] == ends[1]:
+            continue  # one position, or no reference to tell the base from the apex
+        if ends[1] > ends[0]:
             ordered.reverse()
-        for rank, index in enumerate(ordered):
-            if n == 2:
-                levels[index] = ("base", "apex")[rank]
-            elif n > 2:
-                levels[index] = LEVELS[3 * rank // n]
+        level_of = {position: ("base", "apex")[rank] if len(ordered) == 2 else LEVELS[3 * rank // len(ordered)]
+                    for rank, position in enumerate(ordered)}
+        for index, position in positions.items():
+            levels[index] = level_of[position]
     return levels
 
 
-def slice_position(row: dict) -> float | None:
-    """A sample's position along its stack: its slice location, else its slice number, else None."""
+def stack_positions(data: PreparedDataset, members: Sequence[int]) -> dict[int, float] | None:
+    """Each member's position along the stack, in one unit for the whole stack: slice locations (to
+    0.01 mm) when every member has one, else slice numbers when every member has one, else None."""
     for key in ("slice_location", "slice"):
-        try:
-            position = float(row.get(key) or "")
-        except ValueError:
-            continue
-        if math.isfinite(position):
-            return position
+        positions = {index: _finite(data.rows[index].get(key)) for index in members}
+        if all(position is not None for position in positions.values()):
+            return {index: round(position, 2) for index, position in positions.items()}
     return None
+
+
+def _finite(text: str | None) -> float | None:
+    try:
+        value = float(text or "")
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def summarise(rows: Sequence[dict], labels: Sequence[str]) -> dict:
@@ -231,13 +246,14 @@ def summarise(rows: Sequence[dict], labels: Sequence[str]) -> dict:
     per_label = {}
     for label in labels:
         label_rows = [row for row in rows if row["label"] == label]
-        summary = summarize(label_rows, by=("patient", "phase", "level"), metrics=SUMMARY_METRICS)
+        summary = summarize(label_rows, by=("patient", "phase", "slice_level"), metrics=SUMMARY_METRICS)
+        by_level = summary["by"]["slice_level"]
         per_label[label] = {
             "n": len(label_rows),
             "overall": summary["overall"],
             "by_patient": summary["by"]["patient"],
             "by_phase": summary["by"]["phase"],
-            "by_level": summary["by"]["level"],
+            "by_slice_level": {level: by_level[level] for level in (*LEVELS, "unknown") if level in by_level},
             "table": rvsc_table(summary),
         }
     units = sorted({row["unit"] for row in rows})

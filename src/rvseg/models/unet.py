@@ -87,11 +87,7 @@ class UNet(nn.Module):
         deep_supervision: int = 0,
     ):
         super().__init__()
-        check_architecture(in_channels, out_channels, width, depth, dropout)
-        if isinstance(deep_supervision, bool) or not isinstance(deep_supervision, int) \
-                or not 0 <= deep_supervision < depth:
-            raise ConfigError(f"deep supervision must be an integer in [0, {depth}) (below the depth), "
-                              f"not {deep_supervision!r}")
+        check_architecture(in_channels, out_channels, width, depth, dropout, deep_supervision)
         self.in_channels = in_channels
         self.depth = depth
         widths = [width * 2**level for level in range(depth + 1)]
@@ -115,7 +111,7 @@ class UNet(nn.Module):
             nn.Conv2d(widths[level], out_channels, kernel_size=1) for level in range(1, deep_supervision + 1)
         )
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if images.dim() != 4 or images.shape[1] != self.in_channels:
             raise ValueError(
                 f"expected a (B, {self.in_channels}, H, W) tensor, got shape {tuple(images.shape)}"
@@ -181,7 +177,8 @@ def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, 
     return padded, (top, left)
 
 
-def check_architecture(in_channels: int, out_channels: int, width: int, depth: int, dropout: float) -> None:
+def check_architecture(in_channels: int, out_channels: int, width: int, depth: int, dropout: float,
+                       deep_supervision: int = 0) -> None:
     """Raise :class:`ConfigError` for an architecture option out of range."""
     options = {"in_channels": in_channels, "out_channels": out_channels, "width": width, "depth": depth}
     for name, value in options.items():
@@ -189,3 +186,7 @@ def check_architecture(in_channels: int, out_channels: int, width: int, depth: i
             raise ConfigError(f"model {name} must be a positive integer, not {value!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ConfigError(f"model dropout must be a number in [0, 1), not {dropout!r}")
+    if isinstance(deep_supervision, bool) or not isinstance(deep_supervision, int) \
+            or not 0 <= deep_supervision < depth:
+        raise ConfigError(f"deep supervision must be an integer in [0, {depth}) (below the depth), "
+                          f"not {deep_supervision!r}")

@@ -95,8 +95,8 @@ class TrainConfig:
         for name in ("weight_decay", "momentum", "min_lr"):
             check_option(name, getattr(self, name), "at least 0", lambda v: v >= 0)
         check_option("small_foreground", self.small_foreground, "in (0, 1)", lambda v: 0 < v < 1)
-        if self.small_foreground != SMALL_FOREGROUND and self.oversample_small == 1.0:
-            raise ConfigError("--small-foreground only matters with --oversample-small above 1")
+        check_option("deep_supervision", self.deep_supervision, f"in [0, {self.depth}) (below --depth)",
+                     lambda v: 0 <= v < self.depth)
         check_option("ema", self.ema, "in [0, 1) (0 = off)", lambda v: 0 <= v < 1)
         check_graph_or_compile(self.cuda_graph, self.compile)
         if self.pause_after is not None:
@@ -123,7 +123,8 @@ HELP = {
     "width": "channels of the first level (doubles per level)",
     "depth": "number of poolings",
     "deep_supervision": "decoder levels (1/2, 1/4, ...) with an auxiliary head whose upsampled output is scored "
-                        "too, weighted 1/2, 1/4, ... (0 = off)",
+                        "too; the losses are weighted 1, 1/2, 1/4, ... and normalised, and train_loss is that "
+                        "mix while val_loss scores the main output (0 = off)",
     "loss": "dice | inverse-dice | bce | dice-bce | dice-bce-inverse | focal | switching",
     "switch_tau": "switching threshold on the target's mean (the foreground share of filled masks), or auto "
                   "(that mean over the training split)",
@@ -135,8 +136,8 @@ HELP = {
            "(e.g. 0.99; 0 = off)",
     "augment": "batched on-device flips, rotation, scaling, intensity jitter",
     "oversample_small": "weight of small-foreground slices in the batch draw (1 = uniform; the paper oversampled)",
-    "small_foreground": "a slice whose first target covers less than this share of the image is small (for "
-                        "--oversample-small)",
+    "small_foreground": "a slice whose first target covers less than this share of the image is small (used "
+                        "only when --oversample-small is not 1)",
     "elastic": "elastic deformation amplitude in pixels (0 = off)",
     "device": "auto | cpu | cuda | cuda:N",
     "precision": "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32",

@@ -75,7 +75,8 @@ def make_train_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer,
     """The training step for ``model`` (on ``runtime.device``, in train mode).
 
     Args:
-        loss_fn: ``(logits, targets) -> scalar``.
+        loss_fn: ``(outputs, targets) -> scalar``; ``outputs`` is the model's logits, or for a deeply
+            supervised model in training mode a tuple of them (:func:`rvseg.losses.deep_supervision_loss`).
         optimizer: over the model's parameters; for ``cuda_graph``, built with
             :func:`rvseg.train.optim.build_optimizer` (``for_cuda_graph=True``).
         channels_last: convert each batch to channels-last first.
