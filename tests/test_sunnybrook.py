@@ -411,3 +411,15 @@ def test_phases_stay_unknown_without_a_slice_contoured_at_both(tmp_path, sunnybr
     assert first and {s.phase for s in first} == {"unknown"}
     assert any(n.startswith("SCD0000101: contours at 1 phase(s)") for n in read.notes)
     assert {s.phase for s in read.samples if s.patient == "SCD0000201"} == {"ED", "ES"}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_case_found_twice_is_refused(tmp_path, sunnybrook_root):
+    root = make_atlas_download(tmp_path, sunnybrook_root)
+    contours = root / "scd_manualcontours" / "SCD_ManualContours"
+    shutil.copytree(contours / "SC-HF-I-01", root / "copy" / "SC-HF-I-1")  # padded and unpadded: one case
+    message = raised_message(root)
+    assert message.startswith(f"{root / 'scd_manualcontours' / 'SCD_ManualContours' / 'SC-HF-I-01'}: patient "
+                              f"SC-HF-I-1 was already read from {root / 'copy' / 'SC-HF-I-1'}")
+    read = read_sunnybrook(root, skip_bad=True)
+    assert read.patients == ["SCD0000101", "SCD0000201"]

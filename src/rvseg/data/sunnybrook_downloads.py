@@ -35,7 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rvseg.data.folders import subfolders
+from rvseg.data.folders import subfolders, unique_folders
 from rvseg.data.sample import ReadReport
 
 CONTOUR_FOLDERS = ("contours-manual", "IRCCI-expert")
@@ -80,7 +80,8 @@ def find_cases(root: str | Path, labels: tuple[str, str], report: ReadReport, sk
     """Every case of a Sunnybrook download below ``root``, with its contours and its images' series;
     None when ``root`` holds no case folder at all.
 
-    A case whose images cannot be found, or a case found twice, goes through ``report.bad_file``.
+    A case whose images cannot be found, or a case found twice (:func:`~rvseg.data.folders.unique_folders`),
+    goes through ``report.bad_file``.
     """
     root = Path(root)
     folders = subfolders(root, SEARCH_DEPTH)
@@ -95,13 +96,8 @@ def find_cases(root: str | Path, labels: tuple[str, str], report: ReadReport, sk
     patient_ids = _patient_ids(near_root, report, skip_bad)
 
     cases: list[Case] = []
-    seen: dict[str, Path] = {}
-    for case_folder in case_folders:
+    for case_folder in unique_folders(case_folders, lambda folder: case_key(folder.name), report, skip_bad):
         key = case_key(case_folder.name)
-        if key in seen:
-            report.bad_file(case_folder, f"case {key} was already read from {seen[key]}", skip_bad)
-            continue
-        seen[key] = case_folder
         contours = _expert_contours(case_folder.joinpath(*CONTOUR_FOLDERS), labels, report, skip_bad)
         names = [patient_ids[key].upper()] if key in patient_ids else []
         names += [name for name in by_name if case_key(name) == key]
