@@ -481,9 +481,11 @@ def test_threshold_pruner_stops_trials_from_their_epoch_metrics(tmp_path, prepar
     assert summary["by_status"] == {"pruned": 1}
     row, = read_results(out / "results.csv")
     assert row["status"] == "pruned"
+    # Optuna's ThresholdPruner may prune from step == n_warmup_steps (it skips only steps below it), so
+    # the earliest stop is after epoch 2; how much later depends on when the worker's poll sees the epochs.
     epochs = int(row["epochs_done"])
-    assert 3 <= epochs < 300
-    assert json.loads((Path(row["folder"]) / "pruned.json").read_text())["after_epoch"] >= 3
+    assert 2 <= epochs < 300
+    assert json.loads((Path(row["folder"]) / "pruned.json").read_text())["after_epoch"] >= 2
     trials = json.loads((out / "trials.json").read_text())["trials"]
     assert [t["state"] for t in trials] == ["PRUNED"]
 
