@@ -1,12 +1,15 @@
-"""Compare post-processing rules on one trained run's validation predictions (issue 7's finding).
+"""Compare post-processing rules on trained runs' validation predictions (issue 7).
 
-    python benchmarks/compare_postprocessing.py RUN DATASET [--label endo]
+    python benchmarks/compare_postprocessing.py DATASET RUN [RUN ...] [--label endo]
 
-The same probabilities (one forward pass per slice, no TTA) are turned into masks by each rule and
-scored with per-image Dice against the prepared masks, overall and per ED/ES phase:
+For each run, the same probabilities (one forward pass per slice, no TTA) are turned into masks by
+each rule and scored with per-image Dice against the prepared masks, overall, per ED/ES phase and
+per slice level (:func:`rvseg.evaluate.slice_levels`); with several runs, the mean over runs follows.
 
-- ``raw``: ``score > 0.5``;
-- ``largest``: the largest 8-connected region by pixel count, holes filled (rvseg's default);
+- ``raw``: ``score > 0.5`` (``--postprocess none``);
+- ``largest``: the largest 8-connected region by pixel count, holes filled (``--postprocess largest``);
+- ``stack``: one region per slice, chosen through the patient's stack at its phase
+  (:mod:`rvseg.postprocess`; ``--postprocess stack``, rvseg's default);
 - ``mass``: the region with the largest summed probability, holes filled;
 - ``share-0.5``: every region of at least half the largest one's size, holes filled.
 """
@@ -21,11 +24,14 @@ import torch
 from scipy import ndimage
 
 from rvseg.data.dataset import load_dataset
-from rvseg.inference import Predictor, prepared_inputs, single_region
+from rvseg.evaluate import slice_levels, stack_keys
+from rvseg.inference import Predictor, prepared_inputs
 from rvseg.metrics import dice_per_image
+from rvseg.postprocess import postprocess_scores
 from rvseg.train.checkpoint import find_checkpoint, load_checkpoint
 
 EIGHT_CONNECTED = np.ones((3, 3), bool)
+GROUPS = ("ED", "ES", "base", "mid", "apex")
 
 
 def regions(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -50,37 +56,71 @@ def by_share(mask: np.ndarray, share: float) -> np.ndarray:
                                                         if s >= share * sizes.max()]))
 
 
-RULES = {
-    "raw": lambda mask, score: mask,
-    "largest": lambda mask, score: single_region(mask),
+#: Rules of one image: (thresholded mask, score) -> mask.
+PER_IMAGE_RULES = {
     "mass": by_mass,
     "share-0.5": lambda mask, score: by_share(mask, 0.5),
 }
+#: rvseg's own rules (``--postprocess``), which may see the whole stack.
+RVSEG_RULES = {"raw": "none", "largest": "largest", "stack": "stack"}
+
+
+def rule_masks(scores: list[np.ndarray], stacks: list, positions: list) -> dict[str, list[np.ndarray]]:
+    """Rule name -> one bool (H, W) mask per score map (H, W) of one label."""
+    masks = {name: [m[0] for m in postprocess_scores([s[None] for s in scores], rule, stacks, positions)]
+             for name, rule in RVSEG_RULES.items()}
+    for name, rule in PER_IMAGE_RULES.items():
+        masks[name] = [rule(score > 0.5, score) for score in scores]
+    return masks
+
+
+def compare(run: str, data, label_name: str) -> dict[str, dict[str, float]]:
+    """Rule -> {"all", "ED", "ES", "base", "mid", "apex"} -> mean per-image Dice on the run's val patients."""
+    predictor = Predictor.from_checkpoints([run])
+    val_patients = set(load_checkpoint(find_checkpoint(run))["data"]["val_patients"])
+    indices = [i for i, row in enumerate(data.rows) if row["patient"] in val_patients]
+    label = data.label_indices([label_name])[0]
+    channel = predictor.labels.index(label_name)
+    inputs = prepared_inputs(predictor, data, indices)
+    scores = [s[channel] for s in predictor.score_maps(inputs, [None] * len(inputs))]
+    references = np.stack([data.masks[i, label].astype(bool) for i in indices])
+    levels = slice_levels(data, indices, label)
+    group_of = {"ED": np.array([data.rows[i]["phase"] == "ED" for i in indices]),
+                "ES": np.array([data.rows[i]["phase"] == "ES" for i in indices])}
+    group_of.update({level: np.array([levels[i] == level for i in indices]) for level in ("base", "mid", "apex")})
+    results = {}
+    for name, masks in rule_masks(scores, *stack_keys(data, indices)).items():
+        predicted = torch.from_numpy(np.stack(masks)[:, None])
+        dice = dice_per_image(predicted, torch.from_numpy(references[:, None]))[:, 0].numpy()
+        results[name] = {"all": float(dice.mean()),
+                         **{group: float(dice[chosen].mean()) for group, chosen in group_of.items() if chosen.any()}}
+    return results
+
+
+def print_table(title: str, results: dict[str, dict[str, float]]) -> None:
+    print(title)
+    print(f"  {'rule':10s} {'all':>7s} " + " ".join(f"{group:>7s}" for group in GROUPS))
+    for name, cells in results.items():
+        print(f"  {name:10s} {cells['all']:7.4f} " + " ".join(f"{cells.get(group, float('nan')):7.4f}"
+                                                           for group in GROUPS))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run")
     parser.add_argument("dataset")
+    parser.add_argument("runs", nargs="+")
     parser.add_argument("--label", default="endo")
     args = parser.parse_args(argv)
-    predictor = Predictor.from_checkpoints([args.run])
     data = load_dataset(args.dataset)
-    val_patients = set(load_checkpoint(find_checkpoint(args.run))["data"]["val_patients"])
-    indices = [i for i, row in enumerate(data.rows) if row["patient"] in val_patients]
-    label = data.label_indices([args.label])[0]
-    channel = predictor.labels.index(args.label)
-    inputs = prepared_inputs(predictor, data, indices)
-    scores = [s[channel] for s in predictor.score_maps(inputs, [None] * len(inputs))]
-    references = np.stack([data.masks[i, label].astype(bool) for i in indices])
-    phases = np.array([data.rows[i]["phase"] for i in indices])
-    print(f"{args.run}: {len(indices)} validation slices of {sorted(val_patients)}, label {args.label}")
-    for name, rule in RULES.items():
-        masks = np.stack([rule(score > 0.5, score) for score in scores])
-        dice = dice_per_image(torch.from_numpy(masks[:, None]), torch.from_numpy(references[:, None]))[:, 0].numpy()
-        per_phase = "  ".join(f"{phase} {dice[phases == phase].mean():.4f}" for phase in ("ED", "ES")
-                              if (phases == phase).any())
-        print(f"  {name:10s} {dice.mean():.4f}  {per_phase}")
+    every = {}
+    for run in args.runs:
+        every[run] = compare(run, data, args.label)
+        print_table(f"{run} (label {args.label}; Dice, mean per image)", every[run])
+    if len(every) > 1:
+        names = next(iter(every.values()))
+        mean = {name: {group: float(np.nanmean([every[run][name].get(group, np.nan) for run in every]))
+                       for group in ("all", *GROUPS)} for name in names}
+        print_table(f"mean over {len(every)} runs", mean)
     return 0
 
 

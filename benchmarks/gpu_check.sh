@@ -27,8 +27,9 @@
 # default run of phase A failed), while the --accuracy configs (default configs/rvsc-endo.yaml and
 # configs/rvsc-epi.yaml) train in the background: on P13-P16 held out, or with --cv N as N
 # patient-wise folds each. Each accuracy run's best.pt is then scored on its validation patients with
-# `rvseg evaluate` (Dice, HD, HD95 per image and patient): raw masks, with flip TTA, and largest
-# region (there, because checkpoints are larger than what a call brings back).
+# `rvseg evaluate` (Dice, HD, HD95 per image and patient): with the default stack post-processing,
+# with the per-image largest region, and stack with flip TTA (there, because checkpoints are larger
+# than what a call brings back).
 #
 # Sweeps and accuracy runs live in --keep DIR (default gpu-work/full, or gpu-work/smoke, in this
 # checkout, git-ignored): the same command run again continues them (--sweeps-only skips phase A
@@ -378,7 +379,9 @@ for config in "${ACCURACY[@]}"; do
         ACCURACY_RUNS+=("$(basename "$config" .yaml)|$config|")
     fi
 done
-EVALUATIONS=(raw tta largest)
+# The default post-processing (stack), the per-image rule it replaced (largest), and the default with flip TTA;
+# the raw Dice is the runs' own validation Dice (metrics.csv).
+EVALUATIONS=(stack largest stack-tta)
 # Kept back from phase B for scoring the accuracy runs afterwards: about 7 s per `rvseg evaluate`.
 RESERVE=$(( 30 + 7 * ${#EVALUATIONS[@]} * ${#ACCURACY_RUNS[@]} ))
 if have_rvsc; then
@@ -426,9 +429,9 @@ for entry in "${ACCURACY_RUNS[@]}"; do
     for variant in "${EVALUATIONS[@]}"; do
         [[ -f $run/eval-$variant/summary.json ]] && continue
         case $variant in
-            raw) flags=(--no-postprocess) ;;
-            tta) flags=(--no-postprocess --tta) ;;
-            largest) flags=() ;;  # the default post-processing: each label's largest region
+            stack) flags=() ;;
+            largest) flags=(--postprocess largest) ;;
+            stack-tta) flags=(--tta) ;;
         esac
         step "evaluate-$name-$variant" 60 10 "${RVSEG[@]}" evaluate "$run" "$WORK/rvsc" --split val \
             --out "$run/eval-$variant" "${DEVICE[@]}" "${flags[@]}"

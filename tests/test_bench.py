@@ -373,19 +373,24 @@ def test_no_module_of_the_gpu_path_imports_dicom_or_optuna_when_imported():
 def test_post_processing_rules_pick_the_regions_they_say():
     import numpy as np
 
-    rules = load_script("compare_postprocessing").RULES
-    mask = np.zeros((12, 12), bool)
-    mask[1:4, 1:4] = True  # small: 9 px
-    mask[6:11, 6:11] = True  # large: 25 px ...
-    mask[8, 8] = False  # ... with a hole
-    small, large = np.zeros_like(mask), np.zeros_like(mask)
-    small[1:4, 1:4] = True
-    large[6:11, 6:11] = True
-    score = np.where(small, 1.0, np.where(mask, 0.3, 0.0))  # small: mass 9; large: 24 x 0.3 = 7.2
-    assert np.array_equal(rules["raw"](mask, score), mask)
-    assert np.array_equal(rules["largest"](mask, score), large)  # by pixel count, hole filled
-    assert np.array_equal(rules["mass"](mask, score), small)
-    assert np.array_equal(rules["share-0.5"](mask, score), large)  # 9 < 0.5 x 25
-    mask[6:11, 6:11] = False
-    mask[6:10, 6:8] = True  # 8 px >= 0.5 x 9: both kept
-    assert np.array_equal(rules["share-0.5"](mask, score), mask)
+    def masks(score):
+        return {name: kept[0] for name, kept in rule_masks([score], [None], [None]).items()}
+
+    rule_masks = load_script("compare_postprocessing").rule_masks
+    small, large = np.zeros((12, 12), bool), np.zeros((12, 12), bool)
+    small[1:5, 1:5] = True  # 16 px
+    large[6:11, 6:11] = True  # 25 px ...
+    holed = large.copy()
+    holed[8, 8] = False  # ... with a hole
+    score = np.where(small, 0.9, np.where(holed, 0.6, 0.0))  # mass: small 14.4 = large 24 x 0.6
+    kept = masks(score)
+    assert np.array_equal(kept["raw"], small | holed)
+    assert np.array_equal(kept["largest"], large)  # by pixel count, hole filled
+    assert np.array_equal(kept["stack"], large)  # no stack: as largest
+    assert np.array_equal(kept["share-0.5"], small | large)  # 16 >= 0.5 x 24
+    score = np.where(small, 1.0, np.where(holed, 0.6, 0.0))  # small: mass 16 > 14.4
+    assert np.array_equal(masks(score)["mass"], small)
+    assert np.array_equal(masks(score)["largest"], large)
+    speck = small[:, ::-1] & (np.arange(12) < 2)[:, None]  # 4 px elsewhere: 4 < 0.5 x 24, dropped
+    score = np.where(speck, 0.9, score)
+    assert np.array_equal(masks(score)["share-0.5"], small | large)

@@ -20,10 +20,11 @@ from rvseg.data.dataset import load_dataset
 from rvseg.data.phantom import write_phantom
 from rvseg.data.prepare import PrepareOptions, prepare
 from rvseg.errors import ConfigError, DataError
-from rvseg.evaluate import case_rows, evaluate, slice_levels, split_indices
-from rvseg.inference import Predictor, check_prepared_compatible, single_region
+from rvseg.evaluate import case_rows, evaluate, slice_levels, split_indices, stack_keys
+from rvseg.inference import Predictor, check_prepared_compatible
 from rvseg.io import checksum
 from rvseg.metrics import segmentation_metrics
+from rvseg.postprocess import postprocess_scores, single_region
 from rvseg.report.figures import ExamplePanel, draw_dice_histogram, draw_examples, overlay_image
 from rvseg.train.checkpoint import model_from_checkpoint
 from rvseg.train.config import TrainConfig
@@ -136,7 +137,7 @@ def test_the_printed_summary(run, rvsc, tmp_path, capsys):
     assert f"apex {apex['metrics']['dice']['mean']:.3f} (n={apex['n']})" in printed
 
 
-def test_slice_levels_orientation_ties_and_short_stacks():
+def test_slice_levels_and_stacks_orientation_ties_and_short_stacks():
     def sample(patient, phase, location, area, present=True, slice_number=""):
         return {"patient": patient, "phase": phase, "slice_location": location, "slice": slice_number,
                 "area": area, "present": present}
@@ -160,21 +161,35 @@ def test_slice_levels_orientation_ties_and_short_stacks():
     assert levels[9:15] == ["base", "base", "mid", "mid", "apex", "apex"]
     assert levels[15:18] == ["unknown"] * 3
     assert levels[18:] == ["base", "mid", "apex"]  # slice numbers when no sample has a location
+    # the stacks of the ``stack`` post-processing: ED / ES only, and only with a position for every member
+    stacks, positions = stack_keys(SimpleNamespace(rows=rows), range(len(rows)))
+    assert stacks == [("A", "ED")] * 4 + [("B", "ES")] * 2 + [("C", "ES")] + [None] * 8 + [("E", "ED")] * 3 + [
+        ("F", "ED")] * 3
+    assert positions == [-30, -20, -10, 0, 2, 1, 5] + [None] * 8 + [0, 10, 20, 1, 2, 3]
 
 
 def test_per_case_metrics_match_the_model_run_directly(cli_evaluation, rvsc, run):
-    """Wiring: each row equals the network's own thresholded, post-processed output on the cropped sample."""
-    out, _ = cli_evaluation
+    """Wiring: each row equals the network's own thresholded output on the cropped sample, post-processed by
+    the default ``stack`` rule over the samples of one patient and phase, ordered by slice number."""
+    out, printed = cli_evaluation
+    assert printed["settings"]["postprocess"] == "stack"
     per_case = {row["id"]: row for row in read_csv(out / "per_case.csv")}
     data = load_dataset(rvsc)
     model, _, _ = model_from_checkpoint(run)
-    for index in data.indices_of_patients(VAL_PATIENTS)[:5]:
-        row = data.rows[index]
-        height, width = int(row["height"]), int(row["width"])
+    indices = data.indices_of_patients(VAL_PATIENTS)
+    scores = []
+    for index in indices:
+        height, width = int(data.rows[index]["height"]), int(data.rows[index]["width"])
         with torch.no_grad():
             logits = model(torch.from_numpy(data.images[index:index + 1, :, :height, :width]))
-        predicted = single_region(torch.sigmoid(logits)[0, 0].numpy() > 0.5)
-        expected = segmentation_metrics(predicted, data.masks[index, 0, :height, :width] > 0, None)
+        scores.append(torch.sigmoid(logits)[0].numpy())
+    stacks = [(data.rows[i]["patient"], data.rows[i]["phase"]) for i in indices]
+    positions = [float(data.rows[i]["slice"]) for i in indices]
+    predicted = postprocess_scores(scores, "stack", stacks, positions)
+    for index, mask in zip(indices, predicted, strict=True):
+        row = data.rows[index]
+        height, width = int(row["height"]), int(row["width"])
+        expected = segmentation_metrics(mask[0], data.masks[index, 0, :height, :width] > 0, None)
         written = per_case[row["id"]]
         for name in ("dice", "jaccard", "area_pred_mm2", "area_ref_mm2"):
             assert float(written[name]) == pytest.approx(expected[name], rel=1e-5), (row["id"], name)
@@ -224,7 +239,7 @@ def test_an_ensemble_is_scored_on_its_mean_probability(run, rvsc, tmp_path):
     second = tmp_path / "second"
     train(rvsc, second, TrainConfig(width=8, depth=2, epochs=2, batch_size=8, lr=0.01, fraction=0.15, seed=7,
                                     device="cpu", augment=False, val_patients=VAL_PATIENTS), verbose=False)
-    summary = evaluate([run, second], rvsc, split="val", out=tmp_path / "eval", device="cpu")
+    summary = evaluate([run, second], rvsc, split="val", out=tmp_path / "eval", device="cpu", postprocess="largest")
     assert summary["checkpoints"] == [str(run / "best.pt"), str(second / "best.pt")]
     assert summary["settings"]["ensemble"] == "mean"
     per_case = {row["id"]: row for row in read_csv(tmp_path / "eval" / "per_case.csv")}

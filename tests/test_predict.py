@@ -23,7 +23,8 @@ from rvseg.data.rvsc import read_rvsc
 from rvseg.errors import ConfigError, DataError
 from rvseg.inference import Predictor, combine
 from rvseg.metrics import segmentation_metrics
-from rvseg.predict import InputImage, predict, unique_ids, write_volumes
+from rvseg.postprocess import postprocess_scores
+from rvseg.predict import InputImage, predict, read_source, stack_instants, unique_ids, write_volumes
 from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig
 from rvseg.train.loop import train
@@ -448,5 +449,47 @@ def test_predict_library_errors(checkpoint, tmp_path):
         predict([checkpoint], tmp_path / "nothing", tmp_path / "out")
     with pytest.raises(ConfigError, match="ensemble"):
         predict([checkpoint], tmp_path, tmp_path / "out", ensemble="median")
+    with pytest.raises(ConfigError, match="--postprocess"):
+        predict([checkpoint], tmp_path, tmp_path / "out", postprocess="biggest")
     with pytest.raises(DataError, match="no such checkpoint"):
         predict([tmp_path / "missing.pt"], tmp_path, tmp_path / "out")
+
+
+def test_stack_instants_from_given_phases_cine_frames_or_none():
+    def image(stack, location=None, trigger=None, frame=None, phase="", number=None, image_id=None):
+        return InputImage(id=image_id or f"{stack}-{location}-{trigger}-{frame}-{phase}-{number}", source="",
+                          pixels=np.zeros((2, 2), np.float32), shape=(2, 2), stack=stack, slice_location=location,
+                          trigger_time=trigger, frame=frame, phase=phase, slice_number=number)
+
+    # a prepared data set: phases given, slice numbers without locations
+    prepared = [image("P1", phase=phase, number=n) for n in (3, 1, 2) for phase in ("ED", "ES")]
+    instants, positions = stack_instants(prepared)
+    assert instants == [("P1", phase) for _ in range(3) for phase in ("ED", "ES")]
+    assert positions == [3, 3, 1, 1, 2, 2]
+    # a cine: the k-th frame of every slice in trigger-time order is one instant, whatever the file order
+    cine = [image("S", location=z, trigger=t, frame=f) for z in (0.0, 8.0) for f, t in ((1, 30.0), (2, 0.0), (3, 60.0))]
+    instants, positions = stack_instants(cine)
+    assert instants == [("S", 1), ("S", 0), ("S", 2)] * 2 and positions == [0.0] * 3 + [8.0] * 3
+    # slices with different frame counts, images without a position, another stack beside a cine
+    uneven = cine[:5]
+    assert stack_instants(uneven) == ([None] * 5, [None] * 5)
+    loose = [image("L", image_id="a"), image("L", image_id="b")]
+    assert stack_instants(loose + cine)[0] == [None, None] + [("S", 1), ("S", 0), ("S", 2)] * 2
+
+
+@pytest.mark.parametrize("rule", ["stack", "largest", "none"])
+def test_each_rule_writes_the_masks_it_computes_for_each_image(checkpoint, phantom, tmp_path, rule):
+    """Wiring: the masks written for a cine (slices x frames) are the rule applied to the predictor's own
+    scores, the ``stack`` rule to each instant of the stack (the images are segmented instant by instant)."""
+    summary = predict([checkpoint], phantom / "patient01", tmp_path / "pred", postprocess=rule)
+    assert summary["postprocess"] == rule
+    images = read_source(phantom / "patient01").images
+    predictor = Predictor.from_checkpoints([checkpoint])
+    scores = list(predictor.score_maps([predictor.preprocess(image.pixels) for image in images],
+                                       [image.shape for image in images]))
+    instants, positions = stack_instants(images)
+    assert sum(instant is not None for instant in instants) == PHANTOM_SLICES * PHANTOM_FRAMES
+    expected = postprocess_scores(scores, rule, instants, positions)
+    for image, masks in zip(images, expected, strict=True):
+        written = imread(tmp_path / "pred" / "masks" / f"{image.id}.png") > 0
+        assert np.array_equal(written, masks[0]), image.id

@@ -118,13 +118,13 @@ def cmd_evaluate(args) -> int:
     from rvseg.evaluate import evaluate
 
     summary = evaluate(args.checkpoints, args.dataset, split=args.split, out=args.out, ensemble=args.ensemble,
-                       tta=args.tta, postprocess=not args.no_postprocess, batch_size=args.batch_size,
-                       device=args.device, force=args.force)
+                       tta=args.tta, postprocess="none" if args.no_postprocess else args.postprocess,
+                       batch_size=args.batch_size, device=args.device, force=args.force)
     if args.json:
         print_json(summary)
         return 0
     print(f"evaluated {summary['n_samples']} samples of {len(summary['patients'])} patients "
-          f"({args.split} split) -> {args.out}")
+          f"({args.split} split, post-processing {summary['settings']['postprocess']}) -> {args.out}")
     for label, stats in summary["labels"].items():
         for group, cells in stats["table"].items():
             print(f"  {label} {group:>3} (n={cells['n']}): Dice {number(cells['dice_mean'])} "
@@ -150,7 +150,7 @@ def cmd_predict(args) -> int:
     from rvseg.predict import predict
 
     summary = predict(args.checkpoints, args.src, args.out, ensemble=args.ensemble, tta=args.tta,
-                      batch_size=args.batch_size, device=args.device, force=args.force)
+                      postprocess=args.postprocess, batch_size=args.batch_size, device=args.device, force=args.force)
     for skipped in summary["skipped"]:
         print(f"rvseg: skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
     if args.json:
@@ -246,6 +246,9 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ensemble", default="mean", help="several checkpoints: mean (average probability) | "
                                                            "vote (majority)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    parser.add_argument("--postprocess", default="stack",
+                        help="one region per label: stack (chosen through each stack of slices at one instant; "
+                             "default) | largest (per image) | none (raw masks)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -296,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="val (the checkpoint's) | test (patients it never saw) | all")
     p.add_argument("--out", required=True, metavar="EVAL", help="output folder")
     add_inference_arguments(p)
-    p.add_argument("--no-postprocess", action="store_true", help="score the raw masks (not the largest region)")
+    p.add_argument("--no-postprocess", action="store_true", help="score the raw masks: --postprocess none")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_evaluate)
 

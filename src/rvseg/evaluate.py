@@ -20,8 +20,9 @@ A label a sample does not carry (e.g. a Sunnybrook epicardium) is unknown, not e
 
 **How.** Each sample is segmented from its real extent (the stacking padding cropped using
 ``height``/``width``) as :mod:`rvseg.inference` describes, at the data set's resolution and
-post-processed as ``rvseg predict`` does (largest region, holes filled; ``postprocess=False`` /
-``--no-postprocess`` scores the raw thresholded output instead), and compared
+post-processed as ``rvseg predict`` does (:mod:`rvseg.postprocess`; by default ``stack``: one region
+per label, chosen through the patient's stack at its ED or ES phase; ``largest`` per image, or
+``none`` for the raw thresholded output, ``--no-postprocess``), and compared
 with its reference mask by :func:`rvseg.metrics.segmentation_metrics`: Dice, Jaccard, sensitivity,
 precision, Hausdorff distance and HD95, areas. Distances are in mm from the data set's pixel
 spacing (for a resized set, the spacing after resizing); for samples without spacing they are in
@@ -48,9 +49,10 @@ import numpy as np
 from rvseg import __version__
 from rvseg.data.dataset import PreparedDataset, load_dataset
 from rvseg.errors import ConfigError, DataError
-from rvseg.inference import Predictor, extent, masks_from_scores, prepared_inputs
+from rvseg.inference import Predictor, extent, prepared_inputs
 from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, write_csv, write_json
 from rvseg.metrics import METRIC_FIELDS, segmentation_metrics, summarize
+from rvseg.postprocess import check_rule, postprocess_scores
 from rvseg.report.figures import ExamplePanel, draw_dice_histogram, draw_examples
 
 SPLITS = ("val", "test", "all")
@@ -66,7 +68,7 @@ EMPTY_RULE = ("both masks empty: Dice, Jaccard, sensitivity, precision 1 and HD 
 
 
 def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path, split: str = "val",
-             out: str | Path | None = None, *, ensemble: str = "mean", tta: bool = False, postprocess: bool = True,
+             out: str | Path | None = None, *, ensemble: str = "mean", tta: bool = False, postprocess: str = "stack",
              batch_size: int = 16, device: str = "cpu", force: bool = False) -> dict:
     """Evaluate a checkpoint, or an ensemble of several, on a prepared data set (module docstring).
 
@@ -77,7 +79,7 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
         out: the output folder, or None to only compute and return the summary.
         ensemble: how several checkpoints' outputs are combined: ``mean`` or ``vote``.
         tta: flip test-time augmentation.
-        postprocess: keep each label's largest region with holes filled (as ``rvseg predict``).
+        postprocess: ``stack``, ``largest`` or ``none`` (:mod:`rvseg.postprocess`; as ``rvseg predict``).
         batch_size: images per forward pass.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         force: replace an existing non-empty ``out``.
@@ -86,13 +88,14 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
         the summary (also ``out/summary.json``); with ``out``, ``summary["files"]`` lists the files.
 
     Raises:
-        ConfigError: an unknown split or ensemble, checkpoints that disagree on their preparation, a val
-            split of checkpoints validated on different patients, or a data set normalised unlike the
-            checkpoints'.
+        ConfigError: an unknown split, ensemble or post-processing rule, checkpoints that disagree on
+            their preparation, a val split of checkpoints validated on different patients, or a data set
+            normalised unlike the checkpoints'.
         DataError: an unreadable checkpoint or data set, labels the data set lacks, or ``out`` not empty.
     """
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+    check_rule(postprocess)
     out = Path(out) if out is not None else None
     if out is not None:
         check_output_folder(out, force)
@@ -105,7 +108,8 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
     indices, patients = split_indices(data, predictor.data_infos, split)
     inputs = prepared_inputs(predictor, data, indices)
     shapes = [extent(data, i) for i in indices]
-    predictions = [masks_from_scores(score, postprocess) for score in predictor.score_maps(inputs, shapes)]
+    stacks, positions = stack_keys(data, indices)
+    predictions = postprocess_scores(list(predictor.score_maps(inputs, shapes)), postprocess, stacks, positions)
     rows = case_rows(data, indices, predictions, predictor.labels, channels)
     summary = summarise(rows, predictor.labels)
     summary.update(
@@ -197,11 +201,8 @@ def slice_levels(data: PreparedDataset, indices: Sequence[int], channel: int) ->
         channel: the mask channel whose reference areas orient the stack (samples without it count
             only by their position).
     """
-    stacks: dict[tuple[str, str], list[int]] = {}
-    for index in indices:
-        stacks.setdefault((data.rows[index]["patient"], data.rows[index]["phase"]), []).append(index)
     levels = dict.fromkeys(indices, "unknown")
-    for members in stacks.values():
+    for members in phase_stacks(data, indices).values():
         positions = stack_positions(data, members)
         if positions is None:
             continue
@@ -221,6 +222,28 @@ def slice_levels(data: PreparedDataset, indices: Sequence[int], channel: int) ->
         for index, position in positions.items():
             levels[index] = level_of[position]
     return levels
+
+
+def phase_stacks(data: PreparedDataset, indices: Sequence[int]) -> dict[tuple[str, str], list[int]]:
+    """The samples of ``indices`` grouped by (patient, phase), in sample order."""
+    stacks: dict[tuple[str, str], list[int]] = {}
+    for index in indices:
+        stacks.setdefault((data.rows[index]["patient"], data.rows[index]["phase"]), []).append(index)
+    return stacks
+
+
+def stack_keys(data: PreparedDataset, indices: Sequence[int]) -> tuple[list, list]:
+    """For the ``stack`` post-processing: each sample's stack at one instant, (patient, phase), and its
+    position along it (:func:`stack_positions`); None for both where the phase is not ED or ES (the
+    samples of an unknown phase may be several instants) or the stack has no positions."""
+    stack_of: dict[int, tuple[str, str]] = {}
+    position_of: dict[int, float] = {}
+    for key, members in phase_stacks(data, indices).items():
+        positions = stack_positions(data, members) if key[1] in ("ED", "ES") else None
+        if positions is not None:
+            stack_of.update(dict.fromkeys(members, key))
+            position_of.update(positions)
+    return [stack_of.get(i) for i in indices], [position_of.get(i) for i in indices]
 
 
 def stack_positions(data: PreparedDataset, members: Sequence[int]) -> dict[int, float] | None:

@@ -27,9 +27,11 @@ data set was made with (``prepare`` in the checkpoint's data info). For one raw 
    the grid convention of the resize in step 1, so the two are inverse maps) and thresholded at 0.5
    there: the mean's score map, or each model's own for a vote. Masks are therefore at the
    resolution of the original image, not the model's.
-5. **Post-processing** (``postprocess``): each label keeps its largest 8-connected region with its
+5. **Post-processing** (:mod:`rvseg.postprocess`): each label keeps one 8-connected region with its
    holes filled, the region a single closed contour describes (RVSC contours are one closed polygon
-   per structure). Predicted masks, written contours and areas then agree with each other.
+   per structure), so predicted masks, written contours and areas agree with each other.
+   :meth:`Predictor.predict` keeps each image's largest region; ``rvseg predict`` and ``rvseg
+   evaluate`` by default choose the region through the slices of each stack (``stack``).
 """
 
 from __future__ import annotations
@@ -41,13 +43,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import binary_fill_holes
 from torch import nn
 
-from rvseg.data.contours import largest_component
 from rvseg.data.outlines import fill_contour_map
 from rvseg.data.prepare import normalise_image, resize_sample
 from rvseg.errors import ConfigError, DataError
+from rvseg.postprocess import postprocess_scores
 from rvseg.train.checkpoint import find_checkpoint, model_from_checkpoint
 from rvseg.train.loop import decision_threshold
 from rvseg.train.runtime import resolve_device
@@ -200,14 +201,15 @@ class Predictor:
 
         Args:
             images: raw float (H_i, W_i) images (intensities as read, not normalised).
-            postprocess: keep each label's largest region, holes filled (module docstring, step 5).
+            postprocess: keep each label's largest region, holes filled (module docstring, step 5); the
+                images are taken one by one (``rvseg predict`` and ``rvseg evaluate`` also know their stacks).
 
         Returns:
             bool (L, H_i, W_i) masks, one per image, channels in the order of ``labels``.
         """
         inputs = [self.preprocess(image) for image in images]
-        return [masks_from_scores(score, postprocess)
-                for score in self.score_maps(inputs, [image.shape for image in images])]
+        return postprocess_scores(list(self.score_maps(inputs, [image.shape for image in images])),
+                                  "largest" if postprocess else "none")
 
 
 def check_same_preprocessing(files: Sequence[Path], infos: Sequence[dict]) -> None:
@@ -282,19 +284,6 @@ def to_original_geometry(scores: np.ndarray, shape: tuple[int, int]) -> np.ndarr
     tensor = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)).reshape(1, -1, *scores.shape[-2:])
     resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
     return resized.reshape(*scores.shape[:-2], *size).numpy()
-
-
-def masks_from_scores(scores: np.ndarray, postprocess: bool = True) -> np.ndarray:
-    """Bool (L, H, W) masks of float (L, H, W) filled scores, optionally post-processed per label."""
-    masks = scores > 0.5
-    if postprocess:
-        masks = np.stack([single_region(mask) for mask in masks])
-    return masks
-
-
-def single_region(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected region of a bool (H, W) mask, holes filled (empty stays empty)."""
-    return binary_fill_holes(largest_component(mask))
 
 
 def _option(prepare: dict, key: str):

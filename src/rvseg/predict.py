@@ -40,14 +40,16 @@ folder inside the source folder is not read.
   values (:func:`~rvseg.data.dicom.plane_positions`); a prepared data set has only the latter.
 - ``skipped.csv`` (``path, reason``) and ``summary.json``.
 
-Masks are post-processed as :mod:`rvseg.inference` describes (largest region, holes filled), so a
-written contour, filled again, gives back the mask.
+Masks are post-processed by :mod:`rvseg.postprocess` (``postprocess``): by default ``stack``, one
+region per label chosen through the slices of each stack at one instant (:func:`stack_instants`),
+else ``largest`` per image or ``none``; holes filled. With any rule but ``none`` a written contour,
+filled again, gives back the mask.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,16 +60,17 @@ from skimage.io import imsave
 from rvseg import __version__
 from rvseg.data.contours import mask_to_contour, write_contour_file
 from rvseg.data.dataset import load_dataset
-from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, plane_positions, read_dicom
+from rvseg.data.dicom import LOCATION_DECIMALS, DicomImage, dicom_stacks, is_dicom, plane_positions, read_dicom
 from rvseg.data.folders import unique_folders
 from rvseg.data.pngpairs import read_gray
 from rvseg.data.rvsc import looks_like_rvsc, patient_folders, patient_id
 from rvseg.data.sample import ReadReport
 from rvseg.errors import DataError
-from rvseg.inference import Predictor, extent, masks_from_scores, to_original_geometry
+from rvseg.inference import Predictor, extent, to_original_geometry
 from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, write_csv, write_json
+from rvseg.postprocess import check_rule, postprocess_scores
 from rvseg.report.figures import overlay_image
-from rvseg.volumes import SliceArea, area_mm2, assign_phases, stack_volumes
+from rvseg.volumes import SliceArea, area_mm2, assign_phases, cycle_order, stack_volumes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Contour file kind of the RVSC labels (``PNN-FFFF-icontour-auto.txt``).
@@ -97,6 +100,8 @@ class InputImage:
         trigger_time: ms after the R wave, or None.
         frame: frame or instance number (orders frames without trigger times), or None.
         phase: ``ED`` / ``ES`` when the source says so, else "".
+        slice_number: the slice's number in its stack when the source gives one (a prepared data set's
+            ``slice``), or None: orders slices without a location for the ``stack`` post-processing.
     """
 
     id: str
@@ -111,6 +116,7 @@ class InputImage:
     trigger_time: float | None = None
     frame: int | None = None
     phase: str = ""
+    slice_number: float | None = None
 
 
 @dataclass
@@ -123,7 +129,8 @@ class Source:
 
 
 def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path, *, ensemble: str = "mean",
-            tta: bool = False, batch_size: int = 16, device: str = "cpu", force: bool = False) -> dict:
+            tta: bool = False, postprocess: str = "stack", batch_size: int = 16, device: str = "cpu",
+            force: bool = False) -> dict:
     """Segment every image of ``src`` and write the output folder (module docstring).
 
     Args:
@@ -132,6 +139,7 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
         out: the output folder.
         ensemble: ``mean`` or ``vote`` (see :mod:`rvseg.inference`).
         tta: flip test-time augmentation.
+        postprocess: ``stack``, ``largest`` or ``none`` (:mod:`rvseg.postprocess`; module docstring).
         batch_size: images per forward pass.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         force: replace an existing non-empty ``out``.
@@ -147,11 +155,12 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
     """
     out = Path(out)
     check_output_folder(out, force)
+    check_rule(postprocess)
     predictor = Predictor.from_checkpoints(checkpoints, ensemble=ensemble, tta=tta, batch_size=batch_size,
                                            device=device)
     source = read_source(Path(src), exclude=out)
     with atomic_folder(out) as tmp:
-        records = segment_and_write(predictor, source.images, tmp)
+        records = segment_and_write(predictor, source.images, tmp, postprocess)
         volumes, notes = write_volumes(tmp / "volumes.csv", source.images, records, predictor.labels)
         write_csv(tmp / "predictions.csv", records)
         write_csv(tmp / "skipped.csv", source.skipped, fieldnames=("path", "reason"))
@@ -160,7 +169,7 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
             "n_skipped": len(source.skipped), "skipped": source.skipped, "labels": predictor.labels,
             "checkpoints": [str(path) for path in predictor.checkpoints],
             "checkpoint_checksums": [checksum(path) for path in predictor.checkpoints],
-            "ensemble": ensemble, "tta": tta, "model_prepare": predictor.prepare,
+            "ensemble": ensemble, "tta": tta, "postprocess": postprocess, "model_prepare": predictor.prepare,
             "volumes": {item["stack"]: item for item in volumes}, "notes": notes, "rvseg_version": __version__,
             "files": {name: str(out / name) for name in ("masks", "overlays", "contours", "predictions.csv",
                                                           "volumes.csv", "skipped.csv", "summary.json")
@@ -305,26 +314,74 @@ def prepared_images(root: Path) -> list[InputImage]:
             pixels=data.images[index, 0, :height, :width], shape=shape, stack=row["patient"], spacing_mm=spacing,
             slice_location=float(row["slice_location"]) if row.get("slice_location") else None,
             frame=int(row["frame"]) if row.get("frame") else None,
-            phase=row["phase"] if row["phase"] in ("ED", "ES") else ""))
+            phase=row["phase"] if row["phase"] in ("ED", "ES") else "",
+            slice_number=float(row["slice"]) if row.get("slice") else None))
     return images
 
 
 # ---------------------------------------------------------------- segmenting and writing
 
 
-def segment_and_write(predictor: Predictor, images: Sequence[InputImage], folder: Path) -> list[dict]:
-    """Segment the images batch by batch, write their masks, overlays and contours; one record each."""
+def segment_and_write(predictor: Predictor, images: Sequence[InputImage], folder: Path,
+                      postprocess: str = "stack") -> list[dict]:
+    """Segment the images, write their masks, overlays and contours; one record each, in image order.
+
+    Under the ``stack`` post-processing the images of one stack at one instant (:func:`stack_instants`)
+    are segmented together; the others go ``batch_size`` at a time.
+    """
     for name in ("masks", "overlays", "contours"):
         (folder / name).mkdir()
-    records = []
-    for start in range(0, len(images), predictor.batch_size):
-        chunk = images[start:start + predictor.batch_size]
+    instants, positions = stack_instants(images) if postprocess == "stack" else ([None] * len(images),) * 2
+    records: list[dict] = [{}] * len(images)
+    for unit in segmenting_units(instants, predictor.batch_size):
+        chunk = [images[i] for i in unit]
         inputs = [predictor.to_model_input(image.pixels) if image.prepared else predictor.preprocess(image.pixels)
                   for image in chunk]
-        for image, scores in zip(chunk, predictor.score_maps(inputs, [image.shape for image in chunk]), strict=True):
-            masks = masks_from_scores(scores, postprocess=True)
-            records.append(write_image_outputs(folder, image, masks, predictor.labels))
+        scores = list(predictor.score_maps(inputs, [image.shape for image in chunk]))
+        masks = postprocess_scores(scores, postprocess, [instants[i] for i in unit], [positions[i] for i in unit])
+        for i, image_masks in zip(unit, masks, strict=True):
+            records[i] = write_image_outputs(folder, images[i], image_masks, predictor.labels)
     return records
+
+
+def stack_instants(images: Sequence[InputImage]) -> tuple[list, list]:
+    """Each image's stack at one instant, and its position along that stack, or None for both.
+
+    The position is :func:`slice_position`, else the slice number. The instant is the phase where the
+    source gives ED / ES, else the frame's index in its slice's cycle order
+    (:func:`~rvseg.volumes.cycle_order`) when every slice of the stack has the same number of frames
+    (the k-th frames of a cine's slices are one instant, as the ES rule of :mod:`rvseg.volumes` assumes).
+    """
+    positions = [position if (position := slice_position(image)) is not None else image.slice_number
+                 for image in images]
+    slices: dict[str, dict[float, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for index, (image, position) in enumerate(zip(images, positions, strict=True)):
+        if position is not None:
+            slices[image.stack][round(position, LOCATION_DECIMALS)].append(index)
+    instants: list = [None] * len(images)
+    for stack, members in slices.items():
+        for frames in members.values():
+            given = [images[i].phase for i in frames]
+            if all(phase in ("ED", "ES") for phase in given):
+                for i, phase in zip(frames, given, strict=True):
+                    instants[i] = (stack, phase)
+            elif len({len(f) for f in members.values()}) == 1:
+                for rank, i in enumerate(sorted(frames, key=lambda i: cycle_order(images[i]))):
+                    instants[i] = (stack, rank)
+    return instants, [position if instant is not None else None
+                      for position, instant in zip(positions, instants, strict=True)]
+
+
+def segmenting_units(instants: Sequence, batch_size: int) -> list[list[int]]:
+    """Indices of the images segmented together: those of one stack instant, then the rest in batches."""
+    groups: dict = {}
+    loose = []
+    for index, instant in enumerate(instants):
+        if instant is None:
+            loose.append(index)
+        else:
+            groups.setdefault(instant, []).append(index)
+    return [*groups.values(), *(loose[start:start + batch_size] for start in range(0, len(loose), batch_size))]
 
 
 def write_image_outputs(folder: Path, image: InputImage, masks: np.ndarray, labels: Sequence[str]) -> dict:

@@ -235,11 +235,13 @@ def _frames_by_slice(members: Sequence[SliceArea]) -> dict[float, list[SliceArea
     slices: dict[float, list[SliceArea]] = defaultdict(list)
     for area in members:
         slices[area.slice_key].append(area)
-
-    def cycle_order(area: SliceArea) -> tuple:
-        return (area.trigger_time is None, area.trigger_time or 0.0, area.frame is None, area.frame or 0, area.id)
-
     return {key: sorted(frames, key=cycle_order) for key, frames in sorted(slices.items())}
+
+
+def cycle_order(image) -> tuple:
+    """Sort key of the frames of one slice in cycle order: trigger time, then frame number, missing ones
+    last, then id (``image``: anything with ``trigger_time``, ``frame`` and ``id``, e.g. a SliceArea)."""
+    return (image.trigger_time is None, image.trigger_time or 0.0, image.frame is None, image.frame or 0, image.id)
 
 
 def _keyed(volumes: Mapping[str, Mapping] | Sequence[Mapping]) -> dict[str, Mapping]:
