@@ -27,10 +27,9 @@ from rvseg.data.dataset import load_dataset
 from rvseg.evaluate import slice_levels, stack_keys
 from rvseg.inference import Predictor, prepared_inputs
 from rvseg.metrics import dice_per_image
-from rvseg.postprocess import postprocess_scores
+from rvseg.postprocess import EIGHT_CONNECTED, postprocess_scores
 from rvseg.train.checkpoint import find_checkpoint, load_checkpoint
 
-EIGHT_CONNECTED = np.ones((3, 3), bool)
 GROUPS = ("ED", "ES", "base", "mid", "apex")
 
 

@@ -288,8 +288,8 @@ def test_gpu_summary_computes_the_targets(tmp_path):
     for fold, dice in enumerate((0.86, 0.90)):
         run = keep / "accuracy" / f"rvsc-endo-fold{fold}"
         write_run(run, [dice], [2.0], {"seconds": 2.0, "best_val_dice": {"endo": dice - 0.005}})
-        (run / "eval-raw").mkdir()
-        (run / "eval-raw" / "summary.json").write_text(json.dumps({"labels": {"endo": {"overall": {"metrics": {
+        (run / "eval-stack").mkdir()
+        (run / "eval-stack" / "summary.json").write_text(json.dumps({"labels": {"endo": {"overall": {"metrics": {
             "dice": {"mean": dice}, "hd": {"mean": 6.0 + fold}, "hd95": {"mean": 4.0}}},
             "by_slice_level": {"apex": {"metrics": {"dice": {"mean": dice - 0.2}}}}}}}))
     (keep / "sweeps" / "losses").mkdir(parents=True)
@@ -309,7 +309,7 @@ def test_gpu_summary_computes_the_targets(tmp_path):
                                             "accuracy-rvsc-endo-fold0": {"epoch": 1, "seconds": 2.0},
                                             "accuracy-rvsc-endo-fold1": {"epoch": 1, "seconds": 2.0}}
     assert targets["cross_validation"] == {"accuracy-rvsc-endo": {
-        "folds": 2, "raw": {"endo": {"dice": pytest.approx(0.88), "hd": 6.5, "hd95": 4.0,
+        "folds": 2, "stack": {"endo": {"dice": pytest.approx(0.88), "hd": 6.5, "hd95": 4.0,
                                      "dice_apex": pytest.approx(0.68)}},
         "training": {"best_val_dice": {"endo": pytest.approx(0.875)},
                      "final_val_dice": {"endo": pytest.approx(0.88)}}}}

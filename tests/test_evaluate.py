@@ -196,6 +196,27 @@ def test_per_case_metrics_match_the_model_run_directly(cli_evaluation, rvsc, run
         assert written["empty"] == expected["empty"]
 
 
+def test_the_stack_rule_gets_each_patient_and_phase_as_a_stack(run, rvsc, monkeypatch):
+    """Wiring: the scores of every val sample reach the post-processing with its (patient, phase) and slice
+    number (the shared RVSC set has no slice locations), and ``--postprocess largest`` passes its rule on."""
+    calls = []
+
+    def spy(scores, rule, stacks, positions):
+        calls.append((rule, stacks, positions))
+        return postprocess_scores(scores, rule, stacks, positions)
+
+    monkeypatch.setattr(evaluate_module, "postprocess_scores", spy)
+    data = load_dataset(rvsc)
+    indices = data.indices_of_patients(VAL_PATIENTS)
+    evaluate(run, rvsc, split="val", device="cpu")
+    evaluate(run, rvsc, split="val", device="cpu", postprocess="largest")
+    assert [rule for rule, _, _ in calls] == ["stack", "largest"]
+    rule, stacks, positions = calls[0]
+    assert stacks == [(data.rows[i]["patient"], data.rows[i]["phase"]) for i in indices]
+    assert positions == [float(data.rows[i]["slice"]) for i in indices]
+    assert {phase for _, phase in stacks} == {"ED", "ES"}
+
+
 def test_distances_and_areas_in_mm_with_spacing(run, tmp_path):
     write_phantom(tmp_path / "phantom", patients=1, slices=2, frames=3, seed=2)
     prepare(tmp_path / "phantom", tmp_path / "prepared", PrepareOptions(size=(64, 56)))
@@ -346,3 +367,12 @@ def test_an_unknown_option_or_a_stray_word_is_still_refused(argv, tmp_path, monk
     with pytest.raises(SystemExit) as exit_:
         parse_arguments(argv)
     assert exit_.value.code == 2 and f"unrecognized arguments: {argv[-1]}" in capsys.readouterr().err
+
+
+def test_no_postprocess_is_postprocess_none_and_contradicting_it_is_refused(run, rvsc, tmp_path, capsys):
+    base = ["evaluate", str(run), str(rvsc), "--device", "cpu", "--json"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--no-postprocess", "--postprocess", "none"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["postprocess"] == "none"
+    assert main([*base, "--out", str(tmp_path / "b"), "--no-postprocess", "--postprocess", "stack"]) == 2
+    assert "--no-postprocess contradicts --postprocess stack" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rvseg.errors import ConfigError
-from rvseg.postprocess import postprocess_scores, single_region, stack_regions
+from rvseg.postprocess import postprocess_scores, single_region, stack_positions, stack_regions
 
 
 def box(shape, top, left, height, width, value=1.0) -> np.ndarray:
@@ -30,9 +30,44 @@ def test_the_stack_rule_follows_the_rv_to_the_apex_where_largest_takes_the_wrong
     assert np.array_equal(largest[2][0], APEX_FALSE > 0.5)
     for kept, score in zip(stacked[:2], scores[:2], strict=True):  # a single region is kept as it is
         assert np.array_equal(kept, score > 0.5)
-    # the order along the stack comes from the positions, not from the list
-    shuffled = postprocess_scores(scores[::-1], "stack", stacks=["P1-ED"] * 3, positions=[20.0, 10.0, 0.0])
-    assert np.array_equal(shuffled[0][0], APEX_TRUE > 0.5)
+    # the order along the stack comes from the positions, not from the list: here mid, apex, base
+    shuffled = postprocess_scores([scores[1], scores[2], scores[0]], "stack", stacks=["P1-ED"] * 3,
+                                  positions=[10.0, 20.0, 0.0])
+    assert np.array_equal(shuffled[1][0], APEX_TRUE > 0.5)
+    # Where the order matters: the mid slice lies below the base; on the apex, region A touches the
+    # base and region B the mid slice. Walked in position order (base, mid, apex) the apex follows the
+    # mid slice to B; in list order (base, apex, mid) it would follow the base to A.
+    mid = box(SHAPE, 20, 5, 10, 10, 0.8)
+    region_a, region_b = box(SHAPE, 5, 20, 4, 5, 0.9), box(SHAPE, 31, 5, 5, 6, 0.9)
+    kept = postprocess_scores([BASE[None], (region_a + region_b)[None], mid[None]], "stack", stacks=["s"] * 3,
+                              positions=[0.0, 20.0, 10.0])
+    assert np.array_equal(kept[1][0], region_b > 0.5)
+
+
+def test_each_label_is_walked_on_its_own():
+    scores = [np.stack([BASE, BASE]), np.stack([MID, MID]), np.stack([APEX_TRUE + APEX_FALSE, APEX_FALSE])]
+    masks = postprocess_scores(scores, "stack", stacks=["s"] * 3, positions=[0.0, 1.0, 2.0])
+    assert np.array_equal(masks[2][0], APEX_TRUE > 0.5)
+    assert np.array_equal(masks[2][1], APEX_FALSE > 0.5)  # label 2 has no continuation: its largest
+    scores[2] = np.stack([APEX_FALSE, APEX_TRUE + APEX_FALSE])
+    masks = postprocess_scores(scores, "stack", stacks=["s"] * 3, positions=[0.0, 1.0, 2.0])
+    assert np.array_equal(masks[2][0], APEX_FALSE > 0.5) and np.array_equal(masks[2][1], APEX_TRUE > 0.5)
+
+
+def test_the_anchor_is_chosen_by_summed_score_not_by_size_and_ties_go_to_the_middle():
+    # Slice 0: a large faint region F0 (150 px x 0.55 = 82.5) and a small sure one X0; slice 1: a sure
+    # region S (100 px x 1.0 = 100) over X0 and a faint F1 over F0. Anchored at S (the most probable), the
+    # walk keeps X0 on slice 0; anchored at the largest region, F0, it would keep F0 and F1.
+    f0, x0 = box(SHAPE, 2, 2, 10, 15, 0.55), box(SHAPE, 27, 27, 5, 6, 0.9)
+    sure, f1 = box(SHAPE, 25, 25, 10, 10, 1.0), box(SHAPE, 2, 2, 10, 12, 0.55)
+    scores = np.stack([f0 + x0, sure + f1])
+    kept = stack_regions(scores > 0.5, scores)
+    assert np.array_equal(kept[1], sure > 0.5) and np.array_equal(kept[0], x0 > 0.5)
+    # equal masses: the anchor is the slice nearest the middle, whatever the stack's direction
+    ends, middle = box(SHAPE, 25, 25, 10, 10, 1.0), box(SHAPE, 2, 2, 10, 10, 1.0)
+    both = ends + middle
+    for order in (np.stack([ends, both, ends]), np.stack([ends, both, ends])[::-1]):
+        assert np.array_equal(stack_regions(order > 0.5, order)[1], middle > 0.5)
 
 
 def test_the_anchor_is_the_most_probable_region_and_the_walk_goes_both_ways():
@@ -93,6 +128,17 @@ def test_images_without_a_stack_fall_back_to_the_largest_region():
     resized = [scores[0], scores[1], np.pad(scores[2], ((0, 0), (0, 1), (0, 0)))]
     masks = postprocess_scores(resized, "stack", stacks=["s"] * 3, positions=[0.0, 1.0, 2.0])
     assert np.array_equal(masks[2][0, :40], single_region(APEX_TRUE + APEX_FALSE > 0.5))
+
+
+def test_positions_are_in_one_unit_per_stack():
+    stacks = ["a", "a", "a", "b", "b", "c", None]
+    locations = ["-30.004", None, "-10", "5", "6", "nan", "1"]
+    numbers = [1, 2, "3", None, "x", 4, 1]
+    # a: one location missing, so slice numbers for all; b: locations; c: a non-finite location, and
+    # its number; an image without a stack has no position
+    assert stack_positions(stacks, locations, numbers) == [1, 2, 3, 5, 6, 4, None]
+    assert stack_positions(["a", "a"], [-30.004, -20.0], [None, None]) == [-30.0, -20.0]
+    assert stack_positions(["a", "a"], [None, 1.0], [None, 2]) == [None, None]
 
 
 def test_an_unknown_rule_is_refused():

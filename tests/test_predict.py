@@ -24,7 +24,7 @@ from rvseg.errors import ConfigError, DataError
 from rvseg.inference import Predictor, combine
 from rvseg.metrics import segmentation_metrics
 from rvseg.postprocess import postprocess_scores
-from rvseg.predict import InputImage, predict, read_source, stack_instants, unique_ids, write_volumes
+from rvseg.predict import InputImage, predict, read_source, segmenting_units, stack_instants, unique_ids, write_volumes
 from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig
 from rvseg.train.loop import train
@@ -456,25 +456,37 @@ def test_predict_library_errors(checkpoint, tmp_path):
 
 
 def test_stack_instants_from_given_phases_cine_frames_or_none():
-    def image(stack, location=None, trigger=None, frame=None, phase="", number=None, image_id=None):
-        return InputImage(id=image_id or f"{stack}-{location}-{trigger}-{frame}-{phase}-{number}", source="",
+    def image(stack, location=None, trigger=None, frame=None, phase="", number=None, prepared=False):
+        return InputImage(id=f"{stack}-{location}-{trigger}-{frame}-{phase}-{number}", source="",
                           pixels=np.zeros((2, 2), np.float32), shape=(2, 2), stack=stack, slice_location=location,
-                          trigger_time=trigger, frame=frame, phase=phase, slice_number=number)
+                          trigger_time=trigger, frame=frame, phase=phase, slice_number=number, prepared=prepared)
 
-    # a prepared data set: phases given, slice numbers without locations
-    prepared = [image("P1", phase=phase, number=n) for n in (3, 1, 2) for phase in ("ED", "ES")]
+    # a prepared data set: phases as given, positions in one unit per instant (numbers: a location is missing)
+    prepared = [image("P1", phase=phase, number=n, prepared=True) for n in (3, 1, 2) for phase in ("ED", "ES")]
+    prepared[0].slice_location = -30.0
     instants, positions = stack_instants(prepared)
     assert instants == [("P1", phase) for _ in range(3) for phase in ("ED", "ES")]
     assert positions == [3, 3, 1, 1, 2, 2]
+    # ... and its images of no known phase are not grouped: they may be any instants
+    unlabelled = [image("P2", number=n, frame=f, prepared=True) for n, f in ((1, 0), (2, 7), (3, 13))]
+    assert stack_instants(unlabelled) == ([None] * 3, [None] * 3)
     # a cine: the k-th frame of every slice in trigger-time order is one instant, whatever the file order
     cine = [image("S", location=z, trigger=t, frame=f) for z in (0.0, 8.0) for f, t in ((1, 30.0), (2, 0.0), (3, 60.0))]
     instants, positions = stack_instants(cine)
     assert instants == [("S", 1), ("S", 0), ("S", 2)] * 2 and positions == [0.0] * 3 + [8.0] * 3
-    # slices with different frame counts, images without a position, another stack beside a cine
-    uneven = cine[:5]
-    assert stack_instants(uneven) == ([None] * 5, [None] * 5)
-    loose = [image("L", image_id="a"), image("L", image_id="b")]
+    # slices with different frame counts, a single slice location, images without a position
+    assert stack_instants(cine[:5]) == ([None] * 5, [None] * 5)
+    assert stack_instants(cine[:3]) == ([None] * 3, [None] * 3)
+    loose = [image("L"), image("L", frame=2)]
     assert stack_instants(loose + cine)[0] == [None, None] + [("S", 1), ("S", 0), ("S", 2)] * 2
+
+
+def test_segmenting_units_keep_instants_whole_in_batches():
+    instants = [("s", 0), None, ("s", 1), ("s", 0), None, ("s", 1), ("t", 0), None, ("t", 0)]
+    units = segmenting_units(instants, batch_size=3)
+    assert units == [[0, 3, 2, 5], [6, 8, 1], [4, 7]]
+    assert segmenting_units([None] * 5, batch_size=2) == [[0, 1], [2, 3], [4]]
+    assert segmenting_units([("s", k) for k in range(20)], batch_size=16) == [list(range(16)), list(range(16, 20))]
 
 
 @pytest.mark.parametrize("rule", ["stack", "largest", "none"])

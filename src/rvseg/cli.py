@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from rvseg import __version__
-from rvseg.errors import RvsegError
+from rvseg.errors import ConfigError, RvsegError
 from rvseg.train.config import add_train_arguments
 
 EXIT_USER_ERROR = 2
@@ -118,8 +118,8 @@ def cmd_evaluate(args) -> int:
     from rvseg.evaluate import evaluate
 
     summary = evaluate(args.checkpoints, args.dataset, split=args.split, out=args.out, ensemble=args.ensemble,
-                       tta=args.tta, postprocess="none" if args.no_postprocess else args.postprocess,
-                       batch_size=args.batch_size, device=args.device, force=args.force)
+                       tta=args.tta, batch_size=args.batch_size, device=args.device, force=args.force,
+                       **postprocess_option(args))
     if args.json:
         print_json(summary)
         return 0
@@ -150,7 +150,7 @@ def cmd_predict(args) -> int:
     from rvseg.predict import predict
 
     summary = predict(args.checkpoints, args.src, args.out, ensemble=args.ensemble, tta=args.tta,
-                      postprocess=args.postprocess, batch_size=args.batch_size, device=args.device, force=args.force)
+                      batch_size=args.batch_size, device=args.device, force=args.force, **postprocess_option(args))
     for skipped in summary["skipped"]:
         print(f"rvseg: skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
     if args.json:
@@ -242,11 +242,21 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true", help="record bad files in the summary and go on")
 
 
+def postprocess_option(args) -> dict:
+    """``--postprocess`` as a keyword argument (none given: the library's default, ``stack``);
+    evaluate's ``--no-postprocess`` is ``--postprocess none``."""
+    if getattr(args, "no_postprocess", False):
+        if args.postprocess not in (None, "none"):
+            raise ConfigError(f"--no-postprocess contradicts --postprocess {args.postprocess}")
+        return {"postprocess": "none"}
+    return {} if args.postprocess is None else {"postprocess": args.postprocess}
+
+
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ensemble", default="mean", help="several checkpoints: mean (average probability) | "
                                                            "vote (majority)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    parser.add_argument("--postprocess", default="stack",
+    parser.add_argument("--postprocess",
                         help="one region per label: stack (chosen through each stack of slices at one instant; "
                              "default) | largest (per image) | none (raw masks)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")

@@ -52,7 +52,7 @@ from rvseg.errors import ConfigError, DataError
 from rvseg.inference import Predictor, extent, prepared_inputs
 from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, write_csv, write_json
 from rvseg.metrics import METRIC_FIELDS, segmentation_metrics, summarize
-from rvseg.postprocess import check_rule, postprocess_scores
+from rvseg.postprocess import check_rule, postprocess_scores, stack_positions
 from rvseg.report.figures import ExamplePanel, draw_dice_histogram, draw_examples
 
 SPLITS = ("val", "test", "all")
@@ -202,13 +202,15 @@ def slice_levels(data: PreparedDataset, indices: Sequence[int], channel: int) ->
             only by their position).
     """
     levels = dict.fromkeys(indices, "unknown")
-    for members in phase_stacks(data, indices).values():
-        positions = stack_positions(data, members)
-        if positions is None:
-            continue
-        ordered = sorted(set(positions.values()))
+    stacks, positions = phase_positions(data, indices)
+    members: dict[tuple[str, str], dict[int, float]] = {}
+    for index, stack, position in zip(indices, stacks, positions, strict=True):
+        if position is not None:
+            members.setdefault(stack, {})[index] = position
+    for position_of in members.values():
+        ordered = sorted(set(position_of.values()))
         area = {position: 0 for position in ordered}
-        for index, position in positions.items():
+        for index, position in position_of.items():
             if data.present[index, channel]:
                 area[position] += int(data.masks[index, channel].sum())
         third = max(len(ordered) // 3, 1)
@@ -219,49 +221,29 @@ def slice_levels(data: PreparedDataset, indices: Sequence[int], channel: int) ->
             ordered.reverse()
         level_of = {position: ("base", "apex")[rank] if len(ordered) == 2 else LEVELS[3 * rank // len(ordered)]
                     for rank, position in enumerate(ordered)}
-        for index, position in positions.items():
+        for index, position in position_of.items():
             levels[index] = level_of[position]
     return levels
 
 
-def phase_stacks(data: PreparedDataset, indices: Sequence[int]) -> dict[tuple[str, str], list[int]]:
-    """The samples of ``indices`` grouped by (patient, phase), in sample order."""
-    stacks: dict[tuple[str, str], list[int]] = {}
-    for index in indices:
-        stacks.setdefault((data.rows[index]["patient"], data.rows[index]["phase"]), []).append(index)
-    return stacks
+def phase_positions(data: PreparedDataset, indices: Sequence[int]) -> tuple[list, list]:
+    """Each sample's (patient, phase) and its position in that stack (:func:`rvseg.postprocess.stack_positions`:
+    slice locations, else slice numbers, in one unit per stack; None where neither is known for the whole stack)."""
+    rows = [data.rows[index] for index in indices]
+    stacks = [(row["patient"], row["phase"]) for row in rows]
+    return stacks, stack_positions(stacks, [row.get("slice_location") for row in rows],
+                                   [row.get("slice") for row in rows])
 
 
 def stack_keys(data: PreparedDataset, indices: Sequence[int]) -> tuple[list, list]:
     """For the ``stack`` post-processing: each sample's stack at one instant, (patient, phase), and its
-    position along it (:func:`stack_positions`); None for both where the phase is not ED or ES (the
+    position along it (:func:`phase_positions`); None for both where the phase is not ED or ES (the
     samples of an unknown phase may be several instants) or the stack has no positions."""
-    stack_of: dict[int, tuple[str, str]] = {}
-    position_of: dict[int, float] = {}
-    for key, members in phase_stacks(data, indices).items():
-        positions = stack_positions(data, members) if key[1] in ("ED", "ES") else None
-        if positions is not None:
-            stack_of.update(dict.fromkeys(members, key))
-            position_of.update(positions)
-    return [stack_of.get(i) for i in indices], [position_of.get(i) for i in indices]
-
-
-def stack_positions(data: PreparedDataset, members: Sequence[int]) -> dict[int, float] | None:
-    """Each member's position along the stack, in one unit for the whole stack: slice locations (to
-    0.01 mm) when every member has one, else slice numbers when every member has one, else None."""
-    for key in ("slice_location", "slice"):
-        positions = {index: _finite(data.rows[index].get(key)) for index in members}
-        if all(position is not None for position in positions.values()):
-            return {index: round(position, 2) for index, position in positions.items()}
-    return None
-
-
-def _finite(text: str | None) -> float | None:
-    try:
-        value = float(text or "")
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
+    stacks, positions = phase_positions(data, indices)
+    known = [stack[1] in ("ED", "ES") and position is not None for stack, position in zip(stacks, positions,
+                                                                                          strict=True)]
+    return ([stack if ok else None for stack, ok in zip(stacks, known, strict=True)],
+            [position if ok else None for position, ok in zip(positions, known, strict=True)])
 
 
 def summarise(rows: Sequence[dict], labels: Sequence[str]) -> dict:

@@ -11,25 +11,29 @@ RVSC contours are one closed polygon per structure, so every rule but ``none`` l
   together, because the RV is one connected body through them. Per label:
 
   1. the *anchor* is the slice whose most probable region (largest summed score) is the most probable
-     of the stack; it keeps that region;
+     of the stack (of equals, the one nearest the middle of the stack); it keeps that region;
   2. walking from the anchor towards each end of the stack, a slice keeps, among its regions that
      touch the kept region of the slice walked before it (grown by :data:`STACK_TOLERANCE_PX` pixels,
      so the RV may shift between slices), the one that overlaps it most. A slice with no touching
      region keeps its largest region, as under ``largest``; an empty slice keeps nothing and passes
      the previous region on.
 
-  Images whose stack cannot be formed (no stack, phase or slice position known, a stack of one image,
-  or images of different sizes in one stack) fall back to ``largest``.
+  Images at the same position in one stack are walked as neighbours. Images whose stack cannot be
+  formed (no stack, phase or slice position known, a stack of one image, or images of different sizes
+  in one stack) fall back to ``largest``. Positions along a stack are in one unit for the whole stack
+  (:func:`stack_positions`).
 
 Why ``stack``: towards the apex the RV shrinks to a few dozen pixels and the errors of a model are
 bright fat or the LV cavity taken for it, often a larger region than the true one, so ``largest``
 keeps the wrong region. Its neighbour towards the base tells the two apart. On 15 CPU models of the
 real RVSC set (``benchmarks/compare_postprocessing.py``, ``results/rvsc.md``) ``stack`` raised the
-mean validation endo Dice over ``largest`` by 0.009 (apical third +0.03), lower on one model (-0.005).
+mean validation endo Dice over ``largest`` by 0.008 (apical third +0.026); it was lower on one model
+(-0.005).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 
 import numpy as np
@@ -63,17 +67,54 @@ def postprocess_scores(scores: Sequence[np.ndarray], rule: str = "largest",
     masks = [np.asarray(score) > 0.5 for score in scores]
     if rule == "none":
         return masks
-    result = [np.stack([single_region(mask) for mask in image]) for image in masks]
-    if rule == "largest" or stacks is None or positions is None:
-        return result
-    for members in _stack_members(masks, stacks, positions):
-        ordered = sorted(members, key=lambda i: positions[i])
-        for label in range(masks[ordered[0]].shape[0]):
-            kept = stack_regions(np.stack([masks[i][label] for i in ordered]),
-                                 np.stack([scores[i][label] for i in ordered]))
-            for i, mask in zip(ordered, kept, strict=True):
-                result[i][label] = mask
-    return result
+    result: list[np.ndarray | None] = [None] * len(masks)
+    if rule == "stack" and stacks is not None and positions is not None:
+        for members in _stack_members(masks, stacks, positions):
+            ordered = sorted(members, key=lambda i: positions[i])
+            kept = [stack_regions(np.stack([masks[i][label] for i in ordered]),
+                                  np.stack([scores[i][label] for i in ordered]))
+                    for label in range(masks[ordered[0]].shape[0])]
+            for k, i in enumerate(ordered):
+                result[i] = np.stack([label_masks[k] for label_masks in kept])
+    return [kept if kept is not None else np.stack([single_region(mask) for mask in image])
+            for kept, image in zip(result, masks, strict=True)]
+
+
+def stack_positions(stacks: Sequence[Hashable | None], locations: Sequence, numbers: Sequence) -> list[float | None]:
+    """Each image's position along its stack, in one unit for the whole stack.
+
+    Args:
+        stacks: each image's stack key, or None (no position).
+        locations: each image's slice location in mm, or None; text is parsed, and text that is not a
+            finite number counts as missing.
+        numbers: each image's slice number, or None (text as for ``locations``).
+
+    Returns:
+        per image: the slice location rounded to 0.01 mm when every image of its stack has one, else the
+        slice number when every image of its stack has one, else None.
+    """
+    members: dict[Hashable, list[int]] = {}
+    for index, stack in enumerate(stacks):
+        if stack is not None:
+            members.setdefault(stack, []).append(index)
+    positions: list[float | None] = [None] * len(stacks)
+    for indices in members.values():
+        for values in (locations, numbers):
+            parsed = [finite(values[i]) for i in indices]
+            if all(value is not None for value in parsed):
+                for i, value in zip(indices, parsed, strict=True):
+                    positions[i] = round(value, 2)
+                break
+    return positions
+
+
+def finite(value) -> float | None:
+    """``value`` (a number or text) as a finite float, or None."""
+    try:
+        number = float(value if value is not None else "")
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def check_rule(rule: str) -> None:
@@ -97,10 +138,11 @@ def stack_regions(masks: np.ndarray, scores: np.ndarray, tolerance: int = STACK_
     kept = np.zeros_like(masks, dtype=bool)
     masses = [ndimage.sum(score, regions, range(1, regions.max() + 1)) for score, regions in
               zip(scores, labelled, strict=True)]
-    candidates = [(float(m.max()), s) for s, m in enumerate(masses) if len(m)]
+    middle = (len(masks) - 1) / 2
+    candidates = [(float(m.max()), -abs(s - middle), s) for s, m in enumerate(masses) if len(m)]
     if not candidates:
         return kept
-    anchor = max(candidates)[1]
+    anchor = max(candidates)[2]
     kept[anchor] = labelled[anchor] == 1 + int(np.argmax(masses[anchor]))
     for step in (1, -1):
         guide = kept[anchor]
@@ -124,7 +166,9 @@ def _continuation(regions: np.ndarray, guide: np.ndarray, tolerance: int) -> np.
     overlap = np.bincount(regions[grown], minlength=regions.max() + 1)
     overlap[0] = 0
     if overlap.max() == 0:
-        return largest_component(regions > 0)
+        sizes = np.bincount(regions.ravel())
+        sizes[0] = 0
+        return regions == int(np.argmax(sizes))
     return regions == int(np.argmax(overlap))
 
 

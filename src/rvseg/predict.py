@@ -68,7 +68,7 @@ from rvseg.data.sample import ReadReport
 from rvseg.errors import DataError
 from rvseg.inference import Predictor, extent, to_original_geometry
 from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, write_csv, write_json
-from rvseg.postprocess import check_rule, postprocess_scores
+from rvseg.postprocess import check_rule, finite, postprocess_scores, stack_positions
 from rvseg.report.figures import overlay_image
 from rvseg.volumes import SliceArea, area_mm2, assign_phases, cycle_order, stack_volumes
 
@@ -315,7 +315,7 @@ def prepared_images(root: Path) -> list[InputImage]:
             slice_location=float(row["slice_location"]) if row.get("slice_location") else None,
             frame=int(row["frame"]) if row.get("frame") else None,
             phase=row["phase"] if row["phase"] in ("ED", "ES") else "",
-            slice_number=float(row["slice"]) if row.get("slice") else None))
+            slice_number=finite(row.get("slice"))))
     return images
 
 
@@ -327,12 +327,12 @@ def segment_and_write(predictor: Predictor, images: Sequence[InputImage], folder
     """Segment the images, write their masks, overlays and contours; one record each, in image order.
 
     Under the ``stack`` post-processing the images of one stack at one instant (:func:`stack_instants`)
-    are segmented together; the others go ``batch_size`` at a time.
+    are segmented in one unit (:func:`segmenting_units`).
     """
     for name in ("masks", "overlays", "contours"):
         (folder / name).mkdir()
     instants, positions = stack_instants(images) if postprocess == "stack" else ([None] * len(images),) * 2
-    records: list[dict] = [{}] * len(images)
+    records: list[dict | None] = [None] * len(images)
     for unit in segmenting_units(instants, predictor.batch_size):
         chunk = [images[i] for i in unit]
         inputs = [predictor.to_model_input(image.pixels) if image.prepared else predictor.preprocess(image.pixels)
@@ -347,41 +347,53 @@ def segment_and_write(predictor: Predictor, images: Sequence[InputImage], folder
 def stack_instants(images: Sequence[InputImage]) -> tuple[list, list]:
     """Each image's stack at one instant, and its position along that stack, or None for both.
 
-    The position is :func:`slice_position`, else the slice number. The instant is the phase where the
-    source gives ED / ES, else the frame's index in its slice's cycle order
-    (:func:`~rvseg.volumes.cycle_order`) when every slice of the stack has the same number of frames
-    (the k-th frames of a cine's slices are one instant, as the ES rule of :mod:`rvseg.volumes` assumes).
+    - A prepared data set's images: the instant is the phase (ED or ES) the data set gives; other
+      phases are not grouped (one patient's unlabelled images may be any instants).
+    - Other images (a cine read from DICOM): the instant is the frame's index in its slice's cycle order
+      (:func:`~rvseg.volumes.cycle_order`) when the stack has two or more slice positions
+      (:func:`slice_position`) and the same number of frames at each: the k-th frames of a cine's
+      slices are one instant, as the ES rule of :mod:`rvseg.volumes` assumes.
+
+    Positions are :func:`slice_position`, else the slice number, in one unit per instant
+    (:func:`rvseg.postprocess.stack_positions`).
     """
-    positions = [position if (position := slice_position(image)) is not None else image.slice_number
-                 for image in images]
-    slices: dict[str, dict[float, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for index, (image, position) in enumerate(zip(images, positions, strict=True)):
-        if position is not None:
-            slices[image.stack][round(position, LOCATION_DECIMALS)].append(index)
     instants: list = [None] * len(images)
-    for stack, members in slices.items():
-        for frames in members.values():
-            given = [images[i].phase for i in frames]
-            if all(phase in ("ED", "ES") for phase in given):
-                for i, phase in zip(frames, given, strict=True):
-                    instants[i] = (stack, phase)
-            elif len({len(f) for f in members.values()}) == 1:
-                for rank, i in enumerate(sorted(frames, key=lambda i: cycle_order(images[i]))):
-                    instants[i] = (stack, rank)
-    return instants, [position if instant is not None else None
-                      for position, instant in zip(positions, instants, strict=True)]
+    slices: dict[str, dict[float, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for index, image in enumerate(images):
+        if image.prepared:
+            if image.phase in ("ED", "ES"):
+                instants[index] = (image.stack, image.phase)
+        elif (position := slice_position(image)) is not None:
+            slices[image.stack][round(position, LOCATION_DECIMALS)].append(index)
+    for stack, frames_at in slices.items():
+        if len(frames_at) > 1 and len({len(frames) for frames in frames_at.values()}) == 1:
+            for frames in frames_at.values():
+                for rank, index in enumerate(sorted(frames, key=lambda i: cycle_order(images[i]))):
+                    instants[index] = (stack, rank)
+    positions = stack_positions(instants, [slice_position(image) for image in images],
+                                [image.slice_number for image in images])
+    instants = [instant if position is not None else None for instant, position in zip(instants, positions,
+                                                                                        strict=True)]
+    return instants, positions
 
 
 def segmenting_units(instants: Sequence, batch_size: int) -> list[list[int]]:
-    """Indices of the images segmented together: those of one stack instant, then the rest in batches."""
+    """Indices of the images segmented together, about ``batch_size`` at a time: the images of one stack
+    instant always in the same unit (the ``stack`` rule needs them together), then the others."""
     groups: dict = {}
     loose = []
     for index, instant in enumerate(instants):
         if instant is None:
-            loose.append(index)
+            loose.append([index])
         else:
             groups.setdefault(instant, []).append(index)
-    return [*groups.values(), *(loose[start:start + batch_size] for start in range(0, len(loose), batch_size))]
+    units, unit = [], []
+    for members in [*groups.values(), *loose]:
+        unit += members
+        if len(unit) >= batch_size:
+            units.append(unit)
+            unit = []
+    return [*units, unit] if unit else units
 
 
 def write_image_outputs(folder: Path, image: InputImage, masks: np.ndarray, labels: Sequence[str]) -> dict:
