@@ -326,6 +326,15 @@ def test_yaml_config_and_flags(tmp_path):
         load_config(path)
 
 
+@pytest.mark.parametrize("name", ["rvsc-endo", "rvsc-epi", "rvsc-joint"])
+def test_the_committed_recipes_load_and_differ_only_in_their_target(name):
+    config = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    endo = load_config(Path(__file__).parents[1] / "configs" / "rvsc-endo.yaml")
+    assert config.target == {"rvsc-endo": ["endo"], "rvsc-epi": ["epi"], "rvsc-joint": ["endo", "epi"]}[name]
+    assert {**config.to_dict(), "target": None} == {**endo.to_dict(), "target": None}
+    assert (config.width, config.epochs, config.loss, config.ema) == (64, 350, "switching", 0.99)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--batch-size", "0"], "--batch-size must be at least 1, not 0"),
     (["--epochs", "0"], "--epochs must be at least 1, not 0"),
