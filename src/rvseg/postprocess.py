@@ -76,8 +76,8 @@ def postprocess_scores(scores: Sequence[np.ndarray], rule: str = "largest",
                     for label in range(masks[ordered[0]].shape[0])]
             for k, i in enumerate(ordered):
                 result[i] = np.stack([label_masks[k] for label_masks in kept])
-    return [kept if kept is not None else np.stack([single_region(mask) for mask in image])
-            for kept, image in zip(result, masks, strict=True)]
+    return [stacked if stacked is not None else np.stack([single_region(mask) for mask in image])
+            for stacked, image in zip(result, masks, strict=True)]
 
 
 def stack_positions(stacks: Sequence[Hashable | None], locations: Sequence, numbers: Sequence) -> list[float | None]:
