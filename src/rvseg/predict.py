@@ -60,7 +60,7 @@ from skimage.io import imsave
 from rvseg import __version__
 from rvseg.data.contours import mask_to_contour, write_contour_file
 from rvseg.data.dataset import load_dataset
-from rvseg.data.dicom import LOCATION_DECIMALS, DicomImage, dicom_stacks, is_dicom, plane_positions, read_dicom
+from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, plane_positions, read_dicom
 from rvseg.data.folders import unique_folders
 from rvseg.data.pngpairs import read_gray
 from rvseg.data.rvsc import looks_like_rvsc, patient_folders, patient_id
@@ -70,7 +70,7 @@ from rvseg.inference import Predictor, extent, to_original_geometry
 from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, write_csv, write_json
 from rvseg.postprocess import check_rule, finite, postprocess_scores, stack_positions
 from rvseg.report.figures import overlay_image
-from rvseg.volumes import SliceArea, area_mm2, assign_phases, cycle_order, stack_volumes
+from rvseg.volumes import SliceArea, area_mm2, assign_phases, frames_by_slice, stack_volumes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Contour file kind of the RVSC labels (``PNN-FFFF-icontour-auto.txt``).
@@ -350,26 +350,27 @@ def stack_instants(images: Sequence[InputImage]) -> tuple[list, list]:
     - A prepared data set's images: the instant is the phase (ED or ES) the data set gives; other
       phases are not grouped (one patient's unlabelled images may be any instants).
     - Other images (a cine read from DICOM): the instant is the frame's index in its slice's cycle order
-      (:func:`~rvseg.volumes.cycle_order`) when the stack has two or more slice positions
+      (:func:`~rvseg.volumes.frames_by_slice`) when the stack has two or more slice positions
       (:func:`slice_position`) and the same number of frames at each: the k-th frames of a cine's
       slices are one instant, as the ES rule of :mod:`rvseg.volumes` assumes.
 
     Positions are :func:`slice_position`, else the slice number, in one unit per instant
     (:func:`rvseg.postprocess.stack_positions`).
     """
-    instants: list = [None] * len(images)
-    slices: dict[str, dict[float, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for index, image in enumerate(images):
+    instant_of: dict[str, tuple] = {}  # by image id, unique within a source (ids name the output files)
+    cines: dict[str, list[InputImage]] = defaultdict(list)
+    for image in images:
         if image.prepared:
             if image.phase in ("ED", "ES"):
-                instants[index] = (image.stack, image.phase)
-        elif (position := slice_position(image)) is not None:
-            slices[image.stack][round(position, LOCATION_DECIMALS)].append(index)
-    for stack, frames_at in slices.items():
-        if len(frames_at) > 1 and len({len(frames) for frames in frames_at.values()}) == 1:
-            for frames in frames_at.values():
-                for rank, index in enumerate(sorted(frames, key=lambda i: cycle_order(images[i]))):
-                    instants[index] = (stack, rank)
+                instant_of[image.id] = (image.stack, image.phase)
+        elif slice_position(image) is not None:
+            cines[image.stack].append(image)
+    for stack, members in cines.items():
+        slices = list(frames_by_slice(members, slice_position).values())
+        if len(slices) > 1 and len({len(frames) for frames in slices}) == 1:
+            for frames in slices:
+                instant_of.update({image.id: (stack, rank) for rank, image in enumerate(frames)})
+    instants = [instant_of.get(image.id) for image in images]
     positions = stack_positions(instants, [slice_position(image) for image in images],
                                 [image.slice_number for image in images])
     instants = [instant if position is not None else None for instant, position in zip(instants, positions,

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from operator import attrgetter
 
 import numpy as np
 
@@ -140,7 +141,7 @@ def assign_phases(areas: Sequence[SliceArea]) -> tuple[list[SliceArea], dict[str
         if any(area.phase in ("ED", "ES") for area in members):
             rules[stack] = "given"
             continue
-        slices = list(_frames_by_slice(members).values())
+        slices = list(frames_by_slice(members).values())
         for frames in slices:
             phases[stack, frames[0].id] = "ED"
         n_frames = {len(frames) for frames in slices}
@@ -230,11 +231,15 @@ def volume_errors(pred_volumes: Mapping[str, Mapping] | Sequence[Mapping],
     return {"patients": patients, "max_relative_error": maxima, "missing": sorted(set(reference) - set(pred))}
 
 
-def _frames_by_slice(members: Sequence[SliceArea]) -> dict[float, list[SliceArea]]:
-    """slice key -> its images in cycle order (trigger time, then frame number; missing ones last)."""
-    slices: dict[float, list[SliceArea]] = defaultdict(list)
-    for area in members:
-        slices[area.slice_key].append(area)
+def frames_by_slice(members: Sequence, position: Callable = attrgetter("slice_location")) -> dict[float, list]:
+    """slice location (rounded as :attr:`SliceArea.slice_key`) -> its images in :func:`cycle_order`.
+
+    ``members``: SliceAreas, or anything :func:`cycle_order` sorts, with ``position(member)`` its slice
+    location in mm (e.g. :class:`rvseg.predict.InputImage` with :func:`rvseg.predict.slice_position`).
+    """
+    slices: dict[float, list] = defaultdict(list)
+    for member in members:
+        slices[round(position(member), LOCATION_DECIMALS)].append(member)
     return {key: sorted(frames, key=cycle_order) for key, frames in sorted(slices.items())}
 
 
