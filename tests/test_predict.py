@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -16,6 +17,7 @@ from skimage.io import imread, imsave
 from torch import nn
 
 from rvseg.cli import main
+from rvseg.data.acdc import read_acdc
 from rvseg.data.dicom import read_dicom
 from rvseg.data.phantom import write_phantom
 from rvseg.data.prepare import PrepareOptions, prepare
@@ -24,7 +26,16 @@ from rvseg.errors import ConfigError, DataError
 from rvseg.inference import Predictor, combine
 from rvseg.metrics import segmentation_metrics
 from rvseg.postprocess import postprocess_scores
-from rvseg.predict import InputImage, predict, read_source, segmenting_units, stack_instants, unique_ids, write_volumes
+from rvseg.predict import (
+    InputImage,
+    VolumeMasks,
+    predict,
+    read_source,
+    segmenting_units,
+    stack_instants,
+    unique_ids,
+    write_volumes,
+)
 from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig
 from rvseg.train.loop import train
@@ -505,3 +516,138 @@ def test_each_rule_writes_the_masks_it_computes_for_each_image(checkpoint, phant
     for image, masks in zip(images, expected, strict=True):
         written = imread(tmp_path / "pred" / "masks" / f"{image.id}.png") > 0
         assert np.array_equal(written, masks[0]), image.id
+
+
+# ---------------------------------------------------------------- NIfTI and ACDC sources
+
+
+def phantom_cine(phantom: Path) -> tuple[np.ndarray, tuple[float, float]]:
+    """Patient P01's DICOMs as float32 (rows, cols, slices, frames), slice s frame f = P01-(s*frames+f).dcm."""
+    images = {path.stem: read_dicom(path) for path in (phantom / "patient01" / "P01dicom").glob("*.dcm")}
+    cine = np.stack([np.stack([images[f"P01-{s * PHANTOM_FRAMES + f:04d}"].pixels for f in range(PHANTOM_FRAMES)],
+                              axis=-1) for s in range(PHANTOM_SLICES)], axis=2)
+    return cine.astype(np.float32), images["P01-0000"].spacing_mm
+
+
+def save_nifti(path: Path, data: np.ndarray, spacing: tuple[float, float], slice_spacing: float = 7.0) -> None:
+    nib.save(nib.Nifti1Image(data, np.diag([spacing[0], spacing[1], slice_spacing, 1.0])), path)
+
+
+def png_mask(path: Path) -> np.ndarray:
+    return imread(path) > 0
+
+
+@pytest.fixture(scope="module")
+def dicom_prediction(checkpoint, phantom, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("dicom") / "pred"
+    return out, predict([checkpoint], phantom / "patient01", out)
+
+
+def test_a_nifti_cine_is_segmented_as_its_dicoms_are(checkpoint, phantom, dicom_prediction, tmp_path):
+    """The same pixels as a 4D NIfTI: the same masks slice by slice, put back into the volume's geometry
+    (axes, affine), and the same volumes."""
+    cine, spacing = phantom_cine(phantom)
+    save_nifti(tmp_path / "cine.nii.gz", cine, spacing)
+    summary = predict([checkpoint], tmp_path / "cine.nii.gz", tmp_path / "pred")
+    assert summary["source_kind"] == "nifti" and summary["n_images"] == PHANTOM_SLICES * PHANTOM_FRAMES
+    assert summary["mask_volumes"] == ["cine.nii.gz"]
+    saved = nib.load(tmp_path / "pred" / "masks" / "cine.nii.gz")
+    assert saved.get_data_dtype() == np.uint8 and np.allclose(saved.affine, np.diag([*spacing, 7.0, 1.0]))
+    volume = np.asarray(saved.dataobj)
+    assert volume.shape == cine.shape and set(np.unique(volume)) == {0, 1}
+    dicom_out, dicom_summary = dicom_prediction
+    for s in range(PHANTOM_SLICES):
+        for f in range(PHANTOM_FRAMES):
+            nifti_png = png_mask(tmp_path / "pred" / "masks" / f"cine-frame{f + 1:02d}-slice{s:02d}.png")
+            np.testing.assert_array_equal(volume[:, :, s, f] == 1, nifti_png)
+            dicom_png = png_mask(dicom_out / "masks" / f"P01-{s * PHANTOM_FRAMES + f:04d}.png")
+            np.testing.assert_array_equal(nifti_png, dicom_png)
+    (volumes,) = summary["volumes"].values()
+    expected = dicom_summary["volumes"]["P01"]
+    assert volumes["stack"] == "cine" and volumes["es_rule"] == "min-total-volume"
+    for key in ("slice_spacing_mm", "ed_volume_ml", "es_volume_ml", "ef_percent"):
+        assert volumes[key] == pytest.approx(expected[key], rel=1e-6)
+
+
+def write_acdc_patient(root: Path, cine: np.ndarray, spacing: tuple[float, float], frames: dict[int, int],
+                       info: str) -> Path:
+    """An ACDC patient folder: ``frames`` maps ACDC frame number -> index of the phantom frame it holds."""
+    folder = root / "patient101"
+    folder.mkdir(parents=True)
+    labels = np.zeros(cine.shape[:3], dtype=np.uint8)
+    labels[10:20, 10:20] = 1
+    for number, index in frames.items():
+        save_nifti(folder / f"patient101_frame{number:02d}.nii.gz", cine[..., index], spacing)
+        save_nifti(folder / f"patient101_frame{number:02d}_gt.nii.gz", labels, spacing)
+    save_nifti(folder / "patient101_4d.nii.gz", cine, spacing)
+    (folder / "Info.cfg").write_text(info)
+    return folder
+
+
+def test_an_acdc_patient_folder(checkpoint, phantom, dicom_prediction, tmp_path):
+    """The frame volumes (not the ground truths, nor the 4D cine), one stack, phases from Info.cfg;
+    ids those of the ACDC reader; masks as the DICOMs of the same frames give them."""
+    cine, spacing = phantom_cine(phantom)
+    folder = write_acdc_patient(tmp_path / "database" / "testing", cine, spacing, {1: 0, 3: 2}, "ED: 1\nES: 3\n")
+    summary = predict([checkpoint], tmp_path / "database", tmp_path / "pred")
+    assert summary["source_kind"] == "acdc" and summary["skipped"] == []
+    assert sorted(summary["mask_volumes"]) == ["patient101_frame01.nii.gz", "patient101_frame03.nii.gz"]
+    rows = read_csv(tmp_path / "pred" / "predictions.csv")
+    assert {row["id"] for row in rows} == {sample.id for sample in read_acdc(folder).samples}
+    assert {(row["id"][:18], row["phase"], row["stack"]) for row in rows} == {
+        ("patient101-frame01", "ED", "patient101"), ("patient101-frame03", "ES", "patient101")}
+    dicom_out, _ = dicom_prediction
+    for number, index in ((1, 0), (3, 2)):
+        volume = np.asarray(nib.load(tmp_path / "pred" / "masks" / f"patient101_frame{number:02d}.nii.gz").dataobj)
+        for s in range(PHANTOM_SLICES):
+            np.testing.assert_array_equal(volume[:, :, s] == 1,
+                                          png_mask(dicom_out / "masks" / f"P01-{s * PHANTOM_FRAMES + index:04d}.png"))
+    volumes = summary["volumes"]["patient101"]
+    areas = {phase: sum(float(row["area_mm2_endo"]) for row in rows if row["phase"] == phase) for phase in ("ED", "ES")}
+    assert volumes["es_rule"] == "given" and volumes["slice_spacing_mm"] == pytest.approx(7.0)
+    assert volumes["ed_volume_ml"] == pytest.approx(areas["ED"] * 7.0 / 1000, rel=1e-6)
+    assert volumes["es_volume_ml"] == pytest.approx(areas["ES"] * 7.0 / 1000, rel=1e-6)
+
+
+def test_nifti_files_in_a_folder_bad_ones_skipped(checkpoint, phantom, tmp_path, capsys):
+    cine, spacing = phantom_cine(phantom)
+    study = tmp_path / "study"
+    (study / "a").mkdir(parents=True)
+    (study / "b").mkdir()
+    save_nifti(study / "a" / "scan.nii.gz", cine[..., 0], spacing)
+    save_nifti(study / "b" / "scan.nii", cine[:, :, 0, 0], spacing)  # 2D: one slice
+    save_nifti(study / "a" / "scan_gt.nii.gz", (cine[..., 0] > 0).astype(np.uint8), spacing)
+    (study / "broken.nii.gz").write_bytes(b"not gzip at all")
+    out = tmp_path / "pred"
+    assert main(["predict", str(checkpoint), str(study), "--out", str(out), "--device", "cpu"]) == 1
+    stderr = capsys.readouterr().err
+    assert "broken.nii.gz: cannot be read as a NIfTI volume" in stderr and "scan_gt.nii.gz: a label volume" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["mask_volumes"]) == ["a_scan.nii.gz", "b_scan.nii.gz"]
+    assert np.asarray(nib.load(out / "masks" / "b_scan.nii.gz").dataobj).shape == cine.shape[:2]
+    assert {row["stack"] for row in read_csv(out / "predictions.csv")} == {"a_scan", "b_scan"}
+
+    assert main(["predict", str(checkpoint), str(study / "broken.nii.gz"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["predict", str(checkpoint), str(study / "a" / "scan_gt.nii.gz"), "--out", str(tmp_path / "y")]) == 2
+    stderr = capsys.readouterr().err
+    assert "broken.nii.gz: cannot be read" in stderr and "scan_gt.nii.gz: a label volume" in stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_volume_masks_of_several_labels_one_file_each(tmp_path):
+    volume = read_nifti_fixture(tmp_path, (6, 5, 2, 3))
+    masks = VolumeMasks({"cine": volume}, n_labels=2)
+    image = InputImage(id="x", source="", pixels=np.zeros((6, 5)), shape=(6, 5), volume="cine", volume_index=(1, 2))
+    masks.add(image, np.stack([np.eye(6, 5, dtype=bool), np.ones((6, 5), dtype=bool)]))
+    masks.add(InputImage(id="png", source="", pixels=np.zeros((6, 5)), shape=(6, 5)), np.ones((2, 6, 5), dtype=bool))
+    assert masks.write(tmp_path, ["endo", "epi"]) == ["cine-endo.nii.gz", "cine-epi.nii.gz"]
+    endo = np.asarray(nib.load(tmp_path / "cine-endo.nii.gz").dataobj)
+    epi = np.asarray(nib.load(tmp_path / "cine-epi.nii.gz").dataobj)
+    assert endo.sum() == 5 and endo[:, :, 1, 2].sum() == 5 and epi.sum() == 30 and epi[:, :, 1, 2].all()
+
+
+def read_nifti_fixture(folder: Path, shape: tuple[int, ...]):
+    from rvseg.data.nifti import read_nifti
+
+    nib.save(nib.Nifti1Image(np.zeros(shape, dtype=np.int16), np.eye(4)), folder / "volume.nii.gz")
+    return read_nifti(folder / "volume.nii.gz")

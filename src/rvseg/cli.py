@@ -313,10 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_evaluate)
 
-    p = commands.add_parser("predict", help="segment DICOM / PNG images, write masks, contours and RV volumes")
+    p = commands.add_parser("predict", help="segment DICOM / PNG / NIfTI images, write masks, contours and RV volumes")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files or run folders")
-    p.add_argument("src", metavar="SRC", help="a DICOM / PNG / JPEG file, a folder of them, an RVSC patient folder "
-                                              "or a prepared data set")
+    p.add_argument("src", metavar="SRC", help="a DICOM / PNG / JPEG / NIfTI file, a folder of them, an RVSC or ACDC "
+                                              "patient folder, or a prepared data set")
     p.add_argument("--out", required=True, metavar="PRED", help="output folder")
     add_inference_arguments(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -2,13 +2,20 @@
 
 **Sources** (``src``):
 
-- one DICOM file, or one PNG / JPEG image;
-- a folder (searched recursively, hidden files left out): every DICOM and PNG / JPEG in it, e.g. a
-  cine series or a whole study. DICOMs are grouped into stacks of parallel slices
+- one DICOM file, one PNG / JPEG image, or one NIfTI image (``.nii`` / ``.nii.gz``: 2D, a 3D stack
+  of short-axis slices, or a 4D cine of them over time), cut into slices as :mod:`rvseg.data.nifti`
+  describes (the orientation a model trained on an ACDC prepared set saw);
+- a folder (searched recursively, hidden files left out): every DICOM, PNG / JPEG and NIfTI image in
+  it, e.g. a cine series or a whole study. DICOMs are grouped into stacks of parallel slices
   (:func:`~rvseg.data.dicom.dicom_stacks`: a series, or the single-slice series of one study's
-  short-axis cine joined) and ordered by slice location, trigger time and instance number;
+  short-axis cine joined) and ordered by slice location, trigger time and instance number; each
+  NIfTI file is a stack of its own. NIfTI files named ``*_gt.nii[.gz]`` are label volumes, skipped;
 - an RVSC patient folder (``patientNN/PNNdicom/*.dcm``) or a folder holding them (up to three levels
   down, as in ``TestSet/Test1Set/patient17``): each patient is a stack;
+- an ACDC patient folder (``patientNNN/patientNNN_frameFF.nii.gz``) or a folder holding them (up to
+  three levels down, as in ``database/testing/patient101``): the frame volumes (the ED and ES frames
+  the challenge segments; not ``_gt`` label volumes, nor the ``_4d`` cine, which can be given as a
+  file of its own), each patient a stack, the phases from its ``Info.cfg``;
 - a prepared data set (a folder with ``dataset.json``): its (already normalised) images are used, and
   predictions are mapped to each sample's original size (``orig_height`` x ``orig_width``); the
   overlay then shows the prepared image resized to that size.
@@ -21,6 +28,11 @@ folder inside the source folder is not read.
 
 - ``masks/<id>.png``: the predicted mask, 0 / 255, at the original image's size; with several
   labels, one ``masks/<id>-<label>.png`` per label.
+- ``masks/<volume>.nii.gz`` (``<volume>-<label>.nii.gz`` with several labels) for each NIfTI image
+  read: its slices' masks, 0 / 1 uint8, put back into the image's geometry, with its affine and header
+  (:func:`~rvseg.data.nifti.save_like`). A slice's image id is ``<volume>-sliceZZ`` (a 4D cine:
+  ``<volume>-frameTT-sliceZZ``, TT counted from 1; an ACDC frame: ``patientNNN-frameFF-sliceZZ``, the
+  id of the same sample in an ACDC prepared set).
 - ``overlays/<id>.png``: the image with the boundary of each label's mask in colour (endo yellow,
   epi cyan).
 - ``contours/<id>-icontour-auto.txt`` (label ``endo``) and ``<id>-ocontour-auto.txt`` (``epi``):
@@ -51,17 +63,19 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from skimage.io import imsave
 
 from rvseg import __version__
+from rvseg.data import acdc
 from rvseg.data.contours import mask_to_contour, write_contour_file
 from rvseg.data.dataset import load_dataset
 from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, plane_positions, read_dicom
 from rvseg.data.folders import unique_folders
+from rvseg.data.nifti import NiftiVolume, is_nifti, nifti_stem, read_nifti, save_like, slice_locations
 from rvseg.data.pngpairs import read_gray
 from rvseg.data.rvsc import looks_like_rvsc, patient_folders, patient_id
 from rvseg.data.sample import ReadReport
@@ -78,6 +92,8 @@ CONTOUR_KIND = {"endo": "i", "epi": "o"}
 #: Labels of the RV cavity, whose area makes the RV volume: ``endo`` (RVSC i-contour), ``rv`` (ACDC).
 VOLUME_LABELS = ("endo", "rv")
 RVSC_FRAME_ID = re.compile(r"P\d+-(\d+)")
+#: NIfTI files of label volumes (ACDC's ``patientNNN_frameFF_gt.nii.gz``), which are not images to segment.
+GROUND_TRUTH_NAME = re.compile(r"_gt$", re.IGNORECASE)
 VOLUME_FIELDS = ("level", "stack", "id", "slice_location", "trigger_time", "frame", "phase", "area_mm2", "slices",
                  "slice_spacing_mm", "volume_ml", "ed_volume_ml", "es_volume_ml", "ef_percent", "es_rule")
 
@@ -102,6 +118,9 @@ class InputImage:
         phase: ``ED`` / ``ES`` when the source says so, else "".
         slice_number: the slice's number in its stack when the source gives one (a prepared data set's
             ``slice``), or None: orders slices without a location for the ``stack`` post-processing.
+        volume: the NIfTI volume it was cut from (a key of :attr:`Source.volumes`), or "".
+        volume_index: where in that volume: ``(z,)`` for ``data[:, :, z]``, ``(z, t)`` for
+            ``data[:, :, z, t]``.
     """
 
     id: str
@@ -117,15 +136,19 @@ class InputImage:
     frame: int | None = None
     phase: str = ""
     slice_number: float | None = None
+    volume: str = ""
+    volume_index: tuple[int, ...] = ()
 
 
 @dataclass
 class Source:
-    """What :func:`read_source` found: the kind of source, its images in order, and the skipped files."""
+    """What :func:`read_source` found: the kind of source, its images in order, the skipped files, and
+    the NIfTI volumes the images were cut from (by name, the stem of their mask files)."""
 
     kind: str
     images: list[InputImage]
     skipped: list[dict[str, str]]
+    volumes: dict[str, NiftiVolume] = field(default_factory=dict)
 
 
 def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path, *, ensemble: str = "mean",
@@ -135,7 +158,8 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
 
     Args:
         checkpoints: checkpoint files or run folders; several form an ensemble.
-        src: a DICOM or PNG/JPEG file, a folder of them, an RVSC patient folder or a prepared data set.
+        src: a DICOM, PNG/JPEG or NIfTI file, a folder of them, an RVSC or ACDC patient folder, or a
+            prepared data set.
         out: the output folder.
         ensemble: ``mean`` or ``vote`` (see :mod:`rvseg.inference`).
         tta: flip test-time augmentation.
@@ -160,7 +184,9 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
                                            device=device)
     source = read_source(Path(src), exclude=out)
     with atomic_folder(out) as tmp:
-        records = segment_and_write(predictor, source.images, tmp, postprocess)
+        volume_masks = VolumeMasks(source.volumes, len(predictor.labels))
+        records = segment_and_write(predictor, source.images, tmp, postprocess, volume_masks)
+        mask_volumes = volume_masks.write(tmp / "masks", predictor.labels)
         volumes, notes = write_volumes(tmp / "volumes.csv", source.images, records, predictor.labels)
         write_csv(tmp / "predictions.csv", records)
         write_csv(tmp / "skipped.csv", source.skipped, fieldnames=("path", "reason"))
@@ -170,7 +196,8 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
             "checkpoints": [str(path) for path in predictor.checkpoints],
             "checkpoint_checksums": [checksum(path) for path in predictor.checkpoints],
             "ensemble": ensemble, "tta": tta, "postprocess": postprocess, "model_prepare": predictor.prepare,
-            "volumes": {item["stack"]: item for item in volumes}, "notes": notes, "rvseg_version": __version__,
+            "volumes": {item["stack"]: item for item in volumes}, "mask_volumes": mask_volumes, "notes": notes,
+            "rvseg_version": __version__,
             "files": {name: str(out / name) for name in ("masks", "overlays", "contours", "predictions.csv",
                                                           "volumes.csv", "skipped.csv", "summary.json")
                       if (tmp / name).exists() or name == "summary.json"},
@@ -193,67 +220,80 @@ def read_source(src: Path, exclude: Path | None = None) -> Source:
     if not src.exists():
         raise DataError("no such file or folder", src)
     if src.is_file():
-        images, skipped = read_files([src], stack=safe_name(src.stem))
-        if skipped:
-            raise DataError(skipped[0]["reason"], src)
-        return Source("dicom" if is_dicom(src) else "image", images, [])
+        source = read_files([src], stack=safe_name(nifti_stem(src)), kind="file")
+        if source.skipped:
+            raise DataError(source.skipped[0]["reason"], src)
+        source.kind = "nifti" if is_nifti(src) else "dicom" if is_dicom(src) else "image"
+        return source
     if (src / "dataset.json").is_file():
         return Source("prepared", prepared_images(src), [])
     if looks_like_rvsc(src):
-        images, skipped = [], []
+        source = Source("rvsc", [], [])
         # A patient in two sets would give every output file two sources: refused, as the reader does.
         folders = unique_folders(patient_folders(src), patient_id, ReadReport("rvsc", ()), skip_bad=False)
         for folder in folders:
             patient = patient_id(folder)
-            found, bad = read_files(sorted((folder / f"{patient}dicom").glob("*")), stack=patient)
-            images += found
-            skipped += bad
-        kind = "rvsc"
+            found = read_files(sorted((folder / f"{patient}dicom").glob("*")), stack=patient, kind="rvsc")
+            source.images += found.images
+            source.skipped += found.skipped
+    elif acdc.looks_like_acdc(src):
+        source = acdc_source(src)
     else:
         excluded = None if exclude is None else exclude.resolve()
         files = sorted(path for path in src.rglob("*")
                        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(src).parts)
                        and not (excluded and path.resolve().is_relative_to(excluded)))
-        images, skipped = read_files(files, stack=src.name, root=src)
-        kind = "folder"
-    if not images:
-        raise DataError(f"holds no readable DICOM, PNG or JPEG image ({len(skipped)} other file(s))", src)
-    return Source(kind, images, skipped)
+        source = read_files(files, stack=src.name, root=src, kind="folder")
+    if not source.images:
+        raise DataError(f"holds no readable DICOM, PNG, JPEG or NIfTI image ({len(source.skipped)} other file(s))",
+                        src)
+    return source
 
 
-def read_files(files: Sequence[Path], stack: str, root: Path | None = None) -> tuple[list[InputImage], list[dict]]:
-    """Read image files; DICOMs are grouped by series and ordered, unreadable files listed as skipped.
+def read_files(files: Sequence[Path], stack: str, root: Path | None = None, kind: str = "folder") -> Source:
+    """Read image files; DICOMs are grouped by series and ordered, each NIfTI file is cut into its slices,
+    unreadable files are listed as skipped.
 
     Args:
         files: the candidate files.
-        stack: stack name of the images (a series UID, when a folder holds several series, is added).
+        stack: stack name of the DICOM and PNG/JPEG images (a series UID, when a folder holds several
+            series, is added); a NIfTI file is a stack named after its id.
         root: the folder searched, used to make duplicate file stems unique; None for a flat folder.
+        kind: :attr:`Source.kind` of the result.
     """
     ids = unique_ids(files, root)
     dicoms: list[DicomImage] = []
     others: list[InputImage] = []
-    skipped = []
+    source = Source(kind, [], [])
     for path in files:
         image = read_image_file(path, ids[path])
         if isinstance(image, str):
-            skipped.append({"path": str(path), "reason": image})
+            source.skipped.append({"path": str(path), "reason": image})
         elif isinstance(image, DicomImage):
             dicoms.append(image)
+        elif isinstance(image, NiftiVolume):
+            source.volumes[ids[path]] = image
+            others += nifti_inputs(image, ids[path], stack=ids[path])
         else:
             others.append(image)
     stacks = dicom_stacks(dicoms)
-    ordered = []
     for number, members in enumerate(stacks, start=1):
         name = stack if len(stacks) == 1 else f"{stack}-stack{number}"
         positions = plane_positions(members) or [None] * len(members)
-        ordered += [dicom_input(image, ids[image.path], name, position)
-                    for image, position in zip(members, positions, strict=True)]
-    return ordered + others, skipped
+        source.images += [dicom_input(image, ids[image.path], name, position)
+                          for image, position in zip(members, positions, strict=True)]
+    source.images += others
+    make_ids_unique(source.images)
+    return source
 
 
-def read_image_file(path: Path, image_id: str) -> InputImage | DicomImage | str:
-    """A DICOM (as :class:`DicomImage`) or PNG/JPEG image, or the reason it cannot be read."""
+def read_image_file(path: Path, image_id: str) -> InputImage | DicomImage | NiftiVolume | str:
+    """A DICOM (as :class:`DicomImage`), PNG/JPEG or NIfTI image, or the reason it is not read."""
     try:
+        if is_nifti(path):
+            if GROUND_TRUTH_NAME.search(nifti_stem(path)):
+                return "a label volume (its name ends in _gt), not an image to segment"
+            return read_nifti(path)
         if is_dicom(path):
             return read_dicom(path)
         if path.suffix.lower() in IMAGE_SUFFIXES:
@@ -261,7 +301,65 @@ def read_image_file(path: Path, image_id: str) -> InputImage | DicomImage | str:
             return InputImage(id=image_id, source=str(path), pixels=pixels, shape=pixels.shape)
     except DataError as error:
         return error.message
-    return "not a DICOM (no 'DICM' marker after the 128-byte preamble) or PNG/JPEG image"
+    return "not a DICOM (no 'DICM' marker after the 128-byte preamble), PNG/JPEG or NIfTI image"
+
+
+def acdc_source(root: Path) -> Source:
+    """The frame volumes of the ACDC patient folders in ``root`` (module docstring): each patient one
+    stack, its frames' phases from its ``Info.cfg``; unreadable volumes and ``Info.cfg`` files are
+    listed as skipped."""
+    report = ReadReport("acdc", acdc.LABELS)
+    source = Source("acdc", [], report.skipped)
+    folders = [folder for folder in acdc.patient_folders(root) if acdc.frame_files(folder)]
+    for folder in unique_folders(folders, lambda folder: folder.name, report, skip_bad=False):
+        phases = acdc.read_phases(folder / "Info.cfg", report, skip_bad=True)
+        for (frame, is_gt), path in sorted(acdc.frame_files(folder).items()):
+            if is_gt:
+                continue
+            try:
+                volume = read_nifti(path)
+            except DataError as error:
+                report.bad_file(path, error.message, skip_bad=True)
+                continue
+            name = safe_name(nifti_stem(path))
+            source.volumes[name] = volume
+            source.images += nifti_inputs(volume, name, stack=folder.name, prefix=f"{folder.name}-frame{frame:02d}",
+                                          frame=frame, phase=phases.get(frame, ""))
+    return source
+
+
+def nifti_inputs(volume: NiftiVolume, name: str, stack: str, *, prefix: str | None = None,
+                 frame: int | None = None, phase: str = "") -> list[InputImage]:
+    """The slices of a NIfTI volume as inputs (ids as in the module docstring; ``prefix`` defaults to
+    ``name``). ``frame`` and ``phase`` are those of a 3D volume; a 4D cine's frames are numbered from 1."""
+    prefix = prefix or name
+    locations = slice_locations(volume.affine, volume.data.shape[2])
+    cine = volume.data.ndim == 4
+    images = []
+    for t in range(volume.n_frames):
+        for z, location in enumerate(locations):
+            index = (z, t) if cine else (z,)
+            pixels = np.ascontiguousarray(volume.data[(slice(None), slice(None), *index)])
+            images.append(InputImage(
+                id=f"{prefix}-frame{t + 1:02d}-slice{z:02d}" if cine else f"{prefix}-slice{z:02d}",
+                source=str(volume.path), pixels=pixels, shape=pixels.shape, stack=stack,
+                spacing_mm=volume.spacing_mm, slice_location=location, position_mm=location,
+                frame=t + 1 if cine else frame, phase="" if cine else phase, slice_number=z,
+                volume=name, volume_index=index))
+    return images
+
+
+def make_ids_unique(images: Sequence[InputImage]) -> None:
+    """Give an image whose id an earlier image has (a NIfTI slice id equal to another file's stem) a
+    ``-2``, ``-3``... suffix, so that no output file overwrites another."""
+    taken: set[str] = set()
+    for image in images:
+        unique, count = image.id, 1
+        while unique in taken:
+            count += 1
+            unique = f"{image.id}-{count}"
+        taken.add(unique)
+        image.id = unique
 
 
 def dicom_input(image: DicomImage, image_id: str, stack: str, position_mm: float | None) -> InputImage:
@@ -278,13 +376,14 @@ def unique_ids(files: Sequence[Path], root: Path | None) -> dict[Path, str]:
     Names that still collide (``scan.png`` beside ``scan.dcm``) get ``-2``, ``-3``... in file order,
     so that no output overwrites another.
     """
-    stems = Counter(safe_name(path.stem) for path in files)
+    stems = Counter(safe_name(nifti_stem(path)) for path in files)
     ids: dict[Path, str] = {}
     taken: set[str] = set()
     for path in files:
-        name = safe_name(path.stem)
+        name = safe_name(nifti_stem(path))
         if stems[name] > 1 and root is not None:
-            name = safe_name("_".join(path.relative_to(root).with_suffix("").parts))
+            relative = path.relative_to(root)
+            name = safe_name("_".join((*relative.parts[:-1], nifti_stem(relative))))
         unique, count = name, 1
         while unique in taken:
             count += 1
@@ -323,11 +422,12 @@ def prepared_images(root: Path) -> list[InputImage]:
 
 
 def segment_and_write(predictor: Predictor, images: Sequence[InputImage], folder: Path,
-                      postprocess: str = "stack") -> list[dict]:
+                      postprocess: str = "stack", volume_masks: VolumeMasks | None = None) -> list[dict]:
     """Segment the images, write their masks, overlays and contours; one record each, in image order.
 
     Under the ``stack`` post-processing the images of one stack at one instant (:func:`stack_instants`)
-    are segmented in one unit (:func:`segmenting_units`).
+    are segmented in one unit (:func:`segmenting_units`). The masks of images cut from NIfTI volumes
+    are also handed to ``volume_masks``.
     """
     for name in ("masks", "overlays", "contours"):
         (folder / name).mkdir()
@@ -341,7 +441,39 @@ def segment_and_write(predictor: Predictor, images: Sequence[InputImage], folder
         masks = postprocess_scores(scores, postprocess, [instants[i] for i in unit], [positions[i] for i in unit])
         for i, image_masks in zip(unit, masks, strict=True):
             records[i] = write_image_outputs(folder, images[i], image_masks, predictor.labels)
+            if volume_masks is not None:
+                volume_masks.add(images[i], image_masks)
     return records
+
+
+class VolumeMasks:
+    """The masks of the images cut from NIfTI volumes, put back into their volumes' geometry.
+
+    Args:
+        volumes: the source's volumes by name (:attr:`Source.volumes`).
+        n_labels: L, the labels per mask.
+    """
+
+    def __init__(self, volumes: dict[str, NiftiVolume], n_labels: int):
+        self.volumes = volumes
+        # uint8 (L, I, J, K[, T]) per volume: a slice's (L, I, J) masks go to [:, :, :, *volume_index].
+        self.arrays = {name: np.zeros((n_labels, *volume.data.shape), dtype=np.uint8)
+                       for name, volume in volumes.items()}
+
+    def add(self, image: InputImage, masks: np.ndarray) -> None:
+        """Place an image's bool (L, H, W) masks, if it was cut from a volume."""
+        if image.volume:
+            self.arrays[image.volume][(slice(None),) * 3 + image.volume_index] = masks
+
+    def write(self, folder: Path, labels: Sequence[str]) -> list[str]:
+        """Save ``<volume>.nii.gz`` (``<volume>-<label>.nii.gz`` per label with several) in ``folder``;
+        returns the file names."""
+        names = []
+        for name, array in self.arrays.items():
+            for label, mask in zip(labels, array, strict=True):
+                names.append(f"{name}.nii.gz" if len(labels) == 1 else f"{name}-{label}.nii.gz")
+                save_like(self.volumes[name], mask, folder / names[-1])
+        return names
 
 
 def stack_instants(images: Sequence[InputImage]) -> tuple[list, list]:

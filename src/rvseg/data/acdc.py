@@ -28,10 +28,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from rvseg.data.folders import named_folders, unique_folders
+from rvseg.data.nifti import read_nifti, slice_locations
 from rvseg.data.sample import ReadReport, Sample
 from rvseg.errors import DataError
 
@@ -180,42 +180,18 @@ def read_frame(
     ]
 
 
-def slice_locations(affine: np.ndarray, count: int) -> list[float]:
-    """Position in mm of each of ``count`` slices ``data[:, :, z]`` along the normal of their plane.
-
-    Args:
-        affine: the (4, 4) voxel-to-world matrix of the volume.
-        count: K, the number of slices.
-    """
-    normal = np.cross(affine[:3, 0], affine[:3, 1])
-    normal /= np.linalg.norm(normal)
-    # Voxel (0, 0, z) lies at affine[:3, 3] + z * affine[:3, 2] in the world.
-    return [float(np.dot(affine[:3, 3] + z * affine[:3, 2], normal)) for z in range(count)]
-
-
 def load_volume(
     path: Path, report: ReadReport, skip_bad: bool
 ) -> tuple[np.ndarray, tuple[float, ...], np.ndarray] | None:
-    """A NIfTI volume as float32 (I, J, K), its voxel sizes in mm and its float (4, 4) affine.
-
-    None when the file is bad (and skipped).
-
-    Trailing axes of size 1 (e.g. a time axis) are dropped; a 2D image is one slice (K = 1) and then
-    has only two voxel sizes.
-    """
+    """A 3D NIfTI volume (:func:`~rvseg.data.nifti.read_nifti`) as float32 (I, J, K), its voxel sizes in
+    mm and its float (4, 4) affine; None when the file is bad (and skipped). A 2D image is one slice
+    (K = 1) and then has only two voxel sizes."""
     try:
-        volume = nib.load(path)
-        data = np.asarray(volume.get_fdata(dtype=np.float32))
-        zooms = tuple(float(size) for size in volume.header.get_zooms())
-        affine = np.asarray(volume.affine, dtype=np.float64)
-    except Exception as exc:  # noqa: BLE001 - nibabel and the gzip layer raise many kinds of errors
-        report.bad_file(path, f"cannot be read as a NIfTI volume ({exc.__class__.__name__}: {exc})", skip_bad)
+        volume = read_nifti(path)
+    except DataError as error:
+        report.bad_file(path, error.message, skip_bad)
         return None
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim == 2:
-        data = data[:, :, np.newaxis]
-    if data.ndim != 3:
-        report.bad_file(path, f"is not a 3D volume (shape {data.shape})", skip_bad)
+    if volume.data.ndim != 3:
+        report.bad_file(path, f"is not a 3D volume (shape {volume.data.shape})", skip_bad)
         return None
-    return data, zooms[:3], affine
+    return volume.data, volume.zooms[:3], volume.affine

@@ -1,0 +1,120 @@
+"""NIfTI volumes: read one (2D, 3D or 4D), cut it into short-axis slices, and save masks in its geometry.
+
+**Orientation** (the convention of :mod:`rvseg.data.acdc`, so that a model trained on an ACDC
+prepared set sees new volumes as it saw its training slices): a volume's voxel array has axes
+(i, j, k[, t]), k across the slices and t over the cardiac cycle. Slice ``z`` at frame ``t`` is
+``data[:, :, z, t]`` as stored, not rotated for display: rows run along i, columns along j, so its
+pixel spacing is ``(zooms[0], zooms[1])``. Where a slice lies is its plane's position along the plane
+normal in mm, from the affine (:func:`slice_locations`), not the slice thickness ``zooms[2]``.
+
+A mask saved with :func:`save_like` has the source's affine and header, so viewers overlay it on the
+image and ``data[:, :, z]`` of the mask is the mask of ``data[:, :, z]`` of the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from rvseg.errors import DataError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass
+class NiftiVolume:
+    """One NIfTI image as read.
+
+    Attributes:
+        path: the file.
+        data: float32 (I, J, K) or (I, J, K, T) intensities (scaling of the header applied); a 2D
+            image has K = 1. Trailing axes of size 1 beyond the third are dropped.
+        zooms: voxel sizes of the header, mm for the first three axes (the fourth, when present, is the
+            time between frames in the header's time unit).
+        affine: float64 (4, 4) voxel-to-world matrix.
+        image: the nibabel image, whose header :func:`save_like` copies.
+    """
+
+    path: Path
+    data: np.ndarray
+    zooms: tuple[float, ...]
+    affine: np.ndarray
+    image: nib.Nifti1Image | nib.Nifti2Image
+
+    @property
+    def spacing_mm(self) -> tuple[float, float]:
+        """(row, column) pixel spacing of a slice ``data[:, :, z]``, in mm."""
+        return self.zooms[0], self.zooms[1]
+
+    @property
+    def n_frames(self) -> int:
+        """T, the number of time frames (1 for a 3D volume)."""
+        return self.data.shape[3] if self.data.ndim == 4 else 1
+
+
+def is_nifti(path: Path) -> bool:
+    """Whether a file name ends in ``.nii`` or ``.nii.gz`` (case ignored)."""
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: Path) -> str:
+    """The file name without ``.nii`` or ``.nii.gz`` (``patient001_4d.nii.gz`` -> ``patient001_4d``)."""
+    name = path.name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def read_nifti(path: str | Path) -> NiftiVolume:
+    """Read a ``.nii`` / ``.nii.gz`` image of 2 to 4 dimensions (after dropping trailing axes of size 1).
+
+    Raises:
+        DataError: the file cannot be read as NIfTI, or has more than 4 dimensions of size > 1.
+    """
+    path = Path(path)
+    try:
+        image = nib.load(path)
+        data = np.asarray(image.get_fdata(dtype=np.float32))
+        zooms = tuple(float(size) for size in image.header.get_zooms())
+        affine = np.asarray(image.affine, dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - nibabel and the gzip layer raise many kinds of errors
+        raise DataError(f"cannot be read as a NIfTI volume ({exc.__class__.__name__}: {exc})", path) from exc
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[:, :, np.newaxis]
+    if data.ndim not in (3, 4):
+        raise DataError(f"is not a 2D, 3D or 4D image (shape {data.shape})", path)
+    return NiftiVolume(path=path, data=data, zooms=zooms, affine=affine, image=image)
+
+
+def slice_locations(affine: np.ndarray, count: int) -> list[float]:
+    """Position in mm of each of ``count`` slices ``data[:, :, z]`` along the normal of their plane.
+
+    Args:
+        affine: the (4, 4) voxel-to-world matrix of the volume.
+        count: K, the number of slices.
+    """
+    normal = np.cross(affine[:3, 0], affine[:3, 1])
+    normal /= np.linalg.norm(normal)
+    # Voxel (0, 0, z) lies at affine[:3, 3] + z * affine[:3, 2] in the world.
+    return [float(np.dot(affine[:3, 3] + z * affine[:3, 2], normal)) for z in range(count)]
+
+
+def save_like(reference: NiftiVolume, data: np.ndarray, path: str | Path) -> None:
+    """Save uint8 ``data`` (the shape of ``reference.data``) as NIfTI with the reference's affine and header.
+
+    The header's intensity scaling is reset, so the stored values are the values of ``data``.
+    """
+    if data.shape != reference.data.shape:
+        raise ValueError(f"data of shape {data.shape} for a volume of shape {reference.data.shape}")
+    header = reference.image.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0, float(data.max(initial=0))
+    saved = type(reference.image)(data.reshape(reference.image.shape).astype(np.uint8), reference.affine, header)
+    nib.save(saved, str(path))

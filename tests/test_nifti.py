@@ -1,0 +1,72 @@
+"""NIfTI volumes: reading 2D to 4D images, slice positions, and masks saved in the source's geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from rvseg.data.nifti import is_nifti, nifti_stem, read_nifti, save_like, slice_locations
+from rvseg.errors import DataError
+
+
+def save(path: Path, data: np.ndarray, affine: np.ndarray | None = None, slope: float | None = None) -> Path:
+    image = nib.Nifti1Image(data, np.diag([1.2, 1.3, 8.0, 1.0]) if affine is None else affine)
+    if slope is not None:
+        image.header.set_slope_inter(slope, 10.0)
+    nib.save(image, path)
+    return path
+
+
+def test_names():
+    names = ("a.nii", "b.NII.GZ", "c.nii.gz.bak", "d.gz")
+    assert [is_nifti(Path(name)) for name in names] == [True, True, False, False]
+    assert nifti_stem(Path("patient001_4d.nii.gz")) == "patient001_4d"
+    assert nifti_stem(Path("x.NII")) == "x" and nifti_stem(Path("y.png")) == "y"
+
+
+def test_shapes_spacing_and_scaling(tmp_path):
+    cine = read_nifti(save(tmp_path / "cine.nii.gz", np.arange(4 * 5 * 3 * 2, dtype=np.int16).reshape(4, 5, 3, 2)))
+    assert cine.data.shape == (4, 5, 3, 2) and cine.n_frames == 2 and cine.spacing_mm == pytest.approx((1.2, 1.3))
+    single = read_nifti(save(tmp_path / "one.nii", np.ones((4, 5), dtype=np.uint8)))
+    assert single.data.shape == (4, 5, 1) and single.n_frames == 1
+    trailing = read_nifti(save(tmp_path / "t.nii.gz", np.ones((4, 5, 3, 1), dtype=np.uint8)))
+    assert trailing.data.shape == (4, 5, 3)
+    scaled = read_nifti(save(tmp_path / "s.nii.gz", np.full((4, 5, 2), 3, dtype=np.int16), slope=2.0))
+    assert scaled.data.dtype == np.float32 and np.all(scaled.data == 16.0)  # 2 x 3 + 10
+
+
+def test_bad_files_are_one_clear_error(tmp_path):
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a volume")
+    with pytest.raises(DataError, match="cannot be read as a NIfTI volume") as error:
+        read_nifti(tmp_path / "broken.nii.gz")
+    assert "broken.nii.gz" in str(error.value)
+    with pytest.raises(DataError, match=r"not a 2D, 3D or 4D image \(shape \(4, 5, 3, 2, 2\)\)"):
+        read_nifti(save(tmp_path / "five.nii.gz", np.zeros((4, 5, 3, 2, 2), dtype=np.uint8)))
+
+
+def test_slice_locations_along_the_normal():
+    # Slices 8 mm apart along an oblique normal; the in-plane axes do not move a slice.
+    rotation = np.array([[0.0, 0.6, 0.8], [1.0, 0.0, 0.0], [0.0, 0.8, -0.6]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * [1.5, 1.5, 8.0]
+    affine[:3, 3] = [5.0, -2.0, 3.0]
+    locations = slice_locations(affine, 4)
+    # normal = column 0 x column 1 = (0.8, 0, -0.6), the slice axis: the origin sits at 5 x 0.8 - 3 x 0.6.
+    assert locations == pytest.approx([2.2, 10.2, 18.2, 26.2])
+
+
+def test_masks_keep_the_geometry_and_header_but_not_the_scaling(tmp_path):
+    affine = np.array([[0.0, 1.4, 0.0, 10.0], [1.4, 0.0, 0.0, -4.0], [0.0, 0.0, 9.0, 2.5], [0, 0, 0, 1]])
+    source = read_nifti(save(tmp_path / "image.nii.gz", np.ones((6, 7, 3, 1), dtype=np.int16), affine, slope=0.5))
+    mask = np.zeros(source.data.shape, dtype=np.uint8)
+    mask[1:3, 2:5, 1] = 1
+    save_like(source, mask, tmp_path / "mask.nii.gz")
+    saved = nib.load(tmp_path / "mask.nii.gz")
+    assert saved.shape == (6, 7, 3, 1) and saved.get_data_dtype() == np.uint8
+    assert np.allclose(saved.affine, affine) and saved.header.get_zooms()[:3] == source.image.header.get_zooms()[:3]
+    assert np.array_equal(np.asarray(saved.dataobj)[..., 0], mask)  # stored values, no slope
+    with pytest.raises(ValueError, match="shape"):
+        save_like(source, mask[:, :, :2], tmp_path / "wrong.nii.gz")
