@@ -12,6 +12,12 @@ per slice level (:func:`rvseg.evaluate.slice_levels`); with several runs, the me
   (:mod:`rvseg.postprocess`; ``--postprocess stack``, rvseg's default);
 - ``mass``: the region with the largest summed probability, holes filled;
 - ``share-0.5``: every region of at least half the largest one's size, holes filled.
+
+For the endocardium of a model that also segments the epicardium (``--target endo,epi``), two rules
+use the epicardium kept by ``stack`` (the RV cavity lies inside the RV epicardium):
+
+- ``in-epi``: the thresholded endo region overlapping that epicardium most (``stack``'s where none does);
+- ``clip-epi``: ``stack``'s endo region cut to that epicardium (unchanged where they do not overlap).
 """
 
 from __future__ import annotations
@@ -73,6 +79,25 @@ def rule_masks(scores: list[np.ndarray], stacks: list, positions: list) -> dict[
     return masks
 
 
+def inside(mask: np.ndarray, container: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """The region of ``mask`` overlapping ``container`` most, holes filled; ``fallback`` where none does."""
+    labelled, ids = regions(mask)
+    overlap = np.bincount(labelled[container], minlength=len(ids) + 1)[1:]
+    if not ids or overlap.max() == 0:
+        return fallback
+    return ndimage.binary_fill_holes(labelled == 1 + int(np.argmax(overlap)))
+
+
+def epi_rule_masks(endo: list[np.ndarray], epi: list[np.ndarray], stacks: list, positions: list,
+                   stack_endo: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """``in-epi`` and ``clip-epi`` (module docstring) from the endo and epi score maps (H, W)."""
+    kept_epi = [m[0] for m in postprocess_scores([s[None] for s in epi], "stack", stacks, positions)]
+    return {"in-epi": [inside(score > 0.5, container, kept)
+                       for score, container, kept in zip(endo, kept_epi, stack_endo, strict=True)],
+            "clip-epi": [kept & container if (kept & container).any() else kept
+                         for kept, container in zip(stack_endo, kept_epi, strict=True)]}
+
+
 def compare(run: str, data, label_name: str) -> dict[str, dict[str, float]]:
     """Rule -> {"all", "ED", "ES", "base", "mid", "apex"} -> mean per-image Dice on the run's val patients."""
     predictor = Predictor.from_checkpoints([run])
@@ -81,14 +106,20 @@ def compare(run: str, data, label_name: str) -> dict[str, dict[str, float]]:
     label = data.label_indices([label_name])[0]
     channel = predictor.labels.index(label_name)
     inputs = prepared_inputs(predictor, data, indices)
-    scores = [s[channel] for s in predictor.score_maps(inputs, [None] * len(inputs))]
+    all_scores = list(predictor.score_maps(inputs, [None] * len(inputs)))
+    scores = [s[channel] for s in all_scores]
     references = np.stack([data.masks[i, label].astype(bool) for i in indices])
     levels = slice_levels(data, indices, label)
     group_of = {"ED": np.array([data.rows[i]["phase"] == "ED" for i in indices]),
                 "ES": np.array([data.rows[i]["phase"] == "ES" for i in indices])}
     group_of.update({level: np.array([levels[i] == level for i in indices]) for level in ("base", "mid", "apex")})
+    keys = stack_keys(data, indices)
+    rules = rule_masks(scores, *keys)
+    if label_name == "endo" and "epi" in predictor.labels:
+        epi = [s[predictor.labels.index("epi")] for s in all_scores]
+        rules.update(epi_rule_masks(scores, epi, *keys, rules["stack"]))
     results = {}
-    for name, masks in rule_masks(scores, *stack_keys(data, indices)).items():
+    for name, masks in rules.items():
         predicted = torch.from_numpy(np.stack(masks)[:, None])
         dice = dice_per_image(predicted, torch.from_numpy(references[:, None]))[:, 0].numpy()
         results[name] = {"all": float(dice.mean()),
