@@ -230,6 +230,50 @@ def test_distances_and_areas_in_mm_with_spacing(run, tmp_path):
         assert float(row["area_ref_mm2"]) == pytest.approx(int(sample["area_px_endo"]) * pixel_area, rel=1e-5)
 
 
+def test_rv_volumes_and_ejection_fraction_against_the_reference(run, tmp_path, capsys):
+    """Per patient EDV/ESV/EF from the reference and the predicted masks (summation of discs over the
+    slice spacing), their errors, their agreement, volumes.csv and the printed line."""
+    write_phantom(tmp_path / "phantom", patients=3, slices=3, frames=4, seed=3)
+    prepare(tmp_path / "phantom", tmp_path / "prepared", PrepareOptions(size=(64, 56)))
+    assert main(["evaluate", str(run), str(tmp_path / "prepared"), "--split", "all", "--out", str(tmp_path / "eval"),
+                 "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    volumes = json.loads((tmp_path / "eval" / "summary.json").read_text())["volumes"]
+    assert volumes["label"] == "endo" and volumes["notes"] == []
+    assert sorted(volumes["patients"]) == ["P01", "P02", "P03"]
+    samples = {row["id"]: row for row in read_csv(tmp_path / "prepared" / "samples.csv")}
+    rows = [row for row in read_csv(tmp_path / "eval" / "per_case.csv") if row["label"] == "endo"]
+    csv_rows = {row["patient"]: row for row in read_csv(tmp_path / "eval" / "volumes.csv")}
+    for patient, item in volumes["patients"].items():
+        locations = sorted({float(samples[row["id"]]["slice_location"]) for row in rows if row["patient"] == patient})
+        spacing = float(np.median(np.diff(locations)))
+        assert item["slices"] == len(locations) >= 2 and spacing == pytest.approx(7.0, rel=1e-4)
+        ml = {(side, phase): sum(float(row[f"area_{side}_mm2"]) for row in rows
+                                 if row["patient"] == patient and row["phase"] == phase) * spacing / 1000
+              for side in ("ref", "pred") for phase in ("ED", "ES")}
+        assert item["ed_volume_ml"]["truth"] == pytest.approx(ml["ref", "ED"], rel=1e-4)
+        assert item["es_volume_ml"]["pred"] == pytest.approx(ml["pred", "ES"], rel=1e-4)
+        ef_truth = 100 * (ml["ref", "ED"] - ml["ref", "ES"]) / ml["ref", "ED"]
+        assert item["ef_percent"]["truth"] == pytest.approx(ef_truth, rel=1e-4)
+        assert item["ed_volume_ml"]["error"] == pytest.approx(ml["pred", "ED"] - ml["ref", "ED"], rel=1e-4, abs=1e-9)
+        assert float(csv_rows[patient]["es_volume_ml_truth"]) == pytest.approx(ml["ref", "ES"], rel=1e-4)
+    errors = [item["ef_percent"]["error"] for item in volumes["patients"].values()]
+    assert volumes["agreement"]["ef_percent"]["n"] == 3
+    assert volumes["agreement"]["ef_percent"]["bias"] == pytest.approx(np.mean(errors))
+    assert volumes["agreement"]["ef_percent"]["sd"] == pytest.approx(np.std(errors, ddof=1))
+    bias = volumes["agreement"]["ed_volume_ml"]["bias"]
+    assert f"RV volumes (endo, 3 patients), predicted - reference: EDV mL {bias:.1f} +/- " in printed
+
+
+def test_no_volumes_without_pixel_spacing(cli_evaluation):
+    _, summary = cli_evaluation
+    volumes = summary["volumes"]
+    assert volumes["label"] == "endo" and volumes["patients"] == {}
+    assert volumes["notes"] == [f"{summary['n_samples']} sample(s) left out: no pixel spacing",
+                                "no patient has two or more slice locations with an ED or ES phase: no volumes"]
+    assert "volumes.csv" not in summary["files"]
+
+
 def test_splits(rvsc):
     data = load_dataset(rvsc)
     info = {"train_patients": [f"P{k:02d}" for k in range(1, 11)], "val_patients": ["P11", "P12"]}

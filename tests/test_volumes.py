@@ -9,7 +9,15 @@ import pytest
 
 from rvseg.data.phantom import write_phantom
 from rvseg.data.rvsc import read_rvsc
-from rvseg.volumes import SliceArea, area_mm2, assign_phases, slice_spacing_mm, stack_volumes, volume_errors
+from rvseg.volumes import (
+    SliceArea,
+    agreement,
+    area_mm2,
+    assign_phases,
+    slice_spacing_mm,
+    stack_volumes,
+    volume_errors,
+)
 
 
 def cine(stack: str, locations, areas_by_slice, trigger_step: float = 40.0) -> list[SliceArea]:
@@ -159,3 +167,19 @@ def test_phantom_reference_masks_reproduce_the_phantom_volumes(tmp_path):
         result = next(r for r in results if r.stack == reference["patient"])
         assert result.ed_volume_ml == pytest.approx(reference["ed_volume_ml"], rel=0.01)
         assert result.ef_percent == pytest.approx(reference["ef_percent"], rel=0.01)
+
+
+def test_agreement_of_predicted_and_reference_volumes():
+    truth = {f"P{k}": {"ed_volume_ml": ed, "es_volume_ml": 50.0, "ef_percent": None}
+             for k, ed in enumerate((100.0, 150.0, 200.0, 120.0))}
+    pred = {"P0": {"ed_volume_ml": 110.0, "es_volume_ml": 50.0}, "P1": {"ed_volume_ml": 140.0, "es_volume_ml": 50.0},
+            "P2": {"ed_volume_ml": 215.0, "es_volume_ml": 50.0}}  # P3 missing: not paired
+    result = agreement(volume_errors(pred, truth))
+    differences = np.array([10.0, -10.0, 15.0])
+    ed = result["ed_volume_ml"]
+    assert ed["n"] == 3 and ed["bias"] == pytest.approx(5.0) and ed["mae"] == pytest.approx(35.0 / 3)
+    assert ed["sd"] == pytest.approx(differences.std(ddof=1))
+    assert ed["r"] == pytest.approx(np.corrcoef([110, 140, 215], [100, 150, 200])[0, 1])
+    # Constant values have no correlation; no pairs have no statistics at all.
+    assert result["es_volume_ml"] == {"n": 3, "bias": 0.0, "sd": 0.0, "mae": 0.0, "r": None}
+    assert result["ef_percent"] == {"n": 0, "bias": None, "sd": None, "mae": None, "r": None}

@@ -138,6 +138,14 @@ def cmd_evaluate(args) -> int:
         print(f"  {label}: {overall['n_both_empty']} both empty, {overall['n_one_empty']} with one empty mask")
     if "unit_note" in summary:
         print(f"  note: {summary['unit_note']}")
+    volumes = summary["volumes"]
+    if volumes["patients"]:
+        print(f"  RV volumes ({volumes['label']}, {len(volumes['patients'])} patients), predicted - reference: "
+              + "; ".join(f"{name} {number(cells['bias'], 1)} +/- {number(cells['sd'], 1)} (r {number(cells['r'], 2)})"
+                          for name, cells in zip(("EDV mL", "ESV mL", "EF points"), volumes["agreement"].values(),
+                                                 strict=True)))
+    for note in volumes["notes"]:
+        print(f"  volumes: {note}")
     return 0
 
 

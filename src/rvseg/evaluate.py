@@ -15,6 +15,15 @@ positions: base and apex); every sample at a position gets that position's level
 positions, with a single position, or without the first label gets level ``unknown``. Apical slices
 are where RV segmentation fails most, so the summary gives Dice and HD per level.
 
+**RV volumes and ejection fraction.** When the labels include the RV cavity (``endo``, or ACDC's
+``rv``) and the samples have a pixel spacing, a slice location and an ED or ES phase, each patient's
+EDV, ESV and EF are computed twice by :mod:`rvseg.volumes` (summation of discs over the slice
+spacing, phases as given): from the reference masks and from the predicted ones, over the same
+evaluated slices (the annotated ones, so a partly annotated stack gives a partial volume for both).
+The summary's ``volumes`` holds them per patient with their errors, and their agreement over the
+patients (bias, sd, mean absolute error, Pearson r; :func:`rvseg.volumes.agreement`), the clinical
+measures the ACDC challenge ranks methods by. Where they cannot be computed it says why.
+
 A label a sample does not carry (e.g. a Sunnybrook epicardium) is unknown, not empty: that
 (sample, label) is left out and counted as ``n_absent``.
 
@@ -35,7 +44,8 @@ half-written): ``per_case.csv`` (one row per sample and label), ``summary.json``
 overall, per patient, per phase and per slice level (``by_slice_level``), the ED/ES table of the RVSC
 results, empty-case counts, the settings and the checkpoints' checksums), ``examples_best.png`` and
 ``examples_worst.png`` (the samples of highest and lowest Dice of the first label, with reference and
-predicted contours), and ``dice_histogram.png``.
+predicted contours), ``dice_histogram.png``, and with volumes ``volumes.csv`` (one row per patient:
+reference and predicted EDV, ESV and EF, and their differences).
 """
 
 from __future__ import annotations
@@ -54,11 +64,13 @@ from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, wr
 from rvseg.metrics import METRIC_FIELDS, segmentation_metrics, summarize
 from rvseg.postprocess import check_rule, postprocess_scores, stack_positions
 from rvseg.report.figures import ExamplePanel, draw_dice_histogram, draw_examples
+from rvseg.volumes import CAVITY_LABELS, VOLUME_KEYS, SliceArea, agreement, area_mm2, stack_volumes, volume_errors
 
 SPLITS = ("val", "test", "all")
 #: Numeric fields of a metric row that are summarised (mean, sd).
 SUMMARY_METRICS = tuple(name for name in METRIC_FIELDS if name not in ("empty", "unit"))
 PER_CASE_FIELDS = ("id", "patient", "phase", "slice", "slice_level", "frame", "label", *METRIC_FIELDS)
+VOLUME_FIELDS = ("patient", "slices", *(f"{key}_{side}" for key in VOLUME_KEYS for side in ("truth", "pred", "error")))
 #: Slice levels from base to apex (module docstring); samples that cannot be placed get ``unknown``.
 LEVELS = ("base", "mid", "apex")
 #: Examples in each of examples_best.png and examples_worst.png.
@@ -113,6 +125,7 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
     rows = case_rows(data, indices, predictions, predictor.labels, channels)
     summary = summarise(rows, predictor.labels)
     summary.update(
+        volumes=cavity_volumes(data, indices, predictions, predictor.labels, channels),
         checkpoints=[str(path) for path in predictor.checkpoints],
         checkpoint_checksums=[checksum(path) for path in predictor.checkpoints],
         dataset=str(data.root),
@@ -270,6 +283,56 @@ def summarise(rows: Sequence[dict], labels: Sequence[str]) -> dict:
     return result
 
 
+def cavity_volumes(data: PreparedDataset, indices: Sequence[int], predictions: Sequence[np.ndarray],
+                   labels: Sequence[str], channels: Sequence[int]) -> dict:
+    """Reference and predicted RV volumes and EF per patient, and their agreement (module docstring).
+
+    Returns:
+        ``{"label", "patients": {patient: {key: {"pred", "truth", "error", "relative_error"}, "slices"}},
+        "agreement": {key: {"n", "bias", "sd", "mae", "r"}}, "notes": [...]}`` with the keys of
+        :data:`rvseg.volumes.VOLUME_KEYS`; without a cavity label or usable samples, ``label`` or
+        ``patients`` is empty and ``notes`` says why.
+    """
+    label = next((name for name in CAVITY_LABELS if name in labels), None)
+    if label is None:
+        return {"label": None, "patients": {}, "agreement": {},
+                "notes": [f"no volumes: the model segments none of {', '.join(CAVITY_LABELS)} (the RV cavity)"]}
+    k = labels.index(label)
+    sides: dict[str, list[SliceArea]] = {"pred": [], "truth": []}
+    left_out: dict[str, int] = {"no pixel spacing": 0, "no slice location": 0, "phase not ED or ES": 0}
+    for index, predicted in zip(indices, predictions, strict=True):
+        row, spacing = data.rows[index], data.spacing(index)
+        if not data.present[index, channels[k]]:
+            continue
+        reason = ("no pixel spacing" if spacing is None else "no slice location" if not row.get("slice_location")
+                  else "phase not ED or ES" if row["phase"] not in ("ED", "ES") else None)
+        if reason:
+            left_out[reason] += 1
+            continue
+        height, width = extent(data, index)
+        reference = data.masks[index, channels[k], :height, :width] > 0
+        for side, mask in (("pred", predicted[k]), ("truth", reference)):
+            sides[side].append(SliceArea(stack=row["patient"], id=row["id"], phase=row["phase"],
+                                         slice_location=float(row["slice_location"]), area_mm2=area_mm2(mask, spacing)))
+    volumes = {side: stack_volumes(areas) for side, areas in sides.items()}
+    errors = volume_errors([item.to_dict() for item in volumes["pred"]], [item.to_dict() for item in volumes["truth"]])
+    slices = {item.stack: item.n_slices for item in volumes["truth"]}
+    notes = [f"{count} sample(s) left out: {reason}" for reason, count in left_out.items() if count]
+    notes += [f"{item.stack} (reference): {note}" for item in volumes["truth"] for note in item.notes]
+    if not errors["patients"]:
+        notes.append("no patient has two or more slice locations with an ED or ES phase: no volumes")
+    return {"label": label,
+            "patients": {patient: {**item, "slices": slices[patient]} for patient, item in errors["patients"].items()},
+            "agreement": agreement(errors), "notes": notes}
+
+
+def volume_rows(volumes: dict) -> list[dict]:
+    """The rows of ``volumes.csv`` (one per patient) from the summary's ``volumes``."""
+    return [{"patient": patient, "slices": item["slices"],
+             **{f"{key}_{side}": item[key][side] for key in VOLUME_KEYS for side in ("truth", "pred", "error")}}
+            for patient, item in volumes["patients"].items()]
+
+
 def rvsc_table(summary: dict) -> dict:
     """The layout of the RVSC results tables: Dice and HD, mean and sd, at ED, ES and overall."""
     groups = {**{phase: stats for phase, stats in summary["by"]["phase"].items() if phase in ("ED", "ES")},
@@ -285,8 +348,12 @@ def write_evaluation(out: Path, rows: Sequence[dict], summary: dict, data: Prepa
     """Write the output folder atomically (temporary sibling, then rename); returns name -> path."""
     files = {name: str(out / name) for name in ("per_case.csv", "summary.json", "examples_best.png",
                                                    "examples_worst.png", "dice_histogram.png")}
+    if summary["volumes"]["patients"]:
+        files["volumes.csv"] = str(out / "volumes.csv")
     with atomic_folder(out) as tmp:
         write_csv(tmp / "per_case.csv", rows, PER_CASE_FIELDS)
+        if "volumes.csv" in files:
+            write_csv(tmp / "volumes.csv", volume_rows(summary["volumes"]), VOLUME_FIELDS)
         best, worst = example_rows(rows, labels[0])
         position = {data.rows[index]["id"]: i for i, index in enumerate(indices)}
         for name, chosen, caption in (("examples_best.png", best, "highest"), ("examples_worst.png", worst, "lowest")):

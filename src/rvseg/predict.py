@@ -84,13 +84,11 @@ from rvseg.inference import Predictor, extent, to_original_geometry
 from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, write_csv, write_json
 from rvseg.postprocess import check_rule, finite, postprocess_scores, stack_positions
 from rvseg.report.figures import overlay_image
-from rvseg.volumes import SliceArea, area_mm2, assign_phases, frames_by_slice, stack_volumes
+from rvseg.volumes import CAVITY_LABELS, SliceArea, area_mm2, assign_phases, frames_by_slice, stack_volumes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Contour file kind of the RVSC labels (``PNN-FFFF-icontour-auto.txt``).
 CONTOUR_KIND = {"endo": "i", "epi": "o"}
-#: Labels of the RV cavity, whose area makes the RV volume: ``endo`` (RVSC i-contour), ``rv`` (ACDC).
-VOLUME_LABELS = ("endo", "rv")
 RVSC_FRAME_ID = re.compile(r"P\d+-(\d+)")
 #: NIfTI files of label volumes (ACDC's ``patientNNN_frameFF_gt.nii.gz``), which are not images to segment.
 GROUND_TRUTH_NAME = re.compile(r"_gt$", re.IGNORECASE)
@@ -565,9 +563,9 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
     Returns:
         (one :meth:`~rvseg.volumes.StackVolumes.to_dict` per stack with a volume, notes).
     """
-    label = next((name for name in VOLUME_LABELS if name in labels), None)
+    label = next((name for name in CAVITY_LABELS if name in labels), None)
     if label is None:
-        return [], [f"no volumes: the model segments none of {', '.join(VOLUME_LABELS)} (the RV cavity)"]
+        return [], [f"no volumes: the model segments none of {', '.join(CAVITY_LABELS)} (the RV cavity)"]
     with_spacing = [(image, record) for image, record in zip(images, records, strict=True) if image.spacing_mm]
     if not with_spacing:
         return [], ["no areas in mm^2 or volumes: the images have no pixel spacing"]

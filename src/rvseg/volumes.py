@@ -44,6 +44,8 @@ from rvseg.data.dicom import LOCATION_DECIMALS
 
 #: The quantities compared by :func:`volume_errors`.
 VOLUME_KEYS = ("ed_volume_ml", "es_volume_ml", "ef_percent")
+#: Labels of the RV cavity, whose area makes the RV volume: ``endo`` (RVSC i-contour), ``rv`` (ACDC).
+CAVITY_LABELS = ("endo", "rv")
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,32 @@ def volume_errors(pred_volumes: Mapping[str, Mapping] | Sequence[Mapping],
                   if errors[key]["relative_error"] is not None]
         maxima[key] = max(values) if values else None
     return {"patients": patients, "max_relative_error": maxima, "missing": sorted(set(reference) - set(pred))}
+
+
+def agreement(errors: Mapping) -> dict:
+    """Bland-Altman agreement of predicted and reference volumes over patients.
+
+    Args:
+        errors: the result of :func:`volume_errors`.
+
+    Returns:
+        per key of :data:`VOLUME_KEYS`: ``n`` (patients with both values), ``bias`` (mean of pred -
+        truth), ``sd`` (sample standard deviation of pred - truth; limits of agreement are bias +/- 1.96
+        sd), ``mae`` (mean absolute error) and ``r`` (Pearson correlation of pred and truth); None where
+        undefined (``sd`` needs two patients, ``r`` three and values that vary).
+    """
+    result = {}
+    for key in VOLUME_KEYS:
+        pairs = np.array([(item[key]["pred"], item[key]["truth"]) for item in errors["patients"].values()
+                          if item[key]["error"] is not None], dtype=np.float64).reshape(-1, 2)
+        differences = pairs[:, 0] - pairs[:, 1]
+        n = len(pairs)
+        varies = n >= 3 and pairs[:, 0].std() > 0 and pairs[:, 1].std() > 0
+        result[key] = {"n": n, "bias": float(differences.mean()) if n else None,
+                       "sd": float(differences.std(ddof=1)) if n >= 2 else None,
+                       "mae": float(np.abs(differences).mean()) if n else None,
+                       "r": float(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]) if varies else None}
+    return result
 
 
 def frames_by_slice(members: Sequence, position: Callable = attrgetter("slice_location")) -> dict[float, list]:
