@@ -60,13 +60,56 @@ def test_slice_locations_along_the_normal():
 
 def test_masks_keep_the_geometry_and_header_but_not_the_scaling(tmp_path):
     affine = np.array([[0.0, 1.4, 0.0, 10.0], [1.4, 0.0, 0.0, -4.0], [0.0, 0.0, 9.0, 2.5], [0, 0, 0, 1]])
-    source = read_nifti(save(tmp_path / "image.nii.gz", np.ones((6, 7, 3, 1), dtype=np.int16), affine, slope=0.5))
+    image = nib.Nifti1Image(np.ones((6, 7, 3, 1), dtype=np.int16), affine)
+    image.header.set_slope_inter(0.5, 10.0)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=2)
+    image.header["descrip"] = b"PatientName=DOE^JOHN"
+    image.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"comment naming the patient"))
+    nib.save(image, tmp_path / "image.nii.gz")
+    source = read_nifti(tmp_path / "image.nii.gz")
     mask = np.zeros(source.data.shape, dtype=np.uint8)
     mask[1:3, 2:5, 1] = 1
     save_like(source, mask, tmp_path / "mask.nii.gz")
     saved = nib.load(tmp_path / "mask.nii.gz")
     assert saved.shape == (6, 7, 3, 1) and saved.get_data_dtype() == np.uint8
     assert np.allclose(saved.affine, affine) and saved.header.get_zooms()[:3] == source.image.header.get_zooms()[:3]
-    assert np.array_equal(np.asarray(saved.dataobj)[..., 0], mask)  # stored values, no slope
+    assert (int(saved.header["qform_code"]), int(saved.header["sform_code"])) == (1, 2)
+    assert np.allclose(saved.get_qform(), affine) and saved.header.get_xyzt_units() == image.header.get_xyzt_units()
+    assert np.array_equal(saved.dataobj.get_unscaled()[..., 0], mask)  # the stored values themselves
+    assert (float(saved.header["cal_min"]), float(saved.header["cal_max"])) == (0.0, 1.0)
+    assert saved.header["descrip"].tobytes().rstrip(b"\0") == b"rvseg mask" and len(saved.header.extensions) == 0
+    assert saved.header.get_intent()[0] == "label"
     with pytest.raises(ValueError, match="shape"):
         save_like(source, mask[:, :, :2], tmp_path / "wrong.nii.gz")
+
+
+def test_a_header_in_metres_is_read_in_mm_and_masks_keep_its_units(tmp_path):
+    image = nib.Nifti1Image(np.ones((4, 5, 3), dtype=np.int16), np.diag([0.0012, 0.0013, 0.008, 1.0]))
+    image.header.set_xyzt_units("meter")
+    nib.save(image, tmp_path / "m.nii.gz")
+    volume = read_nifti(tmp_path / "m.nii.gz")
+    assert volume.spacing_mm == pytest.approx((1.2, 1.3)) and volume.zooms[2] == pytest.approx(8.0)
+    assert np.diff(slice_locations(volume.affine, 3)) == pytest.approx([8.0, 8.0])
+    save_like(volume, np.zeros(volume.data.shape, dtype=np.uint8), tmp_path / "mask.nii.gz")
+    saved = nib.load(tmp_path / "mask.nii.gz")
+    assert np.allclose(saved.affine, image.affine) and saved.header.get_xyzt_units()[0] == "meter"
+
+
+def test_non_finite_voxels_become_the_lowest_value_with_a_note(tmp_path):
+    data = np.arange(4 * 5 * 2, dtype=np.float32).reshape(4, 5, 2) + 3
+    data[0, 0, 0], data[1, 1, 1] = np.nan, np.inf
+    volume = read_nifti(save(tmp_path / "nan.nii.gz", data))
+    assert volume.data[0, 0, 0] == volume.data[1, 1, 1] == 4.0  # the lowest finite value (3 was the NaN)
+    assert volume.notes == ["nan.nii.gz: 2 non-finite voxel(s) set to the lowest finite value"]
+    with pytest.raises(DataError, match="holds no finite voxel"):
+        read_nifti(save(tmp_path / "all.nii.gz", np.full((4, 5, 2), np.nan, dtype=np.float32)))
+
+
+def test_complex_values_and_an_affine_without_a_plane_are_refused(tmp_path):
+    with pytest.raises(DataError, match="complex"):
+        read_nifti(save(tmp_path / "c.nii.gz", np.ones((4, 5, 2), dtype=np.complex64)))
+    flat = np.diag([1.0, 1.0, 8.0, 1.0])
+    flat[:3, 1] = flat[:3, 0]  # both in-plane axes along x
+    with pytest.raises(DataError, match="affine without an image plane"):
+        read_nifti(save(tmp_path / "flat.nii.gz", np.ones((4, 5, 2), dtype=np.int16), flat))

@@ -28,7 +28,7 @@ from rvseg.metrics import segmentation_metrics
 from rvseg.postprocess import postprocess_scores
 from rvseg.predict import (
     InputImage,
-    VolumeMasks,
+    NiftiMasks,
     predict,
     read_source,
     segmenting_units,
@@ -550,7 +550,7 @@ def test_a_nifti_cine_is_segmented_as_its_dicoms_are(checkpoint, phantom, dicom_
     save_nifti(tmp_path / "cine.nii.gz", cine, spacing)
     summary = predict([checkpoint], tmp_path / "cine.nii.gz", tmp_path / "pred")
     assert summary["source_kind"] == "nifti" and summary["n_images"] == PHANTOM_SLICES * PHANTOM_FRAMES
-    assert summary["mask_volumes"] == ["cine.nii.gz"]
+    assert summary["nifti_masks"] == ["cine.nii.gz"]
     saved = nib.load(tmp_path / "pred" / "masks" / "cine.nii.gz")
     assert saved.get_data_dtype() == np.uint8 and np.allclose(saved.affine, np.diag([*spacing, 7.0, 1.0]))
     volume = np.asarray(saved.dataobj)
@@ -591,7 +591,7 @@ def test_an_acdc_patient_folder(checkpoint, phantom, dicom_prediction, tmp_path)
     folder = write_acdc_patient(tmp_path / "database" / "testing", cine, spacing, {1: 0, 3: 2}, "ED: 1\nES: 3\n")
     summary = predict([checkpoint], tmp_path / "database", tmp_path / "pred")
     assert summary["source_kind"] == "acdc" and summary["skipped"] == []
-    assert sorted(summary["mask_volumes"]) == ["patient101_frame01.nii.gz", "patient101_frame03.nii.gz"]
+    assert sorted(summary["nifti_masks"]) == ["patient101_frame01.nii.gz", "patient101_frame03.nii.gz"]
     rows = read_csv(tmp_path / "pred" / "predictions.csv")
     assert {row["id"] for row in rows} == {sample.id for sample in read_acdc(folder).samples}
     assert {(row["id"][:18], row["phase"], row["stack"]) for row in rows} == {
@@ -609,22 +609,31 @@ def test_an_acdc_patient_folder(checkpoint, phantom, dicom_prediction, tmp_path)
     assert volumes["es_volume_ml"] == pytest.approx(areas["ES"] * 7.0 / 1000, rel=1e-6)
 
 
-def test_nifti_files_in_a_folder_bad_ones_skipped(checkpoint, phantom, tmp_path, capsys):
+def test_nifti_files_in_a_folder_bad_ones_skipped_companions_ignored(checkpoint, phantom, tmp_path, capsys):
     cine, spacing = phantom_cine(phantom)
     study = tmp_path / "study"
     (study / "a").mkdir(parents=True)
     (study / "b").mkdir()
     save_nifti(study / "a" / "scan.nii.gz", cine[..., 0], spacing)
+    (study / "a" / "scan.json").write_text("{}")  # a dcm2niix sidecar
     save_nifti(study / "b" / "scan.nii", cine[:, :, 0, 0], spacing)  # 2D: one slice
     save_nifti(study / "a" / "scan_gt.nii.gz", (cine[..., 0] > 0).astype(np.uint8), spacing)
     (study / "broken.nii.gz").write_bytes(b"not gzip at all")
     out = tmp_path / "pred"
     assert main(["predict", str(checkpoint), str(study), "--out", str(out), "--device", "cpu"]) == 1
-    stderr = capsys.readouterr().err
-    assert "broken.nii.gz: cannot be read as a NIfTI volume" in stderr and "scan_gt.nii.gz: a label volume" in stderr
+    captured = capsys.readouterr()
+    assert "broken.nii.gz: cannot be read as a NIfTI volume" in captured.err
+    assert "ignored 2 file(s) that are no images to segment (ignored.csv)" in captured.out
     summary = json.loads((out / "summary.json").read_text())
-    assert sorted(summary["mask_volumes"]) == ["a_scan.nii.gz", "b_scan.nii.gz"]
-    assert np.asarray(nib.load(out / "masks" / "b_scan.nii.gz").dataobj).shape == cine.shape[:2]
+    assert sorted(summary["nifti_masks"]) == ["a_scan.nii.gz", "b_scan.nii.gz"]
+    assert {Path(item["path"]).name: item["reason"] for item in summary["ignored"]} == {
+        "scan.json": "the sidecar of the NIfTI image scan",
+        "scan_gt.nii.gz": "a label volume (its name ends in _gt), not an image to segment"}
+    assert len(read_csv(out / "ignored.csv")) == 2
+    assert "b_scan: one slice position, so no volume" in summary["notes"]
+    single = np.asarray(nib.load(out / "masks" / "b_scan.nii.gz").dataobj)
+    assert single.shape == cine.shape[:2]
+    np.testing.assert_array_equal(single == 1, png_mask(out / "masks" / "b_scan-slice00.png"))
     assert {row["stack"] for row in read_csv(out / "predictions.csv")} == {"a_scan", "b_scan"}
 
     assert main(["predict", str(checkpoint), str(study / "broken.nii.gz"), "--out", str(tmp_path / "x")]) == 2
@@ -634,9 +643,87 @@ def test_nifti_files_in_a_folder_bad_ones_skipped(checkpoint, phantom, tmp_path,
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+def test_a_nifti_beside_dicoms_of_the_same_name_is_a_stack_of_its_own(checkpoint, phantom, dicom_prediction,
+                                                                      tmp_path):
+    """``study/`` holds DICOMs (stack ``study``) and ``study.nii.gz`` (not stack ``study`` too), and a NIfTI
+    slice id that is another file's name does not overwrite its outputs."""
+    cine, spacing = phantom_cine(phantom)
+    study = tmp_path / "study"
+    shutil.copytree(phantom / "patient01" / "P01dicom", study)
+    save_nifti(study / "study.nii.gz", cine, spacing)
+    save_nifti(study / "scan.nii.gz", cine[..., 0], spacing)
+    imsave(study / "scan-slice00.png", np.full((40, 30), 200, dtype=np.uint8), check_contrast=False)
+    summary = predict([checkpoint], study, tmp_path / "pred")
+    _, dicom_summary = dicom_prediction
+    expected = dicom_summary["volumes"]["P01"]
+    assert sorted(summary["volumes"]) == ["scan", "study", "study-2"]
+    for key in ("ed_volume_ml", "es_volume_ml", "ef_percent"):
+        assert summary["volumes"]["study"][key] == pytest.approx(expected[key], rel=1e-6)
+        assert summary["volumes"]["study-2"][key] == pytest.approx(expected[key], rel=1e-6)
+    rows = read_csv(tmp_path / "pred" / "predictions.csv")
+    assert len({row["id"] for row in rows}) == len(rows) == 2 * PHANTOM_SLICES * PHANTOM_FRAMES + PHANTOM_SLICES + 1
+    assert {"scan-slice00", "scan-slice00-2"} <= {row["id"] for row in rows}
+    assert (tmp_path / "pred" / "masks" / "scan-slice00-2.png").is_file()
+    frames = sorted({int(row["frame"]) for row in rows if row["id"].startswith("study-frame")})
+    assert frames == list(range(1, PHANTOM_FRAMES + 1))
+
+
+def test_acdc_phases_missing_frames_bad_frames_and_other_files(checkpoint, phantom, tmp_path, capsys):
+    """Info.cfg's phases are kept even against the volume curve; an ES frame without its file is a note;
+    a 4D frame file is skipped; the other files below the root are listed as ignored, with why."""
+    cine, spacing = phantom_cine(phantom)
+    root = tmp_path / "database"
+    folder = write_acdc_patient(root / "training", cine, spacing, {1: 0, 3: 2}, "ED: 3\nES: 1\n")
+    other = write_acdc_patient(root / "testing", cine, spacing, {2: 1}, "ED: 2\nES: 9\n")
+    other.rename(other.parent / "patient102")
+    for path in (other.parent / "patient102").iterdir():
+        path.rename(path.with_name(path.name.replace("patient101", "patient102")))
+    save_nifti(other.parent / "patient102" / "patient102_frame05.nii.gz", cine, spacing)  # 4D: not a frame
+    save_nifti(root / "extra.nii.gz", cine[..., 0], spacing)
+    (root / "MANDATORY_CITATION.md").write_text("cite ACDC\n")
+    out = tmp_path / "pred"
+    assert main(["predict", str(checkpoint), str(root), "--out", str(out), "--device", "cpu"]) == 1
+    assert "patient102_frame05.nii.gz: is not a 3D volume (shape (" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["source_kind"] == "acdc"
+    assert "patient102: Info.cfg gives ES as frame 9, which has no frame volume (patient102_frame09.nii.gz)" in (
+        summary["notes"])
+    rows = read_csv(out / "predictions.csv")
+    assert {(row["id"][:18], row["phase"]) for row in rows} == {
+        ("patient101-frame01", "ES"), ("patient101-frame03", "ED"), ("patient102-frame02", "ED")}
+    assert summary["volumes"]["patient101"]["es_rule"] == "given"
+    reasons = {Path(item["path"]).name: item["reason"] for item in summary["ignored"]}
+    assert reasons["patient101_4d.nii.gz"].startswith("the whole cine of an ACDC patient")
+    assert reasons["patient101_frame01_gt.nii.gz"].startswith("a label volume")
+    assert reasons["extra.nii.gz"].startswith("not an ACDC patient's frame volume")
+    assert set(reasons) == {"patient101_4d.nii.gz", "patient102_4d.nii.gz", "patient101_frame01_gt.nii.gz",
+                            "patient101_frame03_gt.nii.gz", "patient102_frame02_gt.nii.gz", "extra.nii.gz",
+                            "MANDATORY_CITATION.md"}
+    assert folder.is_dir()
+
+
+def test_an_acdc_cine_takes_its_phases_from_the_info_cfg_beside_it(checkpoint, phantom, tmp_path):
+    cine, spacing = phantom_cine(phantom)
+    folder = write_acdc_patient(tmp_path, cine, spacing, {1: 0}, "ED: 2\nES: 4\n")
+    summary = predict([checkpoint], folder / "patient101_4d.nii.gz", tmp_path / "pred")
+    rows = read_csv(tmp_path / "pred" / "predictions.csv")
+    assert {int(row["frame"]): row["phase"] for row in rows} == {1: "", 2: "ED", 3: "", 4: "ES"}
+    assert summary["volumes"]["patient101_4d"]["es_rule"] == "given"
+
+
+def test_non_finite_voxels_are_replaced_with_a_note(checkpoint, phantom, tmp_path):
+    cine, spacing = phantom_cine(phantom)
+    cine[0, 0] = np.nan
+    save_nifti(tmp_path / "cine.nii.gz", cine, spacing)
+    summary = predict([checkpoint], tmp_path / "cine.nii.gz", tmp_path / "pred")
+    count = PHANTOM_SLICES * PHANTOM_FRAMES
+    assert f"cine.nii.gz: {count} non-finite voxel(s) set to the lowest finite value" in summary["notes"]
+    assert all(int(row["area_px_endo"]) > 0 for row in read_csv(tmp_path / "pred" / "predictions.csv"))
+
+
 def test_volume_masks_of_several_labels_one_file_each(tmp_path):
     volume = read_nifti_fixture(tmp_path, (6, 5, 2, 3))
-    masks = VolumeMasks({"cine": volume}, n_labels=2)
+    masks = NiftiMasks({"cine": volume}, n_labels=2)
     image = InputImage(id="x", source="", pixels=np.zeros((6, 5)), shape=(6, 5), volume="cine", volume_index=(1, 2))
     masks.add(image, np.stack([np.eye(6, 5, dtype=bool), np.ones((6, 5), dtype=bool)]))
     masks.add(InputImage(id="png", source="", pixels=np.zeros((6, 5)), shape=(6, 5)), np.ones((2, 6, 5), dtype=bool))

@@ -165,6 +165,8 @@ def cmd_predict(args) -> int:
         print_json(summary)
     else:
         print(f"segmented {summary['n_images']} image(s), skipped {summary['n_skipped']} -> {args.out}")
+        if summary["n_ignored"]:
+            print(f"  ignored {summary['n_ignored']} file(s) that are no images to segment (ignored.csv)")
         for stack, volumes in summary["volumes"].items():
             print(f"  {stack}: EDV {number(volumes['ed_volume_ml'], 1)} mL, ESV {number(volumes['es_volume_ml'], 1)} "
                   f"mL, EF {number(volumes['ef_percent'], 1)} %")

@@ -9,20 +9,24 @@
   it, e.g. a cine series or a whole study. DICOMs are grouped into stacks of parallel slices
   (:func:`~rvseg.data.dicom.dicom_stacks`: a series, or the single-slice series of one study's
   short-axis cine joined) and ordered by slice location, trigger time and instance number; each
-  NIfTI file is a stack of its own. NIfTI files named ``*_gt.nii[.gz]`` are label volumes, skipped;
+  NIfTI file is a stack of its own (named after the file, made distinct from the DICOM stacks'
+  names). NIfTI files named ``*_gt.nii[.gz]`` (label volumes) and converter sidecars beside a NIfTI
+  image (``.json``, ``.bval``, ``.bvec`` of its stem) are ignored;
 - an RVSC patient folder (``patientNN/PNNdicom/*.dcm``) or a folder holding them (up to three levels
   down, as in ``TestSet/Test1Set/patient17``): each patient is a stack;
 - an ACDC patient folder (``patientNNN/patientNNN_frameFF.nii.gz``) or a folder holding them (up to
   three levels down, as in ``database/testing/patient101``): the frame volumes (the ED and ES frames
   the challenge segments; not ``_gt`` label volumes, nor the ``_4d`` cine, which can be given as a
-  file of its own), each patient a stack, the phases from its ``Info.cfg``;
+  file of its own, taking its phases from the ``Info.cfg`` beside it), each patient a stack, the
+  phases from its ``Info.cfg``. Every other file below the folder is ignored;
 - a prepared data set (a folder with ``dataset.json``): its (already normalised) images are used, and
   predictions are mapped to each sample's original size (``orig_height`` x ``orig_width``); the
   overlay then shows the prepared image resized to that size.
 
-A file that is not a readable image is skipped (``skipped.csv``, and the returned summary); the rest
-is processed. A single file that is not an image, or a folder without any, is an error. An output
-folder inside the source folder is not read.
+A file that is not a readable image is skipped (``skipped.csv``, and the returned summary; exit code
+1); the rest is processed. A file left alone on purpose is listed, with why, in ``ignored.csv`` (exit
+code 0). A single file that is not an image, or a folder without any, is an error. An output folder
+inside the source folder is not read.
 
 **Output folder** ``PRED/`` (written to a temporary sibling and renamed into place):
 
@@ -50,7 +54,10 @@ folder inside the source folder is not read.
   area per slice when slices have different frame counts). For DICOMs the slice spacing is
   measured between the planes' ImagePositionPatient along their normal, not between SliceLocation
   values (:func:`~rvseg.data.dicom.plane_positions`); a prepared data set has only the latter.
-- ``skipped.csv`` (``path, reason``) and ``summary.json``.
+- ``skipped.csv`` and ``ignored.csv`` (``path, reason``), and ``summary.json`` (with ``notes``: what
+  the reader of the numbers should know, e.g. non-finite NIfTI voxels replaced, a stack with one
+  slice position and so no volume, or NIfTI images segmented by a model trained on another layout,
+  whose orientation may differ).
 
 Masks are post-processed by :mod:`rvseg.postprocess` (``postprocess``): by default ``stack``, one
 region per label chosen through the slices of each stack at one instant (:func:`stack_instants`),
@@ -84,7 +91,15 @@ from rvseg.inference import Predictor, extent, to_original_geometry
 from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, write_csv, write_json
 from rvseg.postprocess import check_rule, finite, postprocess_scores, stack_positions
 from rvseg.report.figures import overlay_image
-from rvseg.volumes import CAVITY_LABELS, SliceArea, area_mm2, assign_phases, frames_by_slice, stack_volumes
+from rvseg.volumes import (
+    CAVITY_LABELS,
+    SliceArea,
+    area_mm2,
+    assign_phases,
+    by_stack,
+    frames_by_slice,
+    stack_volumes,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Contour file kind of the RVSC labels (``PNN-FFFF-icontour-auto.txt``).
@@ -92,6 +107,10 @@ CONTOUR_KIND = {"endo": "i", "epi": "o"}
 RVSC_FRAME_ID = re.compile(r"P\d+-(\d+)")
 #: NIfTI files of label volumes (ACDC's ``patientNNN_frameFF_gt.nii.gz``), which are not images to segment.
 GROUND_TRUTH_NAME = re.compile(r"_gt$", re.IGNORECASE)
+#: An ACDC patient's whole cine, ``patientNNN_4d.nii.gz``.
+ACDC_CINE_NAME = re.compile(r"^patient\d+_4d$", re.IGNORECASE)
+#: Files that converters such as dcm2niix write beside a NIfTI image, with its stem.
+SIDECAR_SUFFIXES = (".json", ".bval", ".bvec")
 VOLUME_FIELDS = ("level", "stack", "id", "slice_location", "trigger_time", "frame", "phase", "area_mm2", "slices",
                  "slice_spacing_mm", "volume_ml", "ed_volume_ml", "es_volume_ml", "ef_percent", "es_rule")
 
@@ -108,7 +127,8 @@ class InputImage:
         prepared: whether ``pixels`` are a prepared data set's (normalised, maybe resized) image.
         stack: the patient or series it belongs to ("" when unknown).
         spacing_mm: (row, column) pixel spacing in mm of the original image, or None.
-        slice_location: the slice's location as the source gives it (DICOM SliceLocation), or None.
+        slice_location: the slice's location as the source gives it (DICOM SliceLocation; for NIfTI, the
+            position along the slice normal from the affine), or None.
         position_mm: where the slice lies along its stack's normal (mm, from ImagePositionPatient;
             :func:`~rvseg.data.dicom.plane_positions`), or None: what slice spacings are measured on.
         trigger_time: ms after the R wave, or None.
@@ -116,7 +136,7 @@ class InputImage:
         phase: ``ED`` / ``ES`` when the source says so, else "".
         slice_number: the slice's number in its stack when the source gives one (a prepared data set's
             ``slice``), or None: orders slices without a location for the ``stack`` post-processing.
-        volume: the NIfTI volume it was cut from (a key of :attr:`Source.volumes`), or "".
+        volume: the NIfTI image it was cut from (a key of :attr:`Source.nifti`), or "".
         volume_index: where in that volume: ``(z,)`` for ``data[:, :, z]``, ``(z, t)`` for
             ``data[:, :, z, t]``.
     """
@@ -140,13 +160,25 @@ class InputImage:
 
 @dataclass
 class Source:
-    """What :func:`read_source` found: the kind of source, its images in order, the skipped files, and
-    the NIfTI volumes the images were cut from (by name, the stem of their mask files)."""
+    """What :func:`read_source` found.
+
+    Attributes:
+        kind: ``file``-level kinds ``nifti`` / ``dicom`` / ``image``, or ``prepared``, ``rvsc``, ``acdc``,
+            ``folder``.
+        images: the images to segment, in order.
+        skipped: ``{"path", "reason"}`` of each file that could not be read (exit code 1).
+        ignored: ``{"path", "reason"}`` of each file left alone on purpose: ``_gt`` label volumes,
+            converter sidecars, an ACDC root's other files (exit code 0).
+        nifti: the NIfTI images the images were cut from, by name (the stem of their mask files).
+        notes: what the reader of the outputs should know (e.g. non-finite voxels replaced).
+    """
 
     kind: str
     images: list[InputImage]
     skipped: list[dict[str, str]]
-    volumes: dict[str, NiftiVolume] = field(default_factory=dict)
+    ignored: list[dict[str, str]] = field(default_factory=list)
+    nifti: dict[str, NiftiVolume] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path, *, ensemble: str = "mean",
@@ -182,22 +214,26 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
                                            device=device)
     source = read_source(Path(src), exclude=out)
     with atomic_folder(out) as tmp:
-        volume_masks = VolumeMasks(source.volumes, len(predictor.labels))
-        records = segment_and_write(predictor, source.images, tmp, postprocess, volume_masks)
-        mask_volumes = volume_masks.write(tmp / "masks", predictor.labels)
+        nifti_masks = NiftiMasks(source.nifti, len(predictor.labels))
+        records = segment_and_write(predictor, source.images, tmp, postprocess, nifti_masks)
+        mask_files = nifti_masks.write(tmp / "masks", predictor.labels)
         volumes, notes = write_volumes(tmp / "volumes.csv", source.images, records, predictor.labels)
+        notes = [*source.notes, *orientation_notes(source, predictor), *notes]
         write_csv(tmp / "predictions.csv", records)
         write_csv(tmp / "skipped.csv", source.skipped, fieldnames=("path", "reason"))
+        write_csv(tmp / "ignored.csv", source.ignored, fieldnames=("path", "reason"))
         summary = json_safe({
             "out": str(out), "source": str(src), "source_kind": source.kind, "n_images": len(records),
-            "n_skipped": len(source.skipped), "skipped": source.skipped, "labels": predictor.labels,
+            "n_skipped": len(source.skipped), "skipped": source.skipped, "n_ignored": len(source.ignored),
+            "ignored": source.ignored, "labels": predictor.labels,
             "checkpoints": [str(path) for path in predictor.checkpoints],
             "checkpoint_checksums": [checksum(path) for path in predictor.checkpoints],
             "ensemble": ensemble, "tta": tta, "postprocess": postprocess, "model_prepare": predictor.prepare,
-            "volumes": {item["stack"]: item for item in volumes}, "mask_volumes": mask_volumes, "notes": notes,
+            "volumes": {item["stack"]: item for item in volumes}, "nifti_masks": mask_files, "notes": notes,
             "rvseg_version": __version__,
             "files": {name: str(out / name) for name in ("masks", "overlays", "contours", "predictions.csv",
-                                                          "volumes.csv", "skipped.csv", "summary.json")
+                                                          "volumes.csv", "skipped.csv", "ignored.csv",
+                                                          "summary.json")
                       if (tmp / name).exists() or name == "summary.json"},
         })
         write_json(tmp / "summary.json", summary)
@@ -219,8 +255,8 @@ def read_source(src: Path, exclude: Path | None = None) -> Source:
         raise DataError("no such file or folder", src)
     if src.is_file():
         source = read_files([src], stack=safe_name(nifti_stem(src)), kind="file")
-        if source.skipped:
-            raise DataError(source.skipped[0]["reason"], src)
+        if source.skipped or source.ignored:
+            raise DataError((source.skipped or source.ignored)[0]["reason"], src)
         source.kind = "nifti" if is_nifti(src) else "dicom" if is_dicom(src) else "image"
         return source
     if (src / "dataset.json").is_file():
@@ -235,62 +271,87 @@ def read_source(src: Path, exclude: Path | None = None) -> Source:
             source.images += found.images
             source.skipped += found.skipped
     elif acdc.looks_like_acdc(src):
-        source = acdc_source(src)
+        source = acdc_source(src, source_files(src, exclude))
     else:
-        excluded = None if exclude is None else exclude.resolve()
-        files = sorted(path for path in src.rglob("*")
-                       if path.is_file() and not any(part.startswith(".") for part in path.relative_to(src).parts)
-                       and not (excluded and path.resolve().is_relative_to(excluded)))
-        source = read_files(files, stack=src.name, root=src, kind="folder")
+        source = read_files(source_files(src, exclude), stack=src.name, root=src, kind="folder")
     if not source.images:
         raise DataError(f"holds no readable DICOM, PNG, JPEG or NIfTI image ({len(source.skipped)} other file(s))",
                         src)
     return source
 
 
+def source_files(src: Path, exclude: Path | None) -> list[Path]:
+    """The files below ``src``, sorted, without hidden ones and without those inside ``exclude``."""
+    excluded = None if exclude is None else exclude.resolve()
+    return sorted(path for path in src.rglob("*")
+                  if path.is_file() and not any(part.startswith(".") for part in path.relative_to(src).parts)
+                  and not (excluded and path.resolve().is_relative_to(excluded)))
+
+
 def read_files(files: Sequence[Path], stack: str, root: Path | None = None, kind: str = "folder") -> Source:
     """Read image files; DICOMs are grouped by series and ordered, each NIfTI file is cut into its slices,
-    unreadable files are listed as skipped.
+    unreadable files are listed as skipped and known companions of NIfTI images as ignored.
 
     Args:
         files: the candidate files.
-        stack: stack name of the DICOM and PNG/JPEG images (a series UID, when a folder holds several
-            series, is added); a NIfTI file is a stack named after its id.
+        stack: stack name of the DICOM images (a series UID, when a folder holds several series, is
+            added); a NIfTI file is a stack named after its id (made distinct from the DICOM stacks'
+            names), a PNG/JPEG image belongs to no stack.
         root: the folder searched, used to make duplicate file stems unique; None for a flat folder.
         kind: :attr:`Source.kind` of the result.
     """
-    ids = unique_ids(files, root)
-    dicoms: list[DicomImage] = []
-    others: list[InputImage] = []
     source = Source(kind, [], [])
+    nifti_stems = {(path.parent, nifti_stem(path)) for path in files if is_nifti(path)}
+    candidates = []
     for path in files:
+        why_not = companion_reason(path, nifti_stems)
+        if why_not:
+            source.ignored.append({"path": str(path), "reason": why_not})
+        else:
+            candidates.append(path)
+    ids = unique_ids(candidates, root)
+    dicoms: list[DicomImage] = []
+    images: list[InputImage] = []
+    for path in candidates:
         image = read_image_file(path, ids[path])
         if isinstance(image, str):
             source.skipped.append({"path": str(path), "reason": image})
         elif isinstance(image, DicomImage):
             dicoms.append(image)
         elif isinstance(image, NiftiVolume):
-            source.volumes[ids[path]] = image
-            others += nifti_inputs(image, ids[path], stack=ids[path])
+            source.nifti[ids[path]] = image
         else:
-            others.append(image)
+            images.append(image)
     stacks = dicom_stacks(dicoms)
-    for number, members in enumerate(stacks, start=1):
-        name = stack if len(stacks) == 1 else f"{stack}-stack{number}"
+    dicom_stack_names = [stack if len(stacks) == 1 else f"{stack}-stack{number}"
+                         for number in range(1, len(stacks) + 1)]
+    for name, members in zip(dicom_stack_names, stacks, strict=True):
         positions = plane_positions(members) or [None] * len(members)
         source.images += [dicom_input(image, ids[image.path], name, position)
                           for image, position in zip(members, positions, strict=True)]
-    source.images += others
+    taken = set(dicom_stack_names)
+    for name, volume in source.nifti.items():
+        source.images += nifti_inputs(volume, name, stack=unique_name(name, taken), phases=acdc_phases_of_cine(volume))
+        source.notes += volume.notes
+    source.images += images
     make_ids_unique(source.images)
     return source
+
+
+def companion_reason(path: Path, nifti_stems: set[tuple[Path, str]]) -> str | None:
+    """Why a file that is no image to segment is left alone: a ``*_gt`` label volume, or a sidecar
+    (``.json``, ``.bval``, ``.bvec``, as dcm2niix writes) of a NIfTI image beside it; None for others."""
+    if is_nifti(path) and GROUND_TRUTH_NAME.search(nifti_stem(path)):
+        return "a label volume (its name ends in _gt), not an image to segment"
+    if path.suffix.lower() in SIDECAR_SUFFIXES and (path.parent, path.stem) in nifti_stems:
+        return f"the sidecar of the NIfTI image {path.stem}"
+    return None
 
 
 def read_image_file(path: Path, image_id: str) -> InputImage | DicomImage | NiftiVolume | str:
     """A DICOM (as :class:`DicomImage`), PNG/JPEG or NIfTI image, or the reason it is not read."""
     try:
         if is_nifti(path):
-            if GROUND_TRUTH_NAME.search(nifti_stem(path)):
-                return "a label volume (its name ends in _gt), not an image to segment"
             return read_nifti(path)
         if is_dicom(path):
             return read_dicom(path)
@@ -302,47 +363,89 @@ def read_image_file(path: Path, image_id: str) -> InputImage | DicomImage | Nift
     return "not a DICOM (no 'DICM' marker after the 128-byte preamble), PNG/JPEG or NIfTI image"
 
 
-def acdc_source(root: Path) -> Source:
+def dicom_input(image: DicomImage, image_id: str, stack: str, position_mm: float | None) -> InputImage:
+    match = RVSC_FRAME_ID.fullmatch(image_id)
+    return InputImage(id=image_id, source=str(image.path), pixels=image.pixels, shape=image.shape, stack=stack,
+                      spacing_mm=image.spacing_mm, slice_location=image.slice_location, position_mm=position_mm,
+                      trigger_time=image.trigger_time,
+                      frame=int(match.group(1)) if match else image.instance_number)
+
+
+def acdc_source(root: Path, files: Sequence[Path]) -> Source:
     """The frame volumes of the ACDC patient folders in ``root`` (module docstring): each patient one
-    stack, its frames' phases from its ``Info.cfg``; unreadable volumes and ``Info.cfg`` files are
-    listed as skipped."""
+    stack, its frames' phases from its ``Info.cfg``.
+
+    Args:
+        root: the folder given.
+        files: every file below it (:func:`source_files`): those not read are listed as ignored, with
+            why, so that nothing is left out unsaid.
+    """
     report = ReadReport("acdc", acdc.LABELS)
     source = Source("acdc", [], report.skipped)
+    read: set[Path] = set()
     folders = [folder for folder in acdc.patient_folders(root) if acdc.frame_files(folder)]
     for folder in unique_folders(folders, lambda folder: folder.name, report, skip_bad=False):
+        read.add(folder / "Info.cfg")
         phases = acdc.read_phases(folder / "Info.cfg", report, skip_bad=True)
-        for (frame, is_gt), path in sorted(acdc.frame_files(folder).items()):
-            if is_gt:
-                continue
+        frames = {frame: path for (frame, is_gt), path in acdc.frame_files(folder).items() if not is_gt}
+        source.notes += [f"{folder.name}: Info.cfg gives {phase} as frame {frame}, which has no frame volume "
+                         f"({folder.name}_frame{frame:02d}.nii.gz)" for frame, phase in phases.items()
+                         if frame not in frames]
+        for frame, path in sorted(frames.items()):
+            read.add(path)
             try:
-                volume = read_nifti(path)
+                volume = acdc.read_frame_volume(path)
             except DataError as error:
                 report.bad_file(path, error.message, skip_bad=True)
                 continue
             name = safe_name(nifti_stem(path))
-            source.volumes[name] = volume
+            source.nifti[name] = volume
+            source.notes += volume.notes
             source.images += nifti_inputs(volume, name, stack=folder.name, prefix=f"{folder.name}-frame{frame:02d}",
                                           frame=frame, phase=phases.get(frame, ""))
+    skipped = {item["path"] for item in source.skipped}
+    source.ignored = [{"path": str(path), "reason": acdc_ignored_reason(path)} for path in files
+                      if path not in read and str(path) not in skipped]
     return source
 
 
+def acdc_ignored_reason(path: Path) -> str:
+    """Why a file below an ACDC root is not segmented."""
+    if is_nifti(path) and GROUND_TRUTH_NAME.search(nifti_stem(path)):
+        return "a label volume (its name ends in _gt), not an image to segment"
+    if is_nifti(path) and ACDC_CINE_NAME.search(nifti_stem(path)):
+        return "the whole cine of an ACDC patient: give this file itself to segment every frame"
+    return "not an ACDC patient's frame volume (give it on its own to segment it)"
+
+
+def acdc_phases_of_cine(volume: NiftiVolume) -> dict[int, str]:
+    """For an ACDC cine (``patientNNN_4d.nii.gz``) beside its ``Info.cfg``: frame number -> ED / ES; else {}."""
+    if volume.data.ndim != 4 or not ACDC_CINE_NAME.search(nifti_stem(volume.path)):
+        return {}
+    report = ReadReport("acdc", acdc.LABELS)
+    phases = acdc.read_phases(volume.path.parent / "Info.cfg", report, skip_bad=True)
+    return phases if not report.skipped else {}
+
+
 def nifti_inputs(volume: NiftiVolume, name: str, stack: str, *, prefix: str | None = None,
-                 frame: int | None = None, phase: str = "") -> list[InputImage]:
+                 frame: int | None = None, phase: str = "", phases: dict[int, str] | None = None) -> list[InputImage]:
     """The slices of a NIfTI volume as inputs (ids as in the module docstring; ``prefix`` defaults to
-    ``name``). ``frame`` and ``phase`` are those of a 3D volume; a 4D cine's frames are numbered from 1."""
+    ``name``). ``frame`` and ``phase`` are those of a 3D volume; a 4D cine's frames are numbered from 1,
+    with ``phases`` (frame number -> ED / ES) where known."""
     prefix = prefix or name
     locations = slice_locations(volume.affine, volume.data.shape[2])
     cine = volume.data.ndim == 4
+    phases = phases or {}
     images = []
     for t in range(volume.n_frames):
         for z, location in enumerate(locations):
             index = (z, t) if cine else (z,)
-            pixels = np.ascontiguousarray(volume.data[(slice(None), slice(None), *index)])
+            pixels = volume.data[(slice(None), slice(None), *index)]  # a view: the volume is held once
             images.append(InputImage(
                 id=f"{prefix}-frame{t + 1:02d}-slice{z:02d}" if cine else f"{prefix}-slice{z:02d}",
                 source=str(volume.path), pixels=pixels, shape=pixels.shape, stack=stack,
                 spacing_mm=volume.spacing_mm, slice_location=location, position_mm=location,
-                frame=t + 1 if cine else frame, phase="" if cine else phase, slice_number=z,
+                frame=t + 1 if cine else frame, phase=phases.get(t + 1, "") if cine else phase, slice_number=z,
                 volume=name, volume_index=index))
     return images
 
@@ -352,20 +455,17 @@ def make_ids_unique(images: Sequence[InputImage]) -> None:
     ``-2``, ``-3``... suffix, so that no output file overwrites another."""
     taken: set[str] = set()
     for image in images:
-        unique, count = image.id, 1
-        while unique in taken:
-            count += 1
-            unique = f"{image.id}-{count}"
-        taken.add(unique)
-        image.id = unique
+        image.id = unique_name(image.id, taken)
 
 
-def dicom_input(image: DicomImage, image_id: str, stack: str, position_mm: float | None) -> InputImage:
-    match = RVSC_FRAME_ID.fullmatch(image_id)
-    return InputImage(id=image_id, source=str(image.path), pixels=image.pixels, shape=image.shape, stack=stack,
-                      spacing_mm=image.spacing_mm, slice_location=image.slice_location, position_mm=position_mm,
-                      trigger_time=image.trigger_time,
-                      frame=int(match.group(1)) if match else image.instance_number)
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``... if taken; the result is added to ``taken``."""
+    unique, count = name, 1
+    while unique in taken:
+        count += 1
+        unique = f"{name}-{count}"
+    taken.add(unique)
+    return unique
 
 
 def unique_ids(files: Sequence[Path], root: Path | None) -> dict[Path, str]:
@@ -382,12 +482,7 @@ def unique_ids(files: Sequence[Path], root: Path | None) -> dict[Path, str]:
         if stems[name] > 1 and root is not None:
             relative = path.relative_to(root)
             name = safe_name("_".join((*relative.parts[:-1], nifti_stem(relative))))
-        unique, count = name, 1
-        while unique in taken:
-            count += 1
-            unique = f"{name}-{count}"
-        taken.add(unique)
-        ids[path] = unique
+        ids[path] = unique_name(name, taken)
     return ids
 
 
@@ -420,12 +515,12 @@ def prepared_images(root: Path) -> list[InputImage]:
 
 
 def segment_and_write(predictor: Predictor, images: Sequence[InputImage], folder: Path,
-                      postprocess: str = "stack", volume_masks: VolumeMasks | None = None) -> list[dict]:
+                      postprocess: str = "stack", nifti_masks: NiftiMasks | None = None) -> list[dict]:
     """Segment the images, write their masks, overlays and contours; one record each, in image order.
 
     Under the ``stack`` post-processing the images of one stack at one instant (:func:`stack_instants`)
-    are segmented in one unit (:func:`segmenting_units`). The masks of images cut from NIfTI volumes
-    are also handed to ``volume_masks``.
+    are segmented in one unit (:func:`segmenting_units`). The masks of images cut from NIfTI images
+    are also handed to ``nifti_masks``.
     """
     for name in ("masks", "overlays", "contours"):
         (folder / name).mkdir()
@@ -439,16 +534,16 @@ def segment_and_write(predictor: Predictor, images: Sequence[InputImage], folder
         masks = postprocess_scores(scores, postprocess, [instants[i] for i in unit], [positions[i] for i in unit])
         for i, image_masks in zip(unit, masks, strict=True):
             records[i] = write_image_outputs(folder, images[i], image_masks, predictor.labels)
-            if volume_masks is not None:
-                volume_masks.add(images[i], image_masks)
+            if nifti_masks is not None:
+                nifti_masks.add(images[i], image_masks)
     return records
 
 
-class VolumeMasks:
-    """The masks of the images cut from NIfTI volumes, put back into their volumes' geometry.
+class NiftiMasks:
+    """The masks of the images cut from NIfTI images, put back into their images' geometry.
 
     Args:
-        volumes: the source's volumes by name (:attr:`Source.volumes`).
+        volumes: the source's NIfTI images by name (:attr:`Source.nifti`).
         n_labels: L, the labels per mask.
     """
 
@@ -579,6 +674,12 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
         record["phase"] = phase_of.get((image.stack, image.id), record["phase"])
     volumes = stack_volumes(areas, rules)
     notes = [f"{item.stack}: {note}" for item in volumes for note in item.notes]
+    with_volume = {item.stack for item in volumes}
+    for stack, members in by_stack(areas).items():
+        if stack not in with_volume:
+            notes.append(f"{stack}: one slice position, so no volume")
+        elif rules[stack] != "given" and all(len(frames) == 1 for frames in frames_by_slice(members).values()):
+            notes.append(f"{stack}: one frame per slice and no phase given: its volume is reported as the ED volume")
     if any(slice_position(image) is None for image, _ in with_spacing):
         notes.append("images without a slice location have areas but enter no volume")
     rows = [{"level": "image", "stack": image.stack, "id": image.id, "slice_location": image.slice_location,
@@ -595,6 +696,18 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
                      "es_volume_ml": item.es_volume_ml, "ef_percent": item.ef_percent, "es_rule": item.es_rule})
     write_csv(path, rows, fieldnames=VOLUME_FIELDS)
     return [item.to_dict() for item in volumes], notes
+
+
+def orientation_notes(source: Source, predictor: Predictor) -> list[str]:
+    """A warning when NIfTI images are segmented by a model trained on another layout: NIfTI slices are
+    read as stored (:mod:`rvseg.data.nifti`), which for a converted DICOM series (dcm2niix) is the DICOM
+    image transposed and flipped, so the model may see its anatomy turned."""
+    trained_on = predictor.prepare.get("format", "")
+    if not source.nifti or trained_on in ("acdc", ""):
+        return []
+    return [f"NIfTI slices are segmented as stored (data[:, :, z], rows along the first axis); the model was "
+            f"trained on {trained_on} images, whose orientation may differ (a dcm2niix conversion stores the DICOM "
+            "image transposed and flipped): check the overlays"]
 
 
 def slice_position(image: InputImage) -> float | None:

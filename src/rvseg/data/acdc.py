@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from rvseg.data.folders import named_folders, unique_folders
-from rvseg.data.nifti import read_nifti, slice_locations
+from rvseg.data.nifti import NiftiVolume, read_nifti, slice_locations
 from rvseg.data.sample import ReadReport, Sample
 from rvseg.errors import DataError
 
@@ -183,15 +183,25 @@ def read_frame(
 def load_volume(
     path: Path, report: ReadReport, skip_bad: bool
 ) -> tuple[np.ndarray, tuple[float, ...], np.ndarray] | None:
-    """A 3D NIfTI volume (:func:`~rvseg.data.nifti.read_nifti`) as float32 (I, J, K), its voxel sizes in
-    mm and its float (4, 4) affine; None when the file is bad (and skipped). A 2D image is one slice
-    (K = 1) and then has only two voxel sizes."""
+    """:func:`read_frame_volume` as (float32 (I, J, K) data, voxel sizes in mm, float (4, 4) affine);
+    None when the file is bad (and skipped). A 2D image is one slice (K = 1) and then has only two
+    voxel sizes."""
     try:
-        volume = read_nifti(path)
+        volume = read_frame_volume(path)
     except DataError as error:
         report.bad_file(path, error.message, skip_bad)
         return None
-    if volume.data.ndim != 3:
-        report.bad_file(path, f"is not a 3D volume (shape {volume.data.shape})", skip_bad)
-        return None
+    report.notes += volume.notes
     return volume.data, volume.zooms[:3], volume.affine
+
+
+def read_frame_volume(path: Path) -> NiftiVolume:
+    """One frame's volume (:func:`~rvseg.data.nifti.read_nifti`), which must be 3D (or a 2D slice).
+
+    Raises:
+        DataError: the file cannot be read, or is a 4D cine.
+    """
+    volume = read_nifti(path)
+    if volume.data.ndim != 3:
+        raise DataError(f"is not a 3D volume (shape {volume.data.shape})", path)
+    return volume

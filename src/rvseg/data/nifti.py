@@ -7,13 +7,19 @@ prepared set sees new volumes as it saw its training slices): a volume's voxel a
 pixel spacing is ``(zooms[0], zooms[1])``. Where a slice lies is its plane's position along the plane
 normal in mm, from the affine (:func:`slice_locations`), not the slice thickness ``zooms[2]``.
 
-A mask saved with :func:`save_like` has the source's affine and header, so viewers overlay it on the
-image and ``data[:, :, z]`` of the mask is the mask of ``data[:, :, z]`` of the image.
+**Units.** Voxel sizes and the affine are in mm; a header in metres or micrometres is converted.
+Non-finite voxels (NaN outside a resampled field of view, say) are set to the volume's lowest finite
+value, with a note, because one NaN would otherwise turn a whole slice's normalisation into NaN.
+
+A mask saved with :func:`save_like` has the source's geometry (affine, qform and sform with their
+codes, voxel sizes, units), so viewers overlay it on the image and ``data[:, :, z]`` of the mask is
+the mask of ``data[:, :, z]`` of the image. It does not carry the source's free-text fields or header
+extensions, which may hold patient details.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -22,6 +28,10 @@ import numpy as np
 from rvseg.errors import DataError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: mm per unit of the header's spatial unit (``unknown``: taken as mm, as NIfTI readers do).
+MM_PER_UNIT = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 0.001}
+#: NIfTI intent code of a label volume (NIFTI_INTENT_LABEL).
+INTENT_LABEL = 1002
 
 
 @dataclass
@@ -36,6 +46,7 @@ class NiftiVolume:
             time between frames in the header's time unit).
         affine: float64 (4, 4) voxel-to-world matrix.
         image: the nibabel image, whose header :func:`save_like` copies.
+        notes: what was changed on reading (non-finite voxels replaced).
     """
 
     path: Path
@@ -43,6 +54,7 @@ class NiftiVolume:
     zooms: tuple[float, ...]
     affine: np.ndarray
     image: nib.Nifti1Image | nib.Nifti2Image
+    notes: list[str] = field(default_factory=list)
 
     @property
     def spacing_mm(self) -> tuple[float, float]:
@@ -73,14 +85,20 @@ def read_nifti(path: str | Path) -> NiftiVolume:
     """Read a ``.nii`` / ``.nii.gz`` image of 2 to 4 dimensions (after dropping trailing axes of size 1).
 
     Raises:
-        DataError: the file cannot be read as NIfTI, or has more than 4 dimensions of size > 1.
+        DataError: the file cannot be read as NIfTI; it holds complex values, more than 4 dimensions of
+            size > 1, or no finite voxel; its affine has no plane (parallel or zero in-plane axes).
     """
     path = Path(path)
     try:
         image = nib.load(path)
+        if image.get_data_dtype().kind == "c":
+            raise DataError("holds complex values; expected real intensities", path)
         data = np.asarray(image.get_fdata(dtype=np.float32))
         zooms = tuple(float(size) for size in image.header.get_zooms())
-        affine = np.asarray(image.affine, dtype=np.float64)
+        affine = np.array(image.affine, dtype=np.float64)  # a copy: it is scaled to mm below
+        spatial_unit = image.header.get_xyzt_units()[0]
+    except DataError:
+        raise
     except Exception as exc:  # noqa: BLE001 - nibabel and the gzip layer raise many kinds of errors
         raise DataError(f"cannot be read as a NIfTI volume ({exc.__class__.__name__}: {exc})", path) from exc
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -89,7 +107,21 @@ def read_nifti(path: str | Path) -> NiftiVolume:
         data = data[:, :, np.newaxis]
     if data.ndim not in (3, 4):
         raise DataError(f"is not a 2D, 3D or 4D image (shape {data.shape})", path)
-    return NiftiVolume(path=path, data=data, zooms=zooms, affine=affine, image=image)
+    scale = MM_PER_UNIT.get(spatial_unit, 1.0)
+    zooms = tuple(size * scale for size in zooms[:3]) + zooms[3:]
+    affine[:3] *= scale
+    normal = np.cross(affine[:3, 0], affine[:3, 1])
+    if not np.all(np.isfinite(affine)) or np.linalg.norm(normal) == 0:
+        raise DataError("has an affine without an image plane (parallel, zero or non-finite axes)", path)
+    notes = []
+    finite = np.isfinite(data)
+    if not finite.all():
+        if not finite.any():
+            raise DataError("holds no finite voxel", path)
+        count = int(data.size - np.count_nonzero(finite))
+        data[~finite] = data[finite].min()
+        notes.append(f"{path.name}: {count} non-finite voxel(s) set to the lowest finite value")
+    return NiftiVolume(path=path, data=data, zooms=zooms, affine=affine, image=image, notes=notes)
 
 
 def slice_locations(affine: np.ndarray, count: int) -> list[float]:
@@ -106,9 +138,11 @@ def slice_locations(affine: np.ndarray, count: int) -> list[float]:
 
 
 def save_like(reference: NiftiVolume, data: np.ndarray, path: str | Path) -> None:
-    """Save uint8 ``data`` (the shape of ``reference.data``) as NIfTI with the reference's affine and header.
+    """Save uint8 label ``data`` (the shape of ``reference.data``) as NIfTI in the reference's geometry.
 
-    The header's intensity scaling is reset, so the stored values are the values of ``data``.
+    The reference's header is copied (qform and sform with their codes, voxel sizes, units), its
+    intensity scaling reset so that the stored values are those of ``data``, its free-text fields and
+    extensions (which may name the patient) cleared, and its intent set to a label volume.
     """
     if data.shape != reference.data.shape:
         raise ValueError(f"data of shape {data.shape} for a volume of shape {reference.data.shape}")
@@ -116,5 +150,9 @@ def save_like(reference: NiftiVolume, data: np.ndarray, path: str | Path) -> Non
     header.set_data_dtype(np.uint8)
     header.set_slope_inter(1.0, 0.0)
     header["cal_min"], header["cal_max"] = 0, float(data.max(initial=0))
-    saved = type(reference.image)(data.reshape(reference.image.shape).astype(np.uint8), reference.affine, header)
+    header["descrip"], header["aux_file"] = b"rvseg mask", b""
+    header.set_intent(INTENT_LABEL)
+    header.extensions.clear()
+    # The image's own affine, in the header's units (reference.affine is in mm).
+    saved = type(reference.image)(data.reshape(reference.image.shape).astype(np.uint8), reference.image.affine, header)
     nib.save(saved, str(path))
