@@ -738,3 +738,23 @@ def read_nifti_fixture(folder: Path, shape: tuple[int, ...]):
 
     nib.save(nib.Nifti1Image(np.zeros(shape, dtype=np.int16), np.eye(4)), folder / "volume.nii.gz")
     return read_nifti(folder / "volume.nii.gz")
+
+
+def test_single_slice_nifti_files_of_one_cine_form_one_stack(checkpoint, phantom, dicom_prediction, tmp_path):
+    """dcm2niix's output for a cine acquired slice by slice: one (I, J, 1, T) file per slice position."""
+    cine, spacing = phantom_cine(phantom)
+    (tmp_path / "sax").mkdir()
+    for s in range(PHANTOM_SLICES):
+        affine = np.diag([spacing[0], spacing[1], 7.0, 1.0])
+        affine[2, 3] = 7.0 * s
+        nib.save(nib.Nifti1Image(cine[:, :, s : s + 1], affine), tmp_path / "sax" / f"cine_sax_{s + 1}.nii.gz")
+    other = np.diag([spacing[0], spacing[1], 7.0, 1.0])
+    other[:3, :2] = [[0, spacing[1]], [0, 0], [spacing[0], 0]]  # another plane (a long-axis view)
+    nib.save(nib.Nifti1Image(cine[:, :, :1], other), tmp_path / "sax" / "cine_4ch.nii.gz")
+    summary = predict([checkpoint], tmp_path / "sax", tmp_path / "pred")
+    stacks = {row["id"].split("-")[0]: row["stack"] for row in read_csv(tmp_path / "pred" / "predictions.csv")}
+    assert stacks == {"cine_sax_1": "sax", "cine_sax_2": "sax", "cine_sax_3": "sax", "cine_4ch": "cine_4ch"}
+    expected = dicom_prediction[1]["volumes"]["P01"]
+    for key in ("slice_spacing_mm", "ed_volume_ml", "es_volume_ml", "ef_percent"):
+        assert summary["volumes"]["sax"][key] == pytest.approx(expected[key], rel=1e-6)
+    assert "cine_4ch: one slice position, so no volume" in summary["notes"]

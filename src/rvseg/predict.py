@@ -10,8 +10,11 @@
   (:func:`~rvseg.data.dicom.dicom_stacks`: a series, or the single-slice series of one study's
   short-axis cine joined) and ordered by slice location, trigger time and instance number; each
   NIfTI file is a stack of its own (named after the file, made distinct from the DICOM stacks'
-  names). NIfTI files named ``*_gt.nii[.gz]`` (label volumes) and converter sidecars beside a NIfTI
-  image (``.json``, ``.bval``, ``.bvec`` of its stem) are ignored;
+  names), except single-slice files of one folder that are the slices of one stack
+  (:func:`~rvseg.data.nifti.single_slice_series`: dcm2niix's output for a cine acquired slice by
+  slice), which form one stack named after the folder. NIfTI files named ``*_gt.nii[.gz]`` (label
+  volumes) and converter sidecars beside a NIfTI image (``.json``, ``.bval``, ``.bvec`` of its stem)
+  are ignored;
 - an RVSC patient folder (``patientNN/PNNdicom/*.dcm``) or a folder holding them (up to three levels
   down, as in ``TestSet/Test1Set/patient17``): each patient is a stack;
 - an ACDC patient folder (``patientNNN/patientNNN_frameFF.nii.gz``) or a folder holding them (up to
@@ -82,7 +85,15 @@ from rvseg.data.contours import mask_to_contour, write_contour_file
 from rvseg.data.dataset import load_dataset
 from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, plane_positions, read_dicom
 from rvseg.data.folders import unique_folders
-from rvseg.data.nifti import NiftiVolume, is_nifti, nifti_stem, read_nifti, save_like, slice_locations
+from rvseg.data.nifti import (
+    NiftiVolume,
+    is_nifti,
+    nifti_stem,
+    read_nifti,
+    save_like,
+    single_slice_series,
+    slice_locations,
+)
 from rvseg.data.pngpairs import read_gray
 from rvseg.data.rvsc import looks_like_rvsc, patient_folders, patient_id
 from rvseg.data.sample import ReadReport
@@ -330,8 +341,12 @@ def read_files(files: Sequence[Path], stack: str, root: Path | None = None, kind
         source.images += [dicom_input(image, ids[image.path], name, position)
                           for image, position in zip(members, positions, strict=True)]
     taken = set(dicom_stack_names)
+    stack_of = {name: stack for series in single_slice_series(source.nifti)
+                for stack in [unique_name(safe_name(source.nifti[series[0]].path.parent.name), taken)]
+                for name in series}
     for name, volume in source.nifti.items():
-        source.images += nifti_inputs(volume, name, stack=unique_name(name, taken), phases=acdc_phases_of_cine(volume))
+        stack_name = stack_of.get(name) or unique_name(name, taken)
+        source.images += nifti_inputs(volume, name, stack=stack_name, phases=acdc_phases_of_cine(volume))
         source.notes += volume.notes
     source.images += images
     make_ids_unique(source.images)

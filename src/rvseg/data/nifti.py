@@ -19,6 +19,7 @@ extensions, which may hold patient details.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,3 +157,27 @@ def save_like(reference: NiftiVolume, data: np.ndarray, path: str | Path) -> Non
     # The image's own affine, in the header's units (reference.affine is in mm).
     saved = type(reference.image)(data.reshape(reference.image.shape).astype(np.uint8), reference.image.affine, header)
     nib.save(saved, str(path))
+
+
+def single_slice_series(volumes: Mapping[str, NiftiVolume]) -> list[list[str]]:
+    """The single-slice images among ``volumes`` that are the slices of one stack, as lists of names.
+
+    dcm2niix writes a short-axis cine acquired slice by slice (one series per slice) as one
+    (I, J, 1[, T]) file per slice. Such files form one stack when they lie in one folder and share their
+    in-plane axes (the affine's first two columns, so orientation and pixel spacing), their size and
+    their number of frames, at distinct slice positions. Groups of two or more are returned, each in
+    order of position.
+    """
+    groups: dict[tuple, list[tuple[float, str]]] = {}
+    for name, volume in volumes.items():
+        if volume.data.shape[2] != 1:
+            continue
+        axes = tuple(np.round(volume.affine[:3, :2].ravel(), 3))
+        key = (volume.path.parent, volume.data.shape, axes)
+        groups.setdefault(key, []).append((slice_locations(volume.affine, 1)[0], name))
+    series = []
+    for members in groups.values():
+        positions = [round(position, 2) for position, _ in members]
+        if len(members) > 1 and len(set(positions)) == len(positions):
+            series.append([name for _, name in sorted(members)])
+    return series
