@@ -721,16 +721,30 @@ def test_non_finite_voxels_are_replaced_with_a_note(checkpoint, phantom, tmp_pat
     assert all(int(row["area_px_endo"]) > 0 for row in read_csv(tmp_path / "pred" / "predictions.csv"))
 
 
-def test_volume_masks_of_several_labels_one_file_each(tmp_path):
+def test_nifti_masks_of_several_labels(tmp_path):
+    """One file per label for overlapping labels (endo, epi); one label map in ACDC's values for ACDC's."""
     volume = read_nifti_fixture(tmp_path, (6, 5, 2, 3))
-    masks = NiftiMasks({"cine": volume}, n_labels=2)
     image = InputImage(id="x", source="", pixels=np.zeros((6, 5)), shape=(6, 5), volume="cine", volume_index=(1, 2))
-    masks.add(image, np.stack([np.eye(6, 5, dtype=bool), np.ones((6, 5), dtype=bool)]))
-    masks.add(InputImage(id="png", source="", pixels=np.zeros((6, 5)), shape=(6, 5)), np.ones((2, 6, 5), dtype=bool))
-    assert masks.write(tmp_path, ["endo", "epi"]) == ["cine-endo.nii.gz", "cine-epi.nii.gz"]
+    loose = InputImage(id="png", source="", pixels=np.zeros((6, 5)), shape=(6, 5))
+    diagonal, everything = np.eye(6, 5, dtype=bool), np.ones((6, 5), dtype=bool)
+    masks = NiftiMasks({"cine": volume}, n_labels=2)
+    masks.add(image, np.stack([diagonal, everything]))
+    masks.add(loose, np.ones((2, 6, 5), dtype=bool))  # not from a volume: not placed
+    assert masks.write(tmp_path, ["endo", "epi"]) == (["cine-endo.nii.gz", "cine-epi.nii.gz"], [])
     endo = np.asarray(nib.load(tmp_path / "cine-endo.nii.gz").dataobj)
     epi = np.asarray(nib.load(tmp_path / "cine-epi.nii.gz").dataobj)
     assert endo.sum() == 5 and endo[:, :, 1, 2].sum() == 5 and epi.sum() == 30 and epi[:, :, 1, 2].all()
+
+    acdc_masks = NiftiMasks({"cine": volume}, n_labels=3)
+    lv = np.zeros((6, 5), dtype=bool)
+    lv[4:, 3:] = True
+    acdc_masks.add(image, np.stack([diagonal, ~diagonal & ~lv, lv]))  # rv, myo, lv; lv overlaps rv at (4, 4)
+    names, notes = acdc_masks.write(tmp_path, ["rv", "myo", "lv"])
+    assert names == ["cine.nii.gz"] and notes == ["cine.nii.gz: 1 voxel(s) predicted as two labels keep the "
+                                                  "later one of rv, myo, lv"]
+    values = np.asarray(nib.load(tmp_path / "cine.nii.gz").dataobj)[:, :, 1, 2]
+    expected = np.where(lv, 3, np.where(diagonal, 1, 2))
+    np.testing.assert_array_equal(values, expected)
 
 
 def read_nifti_fixture(folder: Path, shape: tuple[int, ...]):

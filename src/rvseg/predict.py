@@ -35,11 +35,12 @@ inside the source folder is not read.
 
 - ``masks/<id>.png``: the predicted mask, 0 / 255, at the original image's size; with several
   labels, one ``masks/<id>-<label>.png`` per label.
-- ``masks/<volume>.nii.gz`` (``<volume>-<label>.nii.gz`` with several labels) for each NIfTI image
-  read: its slices' masks, 0 / 1 uint8, put back into the image's geometry, with its affine and header
-  (:func:`~rvseg.data.nifti.save_like`). A slice's image id is ``<volume>-sliceZZ`` (a 4D cine:
-  ``<volume>-frameTT-sliceZZ``, TT counted from 1; an ACDC frame: ``patientNNN-frameFF-sliceZZ``, the
-  id of the same sample in an ACDC prepared set).
+- ``masks/<volume>.nii.gz`` for each NIfTI image read: its slices' masks, uint8, put back into the
+  image's geometry (:func:`~rvseg.data.nifti.save_like`): 0 / 1 for one label; one label map in ACDC's
+  values (rv 1, myo 2, lv 3, as the ACDC ground truths) for a model of ACDC labels; else one 0 / 1
+  file ``<volume>-<label>.nii.gz`` per label (endo and epi overlap). A slice's image id is
+  ``<volume>-sliceZZ`` (a 4D cine: ``<volume>-frameTT-sliceZZ``, TT counted from 1; an ACDC frame:
+  ``patientNNN-frameFF-sliceZZ``, the id of the same sample in an ACDC prepared set).
 - ``overlays/<id>.png``: the image with the boundary of each label's mask in colour (endo yellow,
   epi cyan).
 - ``contours/<id>-icontour-auto.txt`` (label ``endo``) and ``<id>-ocontour-auto.txt`` (``epi``):
@@ -227,9 +228,9 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
     with atomic_folder(out) as tmp:
         nifti_masks = NiftiMasks(source.nifti, len(predictor.labels))
         records = segment_and_write(predictor, source.images, tmp, postprocess, nifti_masks)
-        mask_files = nifti_masks.write(tmp / "masks", predictor.labels)
+        mask_files, mask_notes = nifti_masks.write(tmp / "masks", predictor.labels)
         volumes, notes = write_volumes(tmp / "volumes.csv", source.images, records, predictor.labels)
-        notes = [*source.notes, *orientation_notes(source, predictor), *notes]
+        notes = [*source.notes, *orientation_notes(source, predictor), *mask_notes, *notes]
         write_csv(tmp / "predictions.csv", records)
         write_csv(tmp / "skipped.csv", source.skipped, fieldnames=("path", "reason"))
         write_csv(tmp / "ignored.csv", source.ignored, fieldnames=("path", "reason"))
@@ -573,15 +574,34 @@ class NiftiMasks:
         if image.volume:
             self.arrays[image.volume][(slice(None),) * 3 + image.volume_index] = masks
 
-    def write(self, folder: Path, labels: Sequence[str]) -> list[str]:
-        """Save ``<volume>.nii.gz`` (``<volume>-<label>.nii.gz`` per label with several) in ``folder``;
-        returns the file names."""
-        names = []
+    def write(self, folder: Path, labels: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Save each volume's masks in ``folder``: ``<volume>.nii.gz``, 0 / 1, for one label; for labels
+        that are all ACDC's, one label map ``<volume>.nii.gz`` in ACDC's values (rv 1, myo 2, lv 3; where
+        two masks overlap, the later label of ``labels`` wins, with a note); else one 0 / 1 file
+        ``<volume>-<label>.nii.gz`` per label.
+
+        Returns:
+            (the file names, notes).
+        """
+        names, notes = [], []
+        label_map = len(labels) > 1 and set(labels) <= set(acdc.LABEL_VALUES)
         for name, array in self.arrays.items():
+            if label_map:
+                values = np.zeros(array.shape[1:], dtype=np.uint8)
+                overlap = 0
+                for label, mask in zip(labels, array.astype(bool), strict=True):
+                    overlap += np.count_nonzero(values[mask])
+                    values[mask] = acdc.LABEL_VALUES[label]
+                names.append(f"{name}.nii.gz")
+                save_like(self.volumes[name], values, folder / names[-1])
+                if overlap:
+                    notes.append(f"{names[-1]}: {overlap} voxel(s) predicted as two labels keep the later one "
+                                 f"of {', '.join(labels)}")
+                continue
             for label, mask in zip(labels, array, strict=True):
                 names.append(f"{name}.nii.gz" if len(labels) == 1 else f"{name}-{label}.nii.gz")
                 save_like(self.volumes[name], mask, folder / names[-1])
-        return names
+        return names, notes
 
 
 def stack_instants(images: Sequence[InputImage]) -> tuple[list, list]:
