@@ -20,7 +20,7 @@ from rvseg.data.dataset import load_dataset
 from rvseg.data.phantom import write_phantom
 from rvseg.data.prepare import PrepareOptions, prepare
 from rvseg.errors import ConfigError, DataError
-from rvseg.evaluate import case_rows, evaluate, slice_levels, split_indices, stack_keys
+from rvseg.evaluate import case_rows, cavity_volumes, evaluate, slice_levels, split_indices, stack_keys
 from rvseg.inference import Predictor, check_prepared_compatible
 from rvseg.io import checksum
 from rvseg.metrics import segmentation_metrics
@@ -239,7 +239,9 @@ def test_rv_volumes_and_ejection_fraction_against_the_reference(run, tmp_path, c
                  "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     volumes = json.loads((tmp_path / "eval" / "summary.json").read_text())["volumes"]
-    assert volumes["label"] == "endo" and volumes["notes"] == []
+    assert volumes["label"] == "endo" and volumes["notes"] == [
+        "areas are counted at the prepared size 64 x 56: the reference volumes are those of the resampled masks, "
+        "not of the original contours"]
     assert sorted(volumes["patients"]) == ["P01", "P02", "P03"]
     samples = {row["id"]: row for row in read_csv(tmp_path / "prepared" / "samples.csv")}
     rows = [row for row in read_csv(tmp_path / "eval" / "per_case.csv") if row["label"] == "endo"]
@@ -261,16 +263,69 @@ def test_rv_volumes_and_ejection_fraction_against_the_reference(run, tmp_path, c
     assert volumes["agreement"]["ef_percent"]["n"] == 3
     assert volumes["agreement"]["ef_percent"]["bias"] == pytest.approx(np.mean(errors))
     assert volumes["agreement"]["ef_percent"]["sd"] == pytest.approx(np.std(errors, ddof=1))
-    bias = volumes["agreement"]["ed_volume_ml"]["bias"]
-    assert f"RV volumes (endo, 3 patients), predicted - reference: EDV mL {bias:.1f} +/- " in printed
+    ed = volumes["agreement"]["ed_volume_ml"]
+    assert volumes["chamber"] == "RV" and "  RV volumes from endo, predicted - reference over patients:" in printed
+    assert f"    EDV bias {ed['bias']:.1f} mL (sd {ed['sd']:.1f}, MAE {ed['mae']:.1f}, r " in printed
+    assert f"    EF bias {volumes['agreement']['ef_percent']['bias']:.1f} points" in printed
+
+
+def reference_volumes(data_path: Path, keep=lambda row: True) -> dict:
+    """:func:`cavity_volumes` with the reference masks as the prediction (no model), over the rows kept."""
+    data = load_dataset(data_path)
+    indices = list(range(len(data.rows)))
+    channels = list(range(len(data.labels)))
+    masks = [data.masks[i, :, : int(data.rows[i]["height"]), : int(data.rows[i]["width"])] > 0 for i in indices]
+    rows = [row for row in case_rows(data, indices, masks, data.labels, channels) if keep(row)]
+    return cavity_volumes(data, rows, data.labels)
+
+
+def test_reference_volumes_equal_the_phantoms_own(tmp_path):
+    write_phantom(tmp_path / "phantom", patients=3, slices=3, frames=4, seed=3)
+    prepare(tmp_path / "phantom", tmp_path / "native", PrepareOptions())
+    volumes = reference_volumes(tmp_path / "native")
+    truth = {item["patient"]: item for item in json.loads((tmp_path / "phantom" / "phantom.json").read_text())["truth"]}
+    assert sorted(volumes["patients"]) == sorted(truth)
+    for patient, item in volumes["patients"].items():
+        for key in ("ed_volume_ml", "es_volume_ml", "ef_percent"):
+            assert item[key]["truth"] == pytest.approx(truth[patient][key], rel=1e-6)
+            assert item[key]["error"] == 0
+    assert volumes["agreement"]["ef_percent"] == {"n": 3, "bias": 0.0, "sd": 0.0, "mae": 0.0, "r": pytest.approx(1.0)}
+
+    # A patient left with one slice location gets no volume, and a note says so.
+    first = min(float(row["slice"]) for row in read_csv(tmp_path / "native" / "samples.csv") if row["patient"] == "P02")
+    one_slice = reference_volumes(tmp_path / "native",
+                                  keep=lambda row: row["patient"] != "P02" or float(row["slice"]) == first)
+    assert "P02" not in one_slice["patients"]
+    assert "P02: no volume (fewer than two slice locations with a usable ED or ES sample)" in one_slice["notes"]
+
+
+def test_reference_volumes_of_real_rvsc_patient09(shared_data, tmp_path):
+    """Slices 8.4 mm apart (7 mm thick): ED on two slices, ES only on the apical one, as the experts drew it;
+    the basal slice counts as empty at ES, so the EF is defined."""
+    prepare(shared_data / "rvsc-native" / "patient09", tmp_path / "p09", PrepareOptions())
+    volumes = reference_volumes(tmp_path / "p09")
+    samples = {row["id"]: row for row in read_csv(tmp_path / "p09" / "samples.csv")}
+    pixel = float(samples["P09-0020"]["spacing_mm"]) * float(samples["P09-0020"]["spacing_col_mm"])
+    area = {frame: int(samples[f"P09-{frame:04d}"]["area_px_endo"]) * pixel for frame in (20, 22, 23)}
+    item = volumes["patients"]["P09"]
+    assert item["slice_spacing_mm"] == pytest.approx(8.4, abs=1e-3) and (item["ed_slices"], item["es_slices"]) == (2, 2)
+    assert item["ed_volume_ml"]["truth"] == pytest.approx((area[20] + area[22]) * 8.4 / 1000, rel=1e-4)
+    assert item["es_volume_ml"]["truth"] == pytest.approx(area[23] * 8.4 / 1000, rel=1e-4)
+    assert item["ef_percent"]["truth"] == pytest.approx(100 * (1 - area[23] / (area[20] + area[22])), rel=1e-4)
+    assert "P09: ES is contoured on 1 of 2 ED slices; the other 1 count as empty at ES" in volumes["notes"]
+
+
+def test_sunnybrook_cavities_are_the_left_ventricle(shared_data, tmp_path):
+    prepare(shared_data / "sunnybrook-subset", tmp_path / "scd", PrepareOptions())
+    volumes = reference_volumes(tmp_path / "scd")
+    assert volumes["chamber"] == "LV" and volumes["label"] == "endo" and len(volumes["patients"]) == 5
 
 
 def test_no_volumes_without_pixel_spacing(cli_evaluation):
     _, summary = cli_evaluation
     volumes = summary["volumes"]
     assert volumes["label"] == "endo" and volumes["patients"] == {}
-    assert volumes["notes"] == [f"{summary['n_samples']} sample(s) left out: no pixel spacing",
-                                "no patient has two or more slice locations with an ED or ES phase: no volumes"]
+    assert volumes["notes"] == [f"{summary['n_samples']} sample(s) left out: no pixel spacing"]
     assert "volumes.csv" not in summary["files"]
 
 

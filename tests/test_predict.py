@@ -384,7 +384,7 @@ def test_volumes_of_an_acdc_style_rv_label(tmp_path):
     assert volumes["es_volume_ml"] == pytest.approx(1500.0 * 10 / 1000)
     assert volumes["ef_percent"] == pytest.approx(100 * (33 - 15) / 33)
     assert write_volumes(tmp_path / "none.csv", images, records, ["myo"]) == (
-        [], ["no volumes: the model segments none of endo, rv (the RV cavity)"])
+        [], ["no volumes: the model segments none of endo, rv (the ventricular cavity)"])
 
 
 def test_predict_on_a_prepared_data_set(checkpoint, prepared, phantom, tmp_path):

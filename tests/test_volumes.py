@@ -14,6 +14,7 @@ from rvseg.volumes import (
     agreement,
     area_mm2,
     assign_phases,
+    fill_missing_es,
     slice_spacing_mm,
     stack_volumes,
     volume_errors,
@@ -183,3 +184,24 @@ def test_agreement_of_predicted_and_reference_volumes():
     # Constant values have no correlation; no pairs have no statistics at all.
     assert result["es_volume_ml"] == {"n": 3, "bias": 0.0, "sd": 0.0, "mae": 0.0, "r": None}
     assert result["ef_percent"] == {"n": 0, "bias": None, "sd": None, "mae": None, "r": None}
+
+
+def test_agreement_of_one_and_two_patients():
+    truth = {"A": {"ed_volume_ml": 100.0}, "B": {"ed_volume_ml": 150.0}}
+    one = agreement(volume_errors({"A": {"ed_volume_ml": 104.0}}, truth))["ed_volume_ml"]
+    assert one == {"n": 1, "bias": 4.0, "sd": None, "mae": 4.0, "r": None}
+    two = agreement(volume_errors({"A": {"ed_volume_ml": 104.0}, "B": {"ed_volume_ml": 148.0}}, truth))["ed_volume_ml"]
+    assert two["n"] == 2 and two["sd"] == pytest.approx(6.0 / np.sqrt(2)) and two["r"] is None
+
+
+def test_missing_es_slices_count_as_empty_where_es_is_within_ed():
+    areas = [SliceArea("p", f"ed{k}", 10.0 * k, 100.0, phase="ED") for k in range(3)]
+    areas += [SliceArea("p", f"es{k}", 10.0 * k, 40.0, phase="ES") for k in (1, 2)]
+    filled, notes = fill_missing_es(areas)
+    assert notes == ["p: ES is contoured on 2 of 3 ED slices; the other 1 count as empty at ES"]
+    (volumes,) = stack_volumes(filled)
+    assert volumes.es_volume_ml == pytest.approx(80.0 * 10 / 1000) and volumes.ef_percent == pytest.approx(
+        100 * (300 - 80) / 300)
+    # ES on a slice without ED: left as it is (no EF, as stack_volumes says).
+    odd = [*areas[:2], SliceArea("p", "es9", 90.0, 40.0, phase="ES")]
+    assert fill_missing_es(odd) == (odd, [])

@@ -140,10 +140,12 @@ def cmd_evaluate(args) -> int:
         print(f"  note: {summary['unit_note']}")
     volumes = summary["volumes"]
     if volumes["patients"]:
-        print(f"  RV volumes ({volumes['label']}, {len(volumes['patients'])} patients), predicted - reference: "
-              + "; ".join(f"{name} {number(cells['bias'], 1)} +/- {number(cells['sd'], 1)} (r {number(cells['r'], 2)})"
-                          for name, cells in zip(("EDV mL", "ESV mL", "EF points"), volumes["agreement"].values(),
-                                                 strict=True)))
+        print(f"  {volumes['chamber']} volumes from {volumes['label']}, predicted - reference over patients:")
+        for key, name, unit in (("ed_volume_ml", "EDV", "mL"), ("es_volume_ml", "ESV", "mL"),
+                                ("ef_percent", "EF", "points")):
+            cells = volumes["agreement"][key]
+            print(f"    {name} bias {number(cells['bias'], 1)} {unit} (sd {number(cells['sd'], 1)}, MAE "
+                  f"{number(cells['mae'], 1)}, r {number(cells['r'], 2)}, n {cells['n']})")
     for note in volumes["notes"]:
         print(f"  volumes: {note}")
     return 0
@@ -168,8 +170,8 @@ def cmd_predict(args) -> int:
         if summary["n_ignored"]:
             print(f"  ignored {summary['n_ignored']} file(s) that are no images to segment (ignored.csv)")
         for stack, volumes in summary["volumes"].items():
-            print(f"  {stack}: EDV {number(volumes['ed_volume_ml'], 1)} mL, ESV {number(volumes['es_volume_ml'], 1)} "
-                  f"mL, EF {number(volumes['ef_percent'], 1)} %")
+            print(f"  {stack}: {summary['chamber']} EDV {number(volumes['ed_volume_ml'], 1)} mL, "
+                  f"ESV {number(volumes['es_volume_ml'], 1)} mL, EF {number(volumes['ef_percent'], 1)} %")
         for note in summary["notes"]:
             print(f"  note: {note}")
     return 1 if summary["skipped"] else 0

@@ -15,14 +15,18 @@ positions: base and apex); every sample at a position gets that position's level
 positions, with a single position, or without the first label gets level ``unknown``. Apical slices
 are where RV segmentation fails most, so the summary gives Dice and HD per level.
 
-**RV volumes and ejection fraction.** When the labels include the RV cavity (``endo``, or ACDC's
-``rv``) and the samples have a pixel spacing, a slice location and an ED or ES phase, each patient's
-EDV, ESV and EF are computed twice by :mod:`rvseg.volumes` (summation of discs over the slice
-spacing, phases as given): from the reference masks and from the predicted ones, over the same
-evaluated slices (the annotated ones, so a partly annotated stack gives a partial volume for both).
-The summary's ``volumes`` holds them per patient with their errors, and their agreement over the
-patients (bias, sd, mean absolute error, Pearson r; :func:`rvseg.volumes.agreement`), the clinical
-measures the ACDC challenge ranks methods by. Where they cannot be computed it says why.
+**Volumes and ejection fraction.** When the labels include the cavity (``endo``, or ACDC's ``rv``:
+the RV, or the LV on Sunnybrook data) and the samples have a pixel spacing, a slice location and an
+ED or ES phase, each patient's EDV, ESV and EF are computed twice by :mod:`rvseg.volumes` (summation
+of discs over the slice spacing, phases as given): from the reference masks and from the predicted
+ones, over the same evaluated slices (the annotated ones, so a partly annotated stack gives a
+partial volume for both). ED slices without an ES sample, where the ES slices are a subset of them
+(experts leave the basal slice out at ES, where the RV has left it), count as empty at ES on both
+sides (:func:`rvseg.volumes.fill_missing_es`), so predicted false positives there go uncounted. On a
+resized data set the areas are those of the resampled masks. The summary's ``volumes`` holds them
+per patient with their errors, and their agreement over the patients (bias, sd, mean absolute error,
+Pearson r; :func:`rvseg.volumes.agreement`), the clinical measures the ACDC challenge reports. Notes
+say what was left out and why.
 
 A label a sample does not carry (e.g. a Sunnybrook epicardium) is unknown, not empty: that
 (sample, label) is left out and counted as ``n_absent``.
@@ -62,15 +66,27 @@ from rvseg.errors import ConfigError, DataError
 from rvseg.inference import Predictor, extent, prepared_inputs
 from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, write_csv, write_json
 from rvseg.metrics import METRIC_FIELDS, segmentation_metrics, summarize
-from rvseg.postprocess import check_rule, postprocess_scores, stack_positions
+from rvseg.postprocess import check_rule, finite, postprocess_scores, stack_positions
 from rvseg.report.figures import ExamplePanel, draw_dice_histogram, draw_examples
-from rvseg.volumes import CAVITY_LABELS, VOLUME_KEYS, SliceArea, agreement, area_mm2, stack_volumes, volume_errors
+from rvseg.volumes import (
+    VOLUME_KEYS,
+    SliceArea,
+    agreement,
+    cavity_label,
+    chamber,
+    fill_missing_es,
+    no_cavity_note,
+    stack_volumes,
+    volume_errors,
+)
 
 SPLITS = ("val", "test", "all")
 #: Numeric fields of a metric row that are summarised (mean, sd).
 SUMMARY_METRICS = tuple(name for name in METRIC_FIELDS if name not in ("empty", "unit"))
 PER_CASE_FIELDS = ("id", "patient", "phase", "slice", "slice_level", "frame", "label", *METRIC_FIELDS)
-VOLUME_FIELDS = ("patient", "slices", *(f"{key}_{side}" for key in VOLUME_KEYS for side in ("truth", "pred", "error")))
+#: Columns of ``volumes.csv``: per patient, the reference (truth) and predicted volumes and their difference.
+VOLUME_ERROR_FIELDS = ("patient", "slices", "ed_slices", "es_slices", "slice_spacing_mm",
+                       *(f"{key}_{side}" for key in VOLUME_KEYS for side in ("truth", "pred", "error")))
 #: Slice levels from base to apex (module docstring); samples that cannot be placed get ``unknown``.
 LEVELS = ("base", "mid", "apex")
 #: Examples in each of examples_best.png and examples_worst.png.
@@ -125,7 +141,7 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
     rows = case_rows(data, indices, predictions, predictor.labels, channels)
     summary = summarise(rows, predictor.labels)
     summary.update(
-        volumes=cavity_volumes(data, indices, predictions, predictor.labels, channels),
+        volumes=cavity_volumes(data, rows, predictor.labels),
         checkpoints=[str(path) for path in predictor.checkpoints],
         checkpoint_checksums=[checksum(path) for path in predictor.checkpoints],
         dataset=str(data.root),
@@ -283,52 +299,80 @@ def summarise(rows: Sequence[dict], labels: Sequence[str]) -> dict:
     return result
 
 
-def cavity_volumes(data: PreparedDataset, indices: Sequence[int], predictions: Sequence[np.ndarray],
-                   labels: Sequence[str], channels: Sequence[int]) -> dict:
-    """Reference and predicted RV volumes and EF per patient, and their agreement (module docstring).
+def cavity_volumes(data: PreparedDataset, rows: Sequence[dict], labels: Sequence[str]) -> dict:
+    """Reference and predicted volumes and EF per patient, and their agreement (module docstring).
+
+    Args:
+        data: the prepared data set.
+        rows: the metric rows of :func:`case_rows`, whose reference and predicted areas (mm^2) are used.
+        labels: the labels evaluated.
 
     Returns:
-        ``{"label", "patients": {patient: {key: {"pred", "truth", "error", "relative_error"}, "slices"}},
-        "agreement": {key: {"n", "bias", "sd", "mae", "r"}}, "notes": [...]}`` with the keys of
-        :data:`rvseg.volumes.VOLUME_KEYS`; without a cavity label or usable samples, ``label`` or
-        ``patients`` is empty and ``notes`` says why.
+        ``{"label", "chamber" ("RV", or "LV" for Sunnybrook), "patients": {patient: {key: {"pred",
+        "truth", "error", "relative_error"}, "slices", "ed_slices", "es_slices",
+        "slice_spacing_mm"}}, "agreement": {key: {"n", "bias", "sd", "mae", "r"}}, "notes": [...]}``
+        with the keys of :data:`rvseg.volumes.VOLUME_KEYS`; ``notes`` says what was left out and why.
     """
-    label = next((name for name in CAVITY_LABELS if name in labels), None)
+    label, chamber_name = cavity_label(labels), chamber(data.meta.get("format"))
     if label is None:
-        return {"label": None, "patients": {}, "agreement": {},
-                "notes": [f"no volumes: the model segments none of {', '.join(CAVITY_LABELS)} (the RV cavity)"]}
-    k = labels.index(label)
+        return {"label": None, "chamber": chamber_name, "patients": {}, "agreement": {}, "notes": [no_cavity_note()]}
+    sample_of = {row["id"]: row for row in data.rows}
     sides: dict[str, list[SliceArea]] = {"pred": [], "truth": []}
-    left_out: dict[str, int] = {"no pixel spacing": 0, "no slice location": 0, "phase not ED or ES": 0}
-    for index, predicted in zip(indices, predictions, strict=True):
-        row, spacing = data.rows[index], data.spacing(index)
-        if not data.present[index, channels[k]]:
+    left_out: dict[str, int] = {}
+    for row in rows:
+        if row["label"] != label:
             continue
-        reason = ("no pixel spacing" if spacing is None else "no slice location" if not row.get("slice_location")
-                  else "phase not ED or ES" if row["phase"] not in ("ED", "ES") else None)
+        location = finite(sample_of[row["id"]].get("slice_location"))
+        reason = volume_exclusion(row, location)
         if reason:
-            left_out[reason] += 1
+            left_out[reason] = left_out.get(reason, 0) + 1
             continue
-        height, width = extent(data, index)
-        reference = data.masks[index, channels[k], :height, :width] > 0
-        for side, mask in (("pred", predicted[k]), ("truth", reference)):
+        for side, area in (("pred", row["area_pred_mm2"]), ("truth", row["area_ref_mm2"])):
             sides[side].append(SliceArea(stack=row["patient"], id=row["id"], phase=row["phase"],
-                                         slice_location=float(row["slice_location"]), area_mm2=area_mm2(mask, spacing)))
-    volumes = {side: stack_volumes(areas) for side, areas in sides.items()}
-    errors = volume_errors([item.to_dict() for item in volumes["pred"]], [item.to_dict() for item in volumes["truth"]])
-    slices = {item.stack: item.n_slices for item in volumes["truth"]}
-    notes = [f"{count} sample(s) left out: {reason}" for reason, count in left_out.items() if count]
-    notes += [f"{item.stack} (reference): {note}" for item in volumes["truth"] for note in item.notes]
-    if not errors["patients"]:
-        notes.append("no patient has two or more slice locations with an ED or ES phase: no volumes")
-    return {"label": label,
-            "patients": {patient: {**item, "slices": slices[patient]} for patient, item in errors["patients"].items()},
-            "agreement": agreement(errors), "notes": notes}
+                                         slice_location=location, area_mm2=float(area)))
+    notes = [f"{count} sample(s) left out: {reason}" for reason, count in left_out.items()]
+    filled = {side: fill_missing_es(areas) for side, areas in sides.items()}
+    notes += filled["truth"][1]
+    volumes = {side: {item.stack: item for item in stack_volumes(areas)} for side, (areas, _) in filled.items()}
+    errors = volume_errors({stack: item.to_dict() for stack, item in volumes["pred"].items()},
+                           {stack: item.to_dict() for stack, item in volumes["truth"].items()})
+    usable = {area.stack for area in sides["truth"]}  # the others are counted in the left-out notes
+    for patient in sorted(usable - set(volumes["truth"])):
+        notes.append(f"{patient}: no volume (fewer than two slice locations with a usable ED or ES sample)")
+    for patient, item in volumes["truth"].items():
+        notes += [f"{patient}: {note}" for note in item.notes]
+        if item.ed_volume_ml is None or item.es_volume_ml is None:
+            notes.append(f"{patient}: no {'ED' if item.ed_volume_ml is None else 'ES'} sample, so no EF")
+        elif volumes["pred"][patient].ef_percent is None:
+            notes.append(f"{patient}: the predicted EDV is 0, so no predicted EF (left out of the EF agreement)")
+    size = data.meta.get("options", {}).get("size")
+    if errors["patients"] and size:
+        notes.append(f"areas are counted at the prepared size {size[0]} x {size[1]}: the reference volumes are "
+                     "those of the resampled masks, not of the original contours")
+    patients = {patient: {**item, "slices": volumes["truth"][patient].n_slices,
+                          "ed_slices": volumes["truth"][patient].ed_slices,
+                          "es_slices": volumes["truth"][patient].es_slices,
+                          "slice_spacing_mm": volumes["truth"][patient].slice_spacing_mm}
+                for patient, item in errors["patients"].items()}
+    return {"label": label, "chamber": chamber_name, "patients": patients, "agreement": agreement(errors),
+            "notes": notes}
+
+
+def volume_exclusion(row: dict, location: float | None) -> str | None:
+    """Why a metric row cannot enter a volume, or None: no spacing (areas in px), no slice location, no phase."""
+    if row["unit"] != "mm":
+        return "no pixel spacing"
+    if location is None:
+        return "no slice location"
+    if row["phase"] not in ("ED", "ES"):
+        return "phase not ED or ES"
+    return None
 
 
 def volume_rows(volumes: dict) -> list[dict]:
     """The rows of ``volumes.csv`` (one per patient) from the summary's ``volumes``."""
-    return [{"patient": patient, "slices": item["slices"],
+    counts = ("slices", "ed_slices", "es_slices", "slice_spacing_mm")
+    return [{"patient": patient, **{name: item[name] for name in counts},
              **{f"{key}_{side}": item[key][side] for key in VOLUME_KEYS for side in ("truth", "pred", "error")}}
             for patient, item in volumes["patients"].items()]
 
@@ -353,7 +397,7 @@ def write_evaluation(out: Path, rows: Sequence[dict], summary: dict, data: Prepa
     with atomic_folder(out) as tmp:
         write_csv(tmp / "per_case.csv", rows, PER_CASE_FIELDS)
         if "volumes.csv" in files:
-            write_csv(tmp / "volumes.csv", volume_rows(summary["volumes"]), VOLUME_FIELDS)
+            write_csv(tmp / "volumes.csv", volume_rows(summary["volumes"]), VOLUME_ERROR_FIELDS)
         best, worst = example_rows(rows, labels[0])
         position = {data.rows[index]["id"]: i for i, index in enumerate(indices)}
         for name, chosen, caption in (("examples_best.png", best, "highest"), ("examples_worst.png", worst, "lowest")):

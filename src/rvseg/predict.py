@@ -104,12 +104,14 @@ from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, wr
 from rvseg.postprocess import check_rule, finite, postprocess_scores, stack_positions
 from rvseg.report.figures import overlay_image
 from rvseg.volumes import (
-    CAVITY_LABELS,
     SliceArea,
     area_mm2,
     assign_phases,
     by_stack,
+    cavity_label,
+    chamber,
     frames_by_slice,
+    no_cavity_note,
     stack_volumes,
 )
 
@@ -241,7 +243,8 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
             "checkpoints": [str(path) for path in predictor.checkpoints],
             "checkpoint_checksums": [checksum(path) for path in predictor.checkpoints],
             "ensemble": ensemble, "tta": tta, "postprocess": postprocess, "model_prepare": predictor.prepare,
-            "volumes": {item["stack"]: item for item in volumes}, "nifti_masks": mask_files, "notes": notes,
+            "chamber": chamber(predictor.prepare.get("format")), "volumes": {item["stack"]: item for item in volumes},
+            "nifti_masks": mask_files, "notes": notes,
             "rvseg_version": __version__,
             "files": {name: str(out / name) for name in ("masks", "overlays", "contours", "predictions.csv",
                                                           "volumes.csv", "skipped.csv", "ignored.csv",
@@ -693,9 +696,9 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
     Returns:
         (one :meth:`~rvseg.volumes.StackVolumes.to_dict` per stack with a volume, notes).
     """
-    label = next((name for name in CAVITY_LABELS if name in labels), None)
+    label = cavity_label(labels)
     if label is None:
-        return [], [f"no volumes: the model segments none of {', '.join(CAVITY_LABELS)} (the RV cavity)"]
+        return [], [no_cavity_note()]
     with_spacing = [(image, record) for image, record in zip(images, records, strict=True) if image.spacing_mm]
     if not with_spacing:
         return [], ["no areas in mm^2 or volumes: the images have no pixel spacing"]

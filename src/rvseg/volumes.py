@@ -2,7 +2,8 @@
 
 **Volume of one phase** (summation of discs, Simpson's rule as used for cine MRI):
 ``V = sum over the slices of the stack of (RV cavity area on the slice, mm^2) x (slice spacing, mm)``,
-divided by 1000 to give mL. The cavity is the ``endo`` label (the RVSC i-contour).
+divided by 1000 to give mL. The cavity is the first of :data:`CAVITY_LABELS` a model segments: ``endo``
+(the RVSC i-contour, or the left ventricle's on Sunnybrook data: :func:`chamber`) or ACDC's ``rv``.
 
 **Slice spacing** is the distance between the centres of neighbouring slices: the median difference
 of the sorted distinct slice locations of the stack (locations rounded to 0.01 mm). It is *not* the
@@ -44,8 +45,24 @@ from rvseg.data.dicom import LOCATION_DECIMALS
 
 #: The quantities compared by :func:`volume_errors`.
 VOLUME_KEYS = ("ed_volume_ml", "es_volume_ml", "ef_percent")
-#: Labels of the RV cavity, whose area makes the RV volume: ``endo`` (RVSC i-contour), ``rv`` (ACDC).
+#: Labels of the cavity whose area makes the volume: ``endo`` (RVSC i-contour), ``rv`` (ACDC).
 CAVITY_LABELS = ("endo", "rv")
+#: Data formats whose ``endo`` contours are the left ventricle's (Sunnybrook); all others are the RV's.
+LEFT_VENTRICLE_FORMATS = ("sunnybrook",)
+
+
+def cavity_label(labels: Sequence[str]) -> str | None:
+    """The first of :data:`CAVITY_LABELS` among ``labels``, or None."""
+    return next((name for name in CAVITY_LABELS if name in labels), None)
+
+
+def no_cavity_note() -> str:
+    return f"no volumes: the model segments none of {', '.join(CAVITY_LABELS)} (the ventricular cavity)"
+
+
+def chamber(data_format: str | None) -> str:
+    """``LV`` for a data format whose cavity contours are the left ventricle's (Sunnybrook), else ``RV``."""
+    return "LV" if data_format in LEFT_VENTRICLE_FORMATS else "RV"
 
 
 @dataclass(frozen=True)
@@ -162,6 +179,31 @@ def assign_phases(areas: Sequence[SliceArea]) -> tuple[list[SliceArea], dict[str
     assigned = [area if rules[area.stack] == "given" else replace(area, phase=phases.get((area.stack, area.id), ""))
                 for area in areas]
     return assigned, rules
+
+
+def fill_missing_es(areas: Sequence[SliceArea]) -> tuple[list[SliceArea], list[str]]:
+    """Count the ED slices that have no ES image as empty at ES, where the ES slices are a subset of them.
+
+    Experts contour the cavity at ES on fewer slices than at ED (RVSC: the basal slice, which the
+    ventricle has left by end-systole, in every training patient): those slices hold no cavity at ES,
+    and an EF needs both phases on the same slices (:func:`stack_volumes`). Stacks whose ES slices are
+    not all ED slices are left as they are.
+
+    Returns:
+        (the areas with a zero-area ES area added per missing slice, one note per stack filled).
+    """
+    filled, notes = list(areas), []
+    for stack, members in by_stack(areas).items():
+        ed = {area.slice_key: area for area in members if area.phase == "ED"}
+        es = {area.slice_key for area in members if area.phase == "ES"}
+        missing = [key for key in ed if key not in es]
+        if not es or not missing or not es <= set(ed):
+            continue
+        filled += [replace(ed[key], id=f"{ed[key].id}-es-empty", phase="ES", area_mm2=0.0, trigger_time=None,
+                           frame=None) for key in missing]
+        notes.append(f"{stack}: ES is contoured on {len(es)} of {len(ed)} ED slices; the other {len(missing)} count as "
+                     "empty at ES")
+    return filled, notes
 
 
 def stack_volumes(areas: Sequence[SliceArea], es_rules: Mapping[str, str] | None = None) -> list[StackVolumes]:
