@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rvseg.data.nifti import is_nifti, nifti_stem, read_nifti, save_like, slice_locations
+from rvseg.data.nifti import is_nifti, nifti_stem, read_nifti, save_like, single_slice_series, slice_locations
 from rvseg.errors import DataError
 
 
@@ -65,6 +65,7 @@ def test_masks_keep_the_geometry_and_header_but_not_the_scaling(tmp_path):
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=2)
     image.header["descrip"] = b"PatientName=DOE^JOHN"
+    image.header["db_name"] = b"DOE^JOHN"
     image.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"comment naming the patient"))
     nib.save(image, tmp_path / "image.nii.gz")
     source = read_nifti(tmp_path / "image.nii.gz")
@@ -79,7 +80,7 @@ def test_masks_keep_the_geometry_and_header_but_not_the_scaling(tmp_path):
     assert np.array_equal(saved.dataobj.get_unscaled()[..., 0], mask)  # the stored values themselves
     assert (float(saved.header["cal_min"]), float(saved.header["cal_max"])) == (0.0, 1.0)
     assert saved.header["descrip"].tobytes().rstrip(b"\0") == b"rvseg mask" and len(saved.header.extensions) == 0
-    assert saved.header.get_intent()[0] == "label"
+    assert saved.header.get_intent()[0] == "label" and saved.header["db_name"].tobytes().strip(b"\0") == b""
     with pytest.raises(ValueError, match="shape"):
         save_like(source, mask[:, :, :2], tmp_path / "wrong.nii.gz")
 
@@ -101,7 +102,7 @@ def test_non_finite_voxels_become_the_lowest_value_with_a_note(tmp_path):
     data[0, 0, 0], data[1, 1, 1] = np.nan, np.inf
     volume = read_nifti(save(tmp_path / "nan.nii.gz", data))
     assert volume.data[0, 0, 0] == volume.data[1, 1, 1] == 4.0  # the lowest finite value (3 was the NaN)
-    assert volume.notes == ["nan.nii.gz: 2 non-finite voxel(s) set to the lowest finite value"]
+    assert volume.notes == [f"{tmp_path / 'nan.nii.gz'}: 2 non-finite voxel(s) set to the lowest finite value"]
     with pytest.raises(DataError, match="holds no finite voxel"):
         read_nifti(save(tmp_path / "all.nii.gz", np.full((4, 5, 2), np.nan, dtype=np.float32)))
 
@@ -113,3 +114,22 @@ def test_complex_values_and_an_affine_without_a_plane_are_refused(tmp_path):
     flat[:3, 1] = flat[:3, 0]  # both in-plane axes along x
     with pytest.raises(DataError, match="affine without an image plane"):
         read_nifti(save(tmp_path / "flat.nii.gz", np.ones((4, 5, 2), dtype=np.int16), flat))
+
+
+def test_single_slice_files_join_only_when_evenly_spaced(tmp_path):
+    def slice_file(name: str, position: float, folder: str = "sax", shape=(4, 5, 1, 3)) -> tuple[str, object]:
+        affine = np.diag([1.2, 1.3, 8.0, 1.0])
+        affine[2, 3] = position
+        (tmp_path / folder).mkdir(exist_ok=True)
+        return name, read_nifti(save(tmp_path / folder / f"{name}.nii.gz", np.ones(shape, dtype=np.int16), affine))
+
+    volumes = dict([slice_file("c", 16.0), slice_file("a", 0.0), slice_file("b", 8.0), slice_file("d", 0.0, "other"),
+                    slice_file("e", 24.0, shape=(4, 5, 1, 2))])
+    series, notes = single_slice_series(volumes)
+    assert series == [["a", "b", "c"]]  # "d": another folder; "e": another number of frames
+    assert notes == [f"{tmp_path / 'sax'}: 3 single-slice images joined into one stack, 8.00 mm apart (a ... c)"]
+    uneven = dict([slice_file("a", 0.0), slice_file("b", 8.0), slice_file("c", 30.0)])
+    assert single_slice_series(uneven) == ([], [f"{tmp_path / 'sax'}: 3 single-slice images of one plane not joined "
+                                                "into a stack: their positions repeat or are unevenly spaced"])
+    repeated = dict([slice_file("a", 0.0), slice_file("b", 0.0)])
+    assert single_slice_series(repeated)[0] == []

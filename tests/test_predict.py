@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import nibabel as nib
@@ -551,6 +552,9 @@ def test_a_nifti_cine_is_segmented_as_its_dicoms_are(checkpoint, phantom, dicom_
     summary = predict([checkpoint], tmp_path / "cine.nii.gz", tmp_path / "pred")
     assert summary["source_kind"] == "nifti" and summary["n_images"] == PHANTOM_SLICES * PHANTOM_FRAMES
     assert summary["nifti_masks"] == ["cine.nii.gz"]
+    # The test model was trained on an RVSC-layout phantom, not ACDC: the orientation is worth a look.
+    assert any(note.startswith("NIfTI slices are segmented as stored") and "trained on rvsc images" in note
+               for note in summary["notes"])
     saved = nib.load(tmp_path / "pred" / "masks" / "cine.nii.gz")
     assert saved.get_data_dtype() == np.uint8 and np.allclose(saved.affine, np.diag([*spacing, 7.0, 1.0]))
     volume = np.asarray(saved.dataobj)
@@ -623,7 +627,7 @@ def test_nifti_files_in_a_folder_bad_ones_skipped_companions_ignored(checkpoint,
     assert main(["predict", str(checkpoint), str(study), "--out", str(out), "--device", "cpu"]) == 1
     captured = capsys.readouterr()
     assert "broken.nii.gz: cannot be read as a NIfTI volume" in captured.err
-    assert "ignored 2 file(s) that are no images to segment (ignored.csv)" in captured.out
+    assert "left 2 file(s) alone (ignored.csv says why)" in captured.out
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(summary["nifti_masks"]) == ["a_scan.nii.gz", "b_scan.nii.gz"]
     assert {Path(item["path"]).name: item["reason"] for item in summary["ignored"]} == {
@@ -717,7 +721,7 @@ def test_non_finite_voxels_are_replaced_with_a_note(checkpoint, phantom, tmp_pat
     save_nifti(tmp_path / "cine.nii.gz", cine, spacing)
     summary = predict([checkpoint], tmp_path / "cine.nii.gz", tmp_path / "pred")
     count = PHANTOM_SLICES * PHANTOM_FRAMES
-    assert f"cine.nii.gz: {count} non-finite voxel(s) set to the lowest finite value" in summary["notes"]
+    assert f"{tmp_path / 'cine.nii.gz'}: {count} non-finite voxel(s) set to the lowest finite value" in summary["notes"]
     assert all(int(row["area_px_endo"]) > 0 for row in read_csv(tmp_path / "pred" / "predictions.csv"))
 
 
@@ -772,3 +776,37 @@ def test_single_slice_nifti_files_of_one_cine_form_one_stack(checkpoint, phantom
     for key in ("slice_spacing_mm", "ed_volume_ml", "es_volume_ml", "ef_percent"):
         assert summary["volumes"]["sax"][key] == pytest.approx(expected[key], rel=1e-6)
     assert "cine_4ch: one slice position, so no volume" in summary["notes"]
+    joined = "3 single-slice images joined into one stack, 7.00 mm apart (cine_sax_1 ... cine_sax_3)"
+    assert f"{tmp_path / 'sax'}: {joined}" in summary["notes"]
+
+
+def test_an_acdc_cine_with_a_bad_info_cfg_or_a_frame_it_lacks(checkpoint, phantom, tmp_path):
+    cine, spacing = phantom_cine(phantom)
+    folder = write_acdc_patient(tmp_path, cine, spacing, {1: 0}, "ED: 1\nES: 12\n")
+    summary = predict([checkpoint], folder / "patient101_4d.nii.gz", tmp_path / "pred")
+    assert (f"{folder / 'patient101_4d.nii.gz'}: Info.cfg gives ES as frame 12, which the cine's {PHANTOM_FRAMES} "
+            "frames do not have") in summary["notes"]
+    (folder / "Info.cfg").write_text("ED: first\n")
+    summary = predict([checkpoint], folder / "patient101_4d.nii.gz", tmp_path / "pred2")
+    assert any(note.startswith(f"{folder / 'Info.cfg'}: ED should be a frame number") and
+               note.endswith("the phases of patient101_4d.nii.gz are inferred") for note in summary["notes"])
+    assert summary["volumes"]["patient101_4d"]["es_rule"] == "min-total-volume"
+
+
+def test_an_rvsc_root_reads_nifti_in_dicom_folders_and_lists_what_it_leaves(checkpoint, phantom, tmp_path, capsys):
+    """A NIfTI inside PNNdicom/ is segmented (no crash); contour, list and other files are listed as ignored."""
+    root = tmp_path / "TrainingSet"
+    shutil.copytree(phantom / "patient01", root / "patient01")
+    cine, spacing = phantom_cine(phantom)
+    save_nifti(root / "patient01" / "P01dicom" / "extra.nii.gz", cine[..., 0], spacing)
+    (root / "notes.md").write_text("study notes\n")
+    out = tmp_path / "pred"
+    assert main(["predict", str(checkpoint), str(root), "--out", str(out), "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["nifti_masks"] == ["extra.nii.gz"]
+    assert summary["n_images"] == PHANTOM_SLICES * PHANTOM_FRAMES + PHANTOM_SLICES
+    reasons = Counter(item["reason"] for item in summary["ignored"])
+    contours = list((root / "patient01").glob("P01contours-manual/*.txt"))
+    assert reasons["a contour file"] == len(contours) > 0
+    assert reasons["not in an RVSC patient's PNNdicom folder (give it on its own to segment it)"] >= 1
+    assert f"  left {summary['n_ignored']} file(s) alone (ignored.csv says why)" in capsys.readouterr().out

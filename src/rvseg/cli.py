@@ -168,7 +168,7 @@ def cmd_predict(args) -> int:
     else:
         print(f"segmented {summary['n_images']} image(s), skipped {summary['n_skipped']} -> {args.out}")
         if summary["n_ignored"]:
-            print(f"  ignored {summary['n_ignored']} file(s) that are no images to segment (ignored.csv)")
+            print(f"  left {summary['n_ignored']} file(s) alone (ignored.csv says why)")
         for stack, volumes in summary["volumes"].items():
             print(f"  {stack}: {summary['chamber']} EDV {number(volumes['ed_volume_ml'], 1)} mL, "
                   f"ESV {number(volumes['es_volume_ml'], 1)} mL, EF {number(volumes['ef_percent'], 1)} %")

@@ -194,6 +194,14 @@ class Source:
     nifti: dict[str, NiftiVolume] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    def extend(self, other: Source) -> None:
+        """Add everything ``other`` found (its kind aside)."""
+        self.images += other.images
+        self.skipped += other.skipped
+        self.ignored += other.ignored
+        self.nifti.update(other.nifti)
+        self.notes += other.notes
+
 
 def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path, *, ensemble: str = "mean",
             tta: bool = False, postprocess: str = "stack", batch_size: int = 16, device: str = "cpu",
@@ -277,14 +285,7 @@ def read_source(src: Path, exclude: Path | None = None) -> Source:
     if (src / "dataset.json").is_file():
         return Source("prepared", prepared_images(src), [])
     if looks_like_rvsc(src):
-        source = Source("rvsc", [], [])
-        # A patient in two sets would give every output file two sources: refused, as the reader does.
-        folders = unique_folders(patient_folders(src), patient_id, ReadReport("rvsc", ()), skip_bad=False)
-        for folder in folders:
-            patient = patient_id(folder)
-            found = read_files(sorted((folder / f"{patient}dicom").glob("*")), stack=patient, kind="rvsc")
-            source.images += found.images
-            source.skipped += found.skipped
+        source = rvsc_source(src, source_files(src, exclude))
     elif acdc.looks_like_acdc(src):
         source = acdc_source(src, source_files(src, exclude))
     else:
@@ -345,13 +346,16 @@ def read_files(files: Sequence[Path], stack: str, root: Path | None = None, kind
         source.images += [dicom_input(image, ids[image.path], name, position)
                           for image, position in zip(members, positions, strict=True)]
     taken = set(dicom_stack_names)
-    stack_of = {name: stack for series in single_slice_series(source.nifti)
-                for stack in [unique_name(safe_name(source.nifti[series[0]].path.parent.name), taken)]
-                for name in series}
+    series, series_notes = single_slice_series(source.nifti)
+    source.notes += series_notes
+    stack_of = {name: stack for names in series
+                for stack in [unique_name(safe_name(source.nifti[names[0]].path.parent.name), taken)]
+                for name in names}
     for name, volume in source.nifti.items():
         stack_name = stack_of.get(name) or unique_name(name, taken)
-        source.images += nifti_inputs(volume, name, stack=stack_name, phases=acdc_phases_of_cine(volume))
-        source.notes += volume.notes
+        phases, phase_notes = acdc_phases_of_cine(volume)
+        source.images += nifti_inputs(volume, name, stack=stack_name, phases=phases)
+        source.notes += volume.notes + phase_notes
     source.images += images
     make_ids_unique(source.images)
     return source
@@ -388,6 +392,38 @@ def dicom_input(image: DicomImage, image_id: str, stack: str, position_mm: float
                       spacing_mm=image.spacing_mm, slice_location=image.slice_location, position_mm=position_mm,
                       trigger_time=image.trigger_time,
                       frame=int(match.group(1)) if match else image.instance_number)
+
+
+def rvsc_source(root: Path, files: Sequence[Path]) -> Source:
+    """The images of the RVSC patient folders in ``root``: each patient's ``PNNdicom/`` folder, one stack
+    per patient. Every other file below ``root`` (contour files, list files, anything else) is listed
+    as ignored, with why.
+
+    Args:
+        root: the folder given.
+        files: every file below it (:func:`source_files`).
+    """
+    source = Source("rvsc", [], [])
+    # A patient in two sets would give every output file two sources: refused, as the reader does.
+    folders = unique_folders(patient_folders(root), patient_id, ReadReport("rvsc", ()), skip_bad=False)
+    read = set()
+    for folder in folders:
+        patient = patient_id(folder)
+        found = sorted(path for path in (folder / f"{patient}dicom").glob("*")
+                       if path.is_file() and not path.name.startswith("."))
+        read.update(found)
+        source.extend(read_files(found, stack=patient))
+    source.ignored += [{"path": str(path), "reason": rvsc_ignored_reason(path)} for path in files if path not in read]
+    return source
+
+
+def rvsc_ignored_reason(path: Path) -> str:
+    """Why a file below an RVSC root is not segmented."""
+    if path.suffix.lower() == ".txt" and "contour" in path.name.lower():
+        return "a contour file"
+    if path.suffix.lower() == ".txt" and path.name.lower().endswith("list.txt"):
+        return "a patient's list file"
+    return "not in an RVSC patient's PNNdicom folder (give it on its own to segment it)"
 
 
 def acdc_source(root: Path, files: Sequence[Path]) -> Source:
@@ -434,16 +470,25 @@ def acdc_ignored_reason(path: Path) -> str:
         return "a label volume (its name ends in _gt), not an image to segment"
     if is_nifti(path) and ACDC_CINE_NAME.search(nifti_stem(path)):
         return "the whole cine of an ACDC patient: give this file itself to segment every frame"
+    if path.name == "Info.cfg":
+        return "the patient information of a folder without frame volumes"
+    if acdc.FRAME_FILE.match(path.name):
+        return "a second copy of a frame volume (.nii beside .nii.gz)"
     return "not an ACDC patient's frame volume (give it on its own to segment it)"
 
 
-def acdc_phases_of_cine(volume: NiftiVolume) -> dict[int, str]:
-    """For an ACDC cine (``patientNNN_4d.nii.gz``) beside its ``Info.cfg``: frame number -> ED / ES; else {}."""
+def acdc_phases_of_cine(volume: NiftiVolume) -> tuple[dict[int, str], list[str]]:
+    """For an ACDC cine (``patientNNN_4d.nii.gz``) beside its ``Info.cfg``: (frame number -> ED / ES,
+    notes on what could not be used); ({}, []) for other volumes."""
     if volume.data.ndim != 4 or not ACDC_CINE_NAME.search(nifti_stem(volume.path)):
-        return {}
+        return {}, []
     report = ReadReport("acdc", acdc.LABELS)
     phases = acdc.read_phases(volume.path.parent / "Info.cfg", report, skip_bad=True)
-    return phases if not report.skipped else {}
+    notes = [f"{item['path']}: {item['reason']}; the phases of {volume.path.name} are inferred"
+             for item in report.skipped]
+    notes += [f"{volume.path}: Info.cfg gives {phase} as frame {frame}, which the cine's {volume.n_frames} frames "
+              "do not have" for frame, phase in phases.items() if not 1 <= frame <= volume.n_frames]
+    return phases, notes
 
 
 def nifti_inputs(volume: NiftiVolume, name: str, stack: str, *, prefix: str | None = None,

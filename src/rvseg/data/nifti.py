@@ -121,7 +121,7 @@ def read_nifti(path: str | Path) -> NiftiVolume:
             raise DataError("holds no finite voxel", path)
         count = int(data.size - np.count_nonzero(finite))
         data[~finite] = data[finite].min()
-        notes.append(f"{path.name}: {count} non-finite voxel(s) set to the lowest finite value")
+        notes.append(f"{path}: {count} non-finite voxel(s) set to the lowest finite value")
     return NiftiVolume(path=path, data=data, zooms=zooms, affine=affine, image=image, notes=notes)
 
 
@@ -152,6 +152,8 @@ def save_like(reference: NiftiVolume, data: np.ndarray, path: str | Path) -> Non
     header.set_slope_inter(1.0, 0.0)
     header["cal_min"], header["cal_max"] = 0, float(data.max(initial=0))
     header["descrip"], header["aux_file"] = b"rvseg mask", b""
+    if "db_name" in header:  # NIfTI-1 keeps the ANALYZE field, which may name the patient
+        header["db_name"] = b""
     header.set_intent(INTENT_LABEL)
     header.extensions.clear()
     # The image's own affine, in the header's units (reference.affine is in mm).
@@ -159,14 +161,18 @@ def save_like(reference: NiftiVolume, data: np.ndarray, path: str | Path) -> Non
     nib.save(saved, str(path))
 
 
-def single_slice_series(volumes: Mapping[str, NiftiVolume]) -> list[list[str]]:
+def single_slice_series(volumes: Mapping[str, NiftiVolume]) -> tuple[list[list[str]], list[str]]:
     """The single-slice images among ``volumes`` that are the slices of one stack, as lists of names.
 
     dcm2niix writes a short-axis cine acquired slice by slice (one series per slice) as one
-    (I, J, 1[, T]) file per slice. Such files form one stack when they lie in one folder and share their
-    in-plane axes (the affine's first two columns, so orientation and pixel spacing), their size and
-    their number of frames, at distinct slice positions. Groups of two or more are returned, each in
-    order of position.
+    (I, J, 1[, T]) file per slice. Such files are joined into one stack when they lie in one folder,
+    share their in-plane axes (the affine's first two columns, so orientation and pixel spacing), their
+    size and their number of frames, and lie at distinct, evenly spaced positions (gaps within 10% of
+    each other): two series or two patients exported into one folder rarely interleave that evenly.
+
+    Returns:
+        (groups of two or more names, each in order of position; notes naming the groups joined and
+        those left apart).
     """
     groups: dict[tuple, list[tuple[float, str]]] = {}
     for name, volume in volumes.items():
@@ -175,9 +181,18 @@ def single_slice_series(volumes: Mapping[str, NiftiVolume]) -> list[list[str]]:
         axes = tuple(np.round(volume.affine[:3, :2].ravel(), 3))
         key = (volume.path.parent, volume.data.shape, axes)
         groups.setdefault(key, []).append((slice_locations(volume.affine, 1)[0], name))
-    series = []
-    for members in groups.values():
-        positions = [round(position, 2) for position, _ in members]
-        if len(members) > 1 and len(set(positions)) == len(positions):
-            series.append([name for _, name in sorted(members)])
-    return series
+    series, notes = [], []
+    for (folder, _, _), members in groups.items():
+        if len(members) < 2:
+            continue
+        members.sort()
+        names = [name for _, name in members]
+        gaps = np.diff([position for position, _ in members])
+        if gaps.min() > 0.01 and gaps.max() <= 1.1 * gaps.min():
+            series.append(names)
+            notes.append(f"{folder}: {len(names)} single-slice images joined into one stack, {gaps.mean():.2f} mm "
+                         f"apart ({names[0]} ... {names[-1]})")
+        else:
+            notes.append(f"{folder}: {len(names)} single-slice images of one plane not joined into a stack: their "
+                         "positions repeat or are unevenly spaced")
+    return series, notes
