@@ -82,7 +82,7 @@ def test_restore_puts_back_existing_optimizer_state():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(expected_state[index][key])), key
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()` before")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler\.step\(\)` before")
 @pytest.mark.parametrize("scheduler", ["cosine", "step", "sgdr", "none"])
 def test_schedulers_fill_the_device_learning_rate_in_place(scheduler):
     """Under --cuda-graph the learning rate is a tensor the graph reads: every schedule must update
