@@ -447,6 +447,14 @@ def test_skipped_files_exit_codes_and_atomic_output(checkpoint, phantom, tmp_pat
     assert sorted(path.name for path in (study / "pred" / "masks").iterdir()) == [
         "P01-0000.png", "P01-0001.png", "scout.png"]
 
+    # Nor is an earlier output in another folder inside the source, which is listed as ignored.
+    again = ["predict", str(checkpoint), str(study), "--out", str(study / "pred-2"), "--device", "cpu", "--json"]
+    capsys.readouterr()
+    assert main(again) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_images"] == 3 and summary["ignored"] == [
+        {"path": str(study / "pred"), "reason": "an earlier rvseg predict output (not segmented again)"}]
+
     assert main(["predict", str(checkpoint), str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("nothing\n")

@@ -28,8 +28,8 @@
 
 A file that is not a readable image is skipped (``skipped.csv``, and the returned summary; exit code
 1); the rest is processed. A file left alone on purpose is listed, with why, in ``ignored.csv`` (exit
-code 0). A single file that is not an image, or a folder without any, is an error. An output folder
-inside the source folder is not read.
+code 0). A single file that is not an image, or a folder without any, is an error. The output folder,
+and any earlier predict output inside the source folder, is not read.
 
 **Output folder** ``PRED/`` (written to a temporary sibling and renamed into place):
 
@@ -284,12 +284,17 @@ def read_source(src: Path, exclude: Path | None = None) -> Source:
         return source
     if (src / "dataset.json").is_file():
         return Source("prepared", prepared_images(src), [])
+    files = source_files(src, exclude)
+    outputs = earlier_outputs(src, files)
+    files = [path for path in files if not any(path.is_relative_to(folder) for folder in outputs)]
     if looks_like_rvsc(src):
-        source = rvsc_source(src, source_files(src, exclude))
+        source = rvsc_source(src, files)
     elif acdc.looks_like_acdc(src):
-        source = acdc_source(src, source_files(src, exclude))
+        source = acdc_source(src, files)
     else:
-        source = read_files(source_files(src, exclude), stack=src.name, root=src, kind="folder")
+        source = read_files(files, stack=src.name, root=src, kind="folder")
+    source.ignored += [{"path": str(folder), "reason": "an earlier rvseg predict output (not segmented again)"}
+                       for folder in outputs]
     if not source.images:
         raise DataError(f"holds no readable DICOM, PNG, JPEG or NIfTI image ({len(source.skipped)} other file(s))",
                         src)
@@ -302,6 +307,14 @@ def source_files(src: Path, exclude: Path | None) -> list[Path]:
     return sorted(path for path in src.rglob("*")
                   if path.is_file() and not any(part.startswith(".") for part in path.relative_to(src).parts)
                   and not (excluded and path.resolve().is_relative_to(excluded)))
+
+
+def earlier_outputs(src: Path, files: Sequence[Path]) -> list[Path]:
+    """The folders below ``src`` that hold an rvseg predict output (``predictions.csv`` beside
+    ``summary.json``): a new run into another folder must not segment their masks and overlays."""
+    names = set(files)
+    return sorted({path.parent for path in files if path.name == "predictions.csv" and path.parent != src
+                   and path.parent / "summary.json" in names})
 
 
 def read_files(files: Sequence[Path], stack: str, root: Path | None = None, kind: str = "folder") -> Source:
