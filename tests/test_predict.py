@@ -23,20 +23,12 @@ from rvseg.data.dicom import read_dicom
 from rvseg.data.phantom import write_phantom
 from rvseg.data.prepare import PrepareOptions, prepare
 from rvseg.data.rvsc import read_rvsc
+from rvseg.data.sources import InputImage, read_source, unique_ids
 from rvseg.errors import ConfigError, DataError
 from rvseg.inference import Predictor, combine
 from rvseg.metrics import segmentation_metrics
 from rvseg.postprocess import postprocess_scores
-from rvseg.predict import (
-    InputImage,
-    NiftiMasks,
-    predict,
-    read_source,
-    segmenting_units,
-    stack_instants,
-    unique_ids,
-    write_volumes,
-)
+from rvseg.predict import NiftiMasks, predict, segmenting_units, stack_instants, write_volumes
 from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig
 from rvseg.train.loop import train

@@ -63,7 +63,7 @@ import numpy as np
 from rvseg import __version__
 from rvseg.data.dataset import PreparedDataset, load_dataset
 from rvseg.errors import ConfigError, DataError
-from rvseg.inference import Predictor, extent, prepared_inputs
+from rvseg.inference import Predictor, prepared_inputs
 from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, write_csv, write_json
 from rvseg.metrics import METRIC_FIELDS, segmentation_metrics, summarize
 from rvseg.postprocess import check_rule, finite, postprocess_scores, stack_positions
@@ -135,7 +135,7 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
     channels = data.label_indices(predictor.labels)
     indices, patients = split_indices(data, predictor.data_infos, split)
     inputs = prepared_inputs(predictor, data, indices)
-    shapes = [extent(data, i) for i in indices]
+    shapes = [data.extent(i) for i in indices]
     stacks, positions = stack_keys(data, indices)
     predictions = postprocess_scores(list(predictor.score_maps(inputs, shapes)), postprocess, stacks, positions)
     rows = case_rows(data, indices, predictions, predictor.labels, channels)
@@ -209,7 +209,7 @@ def case_rows(data: PreparedDataset, indices: Sequence[int], predictions: Sequen
     levels = slice_levels(data, indices, channels[0])
     for index, predicted in zip(indices, predictions, strict=True):
         row = data.rows[index]
-        height, width = extent(data, index)
+        height, width = data.extent(index)
         spacing = data.spacing(index)
         for k, (label, channel) in enumerate(zip(labels, channels, strict=True)):
             if not data.present[index, channel]:
@@ -426,7 +426,7 @@ def example_rows(rows: Sequence[dict], label: str) -> tuple[list[dict], list[dic
 
 def example_panel(data: PreparedDataset, index: int, predicted: np.ndarray, labels: Sequence[str],
                   channels: Sequence[int], row: dict) -> ExamplePanel:
-    height, width = extent(data, index)
+    height, width = data.extent(index)
     references = {label: data.masks[index, channel, :height, :width] > 0
                   for label, channel in zip(labels, channels, strict=True) if data.present[index, channel]}
     hd = row["hd"]

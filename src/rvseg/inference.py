@@ -315,12 +315,6 @@ def prepared_inputs(predictor: Predictor, dataset, indices: Sequence[int]) -> li
     check_prepared_compatible(predictor, dataset)
     inputs = []
     for index in indices:
-        height, width = extent(dataset, index)
+        height, width = dataset.extent(index)
         inputs.append(predictor.to_model_input(dataset.images[index, 0, :height, :width]))
     return inputs
-
-
-def extent(dataset, index: int) -> tuple[int, int]:
-    """(height, width) of a prepared sample inside its padded array."""
-    row = dataset.rows[index]
-    return int(row["height"]), int(row["width"])

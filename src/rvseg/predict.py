@@ -1,35 +1,9 @@
 """``rvseg predict``: segment new images with one or more checkpoints, write masks, contours and volumes.
 
-**Sources** (``src``):
-
-- one DICOM file, one PNG / JPEG image, or one NIfTI image (``.nii`` / ``.nii.gz``: 2D, a 3D stack
-  of short-axis slices, or a 4D cine of them over time), cut into slices as :mod:`rvseg.data.nifti`
-  describes (the orientation a model trained on an ACDC prepared set saw);
-- a folder (searched recursively, hidden files left out): every DICOM, PNG / JPEG and NIfTI image in
-  it, e.g. a cine series or a whole study. DICOMs are grouped into stacks of parallel slices
-  (:func:`~rvseg.data.dicom.dicom_stacks`: a series, or the single-slice series of one study's
-  short-axis cine joined) and ordered by slice location, trigger time and instance number; each
-  NIfTI file is a stack of its own (named after the file, made distinct from the DICOM stacks'
-  names), except single-slice files of one folder that are the slices of one stack
-  (:func:`~rvseg.data.nifti.single_slice_series`: dcm2niix's output for a cine acquired slice by
-  slice), which form one stack named after the folder. NIfTI files named ``*_gt.nii[.gz]`` (label
-  volumes) and converter sidecars beside a NIfTI image (``.json``, ``.bval``, ``.bvec`` of its stem)
-  are ignored;
-- an RVSC patient folder (``patientNN/PNNdicom/*.dcm``) or a folder holding them (up to three levels
-  down, as in ``TestSet/Test1Set/patient17``): each patient is a stack;
-- an ACDC patient folder (``patientNNN/patientNNN_frameFF.nii.gz``) or a folder holding them (up to
-  three levels down, as in ``database/testing/patient101``): the frame volumes (the ED and ES frames
-  the challenge segments; not ``_gt`` label volumes, nor the ``_4d`` cine, which can be given as a
-  file of its own, taking its phases from the ``Info.cfg`` beside it), each patient a stack, the
-  phases from its ``Info.cfg``. Every other file below the folder is ignored;
-- a prepared data set (a folder with ``dataset.json``): its (already normalised) images are used, and
-  predictions are mapped to each sample's original size (``orig_height`` x ``orig_width``); the
-  overlay then shows the prepared image resized to that size.
-
-A file that is not a readable image is skipped (``skipped.csv``, and the returned summary; exit code
-1); the rest is processed. A file left alone on purpose is listed, with why, in ``ignored.csv`` (exit
-code 0). A single file that is not an image, or a folder without any, is an error. The output folder,
-and any earlier predict output inside the source folder, is not read.
+**Sources** (``src``): a DICOM, PNG / JPEG or NIfTI file, a folder of them, an RVSC or ACDC patient
+folder (or a folder holding them), or a prepared data set, read by :func:`rvseg.data.sources.read_source`
+(its module docstring says how each is found, ordered and grouped into stacks, and which files are
+skipped or ignored).
 
 **Output folder** ``PRED/`` (written to a temporary sibling and renamed into place):
 
@@ -71,10 +45,8 @@ filled again, gives back the mask.
 
 from __future__ import annotations
 
-import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -83,25 +55,11 @@ from skimage.io import imsave
 from rvseg import __version__
 from rvseg.data import acdc
 from rvseg.data.contours import mask_to_contour, write_contour_file
-from rvseg.data.dataset import load_dataset
-from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, plane_positions, read_dicom
-from rvseg.data.folders import unique_folders
-from rvseg.data.nifti import (
-    NiftiVolume,
-    is_nifti,
-    nifti_stem,
-    read_nifti,
-    save_like,
-    single_slice_series,
-    slice_locations,
-)
-from rvseg.data.pngpairs import read_gray
-from rvseg.data.rvsc import looks_like_rvsc, patient_folders, patient_id
-from rvseg.data.sample import ReadReport
-from rvseg.errors import DataError
-from rvseg.inference import Predictor, extent, to_original_geometry
+from rvseg.data.nifti import NiftiVolume, save_like
+from rvseg.data.sources import InputImage, Source, read_source
+from rvseg.inference import Predictor, to_original_geometry
 from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, write_csv, write_json
-from rvseg.postprocess import check_rule, finite, postprocess_scores, stack_positions
+from rvseg.postprocess import check_rule, postprocess_scores, stack_positions
 from rvseg.report.figures import overlay_image
 from rvseg.volumes import (
     SliceArea,
@@ -115,92 +73,10 @@ from rvseg.volumes import (
     stack_volumes,
 )
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Contour file kind of the RVSC labels (``PNN-FFFF-icontour-auto.txt``).
 CONTOUR_KIND = {"endo": "i", "epi": "o"}
-RVSC_FRAME_ID = re.compile(r"P\d+-(\d+)")
-#: NIfTI files of label volumes (ACDC's ``patientNNN_frameFF_gt.nii.gz``), which are not images to segment.
-GROUND_TRUTH_NAME = re.compile(r"_gt$", re.IGNORECASE)
-#: An ACDC patient's whole cine, ``patientNNN_4d.nii.gz``.
-ACDC_CINE_NAME = re.compile(r"^patient\d+_4d$", re.IGNORECASE)
-#: Files that converters such as dcm2niix write beside a NIfTI image, with its stem.
-SIDECAR_SUFFIXES = (".json", ".bval", ".bvec")
 VOLUME_FIELDS = ("level", "stack", "id", "slice_location", "trigger_time", "frame", "phase", "area_mm2", "slices",
                  "slice_spacing_mm", "volume_ml", "ed_volume_ml", "es_volume_ml", "ef_percent", "es_rule")
-
-
-@dataclass
-class InputImage:
-    """One image to segment.
-
-    Attributes:
-        id: unique name of its outputs (file stem, made unique within the source).
-        source: the file read (or, for a prepared data set, the sample's source image).
-        pixels: float32 (h, w): raw intensities, or for a prepared data set its normalised image.
-        shape: (H, W) of the original image, the geometry of every output.
-        prepared: whether ``pixels`` are a prepared data set's (normalised, maybe resized) image.
-        stack: the patient or series it belongs to ("" when unknown).
-        spacing_mm: (row, column) pixel spacing in mm of the original image, or None.
-        slice_location: the slice's location as the source gives it (DICOM SliceLocation; for NIfTI, the
-            position along the slice normal from the affine), or None.
-        position_mm: where the slice lies along its stack's normal (mm, from ImagePositionPatient;
-            :func:`~rvseg.data.dicom.plane_positions`), or None: what slice spacings are measured on.
-        trigger_time: ms after the R wave, or None.
-        frame: frame or instance number (orders frames without trigger times), or None.
-        phase: ``ED`` / ``ES`` when the source says so, else "".
-        slice_number: the slice's number in its stack when the source gives one (a prepared data set's
-            ``slice``), or None: orders slices without a location for the ``stack`` post-processing.
-        volume: the NIfTI image it was cut from (a key of :attr:`Source.nifti`), or "".
-        volume_index: where in that volume: ``(z,)`` for ``data[:, :, z]``, ``(z, t)`` for
-            ``data[:, :, z, t]``.
-    """
-
-    id: str
-    source: str
-    pixels: np.ndarray
-    shape: tuple[int, int]
-    prepared: bool = False
-    stack: str = ""
-    spacing_mm: tuple[float, float] | None = None
-    slice_location: float | None = None
-    position_mm: float | None = None
-    trigger_time: float | None = None
-    frame: int | None = None
-    phase: str = ""
-    slice_number: float | None = None
-    volume: str = ""
-    volume_index: tuple[int, ...] = ()
-
-
-@dataclass
-class Source:
-    """What :func:`read_source` found.
-
-    Attributes:
-        kind: ``file``-level kinds ``nifti`` / ``dicom`` / ``image``, or ``prepared``, ``rvsc``, ``acdc``,
-            ``folder``.
-        images: the images to segment, in order.
-        skipped: ``{"path", "reason"}`` of each file that could not be read (exit code 1).
-        ignored: ``{"path", "reason"}`` of each file left alone on purpose: ``_gt`` label volumes,
-            converter sidecars, an ACDC root's other files (exit code 0).
-        nifti: the NIfTI images the images were cut from, by name (the stem of their mask files).
-        notes: what the reader of the outputs should know (e.g. non-finite voxels replaced).
-    """
-
-    kind: str
-    images: list[InputImage]
-    skipped: list[dict[str, str]]
-    ignored: list[dict[str, str]] = field(default_factory=list)
-    nifti: dict[str, NiftiVolume] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def extend(self, other: Source) -> None:
-        """Add everything ``other`` found (its kind aside)."""
-        self.images += other.images
-        self.skipped += other.skipped
-        self.ignored += other.ignored
-        self.nifti.update(other.nifti)
-        self.notes += other.notes
 
 
 def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path, *, ensemble: str = "mean",
@@ -263,331 +139,6 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
     return summary
 
 
-# ---------------------------------------------------------------- reading the source
-
-
-def read_source(src: Path, exclude: Path | None = None) -> Source:
-    """Find and read the images of ``src`` (module docstring), in stack / slice / time order.
-
-    Args:
-        src: the source.
-        exclude: a folder whose files are not read even when it lies inside ``src`` (the output
-            folder: a rerun must not segment the masks and overlays of the previous run).
-    """
-    if not src.exists():
-        raise DataError("no such file or folder", src)
-    if src.is_file():
-        source = read_files([src], stack=safe_name(nifti_stem(src)), kind="file")
-        if source.skipped or source.ignored:
-            raise DataError((source.skipped or source.ignored)[0]["reason"], src)
-        source.kind = "nifti" if is_nifti(src) else "dicom" if is_dicom(src) else "image"
-        return source
-    if (src / "dataset.json").is_file():
-        return Source("prepared", prepared_images(src), [])
-    files = source_files(src, exclude)
-    outputs = earlier_outputs(src, files)
-    files = [path for path in files if not any(path.is_relative_to(folder) for folder in outputs)]
-    if looks_like_rvsc(src):
-        source = rvsc_source(src, files)
-    elif acdc.looks_like_acdc(src):
-        source = acdc_source(src, files)
-    else:
-        source = read_files(files, stack=src.name, root=src, kind="folder")
-    source.ignored += [{"path": str(folder), "reason": "an earlier rvseg predict output (not segmented again)"}
-                       for folder in outputs]
-    if not source.images:
-        raise DataError(f"holds no readable DICOM, PNG, JPEG or NIfTI image ({len(source.skipped)} other file(s))",
-                        src)
-    return source
-
-
-def source_files(src: Path, exclude: Path | None) -> list[Path]:
-    """The files below ``src``, sorted, without hidden ones and without those inside ``exclude``."""
-    excluded = None if exclude is None else exclude.resolve()
-    return sorted(path for path in src.rglob("*")
-                  if path.is_file() and not any(part.startswith(".") for part in path.relative_to(src).parts)
-                  and not (excluded and path.resolve().is_relative_to(excluded)))
-
-
-def earlier_outputs(src: Path, files: Sequence[Path]) -> list[Path]:
-    """The folders below ``src`` that hold an rvseg predict output (``predictions.csv`` beside
-    ``summary.json``): a new run into another folder must not segment their masks and overlays."""
-    names = set(files)
-    return sorted({path.parent for path in files if path.name == "predictions.csv" and path.parent != src
-                   and path.parent / "summary.json" in names})
-
-
-def read_files(files: Sequence[Path], stack: str, root: Path | None = None, kind: str = "folder") -> Source:
-    """Read image files; DICOMs are grouped by series and ordered, each NIfTI file is cut into its slices,
-    unreadable files are listed as skipped and known companions of NIfTI images as ignored.
-
-    Args:
-        files: the candidate files.
-        stack: stack name of the DICOM images (a series UID, when a folder holds several series, is
-            added); a NIfTI file is a stack named after its id (made distinct from the DICOM stacks'
-            names), a PNG/JPEG image belongs to no stack.
-        root: the folder searched, used to make duplicate file stems unique; None for a flat folder.
-        kind: :attr:`Source.kind` of the result.
-    """
-    source = Source(kind, [], [])
-    nifti_stems = {(path.parent, nifti_stem(path)) for path in files if is_nifti(path)}
-    candidates = []
-    for path in files:
-        why_not = companion_reason(path, nifti_stems)
-        if why_not:
-            source.ignored.append({"path": str(path), "reason": why_not})
-        else:
-            candidates.append(path)
-    ids = unique_ids(candidates, root)
-    dicoms: list[DicomImage] = []
-    images: list[InputImage] = []
-    for path in candidates:
-        image = read_image_file(path, ids[path])
-        if isinstance(image, str):
-            source.skipped.append({"path": str(path), "reason": image})
-        elif isinstance(image, DicomImage):
-            dicoms.append(image)
-        elif isinstance(image, NiftiVolume):
-            source.nifti[ids[path]] = image
-        else:
-            images.append(image)
-    stacks = dicom_stacks(dicoms)
-    dicom_stack_names = [stack if len(stacks) == 1 else f"{stack}-stack{number}"
-                         for number in range(1, len(stacks) + 1)]
-    for name, members in zip(dicom_stack_names, stacks, strict=True):
-        positions = plane_positions(members) or [None] * len(members)
-        source.images += [dicom_input(image, ids[image.path], name, position)
-                          for image, position in zip(members, positions, strict=True)]
-    taken = set(dicom_stack_names)
-    series, series_notes = single_slice_series(source.nifti)
-    source.notes += series_notes
-    stack_of = {name: stack for names in series
-                for stack in [unique_name(safe_name(source.nifti[names[0]].path.parent.name), taken)]
-                for name in names}
-    for name, volume in source.nifti.items():
-        stack_name = stack_of.get(name) or unique_name(name, taken)
-        phases, phase_notes = acdc_phases_of_cine(volume)
-        source.images += nifti_inputs(volume, name, stack=stack_name, phases=phases)
-        source.notes += volume.notes + phase_notes
-    source.images += images
-    make_ids_unique(source.images)
-    return source
-
-
-def companion_reason(path: Path, nifti_stems: set[tuple[Path, str]]) -> str | None:
-    """Why a file that is no image to segment is left alone: a ``*_gt`` label volume, or a sidecar
-    (``.json``, ``.bval``, ``.bvec``, as dcm2niix writes) of a NIfTI image beside it; None for others."""
-    if is_nifti(path) and GROUND_TRUTH_NAME.search(nifti_stem(path)):
-        return "a label volume (its name ends in _gt), not an image to segment"
-    if path.suffix.lower() in SIDECAR_SUFFIXES and (path.parent, path.stem) in nifti_stems:
-        return f"the sidecar of the NIfTI image {path.stem}"
-    return None
-
-
-def read_image_file(path: Path, image_id: str) -> InputImage | DicomImage | NiftiVolume | str:
-    """A DICOM (as :class:`DicomImage`), PNG/JPEG or NIfTI image, or the reason it is not read."""
-    try:
-        if is_nifti(path):
-            return read_nifti(path)
-        if is_dicom(path):
-            return read_dicom(path)
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            pixels = read_gray(path, ReadReport("image", ()), skip_bad=False)
-            return InputImage(id=image_id, source=str(path), pixels=pixels, shape=pixels.shape)
-    except DataError as error:
-        return error.message
-    return "not a DICOM (no 'DICM' marker after the 128-byte preamble), PNG/JPEG or NIfTI image"
-
-
-def dicom_input(image: DicomImage, image_id: str, stack: str, position_mm: float | None) -> InputImage:
-    match = RVSC_FRAME_ID.fullmatch(image_id)
-    return InputImage(id=image_id, source=str(image.path), pixels=image.pixels, shape=image.shape, stack=stack,
-                      spacing_mm=image.spacing_mm, slice_location=image.slice_location, position_mm=position_mm,
-                      trigger_time=image.trigger_time,
-                      frame=int(match.group(1)) if match else image.instance_number)
-
-
-def rvsc_source(root: Path, files: Sequence[Path]) -> Source:
-    """The images of the RVSC patient folders in ``root``: each patient's ``PNNdicom/`` folder, one stack
-    per patient. Every other file below ``root`` (contour files, list files, anything else) is listed
-    as ignored, with why.
-
-    Args:
-        root: the folder given.
-        files: every file below it (:func:`source_files`).
-    """
-    source = Source("rvsc", [], [])
-    # A patient in two sets would give every output file two sources: refused, as the reader does.
-    folders = unique_folders(patient_folders(root), patient_id, ReadReport("rvsc", ()), skip_bad=False)
-    read = set()
-    for folder in folders:
-        patient = patient_id(folder)
-        found = sorted(path for path in (folder / f"{patient}dicom").glob("*")
-                       if path.is_file() and not path.name.startswith("."))
-        read.update(found)
-        source.extend(read_files(found, stack=patient))
-    source.ignored += [{"path": str(path), "reason": rvsc_ignored_reason(path)} for path in files if path not in read]
-    return source
-
-
-def rvsc_ignored_reason(path: Path) -> str:
-    """Why a file below an RVSC root is not segmented."""
-    if path.suffix.lower() == ".txt" and "contour" in path.name.lower():
-        return "a contour file"
-    if path.suffix.lower() == ".txt" and path.name.lower().endswith("list.txt"):
-        return "a patient's list file"
-    return "not in an RVSC patient's PNNdicom folder (give it on its own to segment it)"
-
-
-def acdc_source(root: Path, files: Sequence[Path]) -> Source:
-    """The frame volumes of the ACDC patient folders in ``root`` (module docstring): each patient one
-    stack, its frames' phases from its ``Info.cfg``.
-
-    Args:
-        root: the folder given.
-        files: every file below it (:func:`source_files`): those not read are listed as ignored, with
-            why, so that nothing is left out unsaid.
-    """
-    report = ReadReport("acdc", acdc.LABELS)
-    source = Source("acdc", [], report.skipped)
-    read: set[Path] = set()
-    folders = [folder for folder in acdc.patient_folders(root) if acdc.frame_files(folder)]
-    for folder in unique_folders(folders, lambda folder: folder.name, report, skip_bad=False):
-        read.add(folder / "Info.cfg")
-        phases = acdc.read_phases(folder / "Info.cfg", report, skip_bad=True)
-        frames = {frame: path for (frame, is_gt), path in acdc.frame_files(folder).items() if not is_gt}
-        source.notes += [f"{folder.name}: Info.cfg gives {phase} as frame {frame}, which has no frame volume "
-                         f"({folder.name}_frame{frame:02d}.nii.gz)" for frame, phase in phases.items()
-                         if frame not in frames]
-        for frame, path in sorted(frames.items()):
-            read.add(path)
-            try:
-                volume = acdc.read_frame_volume(path)
-            except DataError as error:
-                report.bad_file(path, error.message, skip_bad=True)
-                continue
-            name = safe_name(nifti_stem(path))
-            source.nifti[name] = volume
-            source.notes += volume.notes
-            source.images += nifti_inputs(volume, name, stack=folder.name, prefix=f"{folder.name}-frame{frame:02d}",
-                                          frame=frame, phase=phases.get(frame, ""))
-    skipped = {item["path"] for item in source.skipped}
-    source.ignored = [{"path": str(path), "reason": acdc_ignored_reason(path)} for path in files
-                      if path not in read and str(path) not in skipped]
-    return source
-
-
-def acdc_ignored_reason(path: Path) -> str:
-    """Why a file below an ACDC root is not segmented."""
-    if is_nifti(path) and GROUND_TRUTH_NAME.search(nifti_stem(path)):
-        return "a label volume (its name ends in _gt), not an image to segment"
-    if is_nifti(path) and ACDC_CINE_NAME.search(nifti_stem(path)):
-        return "the whole cine of an ACDC patient: give this file itself to segment every frame"
-    if path.name == "Info.cfg":
-        return "the patient information of a folder without frame volumes"
-    if acdc.FRAME_FILE.match(path.name):
-        return "a second copy of a frame volume (.nii beside .nii.gz)"
-    return "not an ACDC patient's frame volume (give it on its own to segment it)"
-
-
-def acdc_phases_of_cine(volume: NiftiVolume) -> tuple[dict[int, str], list[str]]:
-    """For an ACDC cine (``patientNNN_4d.nii.gz``) beside its ``Info.cfg``: (frame number -> ED / ES,
-    notes on what could not be used); ({}, []) for other volumes."""
-    if volume.data.ndim != 4 or not ACDC_CINE_NAME.search(nifti_stem(volume.path)):
-        return {}, []
-    report = ReadReport("acdc", acdc.LABELS)
-    phases = acdc.read_phases(volume.path.parent / "Info.cfg", report, skip_bad=True)
-    notes = [f"{item['path']}: {item['reason']}; the phases of {volume.path.name} are inferred"
-             for item in report.skipped]
-    notes += [f"{volume.path}: Info.cfg gives {phase} as frame {frame}, which the cine's {volume.n_frames} frames "
-              "do not have" for frame, phase in phases.items() if not 1 <= frame <= volume.n_frames]
-    return phases, notes
-
-
-def nifti_inputs(volume: NiftiVolume, name: str, stack: str, *, prefix: str | None = None,
-                 frame: int | None = None, phase: str = "", phases: dict[int, str] | None = None) -> list[InputImage]:
-    """The slices of a NIfTI volume as inputs (ids as in the module docstring; ``prefix`` defaults to
-    ``name``). ``frame`` and ``phase`` are those of a 3D volume; a 4D cine's frames are numbered from 1,
-    with ``phases`` (frame number -> ED / ES) where known."""
-    prefix = prefix or name
-    locations = slice_locations(volume.affine, volume.data.shape[2])
-    cine = volume.data.ndim == 4
-    phases = phases or {}
-    images = []
-    for t in range(volume.n_frames):
-        for z, location in enumerate(locations):
-            index = (z, t) if cine else (z,)
-            pixels = volume.data[(slice(None), slice(None), *index)]  # a view: the volume is held once
-            images.append(InputImage(
-                id=f"{prefix}-frame{t + 1:02d}-slice{z:02d}" if cine else f"{prefix}-slice{z:02d}",
-                source=str(volume.path), pixels=pixels, shape=pixels.shape, stack=stack,
-                spacing_mm=volume.spacing_mm, slice_location=location, position_mm=location,
-                frame=t + 1 if cine else frame, phase=phases.get(t + 1, "") if cine else phase, slice_number=z,
-                volume=name, volume_index=index))
-    return images
-
-
-def make_ids_unique(images: Sequence[InputImage]) -> None:
-    """Give an image whose id an earlier image has (a NIfTI slice id equal to another file's stem) a
-    ``-2``, ``-3``... suffix, so that no output file overwrites another."""
-    taken: set[str] = set()
-    for image in images:
-        image.id = unique_name(image.id, taken)
-
-
-def unique_name(name: str, taken: set[str]) -> str:
-    """``name``, or ``name-2``, ``name-3``... if taken; the result is added to ``taken``."""
-    unique, count = name, 1
-    while unique in taken:
-        count += 1
-        unique = f"{name}-{count}"
-    taken.add(unique)
-    return unique
-
-
-def unique_ids(files: Sequence[Path], root: Path | None) -> dict[Path, str]:
-    """File -> output id: its stem, or, when stems repeat, its path below ``root`` joined by ``_``.
-
-    Names that still collide (``scan.png`` beside ``scan.dcm``) get ``-2``, ``-3``... in file order,
-    so that no output overwrites another.
-    """
-    stems = Counter(safe_name(nifti_stem(path)) for path in files)
-    ids: dict[Path, str] = {}
-    taken: set[str] = set()
-    for path in files:
-        name = safe_name(nifti_stem(path))
-        if stems[name] > 1 and root is not None:
-            relative = path.relative_to(root)
-            name = safe_name("_".join((*relative.parts[:-1], nifti_stem(relative))))
-        ids[path] = unique_name(name, taken)
-    return ids
-
-
-def safe_name(name: str) -> str:
-    """``name`` with every character other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "image"
-
-
-def prepared_images(root: Path) -> list[InputImage]:
-    """The samples of a prepared data set as inputs, with their original size and spacing."""
-    data = load_dataset(root)
-    images = []
-    for index, row in enumerate(data.rows):
-        height, width = extent(data, index)
-        shape = (int(row["orig_height"]), int(row["orig_width"]))
-        spacing = data.spacing(index)
-        if spacing is not None:
-            spacing = (spacing[0] * height / shape[0], spacing[1] * width / shape[1])
-        images.append(InputImage(
-            id=safe_name(row["id"]), source=row.get("source_image", "") or str(root), prepared=True,
-            pixels=data.images[index, 0, :height, :width], shape=shape, stack=row["patient"], spacing_mm=spacing,
-            slice_location=float(row["slice_location"]) if row.get("slice_location") else None,
-            frame=int(row["frame"]) if row.get("frame") else None,
-            phase=row["phase"] if row["phase"] in ("ED", "ES") else "",
-            slice_number=finite(row.get("slice"))))
-    return images
-
-
 # ---------------------------------------------------------------- segmenting and writing
 
 
@@ -620,7 +171,7 @@ class NiftiMasks:
     """The masks of the images cut from NIfTI images, put back into their images' geometry.
 
     Args:
-        volumes: the source's NIfTI images by name (:attr:`Source.nifti`).
+        volumes: the source's NIfTI images by name (:attr:`rvseg.data.sources.Source.nifti`).
         n_labels: L, the labels per mask.
     """
 

@@ -305,7 +305,7 @@ def frames_by_slice(members: Sequence, position: Callable = attrgetter("slice_lo
     """slice location (rounded as :attr:`SliceArea.slice_key`) -> its images in :func:`cycle_order`.
 
     ``members``: SliceAreas, or anything :func:`cycle_order` sorts, with ``position(member)`` its slice
-    location in mm (e.g. :class:`rvseg.predict.InputImage` with :func:`rvseg.predict.slice_position`).
+    location in mm (e.g. :class:`rvseg.data.sources.InputImage` with :func:`rvseg.predict.slice_position`).
     """
     slices: dict[float, list] = defaultdict(list)
     for member in members:

@@ -89,6 +89,11 @@ class PreparedDataset:
                             self.root)
         return [self.labels.index(t) for t in targets]
 
+    def extent(self, index: int) -> tuple[int, int]:
+        """(height, width) of a sample inside its padded array."""
+        row = self.rows[index]
+        return int(row["height"]), int(row["width"])
+
     def spacing(self, index: int) -> tuple[float, float] | None:
         row = self.rows[index]
         if not row.get("spacing_mm"):
