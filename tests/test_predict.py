@@ -810,3 +810,14 @@ def test_an_rvsc_root_reads_nifti_in_dicom_folders_and_lists_what_it_leaves(chec
     assert reasons["a contour file"] == len(contours) > 0
     assert reasons["not in an RVSC patient's PNNdicom folder (give it on its own to segment it)"] >= 1
     assert f"  left {summary['n_ignored']} file(s) alone (ignored.csv says why)" in capsys.readouterr().out
+
+
+def test_two_nifti_images_of_one_name_in_two_rvsc_patients_are_refused(checkpoint, phantom, tmp_path):
+    root = tmp_path / "TrainingSet"
+    cine, spacing = phantom_cine(phantom)
+    for patient in ("01", "02"):
+        shutil.copytree(phantom / f"patient{patient}", root / f"patient{patient}")
+        save_nifti(root / f"patient{patient}" / f"P{patient}dicom" / "extra.nii.gz", cine[..., 0], spacing)
+    with pytest.raises(DataError, match="second NIfTI image named extra") as error:
+        predict([checkpoint], root, tmp_path / "pred")
+    assert "P02dicom" in str(error.value) and not (tmp_path / "pred").exists()

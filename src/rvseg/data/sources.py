@@ -130,7 +130,15 @@ class Source:
     notes: list[str] = field(default_factory=list)
 
     def extend(self, other: Source) -> None:
-        """Add everything ``other`` found (its kind aside)."""
+        """Add everything ``other`` found (its kind aside).
+
+        Raises:
+            DataError: both hold a NIfTI image of the same name (their masks would overwrite each other).
+        """
+        clash = sorted(set(self.nifti) & set(other.nifti))
+        if clash:
+            raise DataError(f"holds a second NIfTI image named {clash[0]} in another patient's folder; rename one",
+                            other.nifti[clash[0]].path)
         self.images += other.images
         self.skipped += other.skipped
         self.ignored += other.ignored
@@ -167,6 +175,7 @@ def read_source(src: Path, exclude: Path | None = None) -> Source:
         source = read_files(files, stack=src.name, root=src, kind="folder")
     source.ignored += [{"path": str(folder), "reason": "an earlier rvseg predict output (not segmented again)"}
                        for folder in outputs]
+    make_ids_unique(source.images)  # across patient folders too
     if not source.images:
         raise DataError(f"holds no readable DICOM, PNG, JPEG or NIfTI image ({len(source.skipped)} other file(s))",
                         src)
@@ -233,9 +242,9 @@ def read_files(files: Sequence[Path], stack: str, root: Path | None = None, kind
     taken = set(dicom_stack_names)
     series, series_notes = single_slice_series(source.nifti)
     source.notes += series_notes
-    stack_of = {name: stack for names in series
-                for stack in [unique_name(safe_name(source.nifti[names[0]].path.parent.name), taken)]
-                for name in names}
+    stack_of: dict[str, str] = {}
+    for names in series:
+        stack_of.update(dict.fromkeys(names, unique_name(safe_name(source.nifti[names[0]].path.parent.name), taken)))
     for name, volume in source.nifti.items():
         stack_name = stack_of.get(name) or unique_name(name, taken)
         phases, phase_notes = acdc_phases_of_cine(volume)
