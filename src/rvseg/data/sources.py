@@ -367,7 +367,7 @@ def acdc_ignored_reason(path: Path) -> str:
     if path.name == "Info.cfg":
         return "the patient information of a folder without frame volumes"
     if acdc.FRAME_FILE.match(path.name):
-        return "a second copy of a frame volume (.nii beside .nii.gz)"
+        return "a frame volume not read: a second copy of one (.nii beside .nii.gz), or not named after its folder"
     return "not an ACDC patient's frame volume (give it on its own to segment it)"
 
 
