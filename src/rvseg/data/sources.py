@@ -58,6 +58,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 RVSC_FRAME_ID = re.compile(r"P\d+-(\d+)")
 #: NIfTI files of label volumes (ACDC's ``patientNNN_frameFF_gt.nii.gz``), which are not images to segment.
 GROUND_TRUTH_NAME = re.compile(r"_gt$", re.IGNORECASE)
+LABEL_VOLUME_REASON = "a label volume (its name ends in _gt), not an image to segment"
 #: An ACDC patient's whole cine, ``patientNNN_4d.nii.gz``.
 ACDC_CINE_NAME = re.compile(r"^patient\d+_4d$", re.IGNORECASE)
 #: Files that converters such as dcm2niix write beside a NIfTI image, with its stem.
@@ -255,11 +256,16 @@ def read_files(files: Sequence[Path], stack: str, root: Path | None = None, kind
     return source
 
 
+def is_label_volume(path: Path) -> bool:
+    """Whether a file is a NIfTI label volume by its name (``*_gt.nii[.gz]``, as ACDC's ground truths)."""
+    return is_nifti(path) and GROUND_TRUTH_NAME.search(nifti_stem(path)) is not None
+
+
 def companion_reason(path: Path, nifti_stems: set[tuple[Path, str]]) -> str | None:
     """Why a file that is no image to segment is left alone: a ``*_gt`` label volume, or a sidecar
     (``.json``, ``.bval``, ``.bvec``, as dcm2niix writes) of a NIfTI image beside it; None for others."""
-    if is_nifti(path) and GROUND_TRUTH_NAME.search(nifti_stem(path)):
-        return "a label volume (its name ends in _gt), not an image to segment"
+    if is_label_volume(path):
+        return LABEL_VOLUME_REASON
     if path.suffix.lower() in SIDECAR_SUFFIXES and (path.parent, path.stem) in nifti_stems:
         return f"the sidecar of the NIfTI image {path.stem}"
     return None
@@ -360,8 +366,8 @@ def acdc_source(root: Path, files: Sequence[Path]) -> Source:
 
 def acdc_ignored_reason(path: Path) -> str:
     """Why a file below an ACDC root is not segmented."""
-    if is_nifti(path) and GROUND_TRUTH_NAME.search(nifti_stem(path)):
-        return "a label volume (its name ends in _gt), not an image to segment"
+    if is_label_volume(path):
+        return LABEL_VOLUME_REASON
     if is_nifti(path) and ACDC_CINE_NAME.search(nifti_stem(path)):
         return "the whole cine of an ACDC patient: give this file itself to segment every frame"
     if path.name == "Info.cfg":
