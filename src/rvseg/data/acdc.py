@@ -71,7 +71,7 @@ def read_acdc(root: str | Path, *, skip_bad: bool = False) -> ReadReport:
     root = Path(root)
     if not root.is_dir():
         raise DataError("is not a folder (expected ACDC patientNNN folders)", root)
-    folders = [folder for folder in patient_folders(root) if frame_files(folder)]
+    folders = folders_with_frames(root)
     if not folders:
         raise DataError("holds no patientNNN folder with patientNNN_frameFF.nii.gz files (ACDC layout)", root)
     report = ReadReport(format="acdc", labels=LABELS)
@@ -85,6 +85,11 @@ def patient_folders(root: Path) -> list[Path]:
     """``root`` itself when it is a patient folder, else the ``patientNNN`` folders below it, up to
     :data:`PATIENT_SEARCH_DEPTH` levels (``database/training/patient001``)."""
     return named_folders(root, PATIENT_FOLDER, PATIENT_SEARCH_DEPTH)
+
+
+def folders_with_frames(root: Path) -> list[Path]:
+    """The patient folders of ``root`` (:func:`patient_folders`) that hold frame files."""
+    return [folder for folder in patient_folders(root) if frame_files(folder)]
 
 
 def frame_files(folder: Path) -> dict[tuple[int, bool], Path]:

@@ -338,7 +338,7 @@ def acdc_source(root: Path, files: Sequence[Path]) -> Source:
     report = ReadReport("acdc", acdc.LABELS)
     source = Source("acdc", [], report.skipped)
     read: set[Path] = set()
-    folders = [folder for folder in acdc.patient_folders(root) if acdc.frame_files(folder)]
+    folders = acdc.folders_with_frames(root)
     for folder in unique_folders(folders, lambda folder: folder.name, report, skip_bad=False):
         read.add(folder / "Info.cfg")
         phases = acdc.read_phases(folder / "Info.cfg", report, skip_bad=True)
