@@ -467,6 +467,43 @@ def test_predict_library_errors(checkpoint, tmp_path):
         predict([tmp_path / "missing.pt"], tmp_path, tmp_path / "out")
 
 
+def test_force_never_deletes_the_input_or_the_model(checkpoint, phantom, tmp_path, capsys):
+    study = tmp_path / "victim" / "patient03"
+    shutil.copytree(phantom / "patient03", study)
+    model = tmp_path / "model"
+    shutil.copytree(checkpoint.parent if checkpoint.is_file() else checkpoint, model)
+    one_file = study / "P03dicom" / "P03-0000.dcm"
+    refused = [
+        (model, study, study),  # out is the source folder
+        (model, study, study.parent),  # out holds the source folder
+        (model, one_file, study),  # out holds a single-file source
+        (model, study / "P03dicom", tmp_path / "victim"),  # an RVSC series folder under out
+        (model, one_file, model),  # out is the model folder
+    ]
+    before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    for model_arg, source, out in refused:
+        args = ["predict", str(model_arg), str(source), "--out", str(out), "--device", "cpu", "--force"]
+        assert main(args) == 2
+        assert "would delete that input" in capsys.readouterr().err
+    assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before
+
+
+def test_output_paths_that_cannot_be_written_give_one_line(checkpoint, phantom, tmp_path, capsys):
+    source = phantom / "patient01" / "P01dicom" / "P01-0000.dcm"
+    (tmp_path / "a-file").write_text("x\n")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for out, words in ((tmp_path / "a-file" / "sub", "which is a file"), (tmp_path / "link", "symbolic link")):
+        assert main(["predict", str(checkpoint), str(source), "--out", str(out), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err and "Traceback" not in err
+    assert list((tmp_path / "real").iterdir()) == []
+    # A folder the system refuses to create (here under /proc, which even root cannot write).
+    assert main(["predict", str(checkpoint), str(source), "--out", "/proc/rvseg-test/pred", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rvseg: /proc/rvseg-test") and err.count("\n") == 1
+
+
 def test_stack_instants_from_given_phases_cine_frames_or_none():
     def image(stack, location=None, trigger=None, frame=None, phase="", number=None, prepared=False):
         return InputImage(id=f"{stack}-{location}-{trigger}-{frame}-{phase}-{number}", source="",

@@ -243,6 +243,15 @@ def test_existing_output_needs_force(shared_data, tmp_path, capsys):
     assert load_dataset(tmp_path / "d").images.shape[-2:] == (64, 64)
 
 
+def test_force_never_replaces_the_source(shared_data, tmp_path, capsys):
+    root = make_patient_copy(tmp_path, shared_data / "rvsc-native")
+    before = sorted(root.rglob("*"))
+    for src, out in ((root / "patient09", root / "patient09"), (root, tmp_path)):
+        assert main(["prepare", str(src), "--out", str(out), "--force"]) == 2
+        assert "would delete that input" in capsys.readouterr().err
+    assert sorted(root.rglob("*")) == before
+
+
 def test_bad_option_values(shared_data, tmp_path, capsys):
     for flags, problem in ((["--channels", "2"], "--channels"), (["--mask-style", "dotted"], "--mask-style"),
                            (["--format", "dicomdir"], "unknown format")):

@@ -443,6 +443,12 @@ def main(argv: list[str] | None = None) -> int:
     except RvsegError as exc:
         print(f"rvseg: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:
+        # A folder that cannot be created or written (permissions, read-only disk, full disk) is the
+        # user's environment, not a bug: one line naming the path, as for any bad input.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"rvseg: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("rvseg: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -125,10 +125,10 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
     check_rule(postprocess)
     out = Path(out) if out is not None else None
-    if out is not None:
-        check_output_folder(out, force)
     if isinstance(checkpoints, (str, Path)):
         checkpoints = [checkpoints]
+    if out is not None:
+        check_output_folder(out, force, inputs=[dataset, *checkpoints])
     predictor = Predictor.from_checkpoints(checkpoints, ensemble=ensemble, tta=tta, batch_size=batch_size,
                                            device=device)
     data = load_dataset(dataset)

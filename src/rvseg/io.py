@@ -11,7 +11,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -96,15 +96,37 @@ def checksum(*paths: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def check_output_folder(out: str | Path, force: bool) -> None:
-    """Refuse (DataError) an output that is a file, or a non-empty folder unless ``force``."""
+def check_output_folder(out: str | Path, force: bool, inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse (DataError) an output folder that cannot be written or replaced safely.
+
+    Refused: a file, or a path under a file; a symbolic link (replacing it would replace the link, not
+    the folder it names); a non-empty folder unless ``force``; and, even with ``force``, a folder that is
+    or holds one of ``inputs`` (the data or model being read), because replacing it would delete them.
+    """
     from rvseg.errors import DataError
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError("output exists and is not a folder", out)
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise DataError(f"output lies under {parent}, which is a file, not a folder", out)
+    if out.is_symlink():
+        raise DataError("output is a symbolic link; give the folder it points to", out)
+    for path in inputs:
+        if _holds(out, Path(path)):
+            raise DataError(f"output folder is or holds the input {path}; writing it would delete that input "
+                            "(choose another --out)", out)
     if out.exists() and any(out.iterdir()) and not force:
         raise DataError("output folder exists and is not empty (use --force to replace it)", out)
+
+
+def _holds(folder: Path, path: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it, by absolute or by resolved (link-free) path."""
+    for a, b in ((Path(os.path.abspath(folder)), Path(os.path.abspath(path))), (folder.resolve(), path.resolve())):
+        if a == b or a in b.parents:
+            return True
+    return False
 
 
 @contextmanager

@@ -106,7 +106,7 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
         ConfigError: an invalid option, or checkpoints that cannot be combined.
     """
     out = Path(out)
-    check_output_folder(out, force)
+    check_output_folder(out, force, inputs=[src, *checkpoints])
     check_rule(postprocess)
     predictor = Predictor.from_checkpoints(checkpoints, ensemble=ensemble, tta=tta, batch_size=batch_size,
                                            device=device)

@@ -192,7 +192,7 @@ def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = N
     options = options or PrepareOptions()
     options.validate()
     src, out = Path(src), Path(out)
-    check_output_folder(out, force)
+    check_output_folder(out, force, inputs=[src])
     report = read_dataset(src, options.format, skip_bad=options.skip_bad, labels=options.labels)
     if not report.samples:
         raise DataError(f"no annotated samples found in this {report.format} folder", src)
