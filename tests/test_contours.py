@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 
 from rvseg.data.contours import (
     mask_to_contour,
@@ -17,6 +18,7 @@ from rvseg.data.contours import (
     write_contour_file,
 )
 from rvseg.errors import DataError
+from rvseg.postprocess import single_region
 
 CANVAS = (160, 160)
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, derandomize=True)
@@ -116,6 +118,22 @@ def test_x_runs_along_columns():
     rows, cols = np.nonzero(polygon_to_mask(rectangle, (6, 12)))
     assert set(rows) == {1, 2}
     assert set(cols) == set(range(1, 9))
+
+
+@PROPERTY_SETTINGS
+@given(st.integers(0, 2**32 - 1), st.floats(0.6, 2.0), st.floats(0.45, 0.6))
+def test_contour_of_a_post_processed_mask_gives_back_every_pixel(seed, blur, level):
+    # Ragged model outputs: one 8-connected region, often joined at pixel corners only.
+    noise = np.random.default_rng(seed).random((40, 48))
+    mask = single_region(ndimage.gaussian_filter(noise, blur) > level)
+    if mask.any():
+        assert np.array_equal(polygon_to_mask(mask_to_contour(mask), mask.shape), mask)
+
+
+def test_a_region_joined_at_a_corner_is_outlined_whole():
+    mask = np.zeros((6, 6), dtype=bool)
+    mask[1:3, 1:3] = mask[3:5, 3:5] = True
+    assert np.array_equal(polygon_to_mask(mask_to_contour(mask), mask.shape), mask)
 
 
 def test_mask_to_contour_of_empty_mask_is_none():

@@ -139,7 +139,9 @@ def mask_to_contour(mask: np.ndarray) -> np.ndarray | None:
     if not region.any():
         return None
     padded = np.pad(region.astype(np.float64), 1)
-    contours = find_contours(padded, 0.5)
+    # Foreground fully connected: a region joined only at a pixel corner is one 8-connected region
+    # (as post-processing keeps it), so its outline must pass through that corner, not split there.
+    contours = find_contours(padded, 0.5, fully_connected="high")
     outer = max(contours, key=lambda c: polygon_area(c[:, ::-1]))
     rows, cols = outer[:, 0] - 1, outer[:, 1] - 1
     if len(outer) > 1 and np.allclose(outer[0], outer[-1]):
