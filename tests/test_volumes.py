@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from rvseg.data.formats import read_dataset
 from rvseg.data.phantom import write_phantom
 from rvseg.data.rvsc import read_rvsc
 from rvseg.volumes import (
@@ -91,17 +92,38 @@ def test_ed_is_the_lowest_trigger_time_not_the_first_file():
     assert phases_of(assigned) == {"first": "ED", "mid": "ES", "b-first": "ED", "b-mid": "ES"}
 
 
-def test_es_per_slice_when_frame_counts_differ():
+def test_ed_and_es_per_slice_when_frame_counts_differ():
     # As the shared RVSC patient 9: one slice with a whole cine, two with two frames each.
     areas = cine("P09", [22.45, 30.85, 39.25], [[800, 700, 500, 650], [600, 650], [400, 300]])
     assigned, rules = assign_phases(areas)
     assert rules == {"P09": "min-area-per-slice"}
-    # The second slice's only other frame is ES even though its area is larger than at ED.
-    assert phases_of(assigned) == {"P09-s0-f0": "ED", "P09-s0-f2": "ES", "P09-s1-f0": "ED", "P09-s1-f1": "ES",
+    # Each slice's largest area is ED, whichever frame it is; its smallest other one is ES.
+    assert phases_of(assigned) == {"P09-s0-f0": "ED", "P09-s0-f2": "ES", "P09-s1-f1": "ED", "P09-s1-f0": "ES",
                                    "P09-s2-f0": "ED", "P09-s2-f1": "ES"}
     (result,) = stack_volumes(assigned, rules)
-    assert result.ed_volume_ml == pytest.approx((800 + 600 + 400) * 8.4 / 1000)
-    assert result.es_volume_ml == pytest.approx((500 + 650 + 300) * 8.4 / 1000)
+    assert result.ed_volume_ml == pytest.approx((800 + 650 + 400) * 8.4 / 1000)
+    assert result.es_volume_ml == pytest.approx((500 + 600 + 300) * 8.4 / 1000)
+    assert any("different instants" in note for note in result.notes)
+
+
+def test_ed_is_the_largest_volume_when_the_cine_starts_after_the_r_wave():
+    # Sunnybrook-like: the contoured frames at 290 ms (systole) and 720 ms (diastole) on every slice.
+    areas = [SliceArea("SCD", f"s{s}-{tt}", 10.0 * s, area, trigger_time=tt)
+             for s in range(3) for tt, area in ((290.0, 500.0 - 50 * s), (720.0, 1000.0 - 90 * s))]
+    assigned, rules = assign_phases(areas)
+    assert rules == {"SCD": "min-total-volume"}
+    assert {area.id for area in assigned if area.phase == "ED"} == {"s0-720.0", "s1-720.0", "s2-720.0"}
+    (result,) = stack_volumes(assigned, rules)
+    assert result.ef_percent == pytest.approx(100 * (1 - 1350 / 2730))
+    assert result.notes == []
+
+
+def test_a_given_es_larger_than_ed_is_noted():
+    areas = [SliceArea("P", f"{phase}{s}", 8.0 * s, area, phase=phase)
+             for s in range(2) for phase, area in (("ED", 400.0), ("ES", 900.0))]
+    (result,) = stack_volumes(areas)
+    assert result.ef_percent < 0
+    assert any("exceeds EDV" in note for note in result.notes)
 
 
 def test_given_phases_are_kept_and_stacks_are_separate():
@@ -205,3 +227,14 @@ def test_missing_es_slices_count_as_empty_where_es_is_within_ed():
     # ES on a slice without ED: left as it is (no EF, as stack_volumes says).
     odd = [*areas[:2], SliceArea("p", "es9", 90.0, 40.0, phase="ES")]
     assert fill_missing_es(odd) == (odd, [])
+
+
+def test_sunnybrook_reference_contours_without_their_phases_give_positive_efs(shared_data):
+    # The contoured frames of these heart-failure patients start in systole: the first frame is not ED.
+    report = read_dataset(shared_data / "sunnybrook-subset", "auto")
+    areas = [SliceArea(stack=s.patient, id=s.id, slice_location=s.slice_location, frame=s.frame,
+                       area_mm2=area_mm2(s.masks[report.labels[0]], s.spacing_mm))
+             for s in report.samples if s.masks.get(report.labels[0]) is not None]
+    results = stack_volumes(*assign_phases(areas))
+    assert len(results) == 5
+    assert all(15 < result.ef_percent < 40 and not result.notes for result in results)

@@ -27,9 +27,9 @@ skipped or ignored).
 - ``volumes.csv`` (when images have a pixel spacing): rows of ``level`` ``image`` (RV cavity area
   in mm^2 per slice and frame, with its phase), ``phase`` (the ED or ES volume in mL of a stack and
   the slices it sums) and ``stack`` (EDV, ESV, EF), computed by :mod:`rvseg.volumes` from the RV
-  cavity label (``endo``, or ACDC's ``rv``): volumes need two or more slice locations, ED is the
-  earliest frame of each slice and ES the frame of minimum total predicted volume (or of minimum
-  area per slice when slices have different frame counts). For DICOMs the slice spacing is
+  cavity label (``endo``, or ACDC's ``rv``): volumes need two or more slice locations; ED and ES are
+  the instants of largest and smallest total predicted volume (or each slice's largest and smallest
+  area when slices have different frame counts). For DICOMs the slice spacing is
   measured between the planes' ImagePositionPatient along their normal, not between SliceLocation
   values (:func:`~rvseg.data.dicom.plane_positions`); a prepared data set has only the latter.
 - ``skipped.csv`` and ``ignored.csv`` (``path, reason``), and ``summary.json`` (with ``notes``: what

@@ -16,14 +16,16 @@ least two slice locations; a stack with fewer gets areas only.
 
 **Phases**, when the source does not give them (a new cine study):
 
-- ED is, on each slice, the frame with the lowest trigger time (the R wave of the ECG), frame
-  number breaking ties and standing in for a missing trigger time.
-- ES, when every slice has the same number of frames (a cine whose k-th frames belong to the same
-  instant of the cycle on every slice), is the frame index k, counted in trigger-time order, with
-  the smallest total volume of the stack: one instant for the whole heart, as in clinical practice,
-  and robust to a single slice whose predicted area dips at the wrong frame.
-- Otherwise ES is, on each slice, the frame of smallest area other than the ED frame (no ES on a
-  slice with a single frame).
+- Frames are put in cycle order by trigger time (frame number breaking ties and standing in for a
+  missing trigger time).
+- When every slice has the same number of frames (a cine whose k-th frames belong to the same instant
+  of the cycle on every slice), ED is the frame index k with the largest total volume of the stack and
+  ES the one with the smallest: one instant each for the whole heart, as in clinical practice, and
+  robust to a single slice whose predicted area peaks or dips at the wrong frame. The largest volume,
+  not the first frame, because a cine need not start at the R wave (Sunnybrook's contoured frames, a
+  prospectively triggered series that starts late, an export of a few frames).
+- Otherwise ED and ES are, on each slice, its frames of largest and smallest area (no ES on a slice
+  with a single frame); a note says they may be different instants on different slices.
 
 When the source gives phases (a prepared data set records ED/ES per sample), they are kept as given.
 EDV and ESV are summed over the slices carrying that phase; the ejection fraction
@@ -151,8 +153,9 @@ def assign_phases(areas: Sequence[SliceArea]) -> tuple[list[SliceArea], dict[str
             ES is taken to have its phases given and is left as it is.
 
     Returns:
-        ``(areas with phases, stack -> ES rule)``, the areas in input order; the rule is ``given``,
-        ``min-total-volume`` or ``min-area-per-slice``.
+        ``(areas with phases, stack -> rule)``, the areas in input order; the rule is ``given``,
+        ``min-total-volume`` (ED and ES the frame indices of largest and smallest total volume) or
+        ``min-area-per-slice`` (each slice's largest and smallest area).
     """
     phases: dict[tuple[str, str], str] = {}
     rules: dict[str, str] = {}
@@ -161,21 +164,23 @@ def assign_phases(areas: Sequence[SliceArea]) -> tuple[list[SliceArea], dict[str
             rules[stack] = "given"
             continue
         slices = list(frames_by_slice(members).values())
-        for frames in slices:
-            phases[stack, frames[0].id] = "ED"
         n_frames = {len(frames) for frames in slices}
         if len(n_frames) == 1 and min(n_frames) > 1:
             rules[stack] = "min-total-volume"
             totals = np.sum([[area.area_mm2 for area in frames] for frames in slices], axis=0)
-            # Frame 0 is ED: ES is the other end of the cycle even when the curve is flat.
-            es_index = 1 + int(np.argmin(totals[1:]))
+            ed_index = int(np.argmax(totals))
+            # ES is another frame than ED even when the curve is flat.
+            es_index = min((k for k in range(len(totals)) if k != ed_index), key=lambda k: totals[k])
             for frames in slices:
+                phases[stack, frames[ed_index].id] = "ED"
                 phases[stack, frames[es_index].id] = "ES"
         else:
             rules[stack] = "min-area-per-slice"
             for frames in slices:
+                ed = max(frames, key=lambda area: area.area_mm2)
+                phases[stack, ed.id] = "ED"
                 if len(frames) > 1:
-                    phases[stack, min(frames[1:], key=lambda area: area.area_mm2).id] = "ES"
+                    phases[stack, min((area for area in frames if area is not ed), key=lambda a: a.area_mm2).id] = "ES"
     assigned = [area if rules[area.stack] == "given" else replace(area, phase=phases.get((area.stack, area.id), ""))
                 for area in areas]
     return assigned, rules
@@ -238,6 +243,12 @@ def stack_volumes(areas: Sequence[SliceArea], es_rules: Mapping[str, str] | None
             else:
                 notes.append(f"no EF: ED is on {len(slice_sets['ED'])} slice(s) and ES on {len(slice_sets['ES'])}, "
                              "not the same ones")
+        if volumes["ED"] is not None and volumes["ES"] is not None and volumes["ES"] > volumes["ED"]:
+            notes.append(f"ESV ({volumes['ES']:.1f} mL) exceeds EDV ({volumes['ED']:.1f} mL): check the ED and ES "
+                         "phases and the segmentation")
+        if es_rules.get(stack) == "min-area-per-slice" and volumes["ES"] is not None:
+            notes.append("the slices have different numbers of frames, so ED and ES are each slice's largest and "
+                         "smallest area, which may be different instants on different slices")
         n_slices = len({area.slice_key for area in members})
         results.append(StackVolumes(
             stack=stack, slice_spacing_mm=spacing, n_slices=n_slices, ed_slices=len(slice_sets["ED"]),
