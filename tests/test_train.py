@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -224,6 +225,42 @@ def test_existing_run_needs_resume(tiny_dataset, tmp_path):
     run(tiny_dataset, tmp_path / "run", epochs=1, fraction=0.25)
     with pytest.raises(ConfigError, match="--resume"):
         run(tiny_dataset, tmp_path / "run", epochs=1, fraction=0.25)
+    # A finished sweep run keeps best.pt but not last.pt: it is neither overwritten nor restarted.
+    (tmp_path / "run" / "last.pt").unlink()
+    before = {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir()}
+    with pytest.raises(ConfigError, match="--resume"):
+        run(tiny_dataset, tmp_path / "run", epochs=1, fraction=0.25)
+    with pytest.raises(ConfigError, match="finished and its last.pt was removed"):
+        train(tiny_dataset, tmp_path / "run", TrainConfig(**{**TINY, "epochs": 3, "fraction": 0.25}), resume=True,
+              verbose=False)
+    assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir()} == before
+
+
+def test_resuming_a_finished_run_keeps_its_time_and_refuses_fewer_epochs(tiny_dataset, tmp_path):
+    first = run(tiny_dataset, tmp_path / "run", epochs=2, fraction=0.25)
+    again = train(tiny_dataset, tmp_path / "run", TrainConfig(**{**TINY, "fraction": 0.25}), resume=True,
+                  verbose=False)
+    assert first["seconds"] > 0 and again["seconds"] == pytest.approx(first["seconds"], rel=0.5)  # not 0
+    assert again["final"] == first["final"] and again["final"]["epoch"] == 2
+    assert isinstance(again["final"]["val_loss"], float)
+    with pytest.raises(ConfigError, match="--epochs 1 is below the 2 epochs"):
+        train(tiny_dataset, tmp_path / "run", TrainConfig(**{**TINY, "epochs": 1, "fraction": 0.25}), resume=True,
+              verbose=False)
+    longer = train(tiny_dataset, tmp_path / "run", TrainConfig(**{**TINY, "epochs": 3, "fraction": 0.25}),
+                   resume=True, verbose=False)
+    rows = metrics(tmp_path / "run", drop=())
+    assert longer["seconds"] == pytest.approx(again["seconds"] + float(rows[-1]["seconds"]), abs=0.5)
+
+
+def test_a_longer_resumed_cosine_run_follows_the_cosine_of_its_new_length(tiny_dataset, tmp_path):
+    run(tiny_dataset, tmp_path / "run", epochs=2, scheduler="cosine", lr=0.01, min_lr=0.0)
+    train(tiny_dataset, tmp_path / "run", TrainConfig(**{**TINY, "epochs": 6, "scheduler": "cosine", "lr": 0.01,
+                                                         "min_lr": 0.0}), resume=True, verbose=False)
+    lrs = [float(row["lr"]) for row in metrics(tmp_path / "run")]
+    cosine = [0.01 * (1 + math.cos(math.pi * epoch / 6)) / 2 for epoch in range(6)]
+    assert lrs[:2] == pytest.approx([0.01, 0.005], rel=1e-4)  # the first two epochs of a 2-epoch cosine
+    assert lrs[2:] == pytest.approx(cosine[2:], rel=1e-4)
+    assert (np.diff(lrs[2:]) < 0).all()  # falls, never climbs back
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
@@ -240,7 +277,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_d
         return wrapped
 
     monkeypatch.setattr(loop, "build_loss", build_loss_going_nan)
-    with pytest.raises(TrainingDiverged, match="epoch 2.*last good checkpoint"):
+    with pytest.raises(TrainingDiverged, match="epoch 2.*best.pt and last.pt .from before. kept"):
         run(tiny_dataset, tmp_path / "run", epochs=3)
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["epoch"] == 1
@@ -334,14 +371,24 @@ def test_the_committed_recipes_load_and_differ_only_as_named(name, difference):
 @pytest.mark.parametrize("flags, message", [
     (["--batch-size", "0"], "--batch-size must be at least 1, not 0"),
     (["--epochs", "0"], "--epochs must be at least 1, not 0"),
-    (["--lr", "-1"], "--lr must be greater than 0, not -1.0"),
+    (["--lr", "-1"], "--lr must be a finite number greater than 0, not -1.0"),
+    (["--lr", "inf"], "--lr must be a finite number greater than 0, not inf"),
     (["--scheduler", "step", "--step-size", "0"], "--step-size must be at least 1, not 0"),
-    (["--weight-decay", "-0.1"], "--weight-decay must be at least 0, not -0.1"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be a finite number of at least 0, not -0.1"),
+    (["--depth", "0"], "--depth must be at least 1, not 0"),
+    (["--optimizer", "sgd", "--momentum", "5"], "--momentum must be in [0, 1), not 5.0"),
+    (["--target", "endo,endo"], "--target names endo more than once"),
 ])
 def test_out_of_range_options_are_one_line_errors(tiny_dataset, tmp_path, capsys, flags, message):
     assert main(["train", str(tiny_dataset), "--out", str(tmp_path / "r"), "--device", "cpu", *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_every_switch_can_be_turned_off_from_the_command_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--augment, --no-augment" in capsys.readouterr().out
 
 
 def test_cli_reports_bad_options_without_traceback(tiny_dataset, tmp_path, capsys):

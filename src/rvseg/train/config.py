@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -88,12 +89,16 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` for an option out of range (the split, model, loss and
         augmentation options are checked where they are used)."""
-        for name in ("epochs", "batch_size", "step_size", "sgdr_t0"):
+        for name in ("epochs", "batch_size", "step_size", "sgdr_t0", "depth", "width"):
             check_option(name, getattr(self, name), "at least 1", lambda v: v >= 1)
         for name in ("lr", "gamma", "oversample_small"):
-            check_option(name, getattr(self, name), "greater than 0", lambda v: v > 0)
-        for name in ("weight_decay", "momentum", "min_lr"):
-            check_option(name, getattr(self, name), "at least 0", lambda v: v >= 0)
+            check_option(name, getattr(self, name), "a finite number greater than 0", lambda v: 0 < v < math.inf)
+        for name in ("weight_decay", "min_lr"):
+            check_option(name, getattr(self, name), "a finite number of at least 0", lambda v: 0 <= v < math.inf)
+        check_option("momentum", self.momentum, "in [0, 1)", lambda v: 0 <= v < 1)
+        duplicates = sorted({label for label in self.target if self.target.count(label) > 1})
+        if duplicates:
+            raise ConfigError(f"--target names {', '.join(duplicates)} more than once")
         check_option("small_foreground", self.small_foreground, "in (0, 1)", lambda v: 0 < v < 1)
         check_option("deep_supervision", self.deep_supervision, f"in [0, {self.depth}) (below --depth)",
                      lambda v: 0 <= v < self.depth)
@@ -225,9 +230,7 @@ def add_train_arguments(parser) -> None:
         shown = ",".join(default) if isinstance(default, list) else default
         text = f"{HELP.get(f.name, f.name.replace('_', ' '))} (default: {shown})"
         if kind is bool:
-            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=text)
-            parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
-                                help=argparse.SUPPRESS)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             parser.add_argument(flag, dest=f.name, default=None, metavar=kind.__name__.upper(), help=text)
 

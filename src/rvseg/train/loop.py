@@ -34,7 +34,7 @@ from rvseg.train.augment import AugmentConfig, augment_batch, to_device_generato
 from rvseg.train.average import WeightAverage
 from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig, user_fields
-from rvseg.train.optim import build_optimizer, build_scheduler
+from rvseg.train.optim import build_optimizer, build_scheduler, replan_schedule
 from rvseg.train.progress import MetricsLog, ProgressLine, draw_progress
 from rvseg.train.runtime import Runtime, all_reduce_sum, any_rank, gather_objects, setup_runtime, teardown_runtime
 from rvseg.train.step import check_cuda_graph, make_train_step
@@ -46,6 +46,10 @@ PLOT_INTERVAL_S = 30.0
 #: Options a resumed run may change: how long it trains, and where and how it computes. Any other
 #: change would make the continuation a different run than the one in ``last.pt``.
 RESUME_MAY_CHANGE = ("epochs", "pause_after", "device", "precision", "compile")
+
+
+#: Files that mark a folder as holding a run: training into it without ``--resume`` is refused.
+RUN_FILES = ("last.pt", "best.pt", "summary.json", "metrics.csv")
 
 
 class TrainingDiverged(RvsegError):
@@ -200,6 +204,11 @@ def mean_over_ranks(value: float, runtime: Runtime) -> float:
     return float(total) / runtime.world_size
 
 
+def numeric_row(row: dict) -> dict:
+    """A ``metrics.csv`` row (text) with its values as numbers: ``epoch`` an int, the others floats."""
+    return {key: int(value) if key == "epoch" else float(value) for key, value in row.items() if value != ""}
+
+
 def finite_weights(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
@@ -303,23 +312,33 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     # ---- where we start: fresh, or exactly where last.pt left off
     epoch, step, order, loss_sum = 0, 0, None, 0.0
     best = {"score": -1.0, "epoch": 0, "dice": []}
+    earlier = {"seconds": 0.0, "epoch_seconds": 0.0, "trained_images": 0}  # of the sessions before this one
     if resume and (out / "last.pt").is_file():
         state = load_checkpoint(out / "last.pt")
         check_resumable(state, config, data_info, runtime, out)
+        if config.epochs < state["epoch"]:
+            raise ConfigError(f"--epochs {config.epochs} is below the {state['epoch']} epochs this run has done", out)
         model.load_state_dict(state.get("training_model", state["model"]))
         if average:
             average.model.load_state_dict(state["model"])
             average.updates = state["ema_updates"]
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if replan_schedule(scheduler, config.epochs) and verbose:
+            print(f"the cosine schedule now spans {config.epochs} epochs: the learning rate continues from where "
+                  f"that schedule is at epoch {state['epoch']}")
         scaler.load_state_dict(state["scaler"])
         order_gen.set_state(state["order_generator"])
         restore_rng(state, runtime.rank, augment_gen, runtime.device)
         epoch, step, order = state["epoch"], state["step"], state["order"]
         loss_sum, best = state["loss_sum"], state["best"]
+        earlier.update({key: state[key] for key in earlier if key in state})  # absent before rvseg kept them
+    elif resume and (out / "summary.json").is_file():
+        raise ConfigError("the run in this folder is finished and its last.pt was removed (a sweep keeps only "
+                          "best.pt), so it cannot be continued; train into another --out", out)
     elif resume and runtime.is_main and verbose:
         print(f"no checkpoint in {out}: starting from scratch")
-    elif not resume and (out / "last.pt").is_file():
+    elif not resume and any((out / name).exists() for name in RUN_FILES):
         raise ConfigError("run folder already holds a run; use --resume to continue it or choose another --out", out)
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -356,14 +375,23 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
             "augment_generators": [s["augment"] for s in states],
             "torch_rng": [{k: v for k, v in s.items() if k != "augment"} for s in states],
             "epoch": epoch_, "step": step_, "order": order_, "loss_sum": loss_sum_, "best": best,
+            "seconds": training_seconds(), "epoch_seconds": time.perf_counter() - epoch_started if step_ else 0.0,
+            "trained_images": earlier["trained_images"] + trained_images,
             "config": config.to_dict(), "data": data_info})
+
+    def training_seconds() -> float:
+        """Training time of the run so far, over every session (the time after its last checkpoint
+        of an interrupted session is lost with the work it did)."""
+        return earlier["seconds"] + time.perf_counter() - started
 
     def diverged(what: str, value: float) -> TrainingDiverged:
         # The best weights not yet written are still good: keep them too.
         if runtime.is_main and best_weights is not None:
             save_best()
-        return TrainingDiverged(f"the {what} loss became {value} in epoch {epoch + 1}; the last good checkpoint "
-                                f"is kept (try a lower --lr)", out)
+        kept = [name for name in ("best.pt", "last.pt") if (out / name).is_file()]
+        outcome = f"{' and '.join(kept)} (from before) kept" if kept else "no checkpoint was written"
+        return TrainingDiverged(f"the {what} loss became {value} in epoch {epoch + 1}; {outcome} (try a lower --lr)",
+                                out)
 
     metrics = MetricsLog(out / "metrics.csv", resume_until_epoch=epoch if resume else None)
     progress = ProgressLine(config.epochs, epoch, enabled=verbose)
@@ -376,9 +404,10 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
 
     # ---- the loop
     with StopRequest() as stop:
+        epoch_started = time.perf_counter() - earlier["epoch_seconds"]  # an interrupted epoch's time so far
         while epoch < config.epochs:
-            epoch_started = time.perf_counter()
             if step == 0:
+                epoch_started = time.perf_counter()
                 order, loss_sum = epoch_order(train_set, config, order_gen), 0.0
             shard = order[runtime.rank::runtime.world_size][: n_steps * config.batch_size]
             shard = shard.to(train_set.images.device)
@@ -428,15 +457,15 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
             if runtime.is_main:
                 metrics.append(row)
             final = epoch == config.epochs or epoch == config.pause_after
+            if runtime.is_main and (final or time.perf_counter() - last_plot_at > PLOT_INTERVAL_S):
+                draw_progress(metrics.rows, out / "progress.png")
+                last_plot_at = time.perf_counter()
             due = time.perf_counter() - last_save_at > last_save_cost / CHECKPOINT_OVERHEAD
             if any_rank(final or due, runtime):
                 save_started = time.perf_counter()
                 checkpoint(epoch, 0, None, 0.0)
                 last_save_at = time.perf_counter()
                 last_save_cost = last_save_at - save_started
-            if runtime.is_main and (final or time.perf_counter() - last_plot_at > PLOT_INTERVAL_S):
-                draw_progress(metrics.rows, out / "progress.png")
-                last_plot_at = time.perf_counter()
             dice_text = " ".join(f"{label} {d:.3f}" for label, d in zip(config.target, val_dice, strict=True))
             progress.update(epoch, f"loss {train_loss:.4f}/{val_loss:.4f} dice {dice_text}")
             if epoch == config.pause_after and epoch < config.epochs:
@@ -445,11 +474,13 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
                 return {"paused_at_epoch": epoch}
     progress.close()
 
-    seconds = time.perf_counter() - started
+    seconds = training_seconds()
+    images = earlier["trained_images"] + trained_images
     summary = {
         "best_epoch": best["epoch"], "best_val_dice": dict(zip(config.target, best["dice"], strict=True)),
-        "final": metrics.rows[-1] if metrics.rows else {}, "epochs": config.epochs, "seconds": round(seconds, 2),
-        "train_images_per_second": round(trained_images * runtime.world_size / seconds, 1),
+        "final": numeric_row(metrics.rows[-1]) if metrics.rows else {}, "epochs": config.epochs,
+        "seconds": round(seconds, 2),
+        "train_images_per_second": round(images * runtime.world_size / seconds, 1) if seconds > 0 else None,
         "n_train": len(train_set), "n_val": len(val_set), "train_patients": train_patients,
         "val_patients": val_patients, "device": str(runtime.device), "precision": runtime.precision,
         "world_size": runtime.world_size, "resolved_tau": config.resolved_tau,

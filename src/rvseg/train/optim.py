@@ -7,6 +7,7 @@ cosine cycles restarting after ``sgdr_t0`` epochs, each cycle twice as long, as 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -51,3 +52,24 @@ def build_optimizer(params: Iterable, config: TrainConfig, *, for_cuda_graph: bo
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> LRScheduler:
     return pick(SCHEDULERS, config.scheduler, "scheduler")(optimizer, config)
+
+
+def replan_schedule(scheduler: LRScheduler, epochs: int) -> bool:
+    """Fit a schedule restored from ``last.pt`` to a run length changed on resume; True if it changed.
+
+    Only ``cosine`` depends on the length: it then spans ``epochs``, and the learning rate moves to
+    where that cosine stands at the epochs already done (the remaining epochs follow it exactly).
+    """
+    if not isinstance(scheduler, CosineAnnealingLR) or scheduler.T_max == epochs:
+        return False
+    scheduler.T_max = epochs
+    done = scheduler.last_epoch
+    lrs = [scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * done / epochs)) / 2
+           for base in scheduler.base_lrs]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
+        if isinstance(group["lr"], torch.Tensor):  # a device tensor under --cuda-graph
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports; torch keeps it in this attribute
+    return True
