@@ -342,7 +342,7 @@ def test_a_whole_study_with_one_series_per_slice(checkpoint, phantom, tmp_path):
     rows = read_csv(tmp_path / "pred" / "predictions.csv")
     (short_axis,) = {row["stack"] for row in rows if not row["id"].startswith("LA-")}
     (long_axis,) = {row["stack"] for row in rows if row["id"].startswith("LA-")}
-    assert {short_axis, long_axis} == {"study-stack1", "study-stack2"}
+    assert (short_axis, long_axis) == ("study", "4ch")  # named after the folders holding them
     (volumes,) = summary["volumes"].values()  # the long-axis stack has one slice location: no volume
     assert volumes["stack"] == short_axis and volumes["n_slices"] == PHANTOM_SLICES
     assert volumes["slice_spacing_mm"] == pytest.approx(7.0, abs=1e-4)  # not 0.6 x 7 mm
@@ -391,6 +391,11 @@ def test_predict_on_a_prepared_data_set(checkpoint, prepared, phantom, tmp_path)
     assert imread(tmp_path / "pred" / "masks" / f"{rows[0]['id']}.png").shape == tuple(written["shape"])
     assert [float(row["spacing_mm"]) for row in rows] == pytest.approx([written["spacing_mm"]] * len(rows))
     assert {volumes["es_rule"] for volumes in summary["volumes"].values()} == {"given"}
+    # Pixels normalised otherwise than the model's data would give wrong masks and volumes: refused.
+    prepare(phantom, tmp_path / "zscore", PrepareOptions(size=MODEL_SIZE, normalize="zscore"))
+    with pytest.raises(ConfigError, match="normalize='zscore' but the model's data with normalize='percentile'"):
+        predict([checkpoint], tmp_path / "zscore", tmp_path / "pred-zscore")
+    assert not (tmp_path / "pred-zscore").exists()
 
 
 def test_single_dicom_file(checkpoint, phantom, tmp_path):
@@ -466,6 +471,25 @@ def test_predict_library_errors(checkpoint, tmp_path):
         predict([checkpoint], tmp_path, tmp_path / "out", postprocess="biggest")
     with pytest.raises(DataError, match="no such checkpoint"):
         predict([tmp_path / "missing.pt"], tmp_path, tmp_path / "out")
+
+
+def test_labels_and_tables_of_supported_layouts_are_ignored_not_skipped(checkpoint, shared_data, tmp_path, capsys):
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for path in [*shared_data.glob("rvsc-train-png/P01-0080*.png"), shared_data / "rvsc-train-png" / "train_dir.csv"]:
+        shutil.copy(path, pngs)
+    summary = predict([checkpoint], pngs, tmp_path / "pred-png")
+    assert summary["n_images"] == 1 and summary["skipped"] == []
+    assert sorted(Path(item["path"]).name for item in summary["ignored"]) == [
+        "P01-0080-icontour-manual.png", "P01-0080-ocontour-manual.png", "train_dir.csv"]
+
+    assert main(["predict", str(checkpoint), str(shared_data / "sunnybrook-subset"), "--out",
+                 str(tmp_path / "pred-sb"), "--device", "cpu", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_images"] == 106 and summary["skipped"] == []
+    assert sorted(summary["volumes"]) == [f"SCD0000{n}01" for n in range(1, 6)]  # a stack per patient folder
+    reasons = Counter(item["reason"] for item in summary["ignored"])
+    assert reasons == {"a contour file": 249 - 106 - 1, "a table (a data set's manifest or link file), not an image": 1}
 
 
 def test_force_never_deletes_the_input_or_the_model(checkpoint, phantom, tmp_path, capsys):

@@ -419,3 +419,41 @@ def test_a_patient_found_twice_is_refused(tmp_path, rvsc_root):
     message = raised_message(tmp_path)
     assert "patient P09 was already read from" in message
     assert len(read_rvsc(tmp_path, skip_bad=True).samples) == len(ANNOTATED)
+
+
+# --- file names as exports write them -------------------------------------------------------------
+
+
+def test_upper_case_names_are_read_like_lower_case_ones(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    patient = root / "patient09"
+    (patient / "P09dicom" / "P09-0020.dcm").rename(patient / "P09dicom" / "P09-0020.DCM")
+    (patient / "P09list.txt").unlink()
+    contours = patient / "P09contours-manual"
+    (contours / "P09-0022-icontour-manual.txt").rename(contours / "P09-0022-ICONTOUR-MANUAL.TXT")
+    report = read_rvsc(root)
+    assert [(s.id, sorted(s.masks)) for s in report.samples] == [(f"P09-{frame}", ["endo", "epi"])
+                                                                   for frame in ANNOTATED]
+    assert not report.notes and not report.unmatched_contours
+
+
+def test_two_files_of_one_frame_differing_in_case_are_refused(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    shutil.copy(root / "patient09" / "P09dicom" / "P09-0021.dcm", root / "patient09" / "P09dicom" / "p09-0020.dcm")
+    message = raised_message(root)
+    assert "a second file of frame P09-0020" in message
+
+
+def test_a_relative_study_path_reads_without_false_notes(tmp_path, rvsc_root, monkeypatch):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    monkeypatch.chdir(root.parent)
+    report = read_rvsc(Path(root.name))
+    assert [s.id for s in report.samples] == ["P09-" + frame for frame in ANNOTATED]
+    assert report.notes == []
+
+
+def test_a_contour_file_with_a_byte_order_mark(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    path = root / "patient09" / "P09contours-manual" / "P09-0020-icontour-manual.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert [s.id for s in read_rvsc(root).samples] == ["P09-" + frame for frame in ANNOTATED]

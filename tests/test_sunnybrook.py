@@ -423,3 +423,16 @@ def test_a_case_found_twice_is_refused(tmp_path, sunnybrook_root):
                               f"SC-HF-I-1 was already read from {root / 'copy' / 'SC-HF-I-1'}")
     read = read_sunnybrook(root, skip_bad=True)
     assert read.patients == ["SCD0000101", "SCD0000201"]
+
+
+def test_upper_case_names_and_duplicate_images(tmp_path, sunnybrook_root):
+    root = make_copy(tmp_path, sunnybrook_root)
+    want = [(s.id, sorted(s.masks)) for s in read_sunnybrook(root).samples]
+    (root / "dicoms" / "SCD0000101" / "48.dcm").rename(root / "dicoms" / "SCD0000101" / "48.DCM")
+    contours = root / "contourfiles" / "SC-HF-I-1" / "i-contours"
+    (contours / "IM-0001-0059-icontour-manual.txt").rename(contours / "IM-0001-0059-icontour-manual.TXT")
+    report = read_sunnybrook(root)
+    assert [(s.id, sorted(s.masks)) for s in report.samples] == want
+    assert not report.unmatched_contours
+    shutil.copy(root / "dicoms" / "SCD0000101" / "59.dcm", root / "dicoms" / "SCD0000101" / "048.dcm")
+    assert "a second file of image 48" in raised_message(root)

@@ -57,7 +57,7 @@ from rvseg.data import acdc
 from rvseg.data.contours import mask_to_contour, write_contour_file
 from rvseg.data.nifti import NiftiVolume, save_like
 from rvseg.data.sources import InputImage, Source, read_source
-from rvseg.inference import Predictor, to_original_geometry
+from rvseg.inference import Predictor, check_prepared_compatible, to_original_geometry
 from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, write_csv, write_json
 from rvseg.postprocess import check_rule, postprocess_scores, stack_positions
 from rvseg.report.figures import overlay_image
@@ -111,6 +111,8 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
     predictor = Predictor.from_checkpoints(checkpoints, ensemble=ensemble, tta=tta, batch_size=batch_size,
                                            device=device)
     source = read_source(Path(src), exclude=out)
+    if source.dataset is not None:
+        check_prepared_compatible(predictor, source.dataset)
     with atomic_folder(out) as tmp:
         nifti_masks = NiftiMasks(source.nifti, len(predictor.labels))
         records = segment_and_write(predictor, source.images, tmp, postprocess, nifti_masks)

@@ -49,7 +49,8 @@ def read_contour_file(path: str | Path, image_shape: tuple[int, int] | None = No
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="strict")
+        # utf-8-sig: a contour file re-saved by a Windows editor may start with a byte-order mark.
+        text = path.read_text(encoding="utf-8-sig", errors="strict")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read contour file ({exc.__class__.__name__}: {exc})", path) from None
     points = []

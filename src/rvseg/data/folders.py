@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -12,6 +13,17 @@ from rvseg.data.sample import ReadReport
 #: Folders never searched: archive and operating-system leftovers (``__MACOSX`` copies of a zip's
 #: tree would otherwise count every case twice).
 IGNORED_FOLDERS = re.compile(r"__MACOSX|\..*")
+
+
+def files_named(folder: Path, pattern: str) -> list[Path]:
+    """The files of ``folder`` whose names match the glob ``pattern`` in any case, sorted; [] when it is
+    no folder. Exports from Windows or a PACS write ``.DCM`` or upper-case names, which the layouts'
+    specifications do not exclude. Dot files (macOS ``._`` resource forks) are left out."""
+    if not folder.is_dir():
+        return []
+    pattern = pattern.lower()
+    return sorted(path for path in folder.iterdir() if not path.name.startswith(".")
+                  and fnmatch.fnmatchcase(path.name.lower(), pattern) and path.is_file())
 
 
 def subfolders(root: Path, depth: int) -> list[Path]:

@@ -41,7 +41,7 @@ import numpy as np
 
 from rvseg.data.contours import polygon_to_mask, read_contour_file
 from rvseg.data.dicom import DicomImage, read_dicom
-from rvseg.data.folders import named_folders, unique_folders
+from rvseg.data.folders import files_named, named_folders, unique_folders
 from rvseg.data.sample import ReadReport, Sample
 from rvseg.errors import DataError
 
@@ -183,7 +183,7 @@ def patient_id(patient_dir: Path) -> str:
 def _read_patient(patient_dir: Path, report: ReadReport, skip_bad: bool) -> None:
     patient = patient_id(patient_dir)
     dicom_dir = patient_dir / f"{patient}dicom"
-    dicom_files = sorted(dicom_dir.glob("*.dcm"))
+    dicom_files = files_named(dicom_dir, "*.dcm")
     if not dicom_files:
         report.bad_file(dicom_dir, f"no DICOM frames: expected {patient}dicom/{patient}-FFFF.dcm files", skip_bad)
         return
@@ -220,21 +220,22 @@ def _contour_dir(patient_dir: Path, patient: str) -> Path:
     set_dir = patient_dir.parent
     separate = set_dir.parent / f"{set_dir.name}{CONTOUR_TREE_SUFFIX}" / in_tree.name
     # An empty in-tree folder (made before the test contours were released) does not hide them.
-    return separate if separate.is_dir() and not any(in_tree.glob("*contour-manual.txt")) else in_tree
+    return separate if separate.is_dir() and not files_named(in_tree, "*contour-manual.txt") else in_tree
 
 
 def _contour_files(patient_dir: Path, patient: str, report: ReadReport, skip_bad: bool) -> list[Path]:
     list_file = patient_dir / f"{patient}list.txt"
     contour_dir = _contour_dir(patient_dir, patient)
-    on_disk = sorted(contour_dir.glob("*contour-manual.txt")) if contour_dir.is_dir() else []
+    on_disk = files_named(contour_dir, "*contour-manual.txt")
     if not list_file.is_file():
         return on_disk
     listed = _listed_contour_files(list_file, patient_dir, contour_dir, report, skip_bad)
-    unlisted = sorted(set(on_disk) - set(listed))
+    # Compared as absolute paths: the list's entries are made absolute, the folder's files may be relative.
+    unlisted = sorted(set(map(os.path.abspath, on_disk)) - set(map(os.path.abspath, listed)))
     if unlisted:
         report.notes.append(
             f"{list_file}: {len(unlisted)} contour file(s) in {contour_dir.name}/ are not listed and were not read "
-            f"(first: {unlisted[0].name})"
+            f"(first: {Path(unlisted[0]).name})"
         )
     return listed
 
@@ -284,6 +285,10 @@ def _contours_by_stem(paths: list[Path], report: ReadReport, skip_bad: bool) -> 
             report.bad_file(path, "contour file name does not follow PNN-FFFF-{i,o}contour-manual.txt", skip_bad)
             continue
         stem, kind = match.group(1).upper(), match.group(2).lower()
+        earlier = contours[stem].get(LABEL_OF_CONTOUR[kind])
+        if earlier is not None:
+            report.bad_file(path, f"a second {kind}-contour file of {stem} (the other: {earlier.name})", skip_bad)
+            continue
         contours[stem][LABEL_OF_CONTOUR[kind]] = path
     return dict(contours)
 
@@ -305,6 +310,9 @@ def _read_frames(
             report.bad_file(path, error.message, skip_bad)
             continue
         stem = match.group(1).upper()
+        if stem in frames:
+            report.bad_file(path, f"a second file of frame {stem} (the other: {frames[stem].path.name})", skip_bad)
+            continue
         frames[stem] = _Frame(path, image.shape, image.trigger_time, image.slice_location)
         if stem in annotated:
             images[stem] = image

@@ -35,6 +35,7 @@ and any earlier predict output inside the source folder, is not read.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -44,11 +45,11 @@ from pathlib import Path
 import numpy as np
 
 from rvseg.data import acdc
-from rvseg.data.dataset import load_dataset
+from rvseg.data.dataset import PreparedDataset, load_dataset
 from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, plane_positions, read_dicom
 from rvseg.data.folders import unique_folders
 from rvseg.data.nifti import NiftiVolume, is_nifti, nifti_stem, read_nifti, single_slice_series, slice_locations
-from rvseg.data.pngpairs import read_gray
+from rvseg.data.pngpairs import MAP_NAME, read_gray
 from rvseg.data.rvsc import looks_like_rvsc, patient_folders, patient_id
 from rvseg.data.sample import ReadReport
 from rvseg.errors import DataError
@@ -121,6 +122,7 @@ class Source:
             converter sidecars, an ACDC root's other files (exit code 0).
         nifti: the NIfTI images the images were cut from, by name (the stem of their mask files).
         notes: what the reader of the outputs should know (e.g. non-finite voxels replaced).
+        dataset: for ``prepared``, the data set (its options say how its pixels were normalised).
     """
 
     kind: str
@@ -129,6 +131,7 @@ class Source:
     ignored: list[dict[str, str]] = field(default_factory=list)
     nifti: dict[str, NiftiVolume] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    dataset: PreparedDataset | None = None
 
     def extend(self, other: Source) -> None:
         """Add everything ``other`` found (its kind aside).
@@ -164,7 +167,8 @@ def read_source(src: Path, exclude: Path | None = None) -> Source:
         source.kind = "nifti" if is_nifti(src) else "dicom" if is_dicom(src) else "image"
         return source
     if (src / "dataset.json").is_file():
-        return Source("prepared", prepared_images(src), [])
+        data = load_dataset(src)
+        return Source("prepared", prepared_images(data), [], dataset=data)
     files = source_files(src, exclude)
     outputs = earlier_outputs(src, files)
     files = [path for path in files if not any(path.is_relative_to(folder) for folder in outputs)]
@@ -234,8 +238,7 @@ def read_files(files: Sequence[Path], stack: str, root: Path | None = None, kind
         else:
             images.append(image)
     stacks = dicom_stacks(dicoms)
-    dicom_stack_names = [stack if len(stacks) == 1 else f"{stack}-stack{number}"
-                         for number in range(1, len(stacks) + 1)]
+    dicom_stack_names = stack_names(stacks, stack)
     for name, members in zip(dicom_stack_names, stacks, strict=True):
         positions = plane_positions(members) or [None] * len(members)
         source.images += [dicom_input(image, ids[image.path], name, position)
@@ -261,13 +264,48 @@ def is_label_volume(path: Path) -> bool:
     return is_nifti(path) and GROUND_TRUTH_NAME.search(nifti_stem(path)) is not None
 
 
+def stack_names(stacks: Sequence[Sequence[DicomImage]], default: str) -> list[str]:
+    """Names of the DICOM stacks of one folder: ``default`` for a single stack; else the name of the
+    folder holding each stack's files (a patient's folder, say), numbered ``-stackN`` where several
+    stacks share it."""
+    if len(stacks) == 1:
+        return [default]
+    folders = [safe_name(Path(os.path.commonpath([image.path.parent for image in members])).name)
+               for members in stacks]
+    counts, seen = Counter(folders), Counter()
+    names = []
+    for folder in folders:
+        seen[folder] += 1
+        names.append(folder if counts[folder] == 1 else f"{folder}-stack{seen[folder]}")
+    return names
+
+
 def companion_reason(path: Path, nifti_stems: set[tuple[Path, str]]) -> str | None:
-    """Why a file that is no image to segment is left alone: a ``*_gt`` label volume, or a sidecar
-    (``.json``, ``.bval``, ``.bvec``, as dcm2niix writes) of a NIfTI image beside it; None for others."""
-    if is_label_volume(path):
-        return LABEL_VOLUME_REASON
+    """Why a file that is no image to segment is left alone: a label (:func:`label_file_reason`), a
+    table (a manifest, Sunnybrook's ``link.csv``), or a sidecar (``.json``, ``.bval``, ``.bvec``, as
+    dcm2niix writes) of a NIfTI image beside it; None for others."""
+    reason = label_file_reason(path)
+    if reason:
+        return reason
+    if path.suffix.lower() == ".csv":
+        return "a table (a data set's manifest or link file), not an image"
     if path.suffix.lower() in SIDECAR_SUFFIXES and (path.parent, path.stem) in nifti_stems:
         return f"the sidecar of the NIfTI image {path.stem}"
+    return None
+
+
+def label_file_reason(path: Path) -> str | None:
+    """Why a file of a supported layout's labels is not segmented: an RVSC or Sunnybrook contour file,
+    an RVSC list file, a contour-map image (``<stem>-icontour-manual.png``) or a ``*_gt`` label volume."""
+    name, suffix = path.name.lower(), path.suffix.lower()
+    if suffix == ".txt" and "contour" in name:
+        return "a contour file"
+    if suffix == ".txt" and name.endswith("list.txt"):
+        return "a patient's list file"
+    if suffix in IMAGE_SUFFIXES and MAP_NAME.fullmatch(path.stem):
+        return "a contour map (an expert label image), not an image to segment"
+    if is_label_volume(path):
+        return LABEL_VOLUME_REASON
     return None
 
 
@@ -319,11 +357,7 @@ def rvsc_source(root: Path, files: Sequence[Path]) -> Source:
 
 def rvsc_ignored_reason(path: Path) -> str:
     """Why a file below an RVSC root is not segmented."""
-    if path.suffix.lower() == ".txt" and "contour" in path.name.lower():
-        return "a contour file"
-    if path.suffix.lower() == ".txt" and path.name.lower().endswith("list.txt"):
-        return "a patient's list file"
-    return "not in an RVSC patient's PNNdicom folder (give it on its own to segment it)"
+    return label_file_reason(path) or "not in an RVSC patient's PNNdicom folder (give it on its own to segment it)"
 
 
 def acdc_source(root: Path, files: Sequence[Path]) -> Source:
@@ -455,9 +489,8 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "image"
 
 
-def prepared_images(root: Path) -> list[InputImage]:
+def prepared_images(data: PreparedDataset) -> list[InputImage]:
     """The samples of a prepared data set as inputs, with their original size and spacing."""
-    data = load_dataset(root)
     images = []
     for index, row in enumerate(data.rows):
         height, width = data.extent(index)
@@ -466,7 +499,7 @@ def prepared_images(root: Path) -> list[InputImage]:
         if spacing is not None:
             spacing = (spacing[0] * height / shape[0], spacing[1] * width / shape[1])
         images.append(InputImage(
-            id=safe_name(row["id"]), source=row.get("source_image", "") or str(root), prepared=True,
+            id=safe_name(row["id"]), source=row.get("source_image", "") or str(data.root), prepared=True,
             pixels=data.images[index, 0, :height, :width], shape=shape, stack=row["patient"], spacing_mm=spacing,
             slice_location=float(row["slice_location"]) if row.get("slice_location") else None,
             frame=int(row["frame"]) if row.get("frame") else None,

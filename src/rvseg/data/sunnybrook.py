@@ -30,6 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from rvseg.data.dicom import read_dicom
+from rvseg.data.folders import files_named
 from rvseg.data.pngpairs import drop_odd_sizes
 from rvseg.data.rvsc import contour_masks, dicom_sample, note_unnested
 from rvseg.data.sample import ReadReport, Sample
@@ -225,7 +226,7 @@ def _linked_contours(
     """Group the patient's contour files as image number ``N`` -> label -> path."""
     contours: dict[int, dict[str, Path]] = defaultdict(dict)
     for kind, label in zip(CONTOUR_KINDS, labels, strict=True):
-        for path in sorted((contour_dir / f"{kind}-contours").glob("*.txt")):
+        for path in files_named(contour_dir / f"{kind}-contours", "*.txt"):
             match = LINKED_CONTOUR_FILE.fullmatch(path.name)
             if match is None or match.group(2).lower() != kind:
                 report.bad_file(path, f"file name does not follow IM-0001-NNNN-{kind}contour-manual.txt", skip_bad)
@@ -237,10 +238,14 @@ def _linked_contours(
 def _linked_images(dicom_dir: Path, report: ReadReport, skip_bad: bool) -> dict[int, Path]:
     """The patient's DICOM files as image number ``N`` -> path (not read: most have no contour)."""
     images: dict[int, Path] = {}
-    for path in sorted(dicom_dir.glob("*.dcm")):
+    for path in files_named(dicom_dir, "*.dcm"):
         match = LINKED_IMAGE_FILE.fullmatch(path.name)
         if match is None:
             report.bad_file(path, "DICOM file name does not follow <N>.dcm", skip_bad)
             continue
-        images[int(match.group(1))] = path
+        number = int(match.group(1))
+        if number in images:
+            report.bad_file(path, f"a second file of image {number} (the other: {images[number].name})", skip_bad)
+            continue
+        images[number] = path
     return images

@@ -35,7 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rvseg.data.folders import subfolders, unique_folders
+from rvseg.data.folders import files_named, subfolders, unique_folders
 from rvseg.data.sample import ReadReport
 
 CONTOUR_FOLDERS = ("contours-manual", "IRCCI-expert")
@@ -136,7 +136,7 @@ def _expert_contours(
     contours: dict[int, dict[str, Path]] = defaultdict(dict)
     papillary = 0
     label_of = {"i": labels[0], "o": labels[1]}
-    for path in sorted(folder.glob("*.txt")):
+    for path in files_named(folder, "*.txt"):
         match = EXPERT_CONTOUR_FILE.fullmatch(path.name)
         if match is None:
             report.bad_file(path, "file name does not follow IM-0001-NNNN-{i,o,p1,p2}contour-manual.txt", skip_bad)
@@ -163,7 +163,7 @@ def _contoured_series(
     series: dict[tuple[Path, int], dict[int, Path]] = defaultdict(dict)
     for image_folder in image_folders:
         for folder in (image_folder, *subfolders(image_folder, IMAGE_DEPTH)):
-            for path in sorted(folder.glob("*.dcm")):
+            for path in files_named(folder, "*.dcm"):
                 match = SERIES_IMAGE_FILE.fullmatch(path.name)
                 if match is not None:
                     series[(folder, int(match.group(1)))][int(match.group(2))] = path
