@@ -229,7 +229,9 @@ def test_skip_bad_records_bad_files_and_keeps_the_rest(folder):
     (folder / "P02-0040.png").write_bytes(b"not a png at all")
     (folder / "P01-0027-ocontour-manual.png").unlink()
     report = read_pngpairs(folder, skip_bad=True)
-    assert [s.id for s in report.samples] == ["P01-0020"]
+    # A missing map costs its label only: P01-0027 keeps its endo map.
+    assert [(s.id, sorted(s.masks)) for s in report.samples] == [("P01-0020", ["endo", "epi"]), ("P01-0027", ["endo"])]
+    assert any("P01-0027.png: its epi contour map was skipped" in note for note in report.notes)
     skipped = {entry["path"]: entry["reason"] for entry in report.skipped}
     assert set(skipped) == {str(folder / "P02-0040.png"), str(folder / "P01-0027-ocontour-manual.png")}
     assert "cannot be read as an image" in skipped[str(folder / "P02-0040.png")]
@@ -273,3 +275,10 @@ def test_real_rvsc_png_masks(rvsc_png):
     assert all(s.masks["epi"].sum() > s.masks["endo"].sum() for s in rvsc_png.samples)
     intensities = np.concatenate([s.image.ravel() for s in rvsc_png.samples[:20]])
     assert intensities.min() >= 120 and intensities.max() <= 255
+
+
+def test_maps_that_do_not_nest_are_noted(folder):
+    # The i-map of P01-0020 replaced by a disc far from its o-contour (misaligned or swapped maps).
+    save(folder / "P01-0020-icontour-manual.png", rectangle_outline(SHAPE, 0, 0, 4, 4))
+    report = read_pngpairs(folder)
+    assert any(note.startswith("P01-0020:") and "do not nest" in note for note in report.notes)

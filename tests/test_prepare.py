@@ -47,6 +47,8 @@ def test_sunnybrook_counts(shared_data, tmp_path, capsys):
     assert len(summary["unmatched"]["images"]) == 10 and summary["unmatched"]["contours"] == []
     data = load_dataset(tmp_path / "d")
     assert data.present[:, 1].sum() == 46  # an absent epi is recorded as absent, not as empty
+    named = prepare_json(capsys, shared_data / "sunnybrook-subset", tmp_path / "named", "--labels", "lv, myo")
+    assert list(named["labels"]) == ["lv", "myo"]
 
 
 def test_rvsc_native_counts_and_geometry(shared_data, tmp_path, capsys):
@@ -114,6 +116,8 @@ def test_inspect_json_and_montage(shared_data, tmp_path, capsys):
     assert summary["n_samples"] == 3 and summary["labels"]["endo"]["count"] == 3
     assert 0.1 < summary["labels"]["endo"]["mean_foreground_fraction"] < 0.2  # 7106 px of 256 x 216
     assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["inspect", str(tmp_path / "d"), "--montage", str(tmp_path / "m0.png"), "--n", "0"]) == 2
+    assert "--n must be at least 1, not 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage, problem", [

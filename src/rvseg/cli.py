@@ -48,7 +48,7 @@ def prepare_options(args):
         normalize=args.normalize,
         clahe=args.clahe,
         skip_bad=args.skip_bad,
-        labels=tuple(args.labels.split(",")) if args.labels else None,
+        labels=tuple(label.strip() for label in args.labels.split(",")) if args.labels else None,
     )
 
 

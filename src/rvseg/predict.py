@@ -329,6 +329,10 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
             notes.append(f"{stack}: one slice position, so no volume")
         elif rules[stack] != "given" and all(len(frames) == 1 for frames in frames_by_slice(members).values()):
             notes.append(f"{stack}: one frame per slice and no phase given: its volume is reported as the ED volume")
+    without = [image for image in images if not image.spacing_mm]
+    if without:
+        notes.append(f"{len(without)} image(s) have no pixel spacing (first: {without[0].source}): no area in mm^2, "
+                     "and their stacks' volumes leave them out")
     if any(slice_position(image) is None for image, _ in with_spacing):
         notes.append("images without a slice location have areas but enter no volume")
     rows = [{"level": "image", "stack": image.stack, "id": image.id, "slice_location": image.slice_location,

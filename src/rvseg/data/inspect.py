@@ -8,6 +8,7 @@ import numpy as np
 
 from rvseg.data.dataset import PreparedDataset
 from rvseg.data.prepare import label_statistics
+from rvseg.errors import ConfigError
 from rvseg.io import save_figure
 
 LABEL_COLOURS = ("#ffd400", "#00c8ff", "#ff3c3c", "#5dff5d")
@@ -25,6 +26,8 @@ def dataset_summary(dataset: PreparedDataset) -> dict:
 
 def draw_montage(dataset: PreparedDataset, path: str | Path, n: int = 16, columns: int = 4) -> None:
     """Draw ``n`` samples spread evenly over the set, each with every label's contour overlaid."""
+    if n < 1:
+        raise ConfigError(f"--n must be at least 1, not {n}")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from rvseg.data.outlines import fill_contour_map
+from rvseg.data.rvsc import note_unnested
 from rvseg.data.sample import ReadReport, Sample
 from rvseg.errors import DataError
 
@@ -250,10 +251,9 @@ def read_row(paths: dict[str, Path], listed_in: str, report: ReadReport, skip_ba
     Raises:
         _SkippedRow: a file of the row is bad and was recorded with ``skip_bad``.
     """
-    for path in paths.values():
-        if not path.is_file():
-            reject(path, f"is listed in {listed_in} but does not exist", report, skip_bad)
     image_path = paths["image"]
+    if not image_path.is_file():
+        reject(image_path, f"is listed in {listed_in} but does not exist", report, skip_bad)
     if not any(label in paths for label in LABELS):
         report.unmatched_images.append(str(image_path))
         return None
@@ -263,12 +263,19 @@ def read_row(paths: dict[str, Path], listed_in: str, report: ReadReport, skip_ba
         if label not in paths:
             report.notes.append(f"{image_path}: no {label} contour map in {listed_in}")
             continue
-        mask = read_map(paths[label], image_path, image.shape, report, skip_bad)
+        try:
+            if not paths[label].is_file():
+                reject(paths[label], f"is listed in {listed_in} but does not exist", report, skip_bad)
+            mask = read_map(paths[label], image_path, image.shape, report, skip_bad)
+        except _SkippedRow:  # a bad map, recorded with skip_bad: the row keeps its other label
+            report.notes.append(f"{image_path}: its {label} contour map was skipped, so the sample has no {label}")
+            continue
         if mask is not None:
             masks[label] = mask
     if not masks:
         report.notes.append(f"{image_path}: none of its contour maps could be filled; image not used")
         return None
+    note_unnested(image_path.stem, masks, *LABELS, report)
     return make_sample(image_path, image, masks, paths)
 
 
