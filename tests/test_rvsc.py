@@ -457,3 +457,40 @@ def test_a_contour_file_with_a_byte_order_mark(tmp_path, rvsc_root):
     path = root / "patient09" / "P09contours-manual" / "P09-0020-icontour-manual.txt"
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     assert [s.id for s in read_rvsc(root).samples] == ["P09-" + frame for frame in ANNOTATED]
+
+
+def test_a_compressed_dicom_without_its_decoder_says_what_to_install(tmp_path, rvsc_root):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1
+
+    dataset = pydicom.dcmread(rvsc_root / "patient09" / "P09dicom" / "P09-0020.dcm")
+    dataset.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    dataset.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + b"\x00" * 64])
+    dataset["PixelData"].VR = "OB"
+    dataset.save_as(tmp_path / "jpeg-lossless.dcm")
+    with pytest.raises(DataError) as raised:
+        read_dicom(tmp_path / "jpeg-lossless.dcm")
+    message = str(raised.value)
+    assert "\n" not in message and "JPEG Lossless" in message and "pylibjpeg" in message
+
+
+def test_monochrome1_is_read_with_the_usual_contrast(tmp_path, rvsc_root):
+    original = rvsc_root / "patient09" / "P09dicom" / "P09-0020.dcm"
+    dataset = pydicom.dcmread(original)
+    dataset.PhotometricInterpretation = "MONOCHROME1"
+    dataset.save_as(tmp_path / "mono1.dcm")
+    plain, inverted = read_dicom(original).pixels, read_dicom(tmp_path / "mono1.dcm").pixels
+    assert np.array_equal(inverted, plain.max() + plain.min() - plain)
+
+
+def test_a_frame_without_pixel_spacing_or_with_another_one_is_noted(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    for frame, change in (("0020", lambda d: delattr(d, "PixelSpacing")),
+                          ("0022", lambda d: setattr(d, "PixelSpacing", [0.7, 1.4]))):
+        path = root / "patient09" / "P09dicom" / f"P09-{frame}.dcm"
+        dataset = pydicom.dcmread(path)
+        change(dataset)
+        dataset.save_as(path)
+    notes = read_rvsc(root).notes
+    assert any("1 image(s) without PixelSpacing (first: P09-0020)" in note for note in notes)
+    assert any("different pixel spacings" in note and "0.7 x 1.4 mm (1)" in note for note in notes)

@@ -217,7 +217,7 @@ def _read_pixels(dataset: Dataset, path: Path) -> np.ndarray:
     try:
         stored = dataset.pixel_array
     except Exception as exc:  # noqa: BLE001 - any decoding failure (truncated data, codec missing)
-        raise DataError(f"cannot decode the DICOM pixel data ({exc.__class__.__name__}: {exc})", path) from None
+        raise DataError(f"cannot decode the DICOM pixel data ({decoding_problem(dataset, exc)})", path) from None
     if stored.ndim != 2:
         raise DataError(
             f"expected one 2D greyscale frame, the pixel data has shape {tuple(stored.shape)}", path
@@ -229,7 +229,29 @@ def _read_pixels(dataset: Dataset, path: Path) -> np.ndarray:
         pixels *= np.float32(slope)
     if intercept is not None:
         pixels += np.float32(intercept)
+    if str(dataset.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        # Displayed with the lowest value white (PS3.3 C.7.6.3.1.2): turned into the usual MONOCHROME2
+        # look, which models and overlays expect, keeping the value range.
+        pixels = pixels.max() + pixels.min() - pixels
     return pixels
+
+
+def decoding_problem(dataset: Dataset, exc: Exception) -> str:
+    """One line on why pixel data could not be decoded: for a compressed transfer syntax, which one
+    and the decoders that read it (pydicom needs a plug-in for JPEG, JPEG-LS and JPEG 2000)."""
+    from pydicom.pixels import get_decoder
+
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        decodable = syntax is None or not syntax.is_compressed or get_decoder(syntax).is_available
+    except (NotImplementedError, ValueError):  # a syntax pydicom has no decoder for at all
+        decodable = False
+    if not decodable:
+        return (f"its transfer syntax {syntax.name} ({syntax}) is compressed and no installed decoder reads it: "
+                "install pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg (or python-gdcm), or decompress the "
+                "file with `gdcmconv --raw`")
+    one_line = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{exc.__class__.__name__}: {one_line}"
 
 
 def _element_value(dataset: Dataset, keyword: str):

@@ -190,6 +190,7 @@ def _read_patient(patient_dir: Path, report: ReadReport, skip_bad: bool) -> None
     contours = _contours_by_stem(_contour_files(patient_dir, patient, report, skip_bad), report, skip_bad)
     frames, images = _read_frames(dicom_files, set(contours), report, skip_bad)
     _drop_odd_sized_frames(frames, images, patient, report, skip_bad)
+    note_spacings(patient, {stem: image.spacing_mm for stem, image in images.items()}, report)
     frames_by_slice: dict[str, list[_Frame]] = defaultdict(list)
     for frame in frames.values():
         frames_by_slice[slice_key(frame.slice_location)].append(frame)
@@ -211,6 +212,19 @@ def _read_patient(patient_dir: Path, report: ReadReport, skip_bad: bool) -> None
         phase = _phase(frames[stem], frames_by_slice[slice_key(image.slice_location)])
         report.samples.append(dicom_sample(stem, patient, image, masks, sources, int(stem.split("-")[1]), phase))
     report.unmatched_images.extend(str(frames[stem].path) for stem in sorted(frames) if stem not in contours)
+
+
+def note_spacings(patient: str, spacings: dict[str, tuple[float, float] | None], report: ReadReport) -> None:
+    """Notes when a patient's annotated images lack a PixelSpacing that others have, or differ in it: mm
+    metrics and volumes of those samples are then missing or on another scale."""
+    known = Counter(spacing for spacing in spacings.values() if spacing is not None)
+    missing = sorted(stem for stem, spacing in spacings.items() if spacing is None)
+    if missing and known:
+        report.notes.append(f"{patient}: {len(missing)} image(s) without PixelSpacing (first: {missing[0]}) while the "
+                            f"others have one; their samples have no spacing in mm")
+    if len(known) > 1:
+        listed = ", ".join(f"{row:g} x {col:g} mm ({count})" for (row, col), count in known.most_common())
+        report.notes.append(f"{patient}: the images have different pixel spacings: {listed}")
 
 
 def _contour_dir(patient_dir: Path, patient: str) -> Path:
