@@ -129,6 +129,15 @@ def test_root_may_be_one_patient_folder_and_info_cfg_is_optional(tmp_path):
     report = read_acdc(folder)
     assert [s.id for s in report.samples] == [f"patient007-frame03-slice{z:02d}" for z in range(4)]
     assert {s.phase for s in report.samples} == {"unknown"}
+    assert report.notes == [f"{folder / 'Info.cfg'}: missing, so the phases (ED, ES) of patient007's frames are unknown"]
+
+
+def test_info_cfg_frames_written_as_decimals_or_without_a_volume(tmp_path):
+    folder = write_patient(tmp_path, 9, {1: True, 12: True}, info="ED: 1.0\nES: 13\n")
+    report = read_acdc(folder)
+    assert {s.id[:18]: s.phase for s in report.samples} == {"patient009-frame01": "ED", "patient009-frame12": "unknown"}
+    assert report.notes == ["patient009: Info.cfg gives ES as frame 13, which has no frame volume "
+                            "(patient009_frame13.nii.gz)"]
 
 
 def test_ground_truth_without_its_image_is_unmatched(acdc):

@@ -106,6 +106,7 @@ def read_patient(folder: Path, report: ReadReport, skip_bad: bool) -> list[Sampl
     """The samples of one patient folder; unmatched and bad files go to ``report``."""
     files = frame_files(folder)
     phases = read_phases(folder / "Info.cfg", report, skip_bad)
+    report.notes += phase_frames_missing(folder, phases, {frame for frame, is_gt in files if not is_gt})
     samples = []
     for (frame, is_gt), path in sorted(files.items()):
         if is_gt and (frame, False) not in files:
@@ -118,8 +119,10 @@ def read_patient(folder: Path, report: ReadReport, skip_bad: bool) -> list[Sampl
 
 
 def read_phases(path: Path, report: ReadReport, skip_bad: bool) -> dict[int, str]:
-    """``frame number -> "ED"/"ES"`` from an ``Info.cfg`` (empty when the file is missing or skipped)."""
+    """``frame number -> "ED"/"ES"`` from an ``Info.cfg`` (empty, with a note or a bad file in ``report``,
+    when the file is missing or skipped)."""
     if not path.is_file():
+        report.notes.append(f"{path}: missing, so the phases (ED, ES) of {path.parent.name}'s frames are unknown")
         return {}
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
@@ -132,11 +135,21 @@ def read_phases(path: Path, report: ReadReport, skip_bad: bool) -> dict[int, str
         if key.strip() not in ("ED", "ES"):
             continue
         try:
-            phases[int(value)] = key.strip()
+            number = float(value)  # "ED: 1.0" as some converters write it is frame 1
+            if not number.is_integer():
+                raise ValueError(value)
+            phases[int(number)] = key.strip()
         except ValueError:
             report.bad_file(path, f"{key.strip()} should be a frame number, not {value.strip()!r}", skip_bad)
             return {}
     return phases
+
+
+def phase_frames_missing(folder: Path, phases: dict[int, str], frames: set[int]) -> list[str]:
+    """Notes for the ED/ES frames an ``Info.cfg`` names that have no frame volume in ``folder``."""
+    return [f"{folder.name}: Info.cfg gives {phase} as frame {frame}, which has no frame volume "
+            f"({folder.name}_frame{frame:02d}.nii.gz)"
+            for frame, phase in sorted(phases.items()) if frame not in frames]
 
 
 def read_frame(

@@ -377,9 +377,7 @@ def acdc_source(root: Path, files: Sequence[Path]) -> Source:
         read.add(folder / "Info.cfg")
         phases = acdc.read_phases(folder / "Info.cfg", report, skip_bad=True)
         frames = {frame: path for (frame, is_gt), path in acdc.frame_files(folder).items() if not is_gt}
-        source.notes += [f"{folder.name}: Info.cfg gives {phase} as frame {frame}, which has no frame volume "
-                         f"({folder.name}_frame{frame:02d}.nii.gz)" for frame, phase in phases.items()
-                         if frame not in frames]
+        source.notes += acdc.phase_frames_missing(folder, phases, set(frames))
         for frame, path in sorted(frames.items()):
             read.add(path)
             try:
@@ -392,6 +390,7 @@ def acdc_source(root: Path, files: Sequence[Path]) -> Source:
             source.notes += volume.notes
             source.images += nifti_inputs(volume, name, stack=folder.name, prefix=f"{folder.name}-frame{frame:02d}",
                                           frame=frame, phase=phases.get(frame, ""))
+    source.notes += report.notes
     skipped = {item["path"] for item in source.skipped}
     source.ignored = [{"path": str(path), "reason": acdc_ignored_reason(path)} for path in files
                       if path not in read and str(path) not in skipped]
