@@ -129,7 +129,8 @@ def test_root_may_be_one_patient_folder_and_info_cfg_is_optional(tmp_path):
     report = read_acdc(folder)
     assert [s.id for s in report.samples] == [f"patient007-frame03-slice{z:02d}" for z in range(4)]
     assert {s.phase for s in report.samples} == {"unknown"}
-    assert report.notes == [f"{folder / 'Info.cfg'}: missing, so the phases (ED, ES) of patient007's frames are unknown"]
+    assert report.notes == [
+        f"{folder / 'Info.cfg'}: missing, so the phases (ED, ES) of patient007's frames are unknown"]
 
 
 def test_info_cfg_frames_written_as_decimals_or_without_a_volume(tmp_path):

@@ -289,6 +289,24 @@ def test_listed_contour_missing(tmp_path, rvsc_root):
     assert "P09-0023-ocontour-manual.txt" in message and "does not exist" in message
 
 
+def test_a_list_of_bare_file_names_names_the_contour_folder(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    list_file = root / "patient09" / "P09list.txt"
+    list_file.write_text("".join(line.rsplit("\\", 1)[-1] + "\r\n" for line in list_file.read_text().splitlines()))
+    assert [s.id for s in read_rvsc(root).samples] == ["P09-" + frame for frame in ANNOTATED]
+
+
+def test_a_patient_without_contours_or_list_is_noted(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    shutil.rmtree(root / "patient09" / "P09contours-manual")
+    (root / "patient09" / "P09list.txt").unlink()
+    report = read_rvsc(root, skip_bad=True)
+    assert report.samples == [] and len(report.unmatched_images) == 4
+    assert len(report.notes) == 1 and "P09: no contour files and no P09list.txt" in report.notes[0]
+    assert str(root / "patient09" / "P09contours-manual") in report.notes[0]
+    assert str(root.parent / "dataContours" / "P09contours-manual") in report.notes[0]  # a test set's tree
+
+
 def test_mixed_image_sizes(tmp_path, rvsc_root):
     root = make_patient_copy(tmp_path, rvsc_root)
     path = root / "patient09" / "P09dicom" / "P09-0021.dcm"

@@ -230,11 +230,16 @@ def note_spacings(patient: str, spacings: dict[str, tuple[float, float] | None],
 def _contour_dir(patient_dir: Path, patient: str) -> Path:
     """The patient's ``PNNcontours-manual`` folder: in the patient folder, or when that holds no contour
     file, in the set's separate tree (``Test1Set/patient17`` -> ``Test1SetContours/P17contours-manual``)."""
-    in_tree = patient_dir / f"{patient}contours-manual"
-    set_dir = patient_dir.parent
-    separate = set_dir.parent / f"{set_dir.name}{CONTOUR_TREE_SUFFIX}" / in_tree.name
+    in_tree, separate = _contour_dir_candidates(patient_dir, patient)
     # An empty in-tree folder (made before the test contours were released) does not hide them.
     return separate if separate.is_dir() and not files_named(in_tree, "*contour-manual.txt") else in_tree
+
+
+def _contour_dir_candidates(patient_dir: Path, patient: str) -> tuple[Path, Path]:
+    """Where a patient's contours may be: in its folder, and in the set's separate tree."""
+    in_tree = patient_dir / f"{patient}contours-manual"
+    set_dir = patient_dir.parent
+    return in_tree, set_dir.parent / f"{set_dir.name}{CONTOUR_TREE_SUFFIX}" / in_tree.name
 
 
 def _contour_files(patient_dir: Path, patient: str, report: ReadReport, skip_bad: bool) -> list[Path]:
@@ -242,6 +247,10 @@ def _contour_files(patient_dir: Path, patient: str, report: ReadReport, skip_bad
     contour_dir = _contour_dir(patient_dir, patient)
     on_disk = files_named(contour_dir, "*contour-manual.txt")
     if not list_file.is_file():
+        if not on_disk:
+            looked = " or ".join(str(folder) for folder in _contour_dir_candidates(patient_dir, patient))
+            report.notes.append(f"{patient}: no contour files and no {list_file.name} (looked in {looked}); "
+                                "its images are not annotated")
         return on_disk
     listed = _listed_contour_files(list_file, patient_dir, contour_dir, report, skip_bad)
     # Compared as absolute paths: the list's entries are made absolute, the folder's files may be relative.
@@ -272,17 +281,20 @@ def _listed_contour_files(
         if not entry:
             continue
         relative = entry.replace("\\", "/")
-        # Lexical normalisation (not resolve()) so that '..' cannot climb out, whatever symlinks
-        # the data folder itself is reached through.
-        candidate = Path(os.path.normpath(patient_abs.parent / relative))
-        if PureWindowsPath(entry).drive or relative.startswith("/") or not candidate.is_relative_to(patient_abs):
-            reason = f"line {number}: {entry!r} points outside the patient folder {patient_abs}"
-            report.bad_file(list_file, reason, skip_bad)
-            continue
+        if "/" not in relative:  # a bare file name: the patient's contour folder holds it
+            candidate = Path(os.path.abspath(contour_dir / relative))
+        else:
+            # Lexical normalisation (not resolve()) so that '..' cannot climb out, whatever symlinks
+            # the data folder itself is reached through.
+            candidate = Path(os.path.normpath(patient_abs.parent / relative))
+            if PureWindowsPath(entry).drive or relative.startswith("/") or not candidate.is_relative_to(patient_abs):
+                reason = f"line {number}: '{entry}' points outside the patient folder {patient_abs}"
+                report.bad_file(list_file, reason, skip_bad)
+                continue
         if not candidate.is_file() and not Path(os.path.abspath(contour_dir)).is_relative_to(patient_abs):
             candidate = contour_dir / PureWindowsPath(entry).name
         if not candidate.is_file():
-            reason = f"line {number}: listed contour file {entry!r} does not exist ({candidate})"
+            reason = f"line {number}: listed contour file '{entry}' does not exist (looked for {candidate})"
             report.bad_file(list_file, reason, skip_bad)
             continue
         if candidate not in listed:
