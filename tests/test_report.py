@@ -7,6 +7,7 @@ import base64
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,22 @@ def test_grid_report_tables_match_the_runs(grid_sweep, tmp_path):
     assert page.count("<img") == 1  # the loss curves of the two points
 
 
+def test_a_point_with_a_seed_missing_says_so_and_is_not_marked_best(grid_sweep, tmp_path):
+    copy = tmp_path / "grid"
+    shutil.copytree(grid_sweep, copy)
+    rows = read_results(grid_sweep / "results.csv")
+    dice = {lr: np.mean([float(r["best_val_dice"]) for r in rows if r["lr"] == lr]) for lr in ("0.01", "0.001")}
+    best, other = sorted(dice, key=dice.get, reverse=True)
+    interrupted = next(r for r in rows if r["lr"] == best)
+    (Path(interrupted["folder"].replace(str(grid_sweep), str(copy))) / "summary.json").unlink()
+    _, markdown_path = write_report(copy, tmp_path / "report.html")
+    table = markdown_path.read_text().split("**Learning rates**")[1].split("## ")[0]
+    partial = next(line for line in table.splitlines() if line.startswith(f"| {best} |"))
+    complete = next(line for line in table.splitlines() if line.startswith(f"| {other} |"))
+    assert "(1 of 2 seeds)" in partial and "★" not in partial
+    assert "★" in complete
+
+
 def test_tpe_report_shows_importances_and_parallel_coordinates(tpe_sweep, tmp_path):
     page_path, markdown_path = write_report(tpe_sweep, tmp_path / "tpe.html")
     page = page_path.read_text()
@@ -107,6 +124,7 @@ def test_run_report_with_examples_from_an_evaluation(grid_sweep, tiny_dataset, t
     epochs = [line for line in markdown.split("**Per-epoch metrics**")[1].splitlines() if re.match(r"\| \d+ \|", line)]
     assert len(epochs) == 2
     assert "**Evaluation on validation patients" in markdown
+    assert "post-processed with the 'stack' rule (the training's val Dice scores the raw output)" in markdown
 
 
 def test_run_report_without_an_evaluation_says_how_to_get_examples(grid_sweep, tmp_path):

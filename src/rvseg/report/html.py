@@ -300,8 +300,12 @@ def evaluation_blocks(folder: Path, source: str, summary: dict) -> list:
         metrics = stats["overall"]["metrics"]
         rows.append([Cell(label)] + [Cell(f"{metrics[m]['mean']:.3f} \u00b1 {metrics[m]['sd']:.3f}")
                                      for m in ("dice", "jaccard", "hd")])
+    rule = summary.get("settings", {}).get("postprocess")
+    # The training curves score the raw thresholded output; an evaluation may post-process it.
+    note = (f"masks post-processed with the '{rule}' rule (the training's val Dice scores the raw output)"
+            if rule and rule != "none" else "raw thresholded masks, as the training's val Dice")
     blocks = [Table(f"Evaluation on {source}", ["label", "Dice", "Jaccard", f"HD ({summary.get('units', 'mm')})"],
-                    rows, stub=1)]
+                    rows, stub=1, note=note)]
     for name, caption in EVALUATION_FIGURES:
         if (folder / name).is_file():
             blocks.append(Figure(f"{caption} ({source})", (folder / name).read_bytes()))

@@ -109,11 +109,13 @@ def group_points(records: list[dict], spec: SweepSpec) -> dict[tuple, Point]:
     return points
 
 
-def best_point(points: dict[tuple, Point], objective: str) -> tuple | None:
-    """Key of the point with the best mean objective among points with a completed seed."""
+def best_point(points: dict[tuple, Point], objective: str, n_seeds: int = 1) -> tuple | None:
+    """Key of the point with the best mean objective among the points with all ``n_seeds`` seeds
+    completed (a mean of fewer seeds is not comparable); among those with any, while none has all."""
     sign = 1 if OBJECTIVES[objective][0] == "maximize" else -1
-    scored = {key: statistics.fmean(p.values(objective)) for key, p in points.items() if p.values(objective)}
-    return max(scored, key=lambda key: sign * scored[key]) if scored else None
+    scored = {key: p.values(objective) for key, p in points.items() if p.values(objective)}
+    complete = {key: values for key, values in scored.items() if len(values) >= n_seeds} or scored
+    return max(complete, key=lambda key: sign * statistics.fmean(complete[key])) if complete else None
 
 
 def sweep_table(records: list[dict], spec: SweepSpec, layout: dict | None = None) -> Table:
@@ -134,7 +136,7 @@ def sweep_table(records: list[dict], spec: SweepSpec, layout: dict | None = None
     metrics = [m for m in dict.fromkeys(wanted) if any(p.values(m) for p in points.values())]
     if not metrics:
         metrics = [spec.objective]
-    best = best_point(points, spec.objective)
+    best = best_point(points, spec.objective, len(spec.seeds))
     axes = {axis.name: axis for axis in spec.space}
     column_values = axes[column_axis].values if column_axis else [None]
     row_keys = ordered_row_keys(spec, row_axes, points)
@@ -147,7 +149,8 @@ def sweep_table(records: list[dict], spec: SweepSpec, layout: dict | None = None
             if column_axis:
                 params[column_axis] = column_value
             key = tuple(params.get(name) for name in spec.axis_names)
-            row += point_cells(points.get(key), metrics, is_best=key == best, objective=spec.objective)
+            row += point_cells(points.get(key), metrics, is_best=key == best, objective=spec.objective,
+                               n_seeds=len(spec.seeds))
         rows.append(row)
     metric_labels = [METRIC_LABELS.get(m, m) for m in metrics]
     columns = list(row_axes) + metric_labels * len(column_values)
@@ -173,14 +176,17 @@ def ordered_row_keys(spec: SweepSpec, row_axes: list[str], points: dict[tuple, P
     return list(dict.fromkeys(tuple(p.params[a] for a in row_axes) for p in ranked))
 
 
-def point_cells(point: Point | None, metrics: list[str], is_best: bool, objective: str) -> list[Cell]:
+def point_cells(point: Point | None, metrics: list[str], is_best: bool, objective: str,
+                n_seeds: int = 1) -> list[Cell]:
+    """A point's cells; a mean over fewer than ``n_seeds`` completed seeds says so."""
     if point is None:
         return [Cell("\u2013", muted=True) for _ in metrics]
     cells = []
     for metric in metrics:
         values = point.values(metric)
         if values:
-            cells.append(Cell(format_metric(metric, values), best=is_best and metric == objective))
+            partial = f" ({len(values)} of {n_seeds} seeds)" if len(values) < n_seeds else ""
+            cells.append(Cell(format_metric(metric, values) + partial, best=is_best and metric == objective))
         else:
             cells.append(Cell(point.state() if point.state() != "complete" else "\u2013", muted=True))
     if is_best and objective not in metrics:
