@@ -16,7 +16,7 @@ import torch
 import yaml
 from helpers import synthetic_report
 
-from rvseg.cli import main
+from rvseg.cli import main, parse_arguments
 from rvseg.data.dataset import encode_targets, load_dataset
 from rvseg.data.prepare import PrepareOptions, write_prepared
 from rvseg.errors import ConfigError, DataError
@@ -24,7 +24,7 @@ from rvseg.losses import build_loss
 from rvseg.models import build_model
 from rvseg.train import loop
 from rvseg.train.checkpoint import load_checkpoint, model_from_checkpoint
-from rvseg.train.config import TrainConfig, load_config
+from rvseg.train.config import TrainConfig, load_config, overrides_from_args
 from rvseg.train.loop import TrainingDiverged, train
 from rvseg.train.runtime import Runtime, any_rank
 
@@ -389,6 +389,8 @@ def test_every_switch_can_be_turned_off_from_the_command_line(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "--augment, --no-augment" in capsys.readouterr().out
+    args = parse_arguments(["train", "data", "--out", "run", "--train-share", "0.4"])
+    assert overrides_from_args(args)["fraction"] == "0.4"
 
 
 def test_cli_reports_bad_options_without_traceback(tiny_dataset, tmp_path, capsys):

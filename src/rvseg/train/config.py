@@ -153,6 +153,10 @@ HELP = {
 }
 
 
+#: Other names of a flag: the study calls the share of training data the "training share".
+FLAG_ALIASES = {"fraction": ("--train-share",)}
+
+
 def check_graph_or_compile(cuda_graph: bool, compile_: bool) -> None:
     if cuda_graph and compile_:
         raise ConfigError("choose --cuda-graph or --compile, not both (compile's reduce-overhead mode is its "
@@ -232,7 +236,8 @@ def add_train_arguments(parser) -> None:
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, metavar=kind.__name__.upper(), help=text)
+            parser.add_argument(flag, *FLAG_ALIASES.get(f.name, ()), dest=f.name, default=None,
+                                metavar=kind.__name__.upper(), help=text)
 
 
 def overrides_from_args(args) -> dict:
