@@ -513,7 +513,7 @@ def test_force_never_deletes_the_input_or_the_model(checkpoint, phantom, tmp_pat
     assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before
 
 
-def test_output_paths_that_cannot_be_written_give_one_line(checkpoint, phantom, tmp_path, capsys):
+def test_output_paths_that_cannot_be_written_give_one_line(checkpoint, phantom, tmp_path, capsys, monkeypatch):
     source = phantom / "patient01" / "P01dicom" / "P01-0000.dcm"
     (tmp_path / "a-file").write_text("x\n")
     (tmp_path / "real").mkdir()
@@ -523,6 +523,12 @@ def test_output_paths_that_cannot_be_written_give_one_line(checkpoint, phantom, 
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err and "Traceback" not in err
     assert list((tmp_path / "real").iterdir()) == []
+    # A folder without write permission (or on a read-only disk) is refused before any work.
+    with monkeypatch.context() as patch:
+        patch.setattr("rvseg.io.os.access", lambda path, mode: False)
+        out = tmp_path / "ro" / "p"
+        assert main(["predict", str(checkpoint), str(source), "--out", str(out), "--device", "cpu"]) == 2
+        assert f"cannot write in {tmp_path} (no permission" in capsys.readouterr().err
     # A folder the system refuses to create (here under /proc, which even root cannot write).
     assert main(["predict", str(checkpoint), str(source), "--out", "/proc/rvseg-test/pred", "--device", "cpu"]) == 2
     err = capsys.readouterr().err

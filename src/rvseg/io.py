@@ -113,6 +113,9 @@ def check_output_folder(out: str | Path, force: bool, inputs: Iterable[str | Pat
             raise DataError(f"output lies under {parent}, which is a file, not a folder", out)
     if out.is_symlink():
         raise DataError("output is a symbolic link; give the folder it points to", out)
+    existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
+    if not os.access(existing, os.W_OK):  # said now, not after the work (a read-only disk, no permission)
+        raise DataError(f"cannot write in {existing} (no permission, or a read-only file system)", out)
     for path in inputs:
         if _holds(out, Path(path)):
             raise DataError(f"output folder is or holds the input {path}; writing it would delete that input "

@@ -37,8 +37,7 @@ import numpy as np
 from PIL import Image
 
 from rvseg.data.outlines import fill_contour_map
-from rvseg.data.rvsc import note_unnested
-from rvseg.data.sample import ReadReport, Sample
+from rvseg.data.sample import ReadReport, Sample, note_unnested
 from rvseg.errors import DataError
 
 LABELS = ("endo", "epi")

@@ -42,14 +42,11 @@ import numpy as np
 from rvseg.data.contours import polygon_to_mask, read_contour_file
 from rvseg.data.dicom import DicomImage, read_dicom
 from rvseg.data.folders import files_named, named_folders, unique_folders
-from rvseg.data.sample import ReadReport, Sample
+from rvseg.data.sample import ReadReport, Sample, note_unnested
 from rvseg.errors import DataError
 
 LABELS = ("endo", "epi")
 LABEL_OF_CONTOUR = {"i": "endo", "o": "epi"}
-#: Fraction of the i-contour mask allowed outside the o-contour mask before a note is added:
-#: expert contours drawn on the same image touch at most along a few boundary pixels.
-NESTING_TOLERANCE = 0.01
 
 PATIENT_DIR_NAME = re.compile(r"patient(\d+)", re.IGNORECASE)
 #: How far below ``root`` patient folders are looked for (``TestSet/Test1Set/patient17``).
@@ -151,22 +148,6 @@ def dicom_sample(sample_id: str, patient: str, image: DicomImage, masks: dict[st
                   slice=slice_key(image.slice_location), frame=frame, phase=phase,
                   slice_location=image.slice_location, slice_thickness_mm=image.slice_thickness_mm,
                   sources={"image": str(image.path), **sources})
-
-
-def note_unnested(sample_id: str, masks: dict[str, np.ndarray], inner: str, outer: str, report: ReadReport) -> None:
-    """Add a note when more than :data:`NESTING_TOLERANCE` of the ``inner`` mask lies outside ``outer``.
-
-    An endocardium outside its epicardium means misaligned or swapped contours; the sample is kept
-    (the file is readable) but the user should know.
-    """
-    if inner not in masks or outer not in masks:
-        return
-    outside = int(np.count_nonzero(masks[inner] & ~masks[outer]))
-    total = int(np.count_nonzero(masks[inner]))
-    if outside > NESTING_TOLERANCE * total:
-        report.notes.append(
-            f"{sample_id}: {outside} of {total} '{inner}' pixels lie outside '{outer}' (the contours do not nest)"
-        )
 
 
 def patient_folders(root: Path) -> list[Path]:

@@ -16,6 +16,9 @@ import numpy as np
 from rvseg.errors import DataError
 
 PHASES = ("ED", "ES", "unknown")
+#: Fraction of the i-contour mask allowed outside the o-contour mask before a note is added:
+#: expert contours drawn on the same image touch at most along a few boundary pixels.
+NESTING_TOLERANCE = 0.01
 
 
 @dataclass
@@ -96,3 +99,19 @@ class ReadReport:
     @property
     def patients(self) -> list[str]:
         return sorted({s.patient for s in self.samples})
+
+
+def note_unnested(sample_id: str, masks: dict[str, np.ndarray], inner: str, outer: str, report: ReadReport) -> None:
+    """Add a note when more than :data:`NESTING_TOLERANCE` of the ``inner`` mask lies outside ``outer``.
+
+    An endocardium outside its epicardium means misaligned or swapped contours; the sample is kept
+    (the file is readable) but the user should know.
+    """
+    if inner not in masks or outer not in masks:
+        return
+    outside = int(np.count_nonzero(masks[inner] & ~masks[outer]))
+    total = int(np.count_nonzero(masks[inner]))
+    if outside > NESTING_TOLERANCE * total:
+        report.notes.append(
+            f"{sample_id}: {outside} of {total} '{inner}' pixels lie outside '{outer}' (the contours do not nest)"
+        )

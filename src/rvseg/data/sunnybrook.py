@@ -32,8 +32,8 @@ from pathlib import Path
 from rvseg.data.dicom import read_dicom
 from rvseg.data.folders import files_named
 from rvseg.data.pngpairs import drop_odd_sizes
-from rvseg.data.rvsc import contour_masks, dicom_sample, note_unnested
-from rvseg.data.sample import ReadReport, Sample
+from rvseg.data.rvsc import contour_masks, dicom_sample
+from rvseg.data.sample import ReadReport, Sample, note_unnested
 from rvseg.data.sunnybrook_downloads import SEARCH_DEPTH, find_cases, looks_like_sunnybrook_download
 from rvseg.errors import ConfigError, DataError
 
