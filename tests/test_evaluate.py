@@ -475,3 +475,19 @@ def test_no_postprocess_is_postprocess_none_and_contradicting_it_is_refused(run,
     assert main([*base, "--out", str(tmp_path / "b"), "--no-postprocess", "--postprocess", "stack"]) == 2
     assert "--no-postprocess contradicts --postprocess stack" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_sunnybrook_volumes_use_the_distance_between_slice_planes(shared_data, tmp_path):
+    # GE's SliceLocation of these short-axis slices steps 6.7 mm; the planes are 10 mm apart.
+    prepare(shared_data / "sunnybrook-subset", tmp_path / "prepared")
+    data = load_dataset(tmp_path / "prepared")
+    rows = []
+    for index, sample in enumerate(data.rows):
+        area = float(data.masks[index, 0].sum()) * float(sample["spacing_mm"]) * float(sample["spacing_col_mm"])
+        rows.append({"label": "endo", "patient": sample["patient"], "id": sample["id"], "unit": "mm",
+                     "phase": sample["phase"], "area_ref_mm2": area, "area_pred_mm2": area})
+    volumes = cavity_volumes(data, rows, ["endo"])["patients"]
+    assert volumes["SCD0000101"]["slice_spacing_mm"] == pytest.approx(10.0, abs=0.01)
+    assert volumes["SCD0000101"]["ed_volume_ml"]["truth"] == pytest.approx(192.8, abs=1.0)
+    locations = sorted({float(row["slice_location"]) for row in data.rows if row["patient"] == "SCD0000101"})
+    assert float(np.median(np.diff(locations))) < 7.0  # what the volumes used to be measured with

@@ -247,13 +247,22 @@ def test_existing_output_needs_force(shared_data, tmp_path, capsys):
     assert load_dataset(tmp_path / "d").images.shape[-2:] == (64, 64)
 
 
-def test_force_never_replaces_the_source(shared_data, tmp_path, capsys):
+def test_force_never_replaces_the_source(shared_data, tmp_path, capsys, monkeypatch):
     root = make_patient_copy(tmp_path, shared_data / "rvsc-native")
+    (tmp_path / "alias").symlink_to(root)
     before = sorted(root.rglob("*"))
-    for src, out in ((root / "patient09", root / "patient09"), (root, tmp_path)):
+    for src, out in ((root / "patient09", root / "patient09"), (root, tmp_path), (tmp_path / "alias", root)):
         assert main(["prepare", str(src), "--out", str(out), "--force"]) == 2
         assert "would delete that input" in capsys.readouterr().err
-    assert sorted(root.rglob("*")) == before
+    # "." and ".." are the current folder and the one above it, never replaced.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine\n")
+    monkeypatch.chdir(elsewhere)
+    for out in (".", "..", "sub/.."):
+        assert main(["prepare", str(root), "--out", out, "--force"]) == 2
+        assert "holds the current folder" in capsys.readouterr().err
+    assert sorted(root.rglob("*")) == before and (elsewhere / "keep.txt").read_text() == "mine\n"
 
 
 def test_bad_option_values(shared_data, tmp_path, capsys):

@@ -227,6 +227,15 @@ def test_missing_es_slices_count_as_empty_where_es_is_within_ed():
     # ES on a slice without ED: left as it is (no EF, as stack_volumes says).
     odd = [*areas[:2], SliceArea("p", "es9", 90.0, 40.0, phase="ES")]
     assert fill_missing_es(odd) == (odd, [])
+    # ES missing between contoured slices holds cavity: not completed, said so, and no EF.
+    gap = [*areas[:3], areas[3], SliceArea("p", "es0", 0.0, 40.0, phase="ES")]  # ES on slices 0 and 1, not 2
+    assert [area.id for area in fill_missing_es(gap)[0][len(gap):]] == ["ed2-es-empty"]  # an end slice: filled
+    middle = [*areas[:3], SliceArea("p", "es0", 0.0, 40.0, phase="ES"), areas[4]]  # ES on slices 0 and 2
+    filled, notes = fill_missing_es(middle)
+    assert filled == middle and notes == [
+        "p: ES is missing on 1 slice(s) between contoured ones (first at 10 mm), which cannot be empty: no ES volume "
+        "is completed"]
+    assert stack_volumes(filled)[0].ef_percent is None
 
 
 def test_sunnybrook_reference_contours_without_their_phases_give_positive_efs(shared_data):

@@ -317,12 +317,14 @@ def cavity_volumes(data: PreparedDataset, rows: Sequence[dict], labels: Sequence
     if label is None:
         return {"label": None, "chamber": chamber_name, "patients": {}, "agreement": {}, "notes": [no_cavity_note()]}
     sample_of = {row["id"]: row for row in data.rows}
+    positioned = patients_with_plane_positions(data.rows)
     sides: dict[str, list[SliceArea]] = {"pred": [], "truth": []}
     left_out: dict[str, int] = {}
     for row in rows:
         if row["label"] != label:
             continue
-        location = finite(sample_of[row["id"]].get("slice_location"))
+        sample = sample_of[row["id"]]
+        location = finite(sample.get("position_mm" if row["patient"] in positioned else "slice_location"))
         reason = volume_exclusion(row, location)
         if reason:
             left_out[reason] = left_out.get(reason, 0) + 1
@@ -356,6 +358,17 @@ def cavity_volumes(data: PreparedDataset, rows: Sequence[dict], labels: Sequence
                 for patient, item in errors["patients"].items()}
     return {"label": label, "chamber": chamber_name, "patients": patients, "agreement": agreement(errors),
             "notes": notes}
+
+
+def patients_with_plane_positions(samples: Sequence[dict]) -> set[str]:
+    """Patients all of whose samples have a plane position (``position_mm``), measured along the slice
+    normal: their volumes use it, the others' their slice locations (which GE scanners measure along
+    the table axis: 6.7 mm apart for Sunnybrook's short-axis slices 10 mm apart)."""
+    patients: dict[str, bool] = {}
+    for sample in samples:
+        has = finite(sample.get("position_mm")) is not None
+        patients[sample["patient"]] = patients.get(sample["patient"], True) and has
+    return {patient for patient, has in patients.items() if has}
 
 
 def volume_exclusion(row: dict, location: float | None) -> str | None:

@@ -100,12 +100,15 @@ def check_output_folder(out: str | Path, force: bool, inputs: Iterable[str | Pat
     """Refuse (DataError) an output folder that cannot be written or replaced safely.
 
     Refused: a file, or a path under a file; a symbolic link (replacing it would replace the link, not
-    the folder it names); a non-empty folder unless ``force``; and, even with ``force``, a folder that is
-    or holds one of ``inputs`` (the data or model being read), because replacing it would delete them.
+    the folder it names); a place without write permission; a non-empty folder unless ``force``; and,
+    even with ``force``, a folder that is or holds the current folder or one of ``inputs`` (the data or
+    model being read), because replacing it would delete them. "Holds" is decided by file identity, so
+    a second name for a folder (a link, a bind mount, other letter case on a case-insensitive disk)
+    does not get past it.
     """
     from rvseg.errors import DataError
 
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "." and ".." by their real names: the work happens beside out
     if out.exists() and not out.is_dir():
         raise DataError("output exists and is not a folder", out)
     for parent in out.parents:
@@ -113,9 +116,13 @@ def check_output_folder(out: str | Path, force: bool, inputs: Iterable[str | Pat
             raise DataError(f"output lies under {parent}, which is a file, not a folder", out)
     if out.is_symlink():
         raise DataError("output is a symbolic link; give the folder it points to", out)
-    existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
-    if not os.access(existing, os.W_OK):  # said now, not after the work (a read-only disk, no permission)
-        raise DataError(f"cannot write in {existing} (no permission, or a read-only file system)", out)
+    # The temporary folder is made beside out, and out is replaced there: both places must be writable.
+    beside = next((folder for folder in out.parents if folder.exists()), out)
+    for place in (beside, out) if out.exists() else (beside,):
+        if not os.access(place, os.W_OK):  # said now, not after the work
+            raise DataError(f"cannot write in {place} (no permission, or a read-only file system)", out)
+    if _holds(out, Path.cwd()):
+        raise DataError("output folder is or holds the current folder; choose another --out", out)
     for path in inputs:
         if _holds(out, Path(path)):
             raise DataError(f"output folder is or holds the input {path}; writing it would delete that input "
@@ -125,9 +132,18 @@ def check_output_folder(out: str | Path, force: bool, inputs: Iterable[str | Pat
 
 
 def _holds(folder: Path, path: Path) -> bool:
-    """Whether ``path`` is ``folder`` or lies inside it, by absolute or by resolved (link-free) path."""
-    for a, b in ((Path(os.path.abspath(folder)), Path(os.path.abspath(path))), (folder.resolve(), path.resolve())):
-        if a == b or a in b.parents:
+    """Whether ``path`` is ``folder`` or lies inside it, by file identity (device and inode) of
+    ``folder`` and of ``path`` and each of its existing ancestors."""
+    try:
+        target = os.stat(folder)
+    except OSError:  # no folder yet: it holds nothing
+        return False
+    for place in (path, *Path(os.path.abspath(path)).parents):
+        try:
+            found = os.stat(place)
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
             return True
     return False
 
@@ -140,7 +156,7 @@ def atomic_folder(out: str | Path) -> Iterator[Path]:
     """
     import shutil
 
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # the parent of "." is the folder above, not "." itself
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:

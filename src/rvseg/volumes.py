@@ -191,11 +191,12 @@ def fill_missing_es(areas: Sequence[SliceArea]) -> tuple[list[SliceArea], list[s
 
     Experts contour the cavity at ES on fewer slices than at ED (RVSC: the basal slice, which the
     ventricle has left by end-systole, in every training patient): those slices hold no cavity at ES,
-    and an EF needs both phases on the same slices (:func:`stack_volumes`). Stacks whose ES slices are
-    not all ED slices are left as they are.
+    and an EF needs both phases on the same slices (:func:`stack_volumes`). Only slices at the ends of
+    the ED stack count as empty: a slice missing at ES between contoured ones holds cavity, so that
+    stack is left as it is (with a note), as are stacks whose ES slices are not all ED slices.
 
     Returns:
-        (the areas with a zero-area ES area added per missing slice, one note per stack filled).
+        (the areas with a zero-area ES area added per missing slice, notes).
     """
     filled, notes = list(areas), []
     for stack, members in by_stack(areas).items():
@@ -203,6 +204,11 @@ def fill_missing_es(areas: Sequence[SliceArea]) -> tuple[list[SliceArea], list[s
         es = {area.slice_key for area in members if area.phase == "ES"}
         missing = [key for key in ed if key not in es]
         if not es or not missing or not es <= set(ed):
+            continue
+        inside = [key for key in missing if min(es) < key < max(es)]
+        if inside:
+            notes.append(f"{stack}: ES is missing on {len(inside)} slice(s) between contoured ones (first at "
+                         f"{inside[0]:g} mm), which cannot be empty: no ES volume is completed")
             continue
         filled += [replace(ed[key], id=f"{ed[key].id}-es-empty", phase="ES", area_mm2=0.0, trigger_time=None,
                            frame=None) for key in missing]

@@ -173,6 +173,7 @@ def sample_rows(samples: list[Sample], labels, masks, present, extents, spacings
             "orig_height": s.image.shape[0],
             "orig_width": s.image.shape[1],
             "slice_location": "" if s.slice_location is None else f"{s.slice_location:.6g}",
+            "position_mm": "" if s.position_mm is None else f"{s.position_mm:.6g}",
             "slice_thickness_mm": "" if s.slice_thickness_mm is None else f"{s.slice_thickness_mm:.6g}",
             "source_image": s.sources.get("image", ""),
         }

@@ -40,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rvseg.data.contours import polygon_to_mask, read_contour_file
-from rvseg.data.dicom import DicomImage, read_dicom
+from rvseg.data.dicom import DicomImage, plane_positions, read_dicom
 from rvseg.data.folders import files_named, named_folders, unique_folders
 from rvseg.data.sample import ReadReport, Sample, note_unnested
 from rvseg.errors import DataError
@@ -147,7 +147,7 @@ def dicom_sample(sample_id: str, patient: str, image: DicomImage, masks: dict[st
     return Sample(id=sample_id, patient=patient, image=image.pixels, masks=masks, spacing_mm=image.spacing_mm,
                   slice=slice_key(image.slice_location), frame=frame, phase=phase,
                   slice_location=image.slice_location, slice_thickness_mm=image.slice_thickness_mm,
-                  sources={"image": str(image.path), **sources})
+                  position_mm=(plane_positions([image]) or [None])[0], sources={"image": str(image.path), **sources})
 
 
 def patient_folders(root: Path) -> list[Path]:

@@ -34,7 +34,10 @@ class Sample:
         slice: slice id within the patient (a string, e.g. the rounded slice location or index).
         frame: frame (time point) number within the cine, or None.
         phase: ``"ED"``, ``"ES"`` or ``"unknown"``.
-        slice_location: position of the slice along its normal in mm, when known.
+        slice_location: the slice's location in mm as the source gives it (DICOM SliceLocation), when
+            known: it orders and names slices, but some scanners (GE) measure it along the table axis.
+        position_mm: the slice plane's position along its normal in mm (ImagePositionPatient projected
+            on the plane normal), when known: the distances between slices that volumes need.
         slice_thickness_mm: slice thickness (or spacing between slices) in mm, when known.
         sources: what was read: ``"image"`` and each label name -> file path.
     """
@@ -48,6 +51,7 @@ class Sample:
     frame: int | None = None
     phase: str = "unknown"
     slice_location: float | None = None
+    position_mm: float | None = None
     slice_thickness_mm: float | None = None
     sources: dict[str, str] = field(default_factory=dict)
 

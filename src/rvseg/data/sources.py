@@ -501,6 +501,7 @@ def prepared_images(data: PreparedDataset) -> list[InputImage]:
             id=safe_name(row["id"]), source=row.get("source_image", "") or str(data.root), prepared=True,
             pixels=data.images[index, 0, :height, :width], shape=shape, stack=row["patient"], spacing_mm=spacing,
             slice_location=float(row["slice_location"]) if row.get("slice_location") else None,
+            position_mm=finite(row.get("position_mm")),
             frame=int(row["frame"]) if row.get("frame") else None,
             phase=row["phase"] if row["phase"] in ("ED", "ES") else "",
             slice_number=finite(row.get("slice"))))
