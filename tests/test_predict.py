@@ -7,6 +7,7 @@ import json
 import shutil
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -490,6 +491,17 @@ def test_labels_and_tables_of_supported_layouts_are_ignored_not_skipped(checkpoi
     assert sorted(summary["volumes"]) == [f"SCD0000{n}01" for n in range(1, 6)]  # a stack per patient folder
     reasons = Counter(item["reason"] for item in summary["ignored"])
     assert reasons == {"a contour file": 249 - 106 - 1, "a table (a data set's manifest or link file), not an image": 1}
+
+
+def test_stack_names_never_collide():
+    from rvseg.data.sources import stack_names
+
+    def stack_in(folder: str) -> list:
+        return [SimpleNamespace(path=Path(folder) / "IM-1.dcm")]
+
+    stacks = [stack_in("s/A"), stack_in("s/A"), stack_in("s/A-stack1")]
+    assert stack_names(stacks, "s") == ["A-stack1", "A-stack2", "A-stack1-2"]
+    assert stack_names([stack_in("s/P1"), stack_in("t/P2")], "s") == ["P1", "P2"]
 
 
 def test_force_never_deletes_the_input_or_the_model(checkpoint, phantom, tmp_path, capsys):

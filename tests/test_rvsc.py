@@ -455,6 +455,21 @@ def test_upper_case_names_are_read_like_lower_case_ones(tmp_path, rvsc_root):
     assert not report.notes and not report.unmatched_contours
 
 
+def test_upper_case_folders_and_a_list_naming_files_in_another_case(tmp_path, rvsc_root):
+    root = make_patient_copy(tmp_path, rvsc_root)
+    patient = root / "patient09"
+    (patient / "P09dicom").rename(patient / "P09DICOM")
+    (patient / "P09contours-manual").rename(patient / "P09CONTOURS-MANUAL")
+    contours = patient / "P09CONTOURS-MANUAL"
+    for path in contours.iterdir():
+        path.rename(contours / path.name.upper())
+    (patient / "P09list.txt").rename(patient / "P09LIST.TXT")
+    report = read_rvsc(root)
+    assert [(s.id, sorted(s.masks)) for s in report.samples] == [(f"P09-{frame}", ["endo", "epi"])
+                                                                   for frame in ANNOTATED]
+    assert not report.notes and not report.skipped
+
+
 def test_two_files_of_one_frame_differing_in_case_are_refused(tmp_path, rvsc_root):
     root = make_patient_copy(tmp_path, rvsc_root)
     shutil.copy(root / "patient09" / "P09dicom" / "P09-0021.dcm", root / "patient09" / "P09dicom" / "p09-0020.dcm")
@@ -498,7 +513,8 @@ def test_monochrome1_is_read_with_the_usual_contrast(tmp_path, rvsc_root):
     dataset.PhotometricInterpretation = "MONOCHROME1"
     dataset.save_as(tmp_path / "mono1.dcm")
     plain, inverted = read_dicom(original).pixels, read_dicom(tmp_path / "mono1.dcm").pixels
-    assert np.array_equal(inverted, plain.max() + plain.min() - plain)
+    assert int(dataset.BitsStored) == 16 and int(dataset.PixelRepresentation) == 0
+    assert np.array_equal(inverted, 65535 - plain)  # within the stored range, the same for every image
 
 
 def test_a_frame_without_pixel_spacing_or_with_another_one_is_noted(tmp_path, rvsc_root):
@@ -512,3 +528,11 @@ def test_a_frame_without_pixel_spacing_or_with_another_one_is_noted(tmp_path, rv
     notes = read_rvsc(root).notes
     assert any("1 image(s) without PixelSpacing (first: P09-0020)" in note for note in notes)
     assert any("different pixel spacings" in note and "0.7 x 1.4 mm (1)" in note for note in notes)
+
+
+def test_a_transfer_syntax_pydicom_does_not_know_is_named_as_such(tmp_path, rvsc_root):
+    dataset = pydicom.dcmread(rvsc_root / "patient09" / "P09dicom" / "P09-0020.dcm")
+    dataset.file_meta.TransferSyntaxUID = "1.2.3.4.5.6.7"
+    dataset.save_as(tmp_path / "private.dcm")
+    with pytest.raises(DataError, match="1.2.3.4.5.6.7 is not a DICOM transfer syntax pydicom knows"):
+        read_dicom(tmp_path / "private.dcm")

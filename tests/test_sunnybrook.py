@@ -434,5 +434,8 @@ def test_upper_case_names_and_duplicate_images(tmp_path, sunnybrook_root):
     report = read_sunnybrook(root)
     assert [(s.id, sorted(s.masks)) for s in report.samples] == want
     assert not report.unmatched_contours
+    shutil.copy(contours / "IM-0001-0048-icontour-manual.txt", contours / "im-0001-0048-icontour-manual.txt")
+    assert "a second i-contour file of image 48" in raised_message(root)
+    (contours / "im-0001-0048-icontour-manual.txt").unlink()
     shutil.copy(root / "dicoms" / "SCD0000101" / "59.dcm", root / "dicoms" / "SCD0000101" / "048.dcm")
     assert "a second file of image 48" in raised_message(root)

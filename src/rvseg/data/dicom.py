@@ -225,14 +225,18 @@ def _read_pixels(dataset: Dataset, path: Path) -> np.ndarray:
     slope = _optional_float(dataset, "RescaleSlope", path)
     intercept = _optional_float(dataset, "RescaleIntercept", path)
     pixels = stored.astype(np.float32)
+    if str(dataset.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        # Displayed with the lowest value white (PS3.3 C.7.6.3.1.2): mirrored within the stored range
+        # (the same for every image of a series, unlike an image's own min and max) into the usual
+        # MONOCHROME2 look, which models and overlays expect.
+        if int(dataset.get("PixelRepresentation", 0)) == 1:
+            pixels = -1.0 - pixels  # two's complement: min + max = -1
+        else:
+            pixels = float(2 ** int(dataset.get("BitsStored", 8 * stored.dtype.itemsize)) - 1) - pixels
     if slope is not None:
         pixels *= np.float32(slope)
     if intercept is not None:
         pixels += np.float32(intercept)
-    if str(dataset.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
-        # Displayed with the lowest value white (PS3.3 C.7.6.3.1.2): turned into the usual MONOCHROME2
-        # look, which models and overlays expect, keeping the value range.
-        pixels = pixels.max() + pixels.min() - pixels
     return pixels
 
 
@@ -242,9 +246,11 @@ def decoding_problem(dataset: Dataset, exc: Exception) -> str:
     from pydicom.pixels import get_decoder
 
     syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and not syntax.is_transfer_syntax:
+        return f"its transfer syntax {syntax} is not a DICOM transfer syntax pydicom knows (private or damaged)"
     try:
         decodable = syntax is None or not syntax.is_compressed or get_decoder(syntax).is_available
-    except (NotImplementedError, ValueError):  # a syntax pydicom has no decoder for at all
+    except NotImplementedError:  # a compressed syntax pydicom has no decoder for at all
         decodable = False
     if not decodable:
         return (f"its transfer syntax {syntax.name} ({syntax}) is compressed and no installed decoder reads it: "

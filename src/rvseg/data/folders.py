@@ -26,6 +26,19 @@ def files_named(folder: Path, pattern: str) -> list[Path]:
                   and fnmatch.fnmatchcase(path.name.lower(), pattern) and path.is_file())
 
 
+def existing_ignoring_case(path: Path) -> Path:
+    """``path`` as it is spelled on disk where its names differ from it only in letter case
+    (``P09DICOM`` for ``P09dicom``); ``path`` itself when it exists, or when no single such match does."""
+    if path.exists() or path.parent == path:
+        return path
+    parent = existing_ignoring_case(path.parent)
+    try:
+        matches = [child for child in parent.iterdir() if child.name.lower() == path.name.lower()]
+    except OSError:  # no folder there, or not readable
+        matches = []
+    return matches[0] if len(matches) == 1 else parent / path.name
+
+
 def subfolders(root: Path, depth: int) -> list[Path]:
     """``root``'s subfolders down to ``depth`` levels, breadth first and sorted per level."""
     return [folder for level in _levels(root, depth, lambda folder: True) for folder in level]

@@ -41,7 +41,7 @@ import numpy as np
 
 from rvseg.data.contours import polygon_to_mask, read_contour_file
 from rvseg.data.dicom import DicomImage, plane_positions, read_dicom
-from rvseg.data.folders import files_named, named_folders, unique_folders
+from rvseg.data.folders import existing_ignoring_case, files_named, named_folders, unique_folders
 from rvseg.data.sample import ReadReport, Sample, note_unnested
 from rvseg.errors import DataError
 
@@ -71,7 +71,7 @@ def looks_like_rvsc(root: str | Path) -> bool:
     root = Path(root)
     if not root.is_dir():
         return False
-    return any((folder / f"{patient_id(folder)}dicom").is_dir() for folder in patient_folders(root))
+    return any(dicom_folder(folder).is_dir() for folder in patient_folders(root))
 
 
 def read_rvsc(root: str | Path, *, skip_bad: bool = False) -> ReadReport:
@@ -150,6 +150,11 @@ def dicom_sample(sample_id: str, patient: str, image: DicomImage, masks: dict[st
                   position_mm=(plane_positions([image]) or [None])[0], sources={"image": str(image.path), **sources})
 
 
+def dicom_folder(patient_dir: Path) -> Path:
+    """A patient's ``PNNdicom`` folder (spelled in any letter case)."""
+    return existing_ignoring_case(patient_dir / f"{patient_id(patient_dir)}dicom")
+
+
 def patient_folders(root: Path) -> list[Path]:
     """``root`` itself when it is a patient folder, else the patient folders below it (up to
     :data:`PATIENT_SEARCH_DEPTH` levels)."""
@@ -163,7 +168,7 @@ def patient_id(patient_dir: Path) -> str:
 
 def _read_patient(patient_dir: Path, report: ReadReport, skip_bad: bool) -> None:
     patient = patient_id(patient_dir)
-    dicom_dir = patient_dir / f"{patient}dicom"
+    dicom_dir = dicom_folder(patient_dir)
     dicom_files = files_named(dicom_dir, "*.dcm")
     if not dicom_files:
         report.bad_file(dicom_dir, f"no DICOM frames: expected {patient}dicom/{patient}-FFFF.dcm files", skip_bad)
@@ -218,13 +223,13 @@ def _contour_dir(patient_dir: Path, patient: str) -> Path:
 
 def _contour_dir_candidates(patient_dir: Path, patient: str) -> tuple[Path, Path]:
     """Where a patient's contours may be: in its folder, and in the set's separate tree."""
-    in_tree = patient_dir / f"{patient}contours-manual"
-    set_dir = patient_dir.parent
-    return in_tree, set_dir.parent / f"{set_dir.name}{CONTOUR_TREE_SUFFIX}" / in_tree.name
+    name, set_dir = f"{patient}contours-manual", patient_dir.parent
+    separate = set_dir.parent / f"{set_dir.name}{CONTOUR_TREE_SUFFIX}" / name
+    return existing_ignoring_case(patient_dir / name), existing_ignoring_case(separate)
 
 
 def _contour_files(patient_dir: Path, patient: str, report: ReadReport, skip_bad: bool) -> list[Path]:
-    list_file = patient_dir / f"{patient}list.txt"
+    list_file = existing_ignoring_case(patient_dir / f"{patient}list.txt")
     contour_dir = _contour_dir(patient_dir, patient)
     on_disk = files_named(contour_dir, "*contour-manual.txt")
     if not list_file.is_file():
@@ -272,8 +277,9 @@ def _listed_contour_files(
                 reason = f"line {number}: '{entry}' points outside the patient folder {patient_abs}"
                 report.bad_file(list_file, reason, skip_bad)
                 continue
+        candidate = existing_ignoring_case(candidate)  # lists written on Windows ignore letter case
         if not candidate.is_file() and not Path(os.path.abspath(contour_dir)).is_relative_to(patient_abs):
-            candidate = contour_dir / PureWindowsPath(entry).name
+            candidate = existing_ignoring_case(contour_dir / PureWindowsPath(entry).name)
         if not candidate.is_file():
             reason = f"line {number}: listed contour file '{entry}' does not exist (looked for {candidate})"
             report.bad_file(list_file, reason, skip_bad)

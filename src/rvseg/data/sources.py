@@ -50,7 +50,7 @@ from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, plane_positions
 from rvseg.data.folders import unique_folders
 from rvseg.data.nifti import NiftiVolume, is_nifti, nifti_stem, read_nifti, single_slice_series, slice_locations
 from rvseg.data.pngpairs import MAP_NAME, read_gray
-from rvseg.data.rvsc import looks_like_rvsc, patient_folders, patient_id
+from rvseg.data.rvsc import dicom_folder, looks_like_rvsc, patient_folders, patient_id
 from rvseg.data.sample import ReadReport
 from rvseg.errors import DataError
 from rvseg.postprocess import finite
@@ -272,11 +272,11 @@ def stack_names(stacks: Sequence[Sequence[DicomImage]], default: str) -> list[st
         return [default]
     folders = [safe_name(Path(os.path.commonpath([image.path.parent for image in members])).name)
                for members in stacks]
-    counts, seen = Counter(folders), Counter()
+    counts, seen, taken = Counter(folders), Counter(), set()
     names = []
     for folder in folders:
         seen[folder] += 1
-        names.append(folder if counts[folder] == 1 else f"{folder}-stack{seen[folder]}")
+        names.append(unique_name(folder if counts[folder] == 1 else f"{folder}-stack{seen[folder]}", taken))
     return names
 
 
@@ -347,7 +347,7 @@ def rvsc_source(root: Path, files: Sequence[Path]) -> Source:
     read = set()
     for folder in folders:
         patient = patient_id(folder)
-        found = sorted(path for path in (folder / f"{patient}dicom").glob("*")
+        found = sorted(path for path in dicom_folder(folder).glob("*")
                        if path.is_file() and not path.name.startswith("."))
         read.update(found)
         source.extend(read_files(found, stack=patient))

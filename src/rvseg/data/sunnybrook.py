@@ -231,7 +231,12 @@ def _linked_contours(
             if match is None or match.group(2).lower() != kind:
                 report.bad_file(path, f"file name does not follow IM-0001-NNNN-{kind}contour-manual.txt", skip_bad)
                 continue
-            contours[int(match.group(1))][label] = path
+            number = int(match.group(1))
+            if label in contours[number]:
+                report.bad_file(path, f"a second {kind}-contour file of image {number} (the other: "
+                                      f"{contours[number][label].name})", skip_bad)
+                continue
+            contours[number][label] = path
     return dict(contours)
 
 

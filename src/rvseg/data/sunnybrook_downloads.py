@@ -141,9 +141,12 @@ def _expert_contours(
         if match is None:
             report.bad_file(path, "file name does not follow IM-0001-NNNN-{i,o,p1,p2}contour-manual.txt", skip_bad)
             continue
-        kind = match.group(2).lower()
-        if kind in label_of:
-            contours[int(match.group(1))][label_of[kind]] = path
+        kind, number = match.group(2).lower(), int(match.group(1))
+        if kind in label_of and label_of[kind] in contours[number]:
+            report.bad_file(path, f"a second {kind}-contour file of image {number} (the other: "
+                                  f"{contours[number][label_of[kind]].name})", skip_bad)
+        elif kind in label_of:
+            contours[number][label_of[kind]] = path
         else:
             papillary += 1
     if papillary:
