@@ -16,6 +16,7 @@ from rvseg.volumes import (
     area_mm2,
     assign_phases,
     fill_missing_es,
+    frames_by_slice,
     slice_spacing_mm,
     stack_volumes,
     volume_errors,
@@ -247,3 +248,19 @@ def test_sunnybrook_reference_contours_without_their_phases_give_positive_efs(sh
     results = stack_volumes(*assign_phases(areas))
     assert len(results) == 5
     assert all(15 < result.ef_percent < 40 and not result.notes for result in results)
+
+
+def test_one_frame_without_a_trigger_time_does_not_shift_its_slice():
+    # Slice 0's frame 1 lacks its trigger time: the slice is ordered by frame number, not with it last.
+    areas = [SliceArea("S", f"s{s}-f{f}", 10.0 * s, area, trigger_time=None if (s, f) == (0, 1) else 100.0 * f,
+                       frame=f)
+             for s in range(2) for f, area in enumerate((900.0, 400.0, 700.0))]
+    assigned, rules = assign_phases(areas)
+    assert rules == {"S": "min-total-volume"}
+    assert {area.id for area in assigned if area.phase == "ES"} == {"s0-f1", "s1-f1"}
+
+
+def test_frames_without_times_or_numbers_follow_the_numbers_in_their_ids():
+    areas = [SliceArea("S", f"img-{n}", 0.0, 100.0) for n in (100, 81, 9)]
+    (frames,) = frames_by_slice(areas).values()
+    assert [area.id for area in frames] == ["img-9", "img-81", "img-100"]

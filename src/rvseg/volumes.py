@@ -36,6 +36,7 @@ EF over different slice sets would mix anatomy with function.
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -327,13 +328,25 @@ def frames_by_slice(members: Sequence, position: Callable = attrgetter("slice_lo
     slices: dict[float, list] = defaultdict(list)
     for member in members:
         slices[round(position(member), LOCATION_DECIMALS)].append(member)
-    return {key: sorted(frames, key=cycle_order) for key, frames in sorted(slices.items())}
+    return {key: cycle_order(frames) for key, frames in sorted(slices.items())}
 
 
-def cycle_order(image) -> tuple:
-    """Sort key of the frames of one slice in cycle order: trigger time, then frame number, missing ones
-    last, then id (``image``: anything with ``trigger_time``, ``frame`` and ``id``, e.g. a SliceArea)."""
-    return (image.trigger_time is None, image.trigger_time or 0.0, image.frame is None, image.frame or 0, image.id)
+def cycle_order(frames: Sequence) -> list:
+    """The frames of one slice in cycle order: by trigger time when every frame has one, else by frame
+    number when every frame has one, else by id with its numbers compared as numbers (``...-81`` before
+    ``...-100``). One key for the whole slice: a frame without a trigger time sorted after the others
+    would shift every later frame of its slice by one instant. (``frames``: anything with
+    ``trigger_time``, ``frame`` and ``id``, e.g. SliceAreas.)"""
+    if all(frame.trigger_time is not None for frame in frames):
+        return sorted(frames, key=lambda f: (f.trigger_time, f.frame if f.frame is not None else -1, natural_key(f.id)))
+    if all(frame.frame is not None for frame in frames):
+        return sorted(frames, key=lambda f: (f.frame, natural_key(f.id)))
+    return sorted(frames, key=lambda f: natural_key(f.id))
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key of a text with its runs of digits compared as numbers."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part)
 
 
 def _keyed(volumes: Mapping[str, Mapping] | Sequence[Mapping]) -> dict[str, Mapping]:
