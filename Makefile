@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch is pinned here, before the package, because a bare `torch` requirement
 # would pull a multi-GB CUDA build; pyproject only declares a compatible range.
+# Where pip is not set up with a CPU wheel (as this project's CI machine is), ask
+# for one: make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
 
 .PHONY: demo test install install-dev bench clean

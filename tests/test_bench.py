@@ -394,3 +394,11 @@ def test_post_processing_rules_pick_the_regions_they_say():
     speck = small[:, ::-1] & (np.arange(12) < 2)[:, None]  # 4 px elsewhere: 4 < 0.5 x 24, dropped
     score = np.where(speck, 0.9, score)
     assert np.array_equal(masks(score)["share-0.5"], small | large)
+
+
+def test_output_files_that_cannot_be_written_are_refused_before_the_work(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x\n")
+    for command in (["bench", "--device", "cpu", "--out"], ["report", str(tmp_path / "nothing"), "--out"]):
+        assert main([*command, str(tmp_path / "a-file" / "out.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "which is a file, not a folder" in err

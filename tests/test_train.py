@@ -148,9 +148,11 @@ def test_dropout_and_augment_and_seed_change_training(tiny_dataset, tmp_path):
 def test_fold_splits_are_disjoint_and_cover_every_patient(tiny_dataset, tmp_path):
     seen = []
     for fold in range(5):
-        summary = run(tiny_dataset, tmp_path / f"f{fold}", val_patients=[], fold=fold, folds=5, epochs=1,
-                      fraction=0.25)
+        # TINY names a validation patient: the fold overrides it, and config.yaml records what was used.
+        summary = run(tiny_dataset, tmp_path / f"f{fold}", fold=fold, folds=5, epochs=1, fraction=0.25)
         assert not set(summary["val_patients"]) & set(summary["train_patients"])
+        saved = yaml.safe_load((tmp_path / f"f{fold}" / "config.yaml").read_text())
+        assert saved["resolved_val_patients"] == summary["val_patients"]
         seen += summary["val_patients"]
     assert sorted(seen) == [f"S{p:02d}" for p in range(5)]
 

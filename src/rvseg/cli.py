@@ -82,10 +82,12 @@ def print_prepare_summary(summary: dict, heading: str) -> None:
 def cmd_inspect(args) -> int:
     from rvseg.data.dataset import load_dataset
     from rvseg.data.inspect import dataset_summary, draw_montage
+    from rvseg.io import check_output_file
 
     dataset = load_dataset(args.dataset)
     summary = dataset_summary(dataset)
     if args.montage:
+        check_output_file(args.montage)
         draw_montage(dataset, args.montage, n=args.n)
     if args.json:
         print_json(summary)
@@ -170,8 +172,9 @@ def cmd_predict(args) -> int:
         if summary["n_ignored"]:
             print(f"  left {summary['n_ignored']} file(s) alone (ignored.csv says why)")
         for stack, volumes in summary["volumes"].items():
+            ef = "no EF" if volumes["ef_percent"] is None else f"EF {volumes['ef_percent']:.1f} %"
             print(f"  {stack}: {summary['chamber']} EDV {number(volumes['ed_volume_ml'], 1)} mL, "
-                  f"ESV {number(volumes['es_volume_ml'], 1)} mL, EF {number(volumes['ef_percent'], 1)} %")
+                  f"ESV {number(volumes['es_volume_ml'], 1)} mL, {ef}")
         for note in summary["notes"]:
             print(f"  note: {note}")
     return 1 if summary["skipped"] else 0
@@ -186,7 +189,7 @@ def cmd_demo(args) -> int:
 
 def cmd_bench(args) -> int:
     from rvseg.bench import BenchOptions, format_table, run_bench
-    from rvseg.io import write_json
+    from rvseg.io import check_output_file, write_json
 
     options = BenchOptions(
         device=args.device, size=tuple(args.size) if args.size else None, batch_size=args.batch_size,
@@ -196,6 +199,8 @@ def cmd_bench(args) -> int:
         repeats=args.repeats, warmup=args.warmup, parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()),
         dataset=Path(args.dataset) if args.dataset else None,
     )
+    if args.out:
+        check_output_file(args.out)  # before the measurements, which a bad path would lose
     result = run_bench(options)
     if args.out:
         write_json(args.out, result)

@@ -131,6 +131,22 @@ def check_output_folder(out: str | Path, force: bool, inputs: Iterable[str | Pat
         raise DataError("output folder exists and is not empty (use --force to replace it)", out)
 
 
+def check_output_file(path: str | Path) -> None:
+    """Refuse (DataError), before any work, an output file that cannot be written: a folder, a path
+    under a file, or a place without write permission."""
+    from rvseg.errors import DataError
+
+    path = Path(os.path.abspath(path))
+    if path.is_dir():
+        raise DataError("output is a folder, not a file", path)
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise DataError(f"output lies under {parent}, which is a file, not a folder", path)
+    beside = next((folder for folder in path.parents if folder.exists()), path.parent)
+    if not os.access(beside, os.W_OK):
+        raise DataError(f"cannot write in {beside} (no permission, or a read-only file system)", path)
+
+
 def _holds(folder: Path, path: Path) -> bool:
     """Whether ``path`` is ``folder`` or lies inside it, by file identity (device and inode) of
     ``folder`` and of ``path`` and each of its existing ancestors."""
@@ -156,9 +172,14 @@ def atomic_folder(out: str | Path) -> Iterator[Path]:
     """
     import shutil
 
+    from rvseg.errors import DataError
+
     out = Path(os.path.abspath(out))  # the parent of "." is the folder above, not "." itself
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    except OSError as exc:  # named after the output asked for, not the temporary folder
+        raise DataError(f"cannot create the output folder ({exc.strerror or exc})", out) from None
     try:
         yield tmp
         if out.exists():

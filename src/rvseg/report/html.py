@@ -29,7 +29,7 @@ import yaml
 
 from rvseg import __version__
 from rvseg.errors import DataError
-from rvseg.io import write_text
+from rvseg.io import check_output_file, write_text
 from rvseg.report import plots
 from rvseg.report.tables import (
     BEST_MARK,
@@ -110,6 +110,7 @@ def write_report(path: str | Path, out: str | Path, dataset: str | Path | None =
         DataError: ``path`` is neither a sweep folder (``sweep.json``) nor a run folder (``metrics.csv``).
     """
     path, out = Path(path), Path(out)
+    check_output_file(out)
     if (path / "sweep.json").is_file():
         report = sweep_report(path)
     elif (path / "metrics.csv").is_file() or (path / "config.yaml").is_file():

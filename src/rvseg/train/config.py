@@ -82,6 +82,8 @@ class TrainConfig:
     resolved_tau: float | None = None
     data_hash: str = ""
     rvseg_version: str = ""
+    # the validation patients the split gave (a fold overrides val_patients; a share draws them)
+    resolved_val_patients: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -114,7 +116,7 @@ class TrainConfig:
 
 
 #: Fields recorded by the run itself, not options.
-RESOLVED_FIELDS = ("resolved_tau", "data_hash", "rvseg_version")
+RESOLVED_FIELDS = ("resolved_tau", "data_hash", "rvseg_version", "resolved_val_patients")
 
 HELP = {
     "target": "label(s) to segment, comma-separated (one output channel each)",

@@ -284,6 +284,10 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     n_steps = steps_per_epoch(len(train_set), runtime, config.batch_size)
     config.resolved_tau = resolve_tau(config, train_set)
     config.data_hash, config.rvseg_version = data.meta["content_hash"], __version__
+    config.resolved_val_patients = list(val_patients)
+    if config.folds and config.val_patients and verbose:
+        print(f"note: --folds {config.folds} --fold {config.fold} chooses the validation patients "
+              f"({', '.join(val_patients)}); the configured --val-patients list is not used")
     data_info = {"in_channels": int(data.images.shape[1]), "labels": config.target, "mask_style": data.mask_style,
                  "content_hash": data.meta["content_hash"], "prepare": data.meta["options"],
                  "train_patients": train_patients, "val_patients": val_patients}
