@@ -320,3 +320,14 @@ def test_deep_supervision_loss_weights_halve_per_level():
     assert deep_supervision_loss(dice_loss, 0) is dice_loss
     with pytest.raises(ValueError):
         combined(outputs[:2], target)  # a model with another number of heads
+
+
+@pytest.mark.parametrize("gamma", [0.25, 0.5, 1.0, 2.0])
+def test_focal_gradients_stay_finite_for_confident_logits(gamma):
+    # sigmoid(-100) underflows to 0 in float32; with gamma < 1 the modulating factor's slope is infinite there.
+    logits = torch.tensor([[[[100.0, -100.0], [3.0, -0.5]]]], requires_grad=True)
+    target = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    loss = focal_loss(logits, target, alpha=0.25, gamma=gamma)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert logits.grad[0, 0, 0, 0] == 0 and logits.grad[0, 0, 1, 0] > 0  # confident and right: no push

@@ -185,3 +185,8 @@ def test_deep_supervision_outputs_in_training_mode_only(name):
 def test_deep_supervision_needs_a_level_below_the_depth(levels):
     with pytest.raises(ConfigError, match=r"deep supervision must be an integer in \[0, 4\)"):
         build_model("unet", **SMALL, deep_supervision=levels)
+
+
+def test_a_model_too_large_to_be_meant_is_refused_before_it_is_built():
+    with pytest.raises(ConfigError, match="width 64 and depth 12 make a model of .* parameters"):
+        build_model("unet", width=64, depth=12)

@@ -572,6 +572,24 @@ def test_switching_tau_auto_follows_the_foreground_share_on_grey_targets():
     assert tau == pytest.approx(0.5 + 0.5 * float(share.mean()))
 
 
+@pytest.mark.parametrize("style", ["grey", "outline"])
+def test_augmented_targets_are_the_encoding_of_the_warped_masks(style):
+    from rvseg.train.augment import AugmentConfig, augment_batch, to_device_generator
+
+    masks = torch.zeros(6, 1, 32, 28)
+    masks[:, 0, 8:24, 6:20] = 1
+    targets = encode_targets(masks, style)
+    split = loop.SplitData(masks.clone(), targets, targets > loop.decision_threshold(style), ["P"] * 6,
+                           masks=masks, style=style)
+    config = AugmentConfig(flip=True, rotate_deg=45.0, scale=(0.8, 1.2), translate=0.2)
+    index, cpu = torch.arange(6), torch.device("cpu")
+    _, augmented = split.augmented_batch(index, cpu, config, to_device_generator(3, cpu))
+    _, warped = augment_batch(masks.clone(), masks, config, to_device_generator(3, cpu))  # the same draws
+    assert torch.equal(augmented, encode_targets(warped, style))
+    if style == "grey":
+        assert set(augmented.unique().tolist()) == {0.5, 1.0}  # never 0 where content moved in
+
+
 def test_every_rank_takes_the_same_number_of_steps():
     one, two = Runtime(torch.device("cpu"), "fp32"), Runtime(torch.device("cpu"), "fp32", rank=1, world_size=2)
     assert loop.steps_per_epoch(32, one, 5) == 7

@@ -83,6 +83,9 @@ def focal_loss(logits: Tensor, target: Tensor, *, alpha: float = FOCAL_ALPHA, ga
     logits, target = as_float32_pair(logits, target)
     cross_entropy = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     one_minus_p_t = target * torch.sigmoid(-logits) + (1 - target) * torch.sigmoid(logits)
+    # sigmoid underflows to 0 for |logit| > ~88, where (1 - p_t)**gamma with gamma < 1 has an infinite
+    # slope: 0 * inf would make every gradient NaN. The clamp's own zero slope there keeps them finite.
+    one_minus_p_t = one_minus_p_t.clamp_min(torch.finfo(one_minus_p_t.dtype).tiny)
     alpha_t = alpha * target + (1 - alpha) * (1 - target)
     return (alpha_t * one_minus_p_t.pow(gamma) * cross_entropy).mean()
 

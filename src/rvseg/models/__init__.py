@@ -17,10 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from rvseg.errors import ConfigError
 from rvseg.models.unet import DilatedUNet, UNet
+
+#: The largest model built (4 GiB of float32 weights): larger ones are a typo, not an experiment.
+MAX_PARAMETERS = 1_000_000_000
 
 #: Model name (as used in configurations and on the command line) -> constructor.
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -55,10 +59,15 @@ def build_model(
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    return MODELS[name](
-        in_channels=in_channels, out_channels=out_channels, width=width, depth=depth, dropout=dropout,
-        deep_supervision=deep_supervision,
-    )
+    options = dict(in_channels=in_channels, out_channels=out_channels, width=width, depth=depth, dropout=dropout,
+                   deep_supervision=deep_supervision)
+    with torch.device("meta"):  # counted without memory: a mistyped --depth 12 would ask for terabytes
+        parameters = count_parameters(MODELS[name](**options))
+    if parameters > MAX_PARAMETERS:
+        raise ConfigError(f"width {width} and depth {depth} make a model of {parameters:,} parameters "
+                          f"({parameters * 4 / 2**30:.0f} GiB of float32 weights); at most {MAX_PARAMETERS:,} are "
+                          "allowed (the paper's U-Net, width 64 and depth 4, has 31 million)")
+    return MODELS[name](**options)
 
 
 def count_parameters(model: nn.Module) -> int:

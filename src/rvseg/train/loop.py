@@ -58,23 +58,40 @@ class TrainingDiverged(RvsegError):
 
 @dataclass
 class SplitData:
-    """One split as tensors: images (N, C, H, W), targets (N, L, H, W) in [0, 1], hard masks (N, L, H, W) bool."""
+    """One split as tensors: images (N, C, H, W), targets (N, L, H, W) in [0, 1], hard masks (N, L, H, W)
+    bool, and, where the targets encode them (``grey``, ``outline`` styles), the filled masks (N, L, H, W)."""
 
     images: torch.Tensor
     targets: torch.Tensor
     hard: torch.Tensor
     patients: list[str]
+    masks: torch.Tensor | None = None
+    style: str = "filled"
 
     def __len__(self) -> int:
         return len(self.images)
 
     def batch(self, index: torch.Tensor, device: torch.device):
         """Rows ``index`` (on the tensors' device) of images, targets and hard masks, on ``device``."""
-        if self.images.device == device:
-            return self.images[index], self.targets[index], self.hard[index]
-        # Indexing makes pageable copies; pinned again, the host-to-device copy is truly asynchronous.
-        return tuple(t[index].pin_memory().to(device, non_blocking=True)
-                     for t in (self.images, self.targets, self.hard))
+        return tuple(rows(t, index, device) for t in (self.images, self.targets, self.hard))
+
+    def augmented_batch(self, index: torch.Tensor, device: torch.device, config: AugmentConfig,
+                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``index`` of images and targets, augmented. The filled masks are warped with the images
+        and encoded afterwards: a warped grey encoding would gain a third value where content moves in
+        from outside the image, and a warped outline would break apart."""
+        images = rows(self.images, index, device)
+        masks = rows(self.targets if self.masks is None else self.masks, index, device)
+        images, masks = augment_batch(images, masks, config, generator)
+        return images, masks if self.masks is None else encode_targets(masks, self.style)
+
+
+def rows(tensor: torch.Tensor, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows ``index`` (on the tensor's device) of ``tensor``, on ``device``."""
+    if tensor.device == device:
+        return tensor[index]
+    # Indexing makes pageable copies; pinned again, the host-to-device copy is truly asynchronous.
+    return tensor[index].pin_memory().to(device, non_blocking=True)
 
 
 class StopRequest:
@@ -122,13 +139,15 @@ def split_tensors(data: PreparedDataset, indices: np.ndarray, config: TrainConfi
     images = torch.from_numpy(data.images[indices])
     targets = encode_targets(masks, data.mask_style)
     hard = targets > decision_threshold(data.mask_style)
-    nbytes = images.nbytes + targets.nbytes + hard.nbytes
-    if device.type == "cuda" and nbytes > 0.5 * torch.cuda.mem_get_info(device)[0]:
+    filled = None if data.mask_style == "filled" else masks
+    tensors = [images, targets, hard] + ([filled] if filled is not None else [])
+    if device.type == "cuda" and sum(t.nbytes for t in tensors) > 0.5 * torch.cuda.mem_get_info(device)[0]:
         # Too large to hold on the device: stream batches from pinned host memory instead.
-        return SplitData(images.pin_memory(), targets.pin_memory(), hard.pin_memory(),
-                         [data.rows[i]["patient"] for i in indices])
-    return SplitData(images.to(device), targets.to(device), hard.to(device),
-                     [data.rows[i]["patient"] for i in indices])
+        placed = [t.pin_memory() for t in tensors]
+    else:
+        placed = [t.to(device) for t in tensors]
+    return SplitData(*placed[:3], [data.rows[i]["patient"] for i in indices],
+                     masks=placed[3] if filled is not None else None, style=data.mask_style)
 
 
 def decision_threshold(mask_style: str) -> float:
@@ -417,10 +436,11 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
             shard = shard.to(train_set.images.device)
             running = torch.zeros((), device=runtime.device)
             while step < n_steps:
-                images, targets, _ = train_set.batch(shard[step * config.batch_size:(step + 1) * config.batch_size],
-                                                     runtime.device)
-                if augment is not None:
-                    images, targets = augment_batch(images, targets, augment, augment_gen)
+                index = shard[step * config.batch_size:(step + 1) * config.batch_size]
+                if augment is None:
+                    images, targets, _ = train_set.batch(index, runtime.device)
+                else:
+                    images, targets = train_set.augmented_batch(index, runtime.device, augment, augment_gen)
                 running += train_step(images, targets)
                 if average:
                     average.update()
