@@ -400,7 +400,7 @@ def test_predict_on_a_prepared_data_set(checkpoint, prepared, phantom, tmp_path)
 
 
 def test_single_dicom_file(checkpoint, phantom, tmp_path):
-    summary = predict([checkpoint], phantom / "patient02" / "P02dicom" / "P02-0001.dcm", tmp_path / "pred")
+    summary = predict(str(checkpoint), phantom / "patient02" / "P02dicom" / "P02-0001.dcm", tmp_path / "pred")
     assert summary["source_kind"] == "dicom" and summary["n_images"] == 1
     assert summary["volumes"] == {}  # one slice: an area, no volume
     (row,) = [row for row in read_csv(tmp_path / "pred" / "volumes.csv") if row["level"] == "image"]

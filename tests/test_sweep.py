@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -34,7 +35,7 @@ from rvseg.sweep import (
     run_sweep,
     storage_url,
 )
-from rvseg.sweeps.claims import Owner, RunClaim
+from rvseg.sweeps.claims import Owner, RunClaim, process_start_ticks
 from rvseg.sweeps.results import read_metrics, read_results
 from rvseg.sweeps.spec import MAX_RUN_NAME, make_overrides, parse_spec, run_name
 
@@ -182,6 +183,13 @@ def test_overrides_scale_a_preset_down_and_are_recorded(tmp_path):
     ({"table": {"rows": ["lr"], "columns": "fraction"}}, "must name axes"),
     ({"table": {"values": "best_val_dice"}}, "table: values must be a list"),
     ({"table": {"row": ["lr"]}}, "table: must be a mapping with some of"),
+    ({"prepare": {"size": "big"}}, "size must be two whole numbers"),
+    ({"space": {"lr": {"low": 0.001, "high": 0.01, "step": -1}}, "sampler": "tpe", "n_trials": 2}, "step must be"),
+    ({"space": {"lr": {"low": 0.001, "high": 0.01, "step": "abc"}}, "sampler": "tpe", "n_trials": 2}, "step must be"),
+    ({"space": {"lr": {"low": 0.001, "high": 0.01, "log": True, "step": 0.001}}, "sampler": "tpe", "n_trials": 2},
+     "a log range takes no step"),
+    ({"space": {"lr": {"low": 0.001, "high": 0.01, "log": "yes_please"}}, "sampler": "tpe", "n_trials": 2},
+     "log must be true or false"),
 ])
 def test_bad_specs_are_refused_with_a_clear_message(change, message):
     data = {"dataset": "/data", "space": {"lr": [0.01, 0.001]}, **change}
@@ -567,3 +575,33 @@ def test_journal_storage_is_accepted(tmp_path, prepared):
     assert summary["by_status"] == {"complete": 1}
     assert len(list((tmp_path / "sweep" / "runs").glob("*/last.pt"))) == 1  # --keep-last
     assert (tmp_path / "journal.log").stat().st_size > 0 and not (tmp_path / "sweep" / "study.db").exists()
+    # The same folder with another storage or study would start a second search into it: refused.
+    with pytest.raises(ConfigError, match="which sqlite.* does not have"):
+        sweep_in_process(spec, tmp_path / "sweep")
+    with pytest.raises(ConfigError, match="this sweep folder's study is"):
+        sweep_in_process(spec, tmp_path / "sweep", storage=f"journal:{tmp_path / 'journal.log'}", study_name="other")
+
+
+def test_options_only_the_trainer_knows_are_checked_before_anything_is_written(tmp_path, prepared):
+    for base in ({"optimizer": "nosuch"}, {"device": "gpu"}, {"depth": 12}, {"dropout": 1.5}):
+        with pytest.raises(ConfigError, match="space point"):
+            parse_spec({"dataset": str(prepared), "space": {"loss": ["dice", "focal"]},
+                        "base": {"epochs": 1, "width": 4, "device": "cpu", **base}})
+    result = rvseg("sweep", "--preset", "losses", str(prepared), "--out", str(tmp_path / "sweep"), "--epochs", "1",
+                   "--set", "optimizer=nosuch", "--only", "loss=dice", "--repeats", "1")
+    assert result.returncode == 2 and "unknown optimizer 'nosuch'" in result.stderr
+    assert not (tmp_path / "sweep" / "sweep.json").exists()
+
+
+def test_a_dead_worker_not_yet_reaped_counts_as_gone():
+    # Worker 0 reaps its worker processes only when its own work ends: a killed one is a zombie until then.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    owner = replace(Owner.current(), pid=child.pid, started=process_start_ticks(child.pid))
+    assert not owner.is_gone()
+    deadline = time.time() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        assert owner.is_gone()
+    finally:
+        child.wait()

@@ -670,3 +670,30 @@ def test_a_checkpoint_from_before_an_option_existed_resumes(tiny_dataset, tmp_pa
     save_checkpoint(tmp_path / "run" / "last.pt", state)
     train(tiny_dataset, tmp_path / "run", TrainConfig(**{**TINY, "epochs": 2}), resume=True, verbose=False)
     assert [int(r["epoch"]) for r in metrics(tmp_path / "run")] == [1, 2]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"target": "endo"}, "option target must be a list of names"),
+    ({"val_patients": "P03"}, "option val_patients must be a list of names"),
+    ({"epochs": "2"}, "option epochs must be a whole number, not '2'"),
+    ({"lr": "1e-3"}, "option lr must be a number"),
+])
+def test_a_config_built_in_python_with_wrong_types_is_one_clear_error(options, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**options).validate()
+    TrainConfig(switch_tau=0.3).validate()  # a number where the text "auto" may also stand
+
+
+def test_training_leaves_the_callers_random_state_and_plotting_backend_alone(tiny_dataset, tmp_path):
+    import matplotlib
+
+    matplotlib.use("svg")  # a notebook's own choice
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    try:
+        run(tiny_dataset, tmp_path / "run", epochs=1, fraction=0.25)
+        assert torch.equal(torch.rand(3), expected) and matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use("Agg")
+    assert (tmp_path / "run" / "progress.png").read_bytes()[:4] == b"\x89PNG"

@@ -75,13 +75,19 @@ def write_csv(path: str | Path, rows, fieldnames=None) -> None:
     write_text(path, buffer.getvalue())
 
 
-def save_figure(figure, path: str | Path, **kwargs) -> None:
-    """Save a matplotlib figure atomically and close it."""
-    import matplotlib.pyplot as plt
+def new_figure(*args, figsize: tuple[float, float], **kwargs):
+    """``(figure, axes)``: a matplotlib figure and ``Figure.subplots(*args, **kwargs)``, made without
+    pyplot, so no backend is chosen or switched (a notebook's own plotting is left as it is)."""
+    from matplotlib.figure import Figure
 
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(*args, **kwargs)
+
+
+def save_figure(figure, path: str | Path, **kwargs) -> None:
+    """Save a matplotlib figure atomically."""
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
-    plt.close(figure)
 
 
 def checksum(*paths: str | Path) -> str:

@@ -79,13 +79,13 @@ VOLUME_FIELDS = ("level", "stack", "id", "slice_location", "trigger_time", "fram
                  "slice_spacing_mm", "volume_ml", "ed_volume_ml", "es_volume_ml", "ef_percent", "es_rule")
 
 
-def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path, *, ensemble: str = "mean",
-            tta: bool = False, postprocess: str = "stack", batch_size: int = 16, device: str = "cpu",
-            force: bool = False) -> dict:
+def predict(checkpoints: str | Path | Sequence[str | Path], src: str | Path, out: str | Path, *,
+            ensemble: str = "mean", tta: bool = False, postprocess: str = "stack", batch_size: int = 16,
+            device: str = "cpu", force: bool = False) -> dict:
     """Segment every image of ``src`` and write the output folder (module docstring).
 
     Args:
-        checkpoints: checkpoint files or run folders; several form an ensemble.
+        checkpoints: a checkpoint file or run folder, or several, which form an ensemble.
         src: a DICOM, PNG/JPEG or NIfTI file, a folder of them, an RVSC or ACDC patient folder, or a
             prepared data set.
         out: the output folder.
@@ -106,6 +106,8 @@ def predict(checkpoints: Sequence[str | Path], src: str | Path, out: str | Path,
         ConfigError: an invalid option, or checkpoints that cannot be combined.
     """
     out = Path(out)
+    if isinstance(checkpoints, (str, Path)):  # one model, as evaluate takes it
+        checkpoints = [checkpoints]
     check_output_folder(out, force, inputs=[src, *checkpoints])
     check_rule(postprocess)
     predictor = Predictor.from_checkpoints(checkpoints, ensemble=ensemble, tta=tta, batch_size=batch_size,

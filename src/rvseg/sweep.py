@@ -153,8 +153,13 @@ def resolve_spec(spec_path: str | Path | None = None, preset: tuple[str, str] | 
 def record_spec(spec: SweepSpec, out: Path, study_name: str) -> None:
     """Write ``sweep.json`` (the SPEC and its study's name); refuse a SWEEP folder that was started
     with a different SPEC."""
-    path = out / "sweep.json"
-    previous = read_json(path)
+    check_spec_unchanged(spec, out)
+    write_json(out / "sweep.json", {"spec": spec.to_dict(), "study": study_name, "rvseg_version": __version__})
+
+
+def check_spec_unchanged(spec: SweepSpec, out: Path) -> None:
+    """Refuse a SWEEP folder whose ``sweep.json`` records a different SPEC."""
+    previous = read_json(out / "sweep.json")
     if previous is not None:
         old = parse_spec(previous["spec"]).identity()
         new = spec.identity()
@@ -162,18 +167,32 @@ def record_spec(spec: SweepSpec, out: Path, study_name: str) -> None:
             changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
             raise ConfigError(f"this sweep folder was started with a different spec (changed: {', '.join(changed)}); "
                               f"rerun with the same spec and overrides, or choose another --out", out)
-    write_json(path, {"spec": spec.to_dict(), "study": study_name, "rvseg_version": __version__})
+
+
+def check_study_continues(out: Path, url: str, study_name: str) -> None:
+    """Refuse to start a new study in a SWEEP folder that already holds runs of another one: their
+    results would be mixed (a TPE sweep would draw its trials again). That happens when a rerun names
+    another ``--storage`` than the one the sweep was started with."""
+    if not any((out / "runs").glob("*/trial.json")):
+        return
+    with contextlib.suppress(KeyError, ValueError):
+        if study_name in (summary.study_name for summary in
+                          optuna.get_all_study_summaries(open_storage(url), include_best_trial=False)):
+            return
+    raise ConfigError(f"this sweep folder holds runs of study {study_name!r}, which {masked(url)} does not have; "
+                      "rerun with the --storage the sweep was started with, or choose another --out", out)
 
 
 def choose_study_name(spec: SweepSpec, out: Path, url: str, requested: str | None) -> str:
     """``--study``; else the name this SWEEP folder recorded; else a study in the storage that was made
     for this SPEC under an older default name (the default's fingerprint once covered the data's
     path); else ``<spec name>-<fingerprint>``."""
-    if requested:
-        return requested
     recorded = (read_json(out / "sweep.json") or {}).get("study")
-    if recorded:
-        return recorded
+    if requested and recorded and requested != recorded:
+        raise ConfigError(f"this sweep folder's study is {recorded!r}: rerun without --study, or with --study "
+                          f"{recorded}, or choose another --out", out)
+    if requested or recorded:
+        return requested or recorded
     identity = study_identity(spec)
     with contextlib.suppress(KeyError, ValueError):
         for summary in optuna.get_all_study_summaries(open_storage(url), include_best_trial=False):
@@ -738,8 +757,10 @@ def run_sweep(spec: SweepSpec, out: str | Path, options: SweepOptions | None = N
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url(options.storage, out)
     study_name = choose_study_name(spec, out, url, options.study_name)
-    record_spec(spec, out, study_name)
-    study = open_study(spec, url, study_name)
+    check_spec_unchanged(spec, out)
+    check_study_continues(out, url, study_name)
+    study = open_study(spec, url, study_name)  # checks the sampler and pruner options too
+    record_spec(spec, out, study_name)  # only once all is known to be right: a bad SPEC leaves no trace
     if options.retry_failed:
         for failed in (out / "runs").glob("*/failed.json"):
             failed.unlink()

@@ -9,7 +9,7 @@ import numpy as np
 from rvseg.data.dataset import PreparedDataset
 from rvseg.data.prepare import label_statistics
 from rvseg.errors import ConfigError
-from rvseg.io import save_figure
+from rvseg.io import new_figure, save_figure
 
 LABEL_COLOURS = ("#ffd400", "#00c8ff", "#ff3c3c", "#5dff5d")
 
@@ -28,14 +28,11 @@ def draw_montage(dataset: PreparedDataset, path: str | Path, n: int = 16, column
     """Draw ``n`` samples spread evenly over the set, each with every label's contour overlaid."""
     if n < 1:
         raise ConfigError(f"--n must be at least 1, not {n}")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     picks = np.unique(np.linspace(0, len(dataset) - 1, num=min(n, len(dataset))).round().astype(int))
     rows = int(np.ceil(len(picks) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    figure, axes = new_figure(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, index in zip(axes.ravel(), picks, strict=False):
@@ -47,7 +44,7 @@ def draw_montage(dataset: PreparedDataset, path: str | Path, n: int = 16, column
                 ax.contour(dataset.masks[index, k, :h, :w], levels=[0.5], colors=LABEL_COLOURS[k % 4],
                            linewidths=0.8)
         ax.set_title(f"{row['id']} ({row['phase']})", fontsize=8)
-    handles = [plt.Line2D([], [], color=LABEL_COLOURS[k % 4], label=label) for k, label in enumerate(dataset.labels)]
+    handles = [Line2D([], [], color=LABEL_COLOURS[k % 4], label=label) for k, label in enumerate(dataset.labels)]
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.04, 1, 1))
     save_figure(figure, path, dpi=110)

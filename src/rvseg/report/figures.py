@@ -20,7 +20,7 @@ import numpy as np
 
 from rvseg.data.inspect import LABEL_COLOURS
 from rvseg.data.prepare import normalise_image
-from rvseg.io import save_figure
+from rvseg.io import new_figure, save_figure
 from rvseg.metrics import mask_boundary
 
 #: Colours of the predicted contours of label 0, 1, ... in :func:`draw_examples` (references take
@@ -55,13 +55,14 @@ def draw_examples(panels: Sequence[ExamplePanel], path: str | Path, *, title: st
         title: figure title.
         columns: panels per row.
     """
-    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
     labels = list(dict.fromkeys(label for panel in panels for label in (*panel.references, *panel.predictions)))
     colours = {label: LABEL_COLOURS[k % len(LABEL_COLOURS)] for k, label in enumerate(labels)}
     predicted_colours = {label: PREDICTION_COLOURS[k % len(PREDICTION_COLOURS)] for k, label in enumerate(labels)}
     columns = max(1, min(columns, len(panels)))
     rows = max(1, -(-len(panels) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows + 0.4), squeeze=False)
+    figure, axes = new_figure(rows, columns, figsize=(3.2 * columns, 3.4 * rows + 0.4), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, panel in zip(axes.ravel(), panels, strict=False):
@@ -76,8 +77,8 @@ def draw_examples(panels: Sequence[ExamplePanel], path: str | Path, *, title: st
         ax.set_title(panel.title, fontsize=8)
     handles = []
     for label in labels:
-        handles.append(plt.Line2D([], [], color=colours[label], label=f"{label} reference"))
-        handles.append(plt.Line2D([], [], color=predicted_colours[label], linestyle="--", label=f"{label} predicted"))
+        handles.append(Line2D([], [], color=colours[label], label=f"{label} reference"))
+        handles.append(Line2D([], [], color=predicted_colours[label], linestyle="--", label=f"{label} predicted"))
     figure.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)), fontsize=8, frameon=False)
     if title:
         figure.suptitle(title, fontsize=10)
@@ -93,8 +94,7 @@ def draw_dice_histogram(dice: Mapping[str, Sequence[float]], path: str | Path, *
         path: the PNG to write (atomically).
         title: figure title.
     """
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, max(1, len(dice)), figsize=(4.0 * max(1, len(dice)), 3.2), squeeze=False)
+    figure, axes = new_figure(1, max(1, len(dice)), figsize=(4.0 * max(1, len(dice)), 3.2), squeeze=False)
     bins = np.linspace(0.0, 1.0, 21)
     for ax, (label, values) in zip(axes.ravel(), dice.items(), strict=False):
         values = np.asarray([v for v in values if v == v], dtype=np.float64)
@@ -138,10 +138,3 @@ def display_image(image: np.ndarray) -> np.ndarray:
     return normalise_image(np.asarray(image, dtype=np.float32), "percentile", False)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

@@ -11,23 +11,17 @@ import warnings
 
 import numpy as np
 
+from rvseg.io import new_figure
+
 #: Small plots per row in the per-point curves figure, and the most points drawn there.
 CURVE_COLUMNS = 6
 MAX_CURVES = 48
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
+def png_bytes(figure, dpi: int = 90) -> bytes:
+    """The figure as PNG bytes; a pyplot figure (Optuna draws with pyplot) is closed."""
     import matplotlib.pyplot as plt
 
-    return plt
-
-
-def png_bytes(figure, dpi: int = 90) -> bytes:
-    """The figure as PNG bytes; the figure is closed."""
-    plt = _pyplot()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(figure)
@@ -51,11 +45,10 @@ def curves_figure(points: list[tuple[str, list[list[dict]]]]) -> bytes:
     Args:
         points: ``(label, runs)`` per point; ``runs`` holds each seed's ``metrics.csv`` rows.
     """
-    plt = _pyplot()
     points = points[:MAX_CURVES]
     columns = min(CURVE_COLUMNS, len(points))
     rows = math.ceil(len(points) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.1 * rows), squeeze=False, sharey=True)
+    figure, axes = new_figure(rows, columns, figsize=(2.6 * columns, 2.1 * rows), squeeze=False, sharey=True)
     for ax in axes.ravel()[len(points):]:
         ax.axis("off")
     for ax, (label, runs) in zip(axes.ravel(), points, strict=False):
@@ -77,8 +70,7 @@ def curves_figure(points: list[tuple[str, list[list[dict]]]]) -> bytes:
 
 def overlay_figure(points: list[tuple[str, list[list[dict]]]], key: str) -> bytes:
     """One curve per point of ``key`` (e.g. ``val_loss``) against the epoch, sd over seeds shaded."""
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=(7.5, 4.2))
+    figure, ax = new_figure(figsize=(7.5, 4.2))
     for label, runs in points:
         epochs, mean, sd = mean_curve(runs, key)
         if len(epochs):
@@ -110,9 +102,8 @@ def importance_figure(study) -> bytes:
     """A bar chart of Optuna's parameter importances (PED-ANOVA) for the objective."""
     import optuna
 
-    plt = _pyplot()
     importances = optuna.importance.get_param_importances(study)
-    figure, ax = plt.subplots(figsize=(6.5, 0.45 * len(importances) + 1.2))
+    figure, ax = new_figure(figsize=(6.5, 0.45 * len(importances) + 1.2))
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
     ax.set(xlabel="importance (share)", title="parameter importances")
@@ -124,7 +115,6 @@ def parallel_figure(study) -> bytes:
     """Optuna's parallel-coordinates plot of the completed trials (matplotlib backend)."""
     import optuna
 
-    _pyplot()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the matplotlib backend is marked experimental
         ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study)

@@ -35,16 +35,20 @@ def boot_id() -> str:
 
 
 def process_start_ticks(pid: int) -> int | None:
-    """Start time of process ``pid`` in clock ticks since boot (Linux), or None if it does not exist.
+    """Start time of process ``pid`` in clock ticks since boot (Linux), or None if it does not run.
 
-    Together with the pid it names one process: a recycled pid has a later start time.
+    Together with the pid it names one process: a recycled pid has a later start time. A zombie (a
+    dead process its parent has not reaped yet, as a sweep's worker 0 leaves a killed worker until
+    its own work ends) does not run.
     """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # Field 22; the command name (field 2) may hold spaces and parentheses, so split after its ')'.
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    # The command name (field 2) may hold spaces and parentheses, so split after its ')': then field 3
+    # (the state) is the first, field 22 (the start time) the 20th.
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 @dataclass(frozen=True)

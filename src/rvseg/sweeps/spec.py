@@ -289,7 +289,10 @@ def parse_prepare(prepare) -> dict:
         raise ConfigError(f"prepare: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     prepare = dict(prepare)
     if prepare.get("size") is not None:
-        prepare["size"] = [int(v) for v in prepare["size"]]
+        size = prepare["size"]
+        if not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                   for v in size):
+            raise ConfigError(f"prepare: size must be two whole numbers [H, W], not {size!r}")
     return prepare
 
 
@@ -336,11 +339,18 @@ def parse_range(name: str, values: dict, sampler: str) -> Axis:
     low, high = values["low"], values["high"]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
         raise ConfigError(f"space: range {name} needs numbers low < high, not {low!r}, {high!r}")
-    log = bool(values.get("log", False))
+    log, step = values.get("log", False), values.get("step")
+    if not isinstance(log, bool):
+        raise ConfigError(f"space: range {name}: log must be true or false, not {log!r}")
     if log and low <= 0:
         raise ConfigError(f"space: log range {name} needs low > 0")
-    is_int = isinstance(low, int) and isinstance(high, int) and isinstance(values.get("step", 1), int)
-    return Axis(name, "int" if is_int else "float", low=low, high=high, log=log, step=values.get("step"))
+    numeric_step = isinstance(step, (int, float)) and not isinstance(step, bool)
+    if step is not None and not (numeric_step and 0 < step <= high - low):
+        raise ConfigError(f"space: range {name}: step must be a number in (0, high - low], not {step!r}")
+    if step is not None and log:
+        raise ConfigError(f"space: range {name}: a log range takes no step")
+    is_int = isinstance(low, int) and isinstance(high, int) and isinstance(step if step is not None else 1, int)
+    return Axis(name, "int" if is_int else "float", low=low, high=high, log=log, step=step)
 
 
 def parse_cases(name: str, cases: dict) -> Axis:
@@ -422,9 +432,11 @@ def check_points(spec: SweepSpec) -> None:
     else:
         points = [{axis.name: (axis.values[0] if axis.values else axis.low) for axis in spec.space},
                   {axis.name: (axis.values[-1] if axis.values else axis.high) for axis in spec.space}]
+    from rvseg.train.loop import check_options
+
     for params in points:
         try:
-            spec.train_config(params, spec.seeds[0])
+            check_options(spec.train_config(params, spec.seeds[0]))
         except ConfigError as exc:
             raise ConfigError(f"space point {params}: {exc.message}") from None
         _, prepare = spec.settings(params)

@@ -91,6 +91,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` for an option out of range (the split, model, loss and
         augmentation options are checked where they are used)."""
+        check_types(self)
         for name in ("epochs", "batch_size", "step_size", "sgdr_t0", "depth", "width"):
             check_option(name, getattr(self, name), "at least 1", lambda v: v >= 1)
         for name in ("lr", "gamma", "oversample_small"):
@@ -163,6 +164,31 @@ def check_graph_or_compile(cuda_graph: bool, compile_: bool) -> None:
     if cuda_graph and compile_:
         raise ConfigError("choose --cuda-graph or --compile, not both (compile's reduce-overhead mode is its "
                           "own CUDA-graph path)")
+
+
+def check_types(config: TrainConfig) -> None:
+    """Raise ConfigError for a field whose value is not of its type, as a TrainConfig built in Python
+    (not through :func:`load_config`, which converts text) may hold: ``target="endo"`` would otherwise
+    read as the labels e, n, d, o."""
+    for f in dataclasses.fields(config):
+        value, kind = getattr(config, f.name), field_kind(f)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is list:
+            ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
+        elif kind is float:
+            ok = number
+        elif kind is int:
+            ok = number and isinstance(value, int)
+        elif f.name == "switch_tau":  # a number, or the text "auto"
+            ok = number or isinstance(value, str)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            wanted = {list: "a list of names, e.g. ['endo']", float: "a number", int: "a whole number",
+                      bool: "True or False"}.get(kind, "text")
+            raise ConfigError(f"option {f.name} must be {wanted}, not {value!r}")
 
 
 def check_option(name: str, value, wanted: str, ok) -> None:

@@ -34,9 +34,18 @@ from rvseg.train.augment import AugmentConfig, augment_batch, to_device_generato
 from rvseg.train.average import WeightAverage
 from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig, user_fields
-from rvseg.train.optim import build_optimizer, build_scheduler, replan_schedule
+from rvseg.train.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, pick, replan_schedule
 from rvseg.train.progress import MetricsLog, ProgressLine, draw_progress
-from rvseg.train.runtime import Runtime, all_reduce_sum, any_rank, gather_objects, setup_runtime, teardown_runtime
+from rvseg.train.runtime import (
+    Runtime,
+    all_reduce_sum,
+    any_rank,
+    gather_objects,
+    resolve_device,
+    resolve_precision,
+    setup_runtime,
+    teardown_runtime,
+)
 from rvseg.train.step import check_cuda_graph, make_train_step
 
 #: Checkpoints are written at most this share of the time (the rest is training).
@@ -115,6 +124,23 @@ class StopRequest:
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def check_options(config: TrainConfig) -> None:
+    """Raise :class:`ConfigError` for any option that would otherwise fail only once training starts:
+    ranges (:meth:`TrainConfig.validate`), the names of the loss, optimizer, schedule, model, device and
+    precision, and the model's size. A sweep checks every point with it before anything runs."""
+    config.validate()
+    if config.switch_tau != "auto":
+        resolve_tau(config, None)  # a number, or the message
+    build_loss(config.loss, focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
+               switch_lambda=config.switch_lambda, switch_tau=0.5, switch_per=config.switch_per)
+    pick(OPTIMIZERS, config.optimizer, "optimizer")
+    pick(SCHEDULERS, config.scheduler, "scheduler")
+    resolve_precision(config.precision, resolve_device(config.device))
+    with torch.device("meta"):  # the architecture's checks and size, without memory
+        build_model(config.arch, out_channels=len(config.target), width=config.width, depth=config.depth,
+                    dropout=config.dropout, deep_supervision=config.deep_supervision)
 
 
 def choose_indices(data: PreparedDataset, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
@@ -283,12 +309,15 @@ def validate(model: nn.Module, val: SplitData, loss_fn, runtime: Runtime, batch_
 def train(dataset: str | Path, out: str | Path, config: TrainConfig, *, resume: bool = False,
           verbose: bool = True) -> dict:
     """Train one model; returns the run summary (also ``RUN/summary.json``)."""
-    config.validate()
+    check_options(config)
     runtime = setup_runtime(config.device, config.precision)
     try:
         if config.cuda_graph:
             check_cuda_graph(runtime)  # before anything is written into the run folder
-        return run(Path(dataset), Path(out), config, runtime, resume=resume, verbose=verbose and runtime.is_main)
+        cuda = [runtime.device] if runtime.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # the run seeds torch's generators; the caller's are restored
+            return run(Path(dataset), Path(out), config, runtime, resume=resume,
+                       verbose=verbose and runtime.is_main)
     finally:
         teardown_runtime(runtime)
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from rvseg.io import save_figure, write_csv
+from rvseg.io import new_figure, save_figure, write_csv
 
 
 class MetricsLog:
@@ -28,15 +28,10 @@ class MetricsLog:
 
 def draw_progress(rows: list[dict], path: Path) -> None:
     """``progress.png``: losses, validation Dice per label, and learning rate per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not rows:
         return
     epochs = [int(r["epoch"]) for r in rows]
-    figure, (ax_loss, ax_dice, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6))
+    figure, (ax_loss, ax_dice, ax_lr) = new_figure(1, 3, figsize=(13, 3.6))
     for key, style in (("train_loss", "-"), ("val_loss", "--")):
         ax_loss.plot(epochs, [float(r[key]) for r in rows], style, label=key.replace("_", " "))
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
