@@ -40,9 +40,9 @@ from rvseg.train.runtime import (
     Runtime,
     all_reduce_sum,
     any_rank,
+    check_device_name,
+    check_precision_name,
     gather_objects,
-    resolve_device,
-    resolve_precision,
     setup_runtime,
     teardown_runtime,
 )
@@ -137,7 +137,8 @@ def check_options(config: TrainConfig) -> None:
                switch_lambda=config.switch_lambda, switch_tau=0.5, switch_per=config.switch_per)
     pick(OPTIMIZERS, config.optimizer, "optimizer")
     pick(SCHEDULERS, config.scheduler, "scheduler")
-    resolve_precision(config.precision, resolve_device(config.device))
+    check_device_name(config.device)  # names only: a sweep's report may be read on a machine without the GPU
+    check_precision_name(config.precision)
     with torch.device("meta"):  # the architecture's checks and size, without memory
         build_model(config.arch, out_channels=len(config.target), width=config.width, depth=config.depth,
                     dropout=config.dropout, deep_supervision=config.deep_supervision)

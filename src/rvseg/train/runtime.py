@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,21 +65,35 @@ class Runtime:
         return self.device.type == "cuda"
 
 
+#: The device names a run takes.
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_name(name: str) -> None:
+    """Raise ConfigError for a device name that is none of auto, cpu, cuda, cuda:N (whether this
+    machine has the device is :func:`resolve_device`'s question)."""
+    if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
+        raise ConfigError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
+
+
+def check_precision_name(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    check_device_name(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device")
         return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
-    if name != "cpu":
-        raise ConfigError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
     return torch.device("cpu")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_precision_name(precision)
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type != "cuda":
