@@ -442,6 +442,11 @@ def test_a_patient_found_twice_is_refused(tmp_path, rvsc_root):
 # --- file names as exports write them -------------------------------------------------------------
 
 
+def assert_every_annotated_frame_has_both_labels(report) -> None:
+    assert [(s.id, sorted(s.masks)) for s in report.samples] == [(f"P09-{frame}", ["endo", "epi"])
+                                                                   for frame in ANNOTATED]
+
+
 def test_upper_case_names_are_read_like_lower_case_ones(tmp_path, rvsc_root):
     root = make_patient_copy(tmp_path, rvsc_root)
     patient = root / "patient09"
@@ -450,8 +455,7 @@ def test_upper_case_names_are_read_like_lower_case_ones(tmp_path, rvsc_root):
     contours = patient / "P09contours-manual"
     (contours / "P09-0022-icontour-manual.txt").rename(contours / "P09-0022-ICONTOUR-MANUAL.TXT")
     report = read_rvsc(root)
-    assert [(s.id, sorted(s.masks)) for s in report.samples] == [(f"P09-{frame}", ["endo", "epi"])
-                                                                   for frame in ANNOTATED]
+    assert_every_annotated_frame_has_both_labels(report)
     assert not report.notes and not report.unmatched_contours
 
 
@@ -465,8 +469,7 @@ def test_upper_case_folders_and_a_list_naming_files_in_another_case(tmp_path, rv
         path.rename(contours / path.name.upper())
     (patient / "P09list.txt").rename(patient / "P09LIST.TXT")
     report = read_rvsc(root)
-    assert [(s.id, sorted(s.masks)) for s in report.samples] == [(f"P09-{frame}", ["endo", "epi"])
-                                                                   for frame in ANNOTATED]
+    assert_every_annotated_frame_has_both_labels(report)
     assert not report.notes and not report.skipped
 
 

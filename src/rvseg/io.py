@@ -117,16 +117,12 @@ def check_output_folder(out: str | Path, force: bool, inputs: Iterable[str | Pat
     out = Path(os.path.abspath(out))  # "." and ".." by their real names: the work happens beside out
     if out.exists() and not out.is_dir():
         raise DataError("output exists and is not a folder", out)
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise DataError(f"output lies under {parent}, which is a file, not a folder", out)
     if out.is_symlink():
         raise DataError("output is a symbolic link; give the folder it points to", out)
     # The temporary folder is made beside out, and out is replaced there: both places must be writable.
-    beside = next((folder for folder in out.parents if folder.exists()), out)
-    for place in (beside, out) if out.exists() else (beside,):
-        if not os.access(place, os.W_OK):  # said now, not after the work
-            raise DataError(f"cannot write in {place} (no permission, or a read-only file system)", out)
+    _check_place(out)
+    if out.exists() and not os.access(out, os.W_OK):
+        raise DataError(f"cannot write in {out} (no permission, or a read-only file system)", out)
     if _holds(out, Path.cwd()):
         raise DataError("output folder is or holds the current folder; choose another --out", out)
     for path in inputs:
@@ -145,10 +141,18 @@ def check_output_file(path: str | Path) -> None:
     path = Path(os.path.abspath(path))
     if path.is_dir():
         raise DataError("output is a folder, not a file", path)
+    _check_place(path)
+
+
+def _check_place(path: Path) -> None:
+    """Refuse an absolute output ``path`` that lies under a file, or whose nearest existing folder
+    (where it, or a temporary beside it, is written) is not writable: said now, not after the work."""
+    from rvseg.errors import DataError
+
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
             raise DataError(f"output lies under {parent}, which is a file, not a folder", path)
-    beside = next((folder for folder in path.parents if folder.exists()), path.parent)
+    beside = next((folder for folder in path.parents if folder.exists()), path)
     if not os.access(beside, os.W_OK):
         raise DataError(f"cannot write in {beside} (no permission, or a read-only file system)", path)
 
