@@ -684,6 +684,26 @@ def test_a_config_built_in_python_with_wrong_types_is_one_clear_error(options, m
     TrainConfig(switch_tau=0.3).validate()  # a number where the text "auto" may also stand
 
 
+def test_numpy_numbers_in_a_python_built_config_are_accepted_and_saved_as_plain_numbers(tmp_path):
+    """Sweeping options with np.arange or reading them from an array gives NumPy scalars: they are
+    numbers, and config.yaml (safe YAML) must still be writable."""
+    import numpy as np
+    import yaml
+
+    config = TrainConfig(width=np.int64(16), val_fraction=np.float32(0.25), lr=np.float64(1e-3),
+                         augment=np.bool_(False), switch_tau=np.float32(0.5))
+    config.validate()
+    config.save(tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert (saved["width"], saved["val_fraction"], saved["lr"], saved["augment"], saved["switch_tau"]) == (
+        16, 0.25, 1e-3, False, 0.5)
+    assert type(saved["width"]) is int and type(saved["augment"]) is bool
+    with pytest.raises(ConfigError, match="option width must be a whole number"):
+        TrainConfig(width=np.float64(16.0)).validate()
+    with pytest.raises(ConfigError, match="option augment must be True or False"):
+        TrainConfig(augment=1).validate()
+
+
 def test_training_leaves_the_callers_random_state_and_plotting_backend_alone(tiny_dataset, tmp_path):
     import matplotlib
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from rvseg.errors import ConfigError
@@ -169,26 +171,33 @@ def check_graph_or_compile(cuda_graph: bool, compile_: bool) -> None:
 def check_types(config: TrainConfig) -> None:
     """Raise ConfigError for a field whose value is not of its type, as a TrainConfig built in Python
     (not through :func:`load_config`, which converts text) may hold: ``target="endo"`` would otherwise
-    read as the labels e, n, d, o."""
+    read as the labels e, n, d, o. NumPy numbers (a width from ``np.arange``, a share from an array)
+    are accepted and stored as Python numbers, which ``config.yaml`` can record."""
     for f in dataclasses.fields(config):
         value, kind = getattr(config, f.name), field_kind(f)
         if value is None:
             continue
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        is_bool = isinstance(value, (bool, np.bool_))
+        number = isinstance(value, numbers.Real) and not is_bool
         if kind is list:
             ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
         elif kind is float:
-            ok = number
+            ok, value = number, float(value) if number else value
         elif kind is int:
-            ok = number and isinstance(value, int)
+            ok = number and isinstance(value, numbers.Integral)
+            value = int(value) if ok else value
+        elif kind is bool:
+            ok, value = is_bool, bool(value) if is_bool else value
         elif f.name == "switch_tau":  # a number, or the text "auto"
             ok = number or isinstance(value, str)
+            value = float(value) if number else value
         else:
             ok = isinstance(value, kind)
         if not ok:
             wanted = {list: "a list of names, e.g. ['endo']", float: "a number", int: "a whole number",
                       bool: "True or False"}.get(kind, "text")
             raise ConfigError(f"option {f.name} must be {wanted}, not {value!r}")
+        setattr(config, f.name, value)
 
 
 def check_option(name: str, value, wanted: str, ok) -> None:
