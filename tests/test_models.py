@@ -190,3 +190,10 @@ def test_deep_supervision_needs_a_level_below_the_depth(levels):
 def test_a_model_too_large_to_be_meant_is_refused_before_it_is_built():
     with pytest.raises(ConfigError, match="width 64 and depth 12 make a model of .* parameters"):
         build_model("unet", width=64, depth=12)
+
+
+@pytest.mark.parametrize("width, depth", [(64, 23), (8, 40)])
+def test_a_model_too_large_even_to_count_is_one_clear_error(width, depth):
+    """Past ~2**63 bytes a layer cannot be sized even on the meta device (a RuntimeError from torch)."""
+    with pytest.raises(ConfigError, match=f"width {width} and depth {depth} make a model too large to count"):
+        build_model("unet", width=width, depth=depth)

@@ -61,12 +61,19 @@ def build_model(
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
     options = dict(in_channels=in_channels, out_channels=out_channels, width=width, depth=depth, dropout=dropout,
                    deep_supervision=deep_supervision)
-    with torch.device("meta"):  # counted without memory: a mistyped --depth 12 would ask for terabytes
-        parameters = count_parameters(MODELS[name](**options))
+    too_large = (f"at most {MAX_PARAMETERS:,} parameters are allowed (the paper's U-Net, width 64 and depth 4, "
+                 "has 31 million)")
+    try:
+        with torch.device("meta"):  # counted without memory: a mistyped --depth 12 would ask for terabytes
+            parameters = count_parameters(MODELS[name](**options))
+    except RuntimeError as error:
+        if "overflow" not in str(error):
+            raise
+        # Beyond ~2**63 bytes even the meta device cannot size a layer.
+        raise ConfigError(f"width {width} and depth {depth} make a model too large to count; {too_large}") from None
     if parameters > MAX_PARAMETERS:
         raise ConfigError(f"width {width} and depth {depth} make a model of {parameters:,} parameters "
-                          f"({parameters * 4 / 2**30:.0f} GiB of float32 weights); at most {MAX_PARAMETERS:,} are "
-                          "allowed (the paper's U-Net, width 64 and depth 4, has 31 million)")
+                          f"({parameters * 4 / 2**30:.0f} GiB of float32 weights); {too_large}")
     return MODELS[name](**options)
 
 
