@@ -138,6 +138,22 @@ def test_report_of_an_unrelated_folder_is_a_clear_error(tmp_path):
         write_report(tmp_path, tmp_path / "report.html")
 
 
+
+@pytest.mark.parametrize("name", ["report.md", "report.MD"])
+def test_a_report_named_like_its_markdown_twin_is_refused_before_writing(grid_sweep, tmp_path, name):
+    """The Markdown goes beside the HTML with the suffix .md: --out report.md would write the page and
+    then overwrite it with the Markdown."""
+    with pytest.raises(DataError, match="overwritten by its Markdown twin"):
+        write_report(grid_sweep, tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_where_the_markdown_goes_is_refused_before_the_html_is_written(grid_sweep, tmp_path):
+    (tmp_path / "report.md").mkdir()
+    with pytest.raises(DataError, match="output is a folder"):
+        write_report(grid_sweep, tmp_path / "report.html")
+    assert not (tmp_path / "report.html").exists()
+
 # ---------------------------------------------------------------- a real browser
 
 

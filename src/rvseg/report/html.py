@@ -110,14 +110,18 @@ def write_report(path: str | Path, out: str | Path, dataset: str | Path | None =
         DataError: ``path`` is neither a sweep folder (``sweep.json``) nor a run folder (``metrics.csv``).
     """
     path, out = Path(path), Path(out)
+    markdown = out.with_suffix(".md")
+    if out.suffix.lower() == ".md":  # .MD too: one file on a case-insensitive disk
+        raise DataError("the HTML report would be overwritten by its Markdown twin (same name, .md); "
+                        "name it .html", out)
     check_output_file(out)
+    check_output_file(markdown)
     if (path / "sweep.json").is_file():
         report = sweep_report(path)
     elif (path / "metrics.csv").is_file() or (path / "config.yaml").is_file():
         report = run_report(path, Path(dataset) if dataset else None)
     else:
         raise DataError("neither a sweep folder (sweep.json) nor a run folder (metrics.csv)", path)
-    markdown = out.with_suffix(".md")
     write_text(out, render_html(report))
     write_text(markdown, render_markdown(report))
     return [out, markdown]
