@@ -480,6 +480,20 @@ def test_two_files_of_one_frame_differing_in_case_are_refused(tmp_path, rvsc_roo
     assert "a second file of frame P09-0020" in message
 
 
+def test_two_folders_differing_only_in_case_are_named_not_reported_missing(tmp_path, rvsc_root):
+    """P09dicom is looked up in any case; with both P09DICOM and P09Dicom on disk the message must say
+    so, not 'no DICOM frames'. With --skip-bad the patient is skipped with that reason."""
+    root = make_patient_copy(tmp_path, rvsc_root)
+    patient = root / "patient09"
+    (patient / "P09dicom").rename(patient / "P09DICOM")
+    shutil.copytree(patient / "P09DICOM", patient / "P09Dicom")
+    message = raised_message(root)
+    assert str(patient) in message and "P09DICOM and P09Dicom differ only in letter case" in message
+    report = read_rvsc(root, skip_bad=True)
+    assert report.samples == [] and len(report.skipped) == 1
+    assert "differ only in letter case" in report.skipped[0]["reason"]
+
+
 def test_a_relative_study_path_reads_without_false_notes(tmp_path, rvsc_root, monkeypatch):
     root = make_patient_copy(tmp_path, rvsc_root)
     monkeypatch.chdir(root.parent)

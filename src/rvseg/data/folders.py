@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rvseg.data.sample import ReadReport
+from rvseg.errors import DataError
 
 #: Folders never searched: archive and operating-system leftovers (``__MACOSX`` copies of a zip's
 #: tree would otherwise count every case twice).
@@ -28,15 +29,23 @@ def files_named(folder: Path, pattern: str) -> list[Path]:
 
 def existing_ignoring_case(path: Path) -> Path:
     """``path`` as it is spelled on disk where its names differ from it only in letter case
-    (``P09DICOM`` for ``P09dicom``); ``path`` itself when it exists, or when no single such match does."""
+    (``P09DICOM`` for ``P09dicom``); ``path`` itself when it exists, or when no such match does.
+
+    Raises:
+        DataError: two names on disk match it in different cases (``P09DICOM`` and ``P09dicom``), so
+            which one is meant is ambiguous.
+    """
     if path.exists() or path.parent == path:
         return path
     parent = existing_ignoring_case(path.parent)
     try:
-        matches = [child for child in parent.iterdir() if child.name.lower() == path.name.lower()]
+        matches = sorted(child for child in parent.iterdir() if child.name.lower() == path.name.lower())
     except OSError:  # no folder there, or not readable
         matches = []
-    return matches[0] if len(matches) == 1 else parent / path.name
+    if len(matches) > 1:
+        raise DataError(f"{' and '.join(match.name for match in matches)} differ only in letter case; which one "
+                        f"holds {path.name} is ambiguous: keep one", parent)
+    return matches[0] if matches else parent / path.name
 
 
 def subfolders(root: Path, depth: int) -> list[Path]:

@@ -103,7 +103,10 @@ def read_rvsc(root: str | Path, *, skip_bad: bool = False) -> ReadReport:
         )
     report = ReadReport(format="rvsc", labels=LABELS)
     for patient_dir in unique_folders(patient_dirs, patient_id, report, skip_bad):
-        _read_patient(patient_dir, report, skip_bad)
+        try:
+            _read_patient(patient_dir, report, skip_bad)
+        except DataError as error:  # an ambiguous folder name costs its patient only, with --skip-bad
+            report.bad_file(error.path or patient_dir, error.message, skip_bad)
     report.samples.sort(key=lambda sample: sample.id)
     return report
 
