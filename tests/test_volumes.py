@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -105,6 +106,43 @@ def test_ed_and_es_per_slice_when_frame_counts_differ():
     assert result.ed_volume_ml == pytest.approx((800 + 650 + 400) * 8.4 / 1000)
     assert result.es_volume_ml == pytest.approx((500 + 600 + 300) * 8.4 / 1000)
     assert any("different instants" in note for note in result.notes)
+
+
+def drop_frames(areas: list[SliceArea], *ids: str) -> list[SliceArea]:
+    return [area for area in areas if area.id not in ids]
+
+
+def test_a_slice_missing_one_frame_keeps_one_ed_and_one_es_instant_for_the_whole_heart():
+    """A slice without one of the cine's frames (a lost file): ED and ES are still the instants of
+    largest and smallest total volume, matched on that slice by trigger time, not its own extremes."""
+    full = [[900, 800, 500, 700], [700, 650, 400, 600], [500, 450, 300, 480]]
+    areas = drop_frames(cine("S", [0.0, 8.0, 16.0], full), "S-s1-f1")
+    # Alone, slice 1 would take frame 3 (600) as ES: its smallest remaining area is frame 2 (400),
+    # so make its frame 3 smaller than everything to show the instant wins over the slice's own minimum.
+    areas = [replace(area, area_mm2=100.0) if area.id == "S-s1-f3" else area for area in areas]
+    assigned, rules = assign_phases(areas)
+    assert rules == {"S": "min-total-volume"}
+    assert phases_of(assigned) == {"S-s0-f0": "ED", "S-s0-f2": "ES", "S-s1-f0": "ED", "S-s1-f2": "ES",
+                                   "S-s2-f0": "ED", "S-s2-f2": "ES"}
+    (result,) = stack_volumes(assigned, rules)
+    assert result.ef_percent == pytest.approx(100 * (1 - 1200 / 2100))
+    assert [note for note in result.notes if "fewer than the cine's 4 frames (first at 8 mm)" in note]
+
+
+def test_a_slice_missing_its_es_frame_gets_no_other_instant_and_no_ef():
+    areas = drop_frames(cine("S", [0.0, 8.0, 16.0], [[900, 800, 500, 700]] * 3), "S-s2-f2")
+    assigned, rules = assign_phases(areas)
+    assert phases_of(assigned)["S-s2-f0"] == "ED" and "ES" not in {
+        area.phase for area in assigned if area.slice_location == 16.0}
+    (result,) = stack_volumes(assigned, rules)
+    assert result.ef_percent is None and any("no EF" in note for note in result.notes)
+
+
+def test_without_trigger_times_a_slice_missing_frames_falls_back_to_each_slices_extremes():
+    areas = [replace(area, trigger_time=None) for area in
+             drop_frames(cine("S", [0.0, 8.0, 16.0], [[900, 800, 500, 700]] * 3), "S-s1-f1")]
+    _, rules = assign_phases(areas)
+    assert rules == {"S": "min-area-per-slice"}
 
 
 def test_ed_is_the_largest_volume_when_the_cine_starts_after_the_r_wave():

@@ -24,6 +24,11 @@ least two slice locations; a stack with fewer gets areas only.
   robust to a single slice whose predicted area peaks or dips at the wrong frame. The largest volume,
   not the first frame, because a cine need not start at the R wave (Sunnybrook's contoured frames, a
   prospectively triggered series that starts late, an export of a few frames).
+- When some slices lack frames but more than half hold the whole cine and every frame has a trigger
+  time, ED and ES are chosen the same way over the complete slices, and on each other slice the frame
+  nearest in trigger time to those instants (within half the time between instants) takes the phase;
+  a note names those slices, and one lacking a frame near ED or ES leaves that phase's volume (with a
+  note) rather than borrowing another instant.
 - Otherwise ED and ES are, on each slice, its frames of largest and smallest area (no ES on a slice
   with a single frame); a note says they may be different instants on different slices.
 
@@ -165,16 +170,20 @@ def assign_phases(areas: Sequence[SliceArea]) -> tuple[list[SliceArea], dict[str
             rules[stack] = "given"
             continue
         slices = list(frames_by_slice(members).values())
-        n_frames = {len(frames) for frames in slices}
-        if len(n_frames) == 1 and min(n_frames) > 1:
+        n_frames = max(len(frames) for frames in slices)
+        full = [frames for frames in slices if len(frames) == n_frames]
+        timed = all(area.trigger_time is not None for area in members)
+        if n_frames > 1 and (len(full) == len(slices) or (timed and 2 * len(full) > len(slices))):
             rules[stack] = "min-total-volume"
-            totals = np.sum([[area.area_mm2 for area in frames] for frames in slices], axis=0)
-            ed_index = int(np.argmax(totals))
-            # ES is another frame than ED even when the curve is flat.
-            es_index = min((k for k in range(len(totals)) if k != ed_index), key=lambda k: totals[k])
-            for frames in slices:
+            ed_index, es_index = extreme_instants(full)
+            for frames in full:
                 phases[stack, frames[ed_index].id] = "ED"
                 phases[stack, frames[es_index].id] = "ES"
+            for frames in (frames for frames in slices if len(frames) < n_frames):
+                for phase, index in (("ED", ed_index), ("ES", es_index)):
+                    match = frame_at_instant(frames, full, index)
+                    if match is not None:
+                        phases[stack, match.id] = phase
         else:
             rules[stack] = "min-area-per-slice"
             for frames in slices:
@@ -185,6 +194,26 @@ def assign_phases(areas: Sequence[SliceArea]) -> tuple[list[SliceArea], dict[str
     assigned = [area if rules[area.stack] == "given" else replace(area, phase=phases.get((area.stack, area.id), ""))
                 for area in areas]
     return assigned, rules
+
+
+def extreme_instants(full_slices: Sequence[Sequence[SliceArea]]) -> tuple[int, int]:
+    """(ED, ES) frame indices of the largest and smallest total area over slices that each hold every
+    frame of the cine in cycle order; ES is another frame than ED even when the curve is flat."""
+    totals = np.sum([[area.area_mm2 for area in frames] for frames in full_slices], axis=0)
+    ed_index = int(np.argmax(totals))
+    es_index = min((k for k in range(len(totals)) if k != ed_index), key=lambda k: totals[k])
+    return ed_index, es_index
+
+
+def frame_at_instant(frames: Sequence[SliceArea], full_slices: Sequence[Sequence[SliceArea]],
+                     index: int) -> SliceArea | None:
+    """The frame of a slice that lacks some of the cine's frames taken at instant ``index`` of the slices
+    that hold them all: the one whose trigger time is nearest that instant's median trigger time, within
+    half the median time between instants; None when no frame is that close (the slice lacks it)."""
+    instants = np.median([[area.trigger_time for area in frames] for frames in full_slices], axis=0)
+    tolerance = float(np.median(np.diff(instants))) / 2
+    nearest = min(frames, key=lambda area: abs(area.trigger_time - instants[index]))
+    return nearest if abs(nearest.trigger_time - instants[index]) < tolerance else None
 
 
 def fill_missing_es(areas: Sequence[SliceArea]) -> tuple[list[SliceArea], list[str]]:
@@ -256,12 +285,31 @@ def stack_volumes(areas: Sequence[SliceArea], es_rules: Mapping[str, str] | None
         if es_rules.get(stack) == "min-area-per-slice" and volumes["ES"] is not None:
             notes.append("the slices have different numbers of frames, so ED and ES are each slice's largest and "
                          "smallest area, which may be different instants on different slices")
+        if es_rules.get(stack) == "min-total-volume":
+            notes += partial_slice_notes(members)
         n_slices = len({area.slice_key for area in members})
         results.append(StackVolumes(
             stack=stack, slice_spacing_mm=spacing, n_slices=n_slices, ed_slices=len(slice_sets["ED"]),
             es_slices=len(slice_sets["ES"]), ed_volume_ml=volumes["ED"], es_volume_ml=volumes["ES"],
             ef_percent=ef, es_rule=es_rules.get(stack, "given"), notes=notes))
     return results
+
+
+def partial_slice_notes(members: Sequence[SliceArea]) -> list[str]:
+    """Notes on the slices of a stack that lack some of its cine's frames (their ED and ES frames were
+    matched by trigger time, :func:`frame_at_instant`), and on those left with neither phase."""
+    slices = frames_by_slice(members)
+    n_frames = max(len(frames) for frames in slices.values())
+    partial = [key for key, frames in slices.items() if len(frames) < n_frames]
+    if not partial:
+        return []
+    notes = [f"{len(partial)} slice(s) hold fewer than the cine's {n_frames} frames (first at {partial[0]:g} mm); "
+             "their ED and ES frames were matched to the other slices' instants by trigger time"]
+    unmatched = [key for key in partial if not any(area.phase in ("ED", "ES") for area in slices[key])]
+    if unmatched:
+        notes.append(f"{len(unmatched)} slice(s) have no frame near ED or ES (first at {unmatched[0]:g} mm) and are "
+                     "not in the volumes")
+    return notes
 
 
 def volume_errors(pred_volumes: Mapping[str, Mapping] | Sequence[Mapping],
