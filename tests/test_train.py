@@ -395,6 +395,15 @@ def test_every_switch_can_be_turned_off_from_the_command_line(capsys):
     assert overrides_from_args(args)["fraction"] == "0.4"
 
 
+def test_every_argument_of_every_command_says_what_it_is_in_help():
+    from rvseg.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    undocumented = [f"{name} {action.option_strings[0] if action.option_strings else action.dest}"
+                    for name, command in commands.items() for action in command._actions if not action.help]
+    assert undocumented == []
+
+
 def test_cli_reports_bad_options_without_traceback(tiny_dataset, tmp_path, capsys):
     code = main(["train", str(tiny_dataset), "--out", str(tmp_path / "r"), "--loss", "wrong", "--device", "cpu"])
     assert code == 2

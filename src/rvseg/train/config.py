@@ -135,16 +135,36 @@ HELP = {
     "deep_supervision": "decoder levels (1/2, 1/4, ...) with an auxiliary head whose upsampled output is scored "
                         "too; the losses are weighted 1, 1/2, 1/4, ... and normalised, and train_loss is that "
                         "mix while val_loss scores the main output (0 = off)",
+    "dropout": "dropout probability at the bottleneck",
     "loss": "dice | inverse-dice | bce | dice-bce | dice-bce-inverse | focal | switching",
+    "focal_alpha": "focal loss weight of the foreground class",
+    "focal_gamma": "focal loss focusing exponent (0 = weighted BCE)",
+    "switch_lambda": "switching loss: weight of Dice (inverse Dice gets 1 - lambda) on images whose "
+                     "foreground share exceeds tau; the weights swap below it",
     "switch_tau": "switching threshold on the target's mean (the foreground share of filled masks), or auto "
                   "(that mean over the training split)",
     "switch_per": "image | batch: where the switching loss measures the foreground share",
     "optimizer": "adam | adamw | sgd",
+    "lr": "learning rate (the first epoch's, before any schedule)",
+    "weight_decay": "L2 penalty (decoupled for adamw)",
+    "momentum": "SGD momentum",
+    "nesterov": "SGD with Nesterov momentum",
+    "step_size": "step scheduler: epochs between learning-rate drops",
+    "gamma": "step scheduler: factor of each drop",
+    "min_lr": "cosine and sgdr schedulers: the learning rate they end at",
+    "epochs": "passes over the training split",
+    "batch_size": "images per training step",
+    "seed": "seed of the initial weights, the --fraction draw, batch order and augmentation",
     "scheduler": "none | cosine | step | sgdr",
     "sgdr_t0": "epochs of the first SGDR cycle",
     "ema": "validate and save an exponential moving average of the weights with this decay per step "
            "(e.g. 0.99; 0 = off)",
     "augment": "batched on-device flips, rotation, scaling, intensity jitter",
+    "rotate_deg": "rotation drawn from [-this, this] degrees",
+    "scale_min": "smallest zoom factor drawn",
+    "scale_max": "largest zoom factor drawn",
+    "translate": "shift along each axis drawn from [-this, this] times the image size",
+    "intensity": "strength of the gamma, contrast and brightness jitter, in [0, 1)",
     "oversample_small": "weight of small-foreground slices in the batch draw (1 = uniform; the paper oversampled)",
     "small_foreground": "a slice whose first target covers less than this share of the image is small (used "
                         "only when --oversample-small is not 1)",
