@@ -141,6 +141,16 @@ def test_info_cfg_frames_written_as_decimals_or_without_a_volume(tmp_path):
                             "(patient009_frame13.nii.gz)"]
 
 
+def test_info_cfg_without_es_is_noted_and_ed_equal_to_es_is_a_bad_file(tmp_path):
+    folder = write_patient(tmp_path, 9, {1: True, 12: True}, info="ED: 1\nGroup: NOR\n")
+    report = read_acdc(folder)
+    assert {s.id[:18]: s.phase for s in report.samples} == {"patient009-frame01": "ED", "patient009-frame12": "unknown"}
+    assert report.notes == [f"{folder / 'Info.cfg'}: gives no ES frame, so patient009 has no ES volume and no EF"]
+    (folder / "Info.cfg").write_text("ED: 1\nES: 1\n")
+    with pytest.raises(DataError, match="ED and ES are both frame 1"):
+        read_acdc(folder)
+
+
 def test_ground_truth_without_its_image_is_unmatched(acdc):
     (acdc / "patient001" / "patient001_frame12.nii.gz").unlink()
     report = read_acdc(acdc)

@@ -871,6 +871,12 @@ def test_an_acdc_cine_with_a_bad_info_cfg_or_a_frame_it_lacks(checkpoint, phanto
     assert any(note.startswith(f"{folder / 'Info.cfg'}: ED should be a frame number") and
                note.endswith("the phases of patient101_4d.nii.gz are inferred") for note in summary["notes"])
     assert summary["volumes"]["patient101_4d"]["es_rule"] == "min-total-volume"
+    (folder / "Info.cfg").write_text("ED: 1\n")  # no ES: inferred from the cine, not left out
+    summary = predict([checkpoint], folder / "patient101_4d.nii.gz", tmp_path / "pred3")
+    assert f"{folder / 'Info.cfg'}: gives a frame of the cine only for ED; the phases of patient101_4d.nii.gz are " \
+           "inferred" in summary["notes"]
+    volumes = summary["volumes"]["patient101_4d"]
+    assert volumes["es_rule"] == "min-total-volume" and volumes["ef_percent"] is not None
 
 
 def test_an_rvsc_root_reads_nifti_in_dicom_folders_and_lists_what_it_leaves(checkpoint, phantom, tmp_path, capsys):

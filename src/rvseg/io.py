@@ -130,7 +130,8 @@ def check_output_folder(out: str | Path, force: bool, inputs: Iterable[str | Pat
             raise DataError(f"output folder is or holds the input {path}; writing it would delete that input "
                             "(choose another --out)", out)
     if out.exists() and any(out.iterdir()) and not force:
-        raise DataError("output folder exists and is not empty (use --force to replace it)", out)
+        raise DataError("output folder exists and is not empty (use --force, or force=True in Python, to replace it)",
+                        out)
 
 
 def check_output_file(path: str | Path) -> None:

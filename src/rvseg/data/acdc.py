@@ -138,10 +138,17 @@ def read_phases(path: Path, report: ReadReport, skip_bad: bool) -> dict[int, str
             number = float(value)  # "ED: 1.0" as some converters write it is frame 1
             if not number.is_integer():
                 raise ValueError(value)
-            phases[int(number)] = key.strip()
         except ValueError:
             report.bad_file(path, f"{key.strip()} should be a frame number, not {value.strip()!r}", skip_bad)
             return {}
+        if phases.get(int(number), key.strip()) != key.strip():
+            report.bad_file(path, f"ED and ES are both frame {int(number)}", skip_bad)
+            return {}
+        phases[int(number)] = key.strip()
+    missing = [phase for phase in ("ED", "ES") if phase not in phases.values()]
+    if missing:
+        report.notes.append(f"{path}: gives no {' or '.join(missing)} frame, so {path.parent.name} has no "
+                            f"{' or '.join(missing)} volume and no EF")
     return phases
 
 

@@ -421,6 +421,11 @@ def acdc_phases_of_cine(volume: NiftiVolume) -> tuple[dict[int, str], list[str]]
              for item in report.skipped]
     notes += [f"{volume.path}: Info.cfg gives {phase} as frame {frame}, which the cine's {volume.n_frames} frames "
               "do not have" for frame, phase in phases.items() if not 1 <= frame <= volume.n_frames]
+    phases = {frame: phase for frame, phase in phases.items() if 1 <= frame <= volume.n_frames}
+    if phases and set(phases.values()) != {"ED", "ES"}:  # one phase usable: both come from the volume curve
+        notes.append(f"{volume.path.parent / 'Info.cfg'}: gives a frame of the cine only for "
+                     f"{', '.join(sorted(set(phases.values())))}; the phases of {volume.path.name} are inferred")
+        return {}, notes
     return phases, notes
 
 
