@@ -107,6 +107,19 @@ def test_non_finite_voxels_become_the_lowest_value_with_a_note(tmp_path):
         read_nifti(save(tmp_path / "all.nii.gz", np.full((4, 5, 2), np.nan, dtype=np.float32)))
 
 
+def test_voxel_sizes_that_disagree_with_the_affine_are_noted(tmp_path):
+    """Only an sform can disagree with pixdim: areas (pixdim) and slice positions (affine) then
+    stand on different scales, which the user must hear about."""
+    image = nib.Nifti1Image(np.ones((4, 5, 2), dtype=np.int16), np.diag([1.2, 1.3, 8.0, 1.0]))
+    image.header.set_zooms((1.0, 1.0, 8.0))
+    nib.save(image, tmp_path / "odd.nii.gz")
+    volume = read_nifti(tmp_path / "odd.nii.gz")
+    assert volume.spacing_mm == pytest.approx((1.0, 1.0))
+    assert volume.notes == [f"{tmp_path / 'odd.nii.gz'}: the header's voxel sizes (1 x 1 x 8 mm) differ from the "
+                            "affine's (1.2 x 1.3 x 8 mm); pixel areas use the voxel sizes, slice positions the affine"]
+    assert read_nifti(save(tmp_path / "fine.nii.gz", np.ones((4, 5, 2), dtype=np.int16))).notes == []
+
+
 def test_complex_values_and_an_affine_without_a_plane_are_refused(tmp_path):
     with pytest.raises(DataError, match="complex"):
         read_nifti(save(tmp_path / "c.nii.gz", np.ones((4, 5, 2), dtype=np.complex64)))

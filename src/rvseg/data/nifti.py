@@ -115,6 +115,13 @@ def read_nifti(path: str | Path) -> NiftiVolume:
     if not np.all(np.isfinite(affine)) or np.linalg.norm(normal) == 0:
         raise DataError("has an affine without an image plane (parallel, zero or non-finite axes)", path)
     notes = []
+    axis_lengths = np.linalg.norm(affine[:3, :3], axis=0)[: len(zooms[:3])]  # a 2D header has two sizes
+    if not np.allclose(axis_lengths, zooms[:3], rtol=0.01):
+        # Only an sform can disagree (a qform is built from pixdim): areas would use one scale, slice
+        # positions the other.
+        notes.append(f"{path}: the header's voxel sizes ({' x '.join(f'{size:g}' for size in zooms[:3])} mm) differ "
+                     f"from the affine's ({' x '.join(f'{size:.4g}' for size in axis_lengths)} mm); pixel areas use "
+                     "the voxel sizes, slice positions the affine")
     finite = np.isfinite(data)
     if not finite.all():
         if not finite.any():
