@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rvseg.data.outlines import fill_contour_map
+from rvseg.data.outlines import fill_outlines
 from rvseg.data.prepare import normalise_image, resize_sample
 from rvseg.errors import ConfigError, DataError
 from rvseg.postprocess import postprocess_scores
@@ -255,7 +255,7 @@ def filled_scores(probabilities: np.ndarray, mask_style: str) -> np.ndarray:
         probabilities: float (..., h, w) sigmoid outputs.
         mask_style: ``filled`` (returned as they are), ``grey`` (``2 p - 1``: 0.5 is background, 1
             foreground, so the decision threshold 0.75 becomes 0.5) or ``outline`` (the outline
-            ``p > 0.5`` hole-filled into a region, :func:`~rvseg.data.outlines.fill_contour_map`;
+            ``p > 0.5`` hole-filled into a region, :func:`~rvseg.data.outlines.fill_outlines`;
             scores 0 or 1).
 
     Returns:
@@ -268,11 +268,7 @@ def filled_scores(probabilities: np.ndarray, mask_style: str) -> np.ndarray:
         scale = 0.5 / (decision_threshold("grey") - 0.5)
         return np.clip(0.5 + (probabilities - decision_threshold("grey")) * scale, 0.0, 1.0).astype(np.float32)
     if mask_style == "outline":
-        regions = []
-        for outline in probabilities.reshape(-1, *probabilities.shape[-2:]):
-            region = fill_contour_map(outline > 0.5)
-            regions.append(np.zeros(outline.shape, bool) if region is None else region)
-        return np.stack(regions).astype(np.float32).reshape(probabilities.shape)
+        return fill_outlines(probabilities > 0.5).astype(np.float32)
     raise ConfigError(f"unknown mask style {mask_style!r}")
 
 

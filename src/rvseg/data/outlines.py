@@ -65,6 +65,25 @@ def fill_contour_map(image: np.ndarray) -> np.ndarray | None:
     return filled
 
 
+def fill_outlines(outlines: np.ndarray) -> np.ndarray:
+    """The regions that predicted outlines enclose, as ``rvseg evaluate`` scores an ``outline``-style model.
+
+    Args:
+        outlines: bool (..., H, W) outline masks.
+
+    Returns:
+        bool array of the same shape: each (H, W) map filled by :func:`fill_contour_map`, all False where
+        nothing can be filled.
+    """
+    outlines = np.asarray(outlines, dtype=bool)
+    regions = np.zeros(outlines.shape, dtype=bool).reshape(-1, *outlines.shape[-2:])
+    for region, outline in zip(regions, outlines.reshape(regions.shape), strict=True):
+        filled = fill_contour_map(outline)
+        if filled is not None:
+            region[...] = filled
+    return regions.reshape(outlines.shape)
+
+
 def binarise_map(image: np.ndarray) -> np.ndarray:
     """Foreground of an (H, W) map: bool (H, W), True where the value exceeds half the maximum."""
     if image.dtype == bool:
