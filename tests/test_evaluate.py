@@ -491,3 +491,22 @@ def test_sunnybrook_volumes_use_the_distance_between_slice_planes(shared_data, t
     assert volumes["SCD0000101"]["ed_volume_ml"]["truth"] == pytest.approx(192.8, abs=1.0)
     locations = sorted({float(row["slice_location"]) for row in data.rows if row["patient"] == "SCD0000101"})
     assert float(np.median(np.diff(locations))) < 7.0  # what the volumes used to be measured with
+
+
+def test_a_mean_never_mixes_mm_and_pixels():
+    """Where some samples lack pixel spacing, their distances (px) and areas (px^2) are left out of the
+    means instead of averaged with the mm rows; the overlap metrics still use every row."""
+    from rvseg.evaluate import summarise
+
+    reference = np.zeros((20, 20), bool)
+    reference[5:12, 5:12] = True
+    predicted = np.roll(reference, 1, axis=0)
+    rows = [{"label": "endo", "patient": patient, "phase": "ED", "slice_level": "mid",
+             **segmentation_metrics(predicted, reference, spacing)}
+            for patient, spacing in (("A", (1.4, 1.4)), ("B", (1.4, 1.4)), ("C", None))]
+    summary = summarise(rows, ["endo"])
+    metrics = summary["labels"]["endo"]["overall"]["metrics"]
+    assert metrics["hd"] == {"mean": pytest.approx(1.4), "sd": pytest.approx(0.0), "n": 2}
+    assert metrics["area_ref_mm2"]["mean"] == pytest.approx(49 * 1.96) and metrics["dice"]["n"] == 3
+    assert summary["units"] == "mixed" and "leave them out" in summary["unit_note"]
+    assert summary["labels"]["endo"]["by_patient"]["C"]["metrics"]["hd"]["n"] == 0

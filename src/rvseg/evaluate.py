@@ -39,7 +39,8 @@ per label, chosen through the patient's stack at its ED or ES phase; ``largest``
 with its reference mask by :func:`rvseg.metrics.segmentation_metrics`: Dice, Jaccard, sensitivity,
 precision, Hausdorff distance and HD95, areas. Distances are in mm from the data set's pixel
 spacing (for a resized set, the spacing after resizing); for samples without spacing they are in
-pixels and areas in px^2, and the summary's ``units`` says so. Empty masks follow the rule of
+pixels and areas in px^2, and the summary's ``units`` says so (``mixed``: the means of distances and
+areas then leave the pixel rows out, never averaging mm with px). Empty masks follow the rule of
 :mod:`rvseg.metrics` (both empty: Dice 1, HD 0; one empty: Dice 0, HD undefined), and the summary
 counts each case.
 
@@ -83,6 +84,8 @@ from rvseg.volumes import (
 SPLITS = ("val", "test", "all")
 #: Numeric fields of a metric row that are summarised (mean, sd).
 SUMMARY_METRICS = tuple(name for name in METRIC_FIELDS if name not in ("empty", "unit"))
+#: Metrics in mm or mm^2, or in px and px^2 for a sample without pixel spacing.
+SCALED_METRICS = tuple(name for name in SUMMARY_METRICS if name.startswith(("hd", "area")))
 PER_CASE_FIELDS = ("id", "patient", "phase", "slice", "slice_level", "frame", "label", *METRIC_FIELDS)
 #: Columns of ``volumes.csv``: per patient, the reference (truth) and predicted volumes and their difference.
 VOLUME_ERROR_FIELDS = ("patient", "slices", "ed_slices", "es_slices", "slice_spacing_mm",
@@ -277,6 +280,9 @@ def stack_keys(data: PreparedDataset, indices: Sequence[int]) -> tuple[list, lis
 
 def summarise(rows: Sequence[dict], labels: Sequence[str]) -> dict:
     """Per label: summaries overall, per patient, per phase and per slice level, the ED/ES table and the units."""
+    units = sorted({row["unit"] for row in rows})
+    if len(units) > 1:  # a mean of mm and px is no number: the pixel rows' distances and areas are left out
+        rows = [{**row, **dict.fromkeys(SCALED_METRICS, math.nan)} if row["unit"] == "px" else row for row in rows]
     per_label = {}
     for label in labels:
         label_rows = [row for row in rows if row["label"] == label]
@@ -290,12 +296,13 @@ def summarise(rows: Sequence[dict], labels: Sequence[str]) -> dict:
             "by_slice_level": {level: by_level[level] for level in (*LEVELS, "unknown") if level in by_level},
             "table": rvsc_table(summary),
         }
-    units = sorted({row["unit"] for row in rows})
     result = {"labels": per_label, "units": units[0] if len(units) == 1 else "mixed" if units else "mm"}
     if "px" in units:
         n_px = sum(1 for row in rows if row["unit"] == "px")
         result["unit_note"] = (f"{n_px} of {len(rows)} rows have no pixel spacing: their distances are in pixels "
-                               "and areas in px^2")
+                               "and areas in px^2" + ("; the means of those metrics leave them out (each "
+                                                      "metric's n says how many rows it averages)"
+                                                      if len(units) > 1 else ""))
     return result
 
 
