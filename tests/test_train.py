@@ -581,6 +581,22 @@ def test_switching_tau_auto_follows_the_foreground_share_on_grey_targets():
     assert tau == pytest.approx(0.5 + 0.5 * float(share.mean()))
 
 
+def test_slices_carrying_only_some_targets_are_named_in_a_note(tmp_path):
+    """Sunnybrook has i-contours on more images than o-contours: a model of both leaves the others
+    out, which the user must be told (evaluate scores each label on every slice that has it)."""
+    report = synthetic_report()
+    for sample in report.samples[::4]:
+        del sample.masks["epi"]
+    write_prepared(report, tmp_path / "data", PrepareOptions(normalize="none"))
+    data = load_dataset(tmp_path / "data")
+    both = TrainConfig(**{**TINY, "target": ["endo", "epi"]})
+    train_idx, val_idx, train_patients, val_patients = loop.choose_indices(data, both)
+    assert len(train_idx) + len(val_idx) == 30  # 10 of the 40 slices lack epi
+    assert loop.partly_labelled_note(data, both, [*train_patients, *val_patients]).startswith(
+        "note: 10 slice(s) carry only some of endo, epi and are left out")
+    assert loop.partly_labelled_note(data, TrainConfig(**TINY), [*train_patients, *val_patients]) is None
+
+
 def test_validation_dice_of_an_outline_model_scores_the_regions_it_encloses():
     """As rvseg evaluate does: an outline predicted one pixel off encloses nearly the same region
     (Dice ~0.93) although the one-pixel strokes hardly overlap (Dice ~0.2)."""

@@ -161,6 +161,18 @@ def choose_indices(data: PreparedDataset, config: TrainConfig) -> tuple[np.ndarr
     return train_idx, val_idx, split.train, split.val
 
 
+def partly_labelled_note(data: PreparedDataset, config: TrainConfig, patients: list[str]) -> str | None:
+    """A note when slices of ``patients`` carry some but not all of the targets: :func:`choose_indices`
+    leaves them out (a missing label is unknown, not empty), which rvseg evaluate, scoring each label
+    on every slice that has it, does not."""
+    present = data.present[data.indices_of_patients(patients)][:, data.label_indices(config.target)]
+    partial = int((present.any(axis=1) & ~present.all(axis=1)).sum())
+    if not partial:
+        return None
+    return (f"note: {partial} slice(s) carry only some of {', '.join(config.target)} and are left out of training "
+            "and validation (a missing label is unknown, not empty); one model per label would use them")
+
+
 def split_tensors(data: PreparedDataset, indices: np.ndarray, config: TrainConfig, device: torch.device) -> SplitData:
     channels = data.label_indices(config.target)
     masks = torch.from_numpy(data.masks[indices][:, channels].astype(np.float32))
@@ -345,6 +357,9 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     if config.folds and config.val_patients and verbose:
         print(f"note: --folds {config.folds} --fold {config.fold} chooses the validation patients "
               f"({', '.join(val_patients)}); the configured --val-patients list is not used")
+    partial = partly_labelled_note(data, config, [*train_patients, *val_patients])
+    if partial and verbose:
+        print(partial)
     data_info = {"in_channels": int(data.images.shape[1]), "labels": config.target, "mask_style": data.mask_style,
                  "content_hash": data.meta["content_hash"], "prepare": data.meta["options"],
                  "train_patients": train_patients, "val_patients": val_patients}
