@@ -178,7 +178,7 @@ def test_single_slice_series_of_a_study_form_one_stack():
         *[header_only("4ch", 5.0, time, normal=(1.0, 0.0, 0.0)) for time in (0.0, 300.0)],  # a long-axis view
         *[header_only("repeat", 10.0, time) for time in (0.0, 300.0)],  # a slice already in the stack
         *[header_only("lge", location, 0.0) for location in (0.0, 10.0)],  # a multi-slice series
-        header_only("single", 40.0, 0.0),  # one frame, not two
+        header_only("single", 40.0, 0.0),  # one frame, not two: not the cine's, but continues the LGE stack
         *[header_only("other-study", 40.0, time, study="S2") for time in (0.0, 300.0)],
         *[header_only("small", 40.0, time, shape=(4, 6)) for time in (0.0, 300.0)],
     ]
@@ -187,8 +187,42 @@ def test_single_slice_series_of_a_study_form_one_stack():
         (0.0, 0.0), (0.0, 300.0), (10.0, 0.0), (10.0, 300.0), (20.0, 0.0), (20.0, 300.0), (30.0, 0.0), (30.0, 300.0)
     ]
     assert [sorted({image.series_uid for image in stack}) for stack in stacks[1:]] == [
-        ["4ch"], ["repeat"], ["lge"], ["single"], ["other-study"], ["small"]
+        ["4ch"], ["repeat"], ["lge", "single"], ["other-study"], ["small"]
     ]
+
+
+def cine_series(series: str, locations, times=(0.0, 100.0, 200.0, 300.0, 400.0), normal=(0.0, 0.0, 1.0)):
+    return [header_only(series, location, time, normal=normal) for location in locations for time in times]
+
+
+def stack_series(stacks) -> list[list[str]]:
+    return [sorted({image.series_uid for image in stack}) for stack in stacks]
+
+
+def test_a_series_in_several_planes_makes_one_stack_per_plane():
+    """A localiser (three planes) or a long-axis image stored in the short-axis series never adds a
+    slice to a volume: positions along one normal mean nothing for another plane."""
+    images = cine_series("sax", (0.0, 10.0, 20.0)) + cine_series("sax", (5.0,), normal=(1.0, 0.0, 0.0))
+    stacks = dicom_stacks(images)
+    assert [len(stack) for stack in stacks] == [15, 5]
+    assert {tuple(image.normal) for image in stacks[1]} == {(1.0, 0.0, 0.0)}
+    localiser = [header_only("loc", 0.0, 0.0, normal=normal) for normal in ((1.0, 0, 0), (0, 1.0, 0), (0, 0, 1.0))]
+    assert [len(stack) for stack in dicom_stacks(localiser)] == [1, 1, 1]
+
+
+def test_breath_hold_series_of_several_slices_join_end_to_end_but_not_interleaved():
+    breath_holds = cine_series("bh2", (30.0, 40.0)) + cine_series("bh1", (0.0, 10.0, 20.0))
+    (stack,) = dicom_stacks(breath_holds)
+    assert sorted({image.slice_location for image in stack}) == [0.0, 10.0, 20.0, 30.0, 40.0]
+    repeat = cine_series("first", (0.0, 10.0, 20.0)) + cine_series("second", (5.0, 15.0, 25.0))
+    assert stack_series(dicom_stacks(repeat)) == [["first"], ["second"]]
+
+
+def test_a_slice_series_that_lost_a_frame_still_joins_the_cine():
+    images = cine_series("s0", (0.0,)) + cine_series("s1", (10.0,))[1:] + cine_series("s2", (20.0,))
+    assert stack_series(dicom_stacks(images)) == [["s0", "s1", "s2"]]
+    one_frame = cine_series("s0", (0.0,)) + [header_only("s1", 10.0, 0.0)]
+    assert stack_series(dicom_stacks(one_frame)) == [["s0"], ["s1"]]
 
 
 def test_plane_positions_measure_along_the_normal(rvsc_root):

@@ -7,6 +7,7 @@ a :class:`~rvseg.errors.DataError` naming the file; pydicom's own exceptions nev
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,31 +140,50 @@ def order_series(images: Iterable[DicomImage]) -> list[DicomImage]:
 def dicom_stacks(images: Iterable[DicomImage]) -> list[list[DicomImage]]:
     """Group images into stacks of parallel slices, each ordered by :func:`order_series`.
 
-    A stack is a series, except that single-slice series of one study are joined into one stack when
-    their planes are parallel (within :data:`PARALLEL_PLANES_DEGREES`), their images have the same size
-    and count, and each adds a new slice location: many scanners store every short-axis slice of a
-    cine study as a series of its own. Series with several slices (or without orientation) and the
-    long-axis views and localisers of a study stay stacks of their own.
+    A stack is the images of one series in one plane orientation (parallel within
+    :data:`PARALLEL_PLANES_DEGREES`): a localiser series of three planes makes three stacks, and a
+    long-axis image stored in the short-axis series never joins its volume. Series of one study are
+    joined into one stack when their planes are parallel, their images have the same size, none
+    repeats a slice location of another, and their slices hold about as many frames (the same
+    number, or at least 80 % of it: a cine slice that lost a frame file still belongs); two series
+    of several slices join only end to end, not interleaved (two acquisitions of one heart). Many
+    scanners store every short-axis slice of a cine, or every breath-hold's few slices, as a series of
+    its own. Images without orientation stay in their series' stack.
 
     Returns:
         the stacks in order of first appearance of their series.
     """
-    series: dict[str | None, list[DicomImage]] = {}
+    parts: dict[tuple[str | None, int], list[DicomImage]] = {}
+    normals: dict[str | None, list[np.ndarray]] = {}
     for image in images:
-        series.setdefault(image.series_uid, []).append(image)
+        part = _orientation_index(normals.setdefault(image.series_uid, []), image.normal)
+        parts.setdefault((image.series_uid, part), []).append(image)
     stacks: list[list[DicomImage]] = []
-    joinable: list[list[DicomImage]] = []  # stacks made of single-slice series
-    for members in series.values():
-        if len({_location_key(image) for image in members}) != 1 or members[0].normal is None:
-            stacks.append(members)
-            continue
-        partner = next((stack for stack in joinable if _joins(stack, members)), None)
+    for members in parts.values():
+        partner = None
+        if members[0].normal is not None:
+            partner = next((stack for stack in stacks if stack[0].normal is not None and _joins(stack, members)), None)
         if partner is None:
             stacks.append(list(members))
-            joinable.append(stacks[-1])
         else:
             partner.extend(members)
     return [order_series(stack) for stack in stacks]
+
+
+def _orientation_index(normals: list[np.ndarray], normal: np.ndarray | None) -> int:
+    """Index of the plane orientation of ``normal`` among a series' ``normals`` (appended when new);
+    -1 for an image without orientation."""
+    if normal is None:
+        return -1
+    for index, known in enumerate(normals):
+        if _parallel(known, normal):
+            return index
+    normals.append(np.asarray(normal))
+    return len(normals) - 1
+
+
+def _parallel(a: np.ndarray, b: np.ndarray) -> bool:
+    return abs(float(np.dot(a, b))) >= math.cos(math.radians(PARALLEL_PLANES_DEGREES))
 
 
 def plane_positions(stack: Sequence[DicomImage]) -> list[float] | None:
@@ -188,16 +208,31 @@ def _location_key(image: DicomImage) -> float | None:
 
 
 def _joins(stack: list[DicomImage], members: list[DicomImage]) -> bool:
-    """Whether the single-slice series ``members`` continues a stack of such series."""
+    """Whether the series part ``members`` (one series, one orientation) continues ``stack``."""
     first, other = stack[0], members[0]
-    frames = sum(1 for image in stack if _location_key(image) == _location_key(first))
+    locations = {_location_key(image) for image in stack}
+    added = {_location_key(image) for image in members}
+    if None in locations | added or locations & added:
+        return False
+    # Two series of several slices join only end to end (breath-holds of consecutive slices); two
+    # interleaved ones are two acquisitions of the same heart, whose slices do not add up to one volume.
+    if len(locations) > 1 and len(added) > 1 and min(added) < max(locations) and max(added) > min(locations):
+        return False
     return (
         other.study_uid == first.study_uid
         and other.shape == first.shape
-        and len(members) == frames
-        and abs(float(np.dot(other.normal, first.normal))) >= math.cos(math.radians(PARALLEL_PLANES_DEGREES))
-        and _location_key(other) not in {_location_key(image) for image in stack}
+        and _parallel(other.normal, first.normal)
+        and _similar_frame_counts(_frames_per_location(stack), _frames_per_location(members))
     )
+
+
+def _frames_per_location(images: Sequence[DicomImage]) -> int:
+    """The most frames any slice location of ``images`` holds."""
+    return max(Counter(_location_key(image) for image in images).values())
+
+
+def _similar_frame_counts(a: int, b: int) -> bool:
+    return a == b or (min(a, b) >= 2 and min(a, b) >= 0.8 * max(a, b))
 
 
 def _read_dataset(path: Path) -> Dataset:
