@@ -51,6 +51,11 @@ def test_slice_spacing_is_the_distance_between_slice_centres():
     # One missing slice does not stretch the spacing of the others.
     assert slice_spacing_mm([0.0, 7.0, 21.0, 28.0]) == pytest.approx(7.0)
     assert slice_spacing_mm([5.0, 5.001]) is None
+    # A slice missing from a short stack: 10 mm apart, not the median 15 (which would add 50 %).
+    assert slice_spacing_mm([0.0, 10.0, 30.0]) == pytest.approx(10.0)
+    assert slice_spacing_mm([0.0, 10.1, 29.9, 40.0]) == pytest.approx(10.0, abs=0.1)
+    # No grid fits without more holes than slices: the median.
+    assert slice_spacing_mm([0.0, 0.5, 10.0, 20.0, 30.0]) == pytest.approx(9.75)
     assert slice_spacing_mm([]) is None
 
 
@@ -106,6 +111,14 @@ def test_ed_and_es_per_slice_when_frame_counts_differ():
     assert result.ed_volume_ml == pytest.approx((800 + 650 + 400) * 8.4 / 1000)
     assert result.es_volume_ml == pytest.approx((500 + 600 + 300) * 8.4 / 1000)
     assert any("different instants" in note for note in result.notes)
+
+
+def test_a_missing_slice_is_noted_and_its_slab_left_out():
+    areas = [SliceArea("S", f"s{k}", location, 100.0, phase=phase)
+             for k, location in enumerate((0.0, 10.0, 30.0)) for phase in ("ED", "ES")]
+    (result,) = stack_volumes(areas)
+    assert result.slice_spacing_mm == pytest.approx(10.0) and result.ed_volume_ml == pytest.approx(3.0)
+    assert result.notes == ["1 slice(s) missing between 10 and 30 mm: their slabs are not in the volumes"]
 
 
 def drop_frames(areas: list[SliceArea], *ids: str) -> list[SliceArea]:

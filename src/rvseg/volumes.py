@@ -5,13 +5,13 @@
 divided by 1000 to give mL. The cavity is the first of :data:`CAVITY_LABELS` a model segments: ``endo``
 (the RVSC i-contour, or the left ventricle's on Sunnybrook data: :func:`chamber`) or ACDC's ``rv``.
 
-**Slice spacing** is the distance between the centres of neighbouring slices: the median difference
-of the sorted distinct slice locations of the stack (locations rounded to 0.01 mm). It is *not* the
+**Slice spacing** is the distance between the centres of neighbouring slices, measured on the sorted
+distinct slice locations of the stack (rounded to 0.01 mm; :func:`slice_spacing_mm`). It is *not* the
 slice thickness: each slice's area stands for the slab of heart between it and its neighbours, and
 when slices have a gap the slab is wider than the slice. RVSC patient 9, for example, has 7 mm thick
 slices whose locations are 8.4 mm apart; multiplying by the thickness would leave out the 1.4 mm
-gaps, 17% of the volume. The median makes one missing slice in a stack count as missing (its slab
-is not filled in) instead of stretching the spacing of every slice. A volume therefore needs at
+gaps, 17% of the volume. A missing slice in a stack counts as missing (its slab is not filled in,
+and a note says so) instead of stretching the spacing of every slice. A volume therefore needs at
 least two slice locations; a stack with fewer gets areas only.
 
 **Phases**, when the source does not give them (a new cine study):
@@ -136,11 +136,36 @@ def area_mm2(mask: np.ndarray, spacing_mm: tuple[float, float]) -> float:
 
 
 def slice_spacing_mm(locations: Sequence[float]) -> float | None:
-    """Median distance between neighbouring distinct slice locations (mm); None for fewer than two."""
+    """Distance between neighbouring slice centres (mm) of a stack whose slice locations may have gaps;
+    None for fewer than two distinct locations.
+
+    The spacing is the largest distance between neighbours of which every other such distance is a
+    whole multiple (within 10 %), refined as the median of the distances divided by their multiples:
+    0, 10 and 30 mm are 10 mm apart with a slice missing (a plain median would say 15). Where no such
+    grid fits without more missing slices than present ones, the median of the distances is used.
+    """
     distinct = np.unique(np.round(np.asarray(locations, dtype=np.float64), LOCATION_DECIMALS))
     if len(distinct) < 2:
         return None
-    return float(np.median(np.diff(distinct)))
+    distances = np.diff(distinct)
+    for unit in sorted(distances, reverse=True):
+        multiples = np.maximum(np.round(distances / unit), 1.0)
+        fits = np.all(np.abs(distances - multiples * unit) <= 0.1 * unit * multiples)
+        if fits and multiples.sum() + 1 <= 2 * len(distinct):
+            return float(np.median(distances / multiples))
+    return float(np.median(distances))
+
+
+def missing_slices(locations: Sequence[float], spacing: float) -> list[tuple[float, float, int]]:
+    """``(lower, upper, count)`` for each gap of a stack's distinct slice locations that lacks ``count``
+    slices at ``spacing``."""
+    distinct = np.unique(np.round(np.asarray(locations, dtype=np.float64), LOCATION_DECIMALS))
+    gaps = []
+    for lower, upper in zip(distinct[:-1], distinct[1:], strict=True):
+        count = int(round((upper - lower) / spacing)) - 1
+        if count > 0:
+            gaps.append((float(lower), float(upper), count))
+    return gaps
 
 
 def by_stack(areas: Sequence[SliceArea]) -> dict[str, list[SliceArea]]:
@@ -264,7 +289,8 @@ def stack_volumes(areas: Sequence[SliceArea], es_rules: Mapping[str, str] | None
         spacing = slice_spacing_mm([area.slice_location for area in members])
         if spacing is None:
             continue
-        notes: list[str] = []
+        notes = [f"{count} slice(s) missing between {lower:g} and {upper:g} mm: their slabs are not in the volumes"
+                 for lower, upper, count in missing_slices([area.slice_location for area in members], spacing)]
         volumes, slice_sets = {}, {}
         for phase in ("ED", "ES"):
             chosen = [area for area in members if area.phase == phase]
