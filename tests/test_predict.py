@@ -399,6 +399,17 @@ def test_predict_on_a_prepared_data_set(checkpoint, prepared, phantom, tmp_path)
     assert not (tmp_path / "pred-zscore").exists()
 
 
+def test_predict_on_a_prepared_rvsc_patient_gives_an_ef_as_evaluate_does(checkpoint, shared_data, tmp_path):
+    """A prepared RVSC patient holds only the contoured frames: ES lacks the basal slice, which counts as
+    empty at ES (rvseg evaluate's rule), so the EF is reported instead of 'ED on 3 slices, ES on 2'."""
+    prepare(shared_data / "rvsc-native" / "patient09", tmp_path / "p09", PrepareOptions(size=MODEL_SIZE))
+    summary = predict([checkpoint], tmp_path / "p09", tmp_path / "pred")
+    volumes = summary["volumes"]["P09"]
+    assert volumes["es_rule"] == "given" and volumes["ef_percent"] is not None
+    assert volumes["es_slices"] == volumes["ed_slices"]
+    assert any(note.startswith("P09: ES is contoured on") for note in summary["notes"])
+
+
 def test_single_dicom_file(checkpoint, phantom, tmp_path):
     summary = predict(str(checkpoint), phantom / "patient02" / "P02dicom" / "P02-0001.dcm", tmp_path / "pred")
     assert summary["source_kind"] == "dicom" and summary["n_images"] == 1
@@ -489,6 +500,14 @@ def test_labels_and_tables_of_supported_layouts_are_ignored_not_skipped(checkpoi
     summary = json.loads(capsys.readouterr().out)
     assert summary["n_images"] == 106 and summary["skipped"] == []
     assert sorted(summary["volumes"]) == [f"SCD0000{n}01" for n in range(1, 6)]  # a stack per patient folder
+    # GE's SliceLocation runs along the table (6.7 mm apart); the CSV also gives the plane positions the
+    # volumes use (10 mm apart), so a volume can be checked from it.
+    images = [row for row in read_csv(tmp_path / "pred-sb" / "volumes.csv")
+              if row["level"] == "image" and row["stack"] == "SCD0000101"]
+    positions = sorted({round(float(row["position_mm"]), 2) for row in images})
+    assert np.diff(positions) == pytest.approx([10.0] * 8 + [20.0], abs=0.05)  # the subset lacks one slice
+    assert any(note.startswith("SCD0000101: 1 slice(s) missing between") for note in summary["notes"])
+    assert summary["volumes"]["SCD0000101"]["slice_spacing_mm"] == pytest.approx(10.0, abs=0.05)
     reasons = Counter(item["reason"] for item in summary["ignored"])
     assert reasons == {"a contour file": 249 - 106 - 1, "a table (a data set's manifest or link file), not an image": 1}
 

@@ -22,16 +22,18 @@ skipped or ignored).
   image, the boundary of the largest region (:func:`~rvseg.data.contours.mask_to_contour`); RVSC
   frames have ids ``PNN-FFFF``, so the files are named ``PNN-FFFF-icontour-auto.txt``. Other labels
   give ``<id>-<label>-contour-auto.txt``. An empty mask gives no file.
-- ``predictions.csv``: one row per image: id, source, stack, slice location, trigger time, phase,
+- ``predictions.csv``: one row per image: id, source, stack, slice location, position, trigger time, phase,
   size, spacing, and per label the area in pixels and mm^2 and the contour file.
 - ``volumes.csv`` (when images have a pixel spacing): rows of ``level`` ``image`` (RV cavity area
   in mm^2 per slice and frame, with its phase), ``phase`` (the ED or ES volume in mL of a stack and
   the slices it sums) and ``stack`` (EDV, ESV, EF), computed by :mod:`rvseg.volumes` from the RV
   cavity label (``endo``, or ACDC's ``rv``): volumes need two or more slice locations; ED and ES are
-  the instants of largest and smallest total predicted volume (or each slice's largest and smallest
-  area when slices have different frame counts). For DICOMs the slice spacing is
-  measured between the planes' ImagePositionPatient along their normal, not between SliceLocation
-  values (:func:`~rvseg.data.dicom.plane_positions`); a prepared data set has only the latter.
+  the phases the source gives, else the instants of largest and smallest total predicted volume
+  (:func:`~rvseg.volumes.assign_phases`). Where phases are given, an ED slice at an end of the stack
+  without an ES image counts as empty at ES, as in ``rvseg evaluate``. The slice spacing is measured
+  between the planes' ImagePositionPatient along their normal (a prepared set's ``position_mm``), not
+  between SliceLocation values (:func:`~rvseg.data.dicom.plane_positions`); the ``slice_location``
+  column is the DICOM SliceLocation and ``position_mm`` the position used.
 - ``skipped.csv`` and ``ignored.csv`` (``path, reason``), and ``summary.json`` (with ``notes``: what
   the reader of the numbers should know, e.g. non-finite NIfTI voxels replaced, a stack with one
   slice position and so no volume, or NIfTI images segmented by a model trained on another layout,
@@ -68,6 +70,7 @@ from rvseg.volumes import (
     by_stack,
     cavity_label,
     chamber,
+    fill_missing_es,
     frames_by_slice,
     no_cavity_note,
     stack_volumes,
@@ -75,7 +78,8 @@ from rvseg.volumes import (
 
 #: Contour file kind of the RVSC labels (``PNN-FFFF-icontour-auto.txt``).
 CONTOUR_KIND = {"endo": "i", "epi": "o"}
-VOLUME_FIELDS = ("level", "stack", "id", "slice_location", "trigger_time", "frame", "phase", "area_mm2", "slices",
+VOLUME_FIELDS = ("level", "stack", "id", "slice_location", "position_mm", "trigger_time", "frame", "phase", "area_mm2",
+                 "slices",
                  "slice_spacing_mm", "volume_ml", "ed_volume_ml", "es_volume_ml", "ef_percent", "es_rule")
 
 
@@ -281,8 +285,9 @@ def write_image_outputs(folder: Path, image: InputImage, masks: np.ndarray, labe
     display = to_original_geometry(image.pixels[None], image.shape)[0] if image.prepared else image.pixels
     imsave(folder / "overlays" / f"{image.id}.png", overlay_image(display, list(masks)), check_contrast=False)
     record = {"id": image.id, "source": image.source, "stack": image.stack,
-              "slice_location": image.slice_location, "trigger_time": image.trigger_time, "frame": image.frame,
-              "phase": image.phase, "height": image.shape[0], "width": image.shape[1],
+              "slice_location": image.slice_location, "position_mm": slice_position(image),
+              "trigger_time": image.trigger_time, "frame": image.frame, "phase": image.phase,
+              "height": image.shape[0], "width": image.shape[1],
               "spacing_mm": image.spacing_mm[0] if image.spacing_mm else None,
               "spacing_col_mm": image.spacing_mm[1] if image.spacing_mm else None}
     for label, mask in zip(labels, masks, strict=True):
@@ -323,8 +328,12 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
     phase_of = {(area.stack, area.id): area.phase for area in areas}
     for image, record in with_spacing:
         record["phase"] = phase_of.get((image.stack, image.id), record["phase"])
-    volumes = stack_volumes(areas, rules)
-    notes = [f"{item.stack}: {note}" for item in volumes for note in item.notes]
+    # A prepared set holds only the contoured frames: as rvseg evaluate does, an ED slice at the end of
+    # the stack without an ES image counts as empty at ES (the RVSC experts leave the base out at ES).
+    given = [area for area in areas if rules[area.stack] == "given"]
+    filled, fill_notes = fill_missing_es(given)
+    volumes = stack_volumes([*filled, *(area for area in areas if rules[area.stack] != "given")], rules)
+    notes = [*fill_notes, *(f"{item.stack}: {note}" for item in volumes for note in item.notes)]
     with_volume = {item.stack for item in volumes}
     for stack, members in by_stack(areas).items():
         if stack not in with_volume:
@@ -338,7 +347,8 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
     if any(slice_position(image) is None for image, _ in with_spacing):
         notes.append("images without a slice location have areas but enter no volume")
     rows = [{"level": "image", "stack": image.stack, "id": image.id, "slice_location": image.slice_location,
-             "trigger_time": image.trigger_time, "frame": image.frame, "phase": record["phase"],
+             "position_mm": slice_position(image), "trigger_time": image.trigger_time, "frame": image.frame,
+             "phase": record["phase"],
              "area_mm2": record[f"area_mm2_{label}"]} for image, record in with_spacing]
     for item in volumes:
         phases = (("ED", item.ed_volume_ml, item.ed_slices), ("ES", item.es_volume_ml, item.es_slices))
