@@ -62,6 +62,19 @@ def test_rvsc_native_counts_and_geometry(shared_data, tmp_path, capsys):
     assert data.masks[0, 1][data.masks[0, 0] > 0].all()  # epi contains endo
 
 
+def test_a_set_with_no_contour_of_one_label_prepares(shared_data, tmp_path, capsys):
+    """Endo-only data (no o-contour anywhere) is valid input: the label counts 0, no traceback."""
+    root = make_patient_copy(tmp_path, shared_data / "rvsc-native")
+    patient = root / "patient09"
+    for path in (patient / "P09contours-manual").glob("*-ocontour-manual.txt"):
+        path.unlink()
+    listed = (patient / "P09list.txt").read_text().splitlines(keepends=True)
+    (patient / "P09list.txt").write_text("".join(line for line in listed if "ocontour" not in line))
+    summary = prepare_json(capsys, root, tmp_path / "d")
+    assert summary["labels"]["epi"] == {"count": 0, "mean_foreground_fraction": 0.0}
+    assert summary["labels"]["endo"]["count"] == 3
+
+
 def test_resize_updates_spacing_and_keeps_masks_binary(shared_data, tmp_path, capsys):
     prepare_json(capsys, shared_data / "rvsc-native", tmp_path / "d", "--size", "216", "216", "--channels", "3")
     data = load_dataset(tmp_path / "d")

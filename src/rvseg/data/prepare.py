@@ -94,10 +94,10 @@ def label_statistics(
     statistics = {}
     for k, name in enumerate(labels):
         have = present[:, k]
-        fractions = masks[have, k].reshape(int(have.sum()), -1).sum(axis=1) / pixels[have]
+        foreground = masks[have, k].sum(axis=(1, 2), dtype=np.int64)  # reshape(0, -1) fails for no sample
         statistics[name] = {
             "count": int(have.sum()),
-            "mean_foreground_fraction": float(fractions.mean()) if have.any() else 0.0,
+            "mean_foreground_fraction": float((foreground / pixels[have]).mean()) if have.any() else 0.0,
         }
     return statistics
 
