@@ -338,6 +338,26 @@ def test_challenge_download_reads_like_the_subset(tmp_path, sunnybrook_root, two
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
+def test_of_two_equal_series_covering_the_contours_the_one_they_were_drawn_on_is_read(tmp_path, sunnybrook_root):
+    """SC-HYP-11's folder holds IM-0601 and IM-0606, equal in size; public loaders disagree on which one
+    the experts traced. Here the decoy (a lower series number, read first) is the cine shifted sideways."""
+    import pydicom
+
+    root = tmp_path / "dl"
+    copy_contours(sunnybrook_root, "SC-HF-I-1", root / "TrainingDataContours" / "SC-HF-I-01")
+    images = root / "challenge_training" / "SC-HF-I-1"
+    copy_images(sunnybrook_root, "SCD0000101", images, series=606)
+    for path in sorted(images.glob("IM-0606-*.dcm")):
+        dataset = pydicom.dcmread(path)
+        dataset.PixelData = np.ascontiguousarray(np.roll(dataset.pixel_array, 60, axis=1)).tobytes()
+        dataset.save_as(images / path.name.replace("IM-0606", "IM-0601"))
+    read = read_sunnybrook(root)
+    assert read.samples and all("IM-0606-" in s.sources["image"] for s in read.samples)
+    (note,) = [n for n in read.notes if "series hold every contoured image" in n]
+    assert "read " in note and "IM-0606-*, of the largest, the one whose images are brightest" in note
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_atlas_download_reads_like_the_subset(tmp_path, sunnybrook_root, two_patients):
     root = make_atlas_download(tmp_path, sunnybrook_root)
     assert detect_format(root) == "sunnybrook"

@@ -19,8 +19,10 @@ challenge's 20-phase cines). Where the images live:
 - or inside the case folder itself, beside ``contours-manual/``.
 
 The series is the one whose files cover the most contoured image numbers; of several that cover
-all, the one with the most images (the short-axis cine is by far the longest series of a study).
-Every such choice is reported in the notes. Case ids compare with their numbers unpadded
+all, the one with the most images (the short-axis cine is by far the longest series of a study); of
+several of that size (SC-HYP-11 holds IM-0601 and IM-0606), the one whose images fit the i-contours
+best: brightest inside them against their rim (:func:`blood_pool_contrast`). Every such choice is
+reported in the notes. Case ids compare with their numbers unpadded
 (``SC-HF-I-01`` is ``SC-HF-I-1``); a case's patient id is its ``PatientID`` when the table gives
 one, else its unpadded id, so the same case has the same id in every layout that names it alike.
 The i- and o-contours give the caller's two labels; papillary-muscle contours (``p1``, ``p2``) are
@@ -30,13 +32,20 @@ counted in a note and not read.
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from scipy import ndimage
+
+from rvseg.data.contours import polygon_to_mask, read_contour_file
+from rvseg.data.dicom import read_dicom
 from rvseg.data.folders import files_named, subfolders, unique_folders
 from rvseg.data.sample import ReadReport
+from rvseg.errors import DataError
 
 CONTOUR_FOLDERS = ("contours-manual", "IRCCI-expert")
 EXPERT_CONTOUR_FILE = re.compile(r"IM-0001-(\d+)-(i|o|p1|p2)contour-manual\.txt", re.IGNORECASE)
@@ -181,8 +190,39 @@ def _contoured_series(
         return None
     covering = [name for name in series if numbers <= set(series[name])]
     if len(covering) > 1:
+        largest = [name for name in covering if len(series[name]) == len(series[chosen])]
+        reason = "the largest"
+        if len(largest) > 1:  # SC-HYP-11's IM-0601 and IM-0606, say: equal in size, one drawn on
+            contrasts = {name: blood_pool_contrast(series[name], contours) for name in largest}
+            chosen = max(sorted(largest), key=lambda name: contrasts[name])
+            scores = ", ".join(f"IM-{number:04d} {contrasts[folder, number]:.2f}" for folder, number in sorted(largest))
+            reason = ("of the largest, the one whose images are brightest inside the i-contours against their "
+                      f"rim (the blood pool the experts traced): {scores}")
         listed = ", ".join(f"{folder.name}/IM-{number:04d} ({len(series[folder, number])} images)"
                            for folder, number in sorted(covering))
         report.notes.append(f"{case_folder}: {len(covering)} series hold every contoured image ({listed}); "
-                            f"read {chosen[0]}/IM-{chosen[1]:04d}-*, the largest")
+                            f"read {chosen[0]}/IM-{chosen[1]:04d}-*, {reason}")
     return series[chosen]
+
+
+def blood_pool_contrast(images: dict[int, Path], contours: dict[int, dict[str, Path]], samples: int = 5) -> float:
+    """How well a series' images fit the case's i-contours: on up to ``samples`` contoured images, the mean
+    intensity inside the contour minus that of a 3-pixel rim around it, in units of the image's standard
+    deviation, averaged. The series the experts traced shows the bright blood pool inside a dark
+    myocardium (high contrast); another series behind the same image numbers does not. Images or
+    contours that cannot be read count as nothing (-inf when none can)."""
+    inner = [(number, files) for number, files in sorted(contours.items()) if any("icontour" in f.name.lower()
+                                                                                     for f in files.values())]
+    picked = inner[:: max(1, len(inner) // samples)][:samples]
+    scores = []
+    for number, files in picked:
+        path = next(f for f in files.values() if "icontour" in f.name.lower())
+        try:
+            pixels = read_dicom(images[number]).pixels
+            mask = polygon_to_mask(read_contour_file(path, pixels.shape), pixels.shape)
+        except DataError:
+            continue
+        rim = ndimage.binary_dilation(mask, iterations=3) & ~mask
+        if mask.any() and rim.any():
+            scores.append((pixels[mask].mean() - pixels[rim].mean()) / (pixels.std() + 1e-6))
+    return float(np.mean(scores)) if scores else -math.inf
