@@ -101,6 +101,19 @@ def test_sixteen_bit_images_keep_their_raw_values(tmp_path):
     assert sample.image.dtype == np.float32 and (sample.image == 4000).all()
 
 
+def test_big_endian_sixteen_bit_tiffs_keep_their_raw_values(tmp_path):
+    """ImageJ/Fiji save 16-bit TIFFs big-endian ("I;16B"); converted to RGB they were a flat 255."""
+    from PIL import Image
+
+    row = write_pair(tmp_path, "P06-0060").replace("P06-0060.png", "P06-0060.tif", 1)
+    (tmp_path / "P06-0060.png").unlink()
+    stored = np.arange(SHAPE[0] * SHAPE[1], dtype=np.uint16).reshape(SHAPE) * 9
+    Image.frombytes("I;16B", SHAPE[::-1], stored.astype(">u2").tobytes()).save(tmp_path / "P06-0060.tif")
+    write_manifest(tmp_path, [row])
+    (sample,) = read_pngpairs(tmp_path).samples
+    assert np.array_equal(sample.image, stored.astype(np.float32))
+
+
 def test_unfillable_map_is_reported_and_its_label_left_out(folder):
     save(folder / "P01-0027-icontour-manual.png", np.zeros(SHAPE, dtype=np.uint8))
     report = read_pngpairs(folder)

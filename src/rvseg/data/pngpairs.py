@@ -311,7 +311,9 @@ def read_pixels(path: Path) -> np.ndarray:
     Palette, bi-level and other colour modes are expanded to RGB first, so grey levels are looked up.
     """
     with Image.open(path) as picture:
-        if picture.mode not in ("L", "LA", "RGB", "RGBA", "I", "I;16", "F"):
+        # 16-bit grey in any byte order (ImageJ writes big-endian "I;16B" TIFFs) is read as stored:
+        # converted to RGB it would clip to 255.
+        if picture.mode not in ("L", "LA", "RGB", "RGBA", "I", "F") and not picture.mode.startswith("I;16"):
             picture = picture.convert("RGB")
         return np.array(picture)
 
