@@ -151,6 +151,16 @@ def test_info_cfg_without_es_is_noted_and_ed_equal_to_es_is_a_bad_file(tmp_path)
         read_acdc(folder)
 
 
+def test_a_frame_stored_both_as_nii_and_nii_gz_is_a_bad_file(tmp_path):
+    folder = write_patient(tmp_path, 7, {1: True}, info="ED: 1\nES: 9\n")
+    save(folder / "patient007_frame01.nii", coded_image())
+    with pytest.raises(DataError, match=r"a second file of frame 1 \(the other: patient007_frame01.nii\); keep one"):
+        read_acdc(folder)
+    report = read_acdc(folder, skip_bad=True)
+    assert [entry["path"] for entry in report.skipped] == [str(folder / "patient007_frame01.nii.gz")]
+    assert report.samples  # the other copy is read
+
+
 def test_ground_truth_without_its_image_is_unmatched(acdc):
     (acdc / "patient001" / "patient001_frame12.nii.gz").unlink()
     report = read_acdc(acdc)

@@ -92,19 +92,28 @@ def folders_with_frames(root: Path) -> list[Path]:
     return [folder for folder in patient_folders(root) if frame_files(folder)]
 
 
-def frame_files(folder: Path) -> dict[tuple[int, bool], Path]:
-    """``(frame number, is ground truth) -> path`` for the frame files of one patient folder."""
-    found = {}
+def frame_files(folder: Path, report: ReadReport | None = None, skip_bad: bool = True) -> dict[tuple[int, bool], Path]:
+    """``(frame number, is ground truth) -> path`` for the frame files of one patient folder.
+
+    A second file of one frame (``_frame01.nii`` beside ``_frame01.nii.gz``) is left out, through
+    ``report.bad_file`` when a report is given: which one holds the frame is not knowable.
+    """
+    found: dict[tuple[int, bool], Path] = {}
     for path in sorted(folder.iterdir()):
         match = FRAME_FILE.match(path.name)
         if match and match["patient"] == folder.name and path.is_file():
-            found[(int(match["frame"]), match["gt"] is not None)] = path
+            key = (int(match["frame"]), match["gt"] is not None)
+            if key not in found:
+                found[key] = path
+            elif report is not None:
+                report.bad_file(path, f"a second file of frame {key[0]}{' (ground truth)' if key[1] else ''} "
+                                      f"(the other: {found[key].name}); keep one", skip_bad)
     return found
 
 
 def read_patient(folder: Path, report: ReadReport, skip_bad: bool) -> list[Sample]:
     """The samples of one patient folder; unmatched and bad files go to ``report``."""
-    files = frame_files(folder)
+    files = frame_files(folder, report, skip_bad)
     phases = read_phases(folder / "Info.cfg", report, skip_bad)
     report.notes += phase_frames_missing(folder, phases, {frame for frame, is_gt in files if not is_gt})
     samples = []

@@ -376,7 +376,7 @@ def acdc_source(root: Path, files: Sequence[Path]) -> Source:
     for folder in unique_folders(folders, lambda folder: folder.name, report, skip_bad=False):
         read.add(folder / "Info.cfg")
         phases = acdc.read_phases(folder / "Info.cfg", report, skip_bad=True)
-        frames = {frame: path for (frame, is_gt), path in acdc.frame_files(folder).items() if not is_gt}
+        frames = {frame: path for (frame, is_gt), path in acdc.frame_files(folder, report).items() if not is_gt}
         source.notes += acdc.phase_frames_missing(folder, phases, set(frames))
         for frame, path in sorted(frames.items()):
             read.add(path)
