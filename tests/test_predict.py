@@ -643,6 +643,59 @@ def dicom_prediction(checkpoint, phantom, tmp_path_factory) -> tuple[Path, dict]
     return out, predict([checkpoint], phantom / "patient01", out)
 
 
+def enhanced_mr(files: list[Path], out: Path) -> Path:
+    """One multi-frame (enhanced MR) file of ``files``' frames, their geometry and timing only in the
+    per-frame functional groups, the pixel spacing in the shared ones (as Philips exports a cine)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    frames = [pydicom.dcmread(path) for path in files]
+    pixels = np.stack([frame.pixel_array for frame in frames])
+    dataset = pydicom.dcmread(files[0])
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "TriggerTime",
+                    "SliceLocation", "SliceThickness", "InstanceNumber"):
+        if keyword in dataset:
+            delattr(dataset, keyword)
+    dataset.NumberOfFrames = len(frames)
+    dataset.PixelData = pixels.tobytes()
+
+    def item(**tags) -> Dataset:
+        inner = Dataset()
+        for keyword, value in tags.items():
+            setattr(inner, keyword, value)
+        return inner
+
+    shared = item(PixelMeasuresSequence=Sequence([item(PixelSpacing=frames[0].PixelSpacing,
+                                                       SliceThickness=frames[0].SliceThickness)]))
+    dataset.SharedFunctionalGroupsSequence = Sequence([shared])
+    dataset.PerFrameFunctionalGroupsSequence = Sequence([item(
+        PlanePositionSequence=Sequence([item(ImagePositionPatient=frame.ImagePositionPatient)]),
+        PlaneOrientationSequence=Sequence([item(ImageOrientationPatient=frame.ImageOrientationPatient)]),
+        CardiacSynchronizationSequence=Sequence([item(NominalCardiacTriggerDelayTime=frame.TriggerTime)]),
+    ) for frame in frames])
+    dataset.save_as(out)
+    return out
+
+
+def test_an_enhanced_mr_cine_in_one_file_is_segmented_as_its_frames_are(checkpoint, phantom, dicom_prediction,
+                                                                      tmp_path):
+    """Philips and Siemens XA export a cine as one multi-frame file: every frame is read with the geometry
+    of its functional groups, so masks and volumes equal those of the same frames as single files."""
+    files = sorted((phantom / "patient01" / "P01dicom").glob("*.dcm"))
+    (tmp_path / "cine").mkdir()
+    enhanced_mr(files[::-1], tmp_path / "cine" / "cine.dcm")  # frame order is not file order
+    summary = predict([checkpoint], tmp_path / "cine", tmp_path / "pred")
+    assert summary["n_images"] == len(files) and summary["skipped"] == []
+    dicom_out, dicom_summary = dicom_prediction
+    for k, path in enumerate(files[::-1], start=1):
+        np.testing.assert_array_equal(png_mask(tmp_path / "pred" / "masks" / f"cine-f{k:04d}.png"),
+                                      png_mask(dicom_out / "masks" / f"{path.stem}.png"))
+    (volumes,) = summary["volumes"].values()
+    expected = dicom_summary["volumes"]["P01"]
+    for key in ("slice_spacing_mm", "ed_volume_ml", "es_volume_ml", "ef_percent"):
+        assert volumes[key] == pytest.approx(expected[key], rel=1e-6)
+
+
 def test_a_nifti_cine_is_segmented_as_its_dicoms_are(checkpoint, phantom, dicom_prediction, tmp_path):
     """The same pixels as a 4D NIfTI: the same masks slice by slice, put back into the volume's geometry
     (axes, affine), and the same volumes."""

@@ -48,6 +48,7 @@ class DicomImage:
             ImageOrientationPatient), or None.
         position: ImagePositionPatient (mm, patient coordinates of the first pixel's centre), or None.
         cardiac_images: CardiacNumberOfImages (frames of one cardiac cycle of a cine), or None.
+        frame_number: the frame (from 1) of a multi-frame file, None for a single-frame one.
     """
 
     pixels: np.ndarray
@@ -62,6 +63,7 @@ class DicomImage:
     normal: tuple[float, float, float] | None = None
     position: tuple[float, float, float] | None = None
     cardiac_images: int | None = None
+    frame_number: int | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -99,26 +101,102 @@ def read_dicom(path: str | Path) -> DicomImage:
     # harmless here, and validating them would flood the user with pydicom warnings.
     with pydicom.config.disable_value_validation():
         dataset = _read_dataset(path)
-        pixels = _read_pixels(dataset, path)
-        normal = _plane_normal(dataset, path)
-        position = _float_vector(dataset, "ImagePositionPatient", 3, path)
-        location = _optional_float(dataset, "SliceLocation", path)
-        if location is None and normal is not None and position is not None:
-            location = float(np.dot(position, normal))
-        return DicomImage(
-            pixels=pixels,
-            spacing_mm=_pixel_spacing(dataset, path),
-            trigger_time=_optional_float(dataset, "TriggerTime", path),
-            slice_location=location,
-            slice_thickness_mm=_slice_thickness(dataset, path),
-            instance_number=_optional_int(dataset, "InstanceNumber", path),
-            series_uid=_optional_str(dataset, "SeriesInstanceUID"),
-            path=path,
-            study_uid=_optional_str(dataset, "StudyInstanceUID"),
-            normal=None if normal is None else tuple(normal.tolist()),
-            position=None if position is None else tuple(position.tolist()),
-            cardiac_images=_cardiac_images(dataset),
-        )
+        stored = _decoded(dataset, path)
+        if stored.ndim != 2:
+            raise DataError(f"expected one 2D greyscale frame, the pixel data has shape {tuple(stored.shape)}", path)
+        return _image(dataset, dataset, stored, path)
+
+
+def read_dicom_frames(path: str | Path) -> list[DicomImage]:
+    """Every frame of a DICOM file: the one image of a single-frame file, or each frame of a multi-frame
+    one, as enhanced MR exports (Philips, Siemens XA) store a whole cine.
+
+    A frame's geometry and timing come from its per-frame functional groups, else the shared ones
+    (PS3.3 C.7.6.16), else the file's top-level tags: ImagePositionPatient (Plane Position),
+    ImageOrientationPatient (Plane Orientation), PixelSpacing, SliceThickness and SpacingBetweenSlices
+    (Pixel Measures), RescaleSlope and RescaleIntercept (Pixel Value Transformation), and the trigger
+    time from NominalCardiacTriggerDelayTime (Cardiac Synchronization) or TriggerTime. A frame's
+    slice location is its position along its plane's normal (the top-level SliceLocation, one value
+    for the file, describes no single frame).
+
+    Raises:
+        DataError: as :func:`read_dicom`; or the pixel data does not hold NumberOfFrames greyscale frames.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("DICOM file does not exist", path)
+    with pydicom.config.disable_value_validation():
+        dataset = _read_dataset(path)
+        count = _optional_int(dataset, "NumberOfFrames", path) or 1
+        stored = _decoded(dataset, path)
+        if count <= 1 and stored.ndim == 2:
+            return [_image(dataset, dataset, stored, path)]
+        if stored.ndim != 3 or stored.shape[0] != count:
+            raise DataError(f"NumberOfFrames is {count} but the pixel data has shape {tuple(stored.shape)}; expected "
+                            f"{count} greyscale frames", path)
+        return [_image(FrameTags(dataset, k), dataset, stored[k], path, frame_number=k + 1) for k in range(count)]
+
+
+class FrameTags:
+    """The tags of frame ``index`` of a multi-frame dataset, looked up as :func:`read_dicom_frames` says
+    (``get`` as on a pydicom Dataset)."""
+
+    #: Functional group sequence of each per-frame tag.
+    GROUPS = {
+        "ImagePositionPatient": "PlanePositionSequence",
+        "ImageOrientationPatient": "PlaneOrientationSequence",
+        "PixelSpacing": "PixelMeasuresSequence",
+        "SliceThickness": "PixelMeasuresSequence",
+        "SpacingBetweenSlices": "PixelMeasuresSequence",
+        "RescaleSlope": "PixelValueTransformationSequence",
+        "RescaleIntercept": "PixelValueTransformationSequence",
+        "TriggerTime": "CardiacSynchronizationSequence",
+    }
+    #: Tags of the whole file that describe no single frame.
+    NOT_PER_FRAME = ("SliceLocation", "InstanceNumber")
+
+    def __init__(self, dataset: Dataset, index: int):
+        per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+        shared = dataset.get("SharedFunctionalGroupsSequence") or []
+        self.groups = [group for group in (per_frame[index] if index < len(per_frame) else None,
+                                           shared[0] if shared else None) if group is not None]
+        self.dataset = dataset
+
+    def get(self, keyword: str, default=None):
+        if keyword in self.NOT_PER_FRAME:
+            return default
+        sequence = self.GROUPS.get(keyword)
+        if sequence is not None:
+            inner = "NominalCardiacTriggerDelayTime" if keyword == "TriggerTime" else keyword
+            for group in self.groups:
+                items = group.get(sequence) or []
+                if items and items[0].get(inner) not in (None, ""):
+                    return items[0].get(inner)
+        return self.dataset.get(keyword, default)
+
+
+def _image(tags, dataset: Dataset, stored: np.ndarray, path: Path, frame_number: int | None = None) -> DicomImage:
+    """The DicomImage of ``stored`` (H, W) pixels, its tags looked up in ``tags`` (a Dataset or FrameTags)."""
+    normal = _plane_normal(tags, path)
+    position = _float_vector(tags, "ImagePositionPatient", 3, path)
+    location = _optional_float(tags, "SliceLocation", path)
+    if location is None and normal is not None and position is not None:
+        location = float(np.dot(position, normal))
+    return DicomImage(
+        pixels=_values(stored, tags, dataset, path),
+        spacing_mm=_pixel_spacing(tags, path),
+        trigger_time=_optional_float(tags, "TriggerTime", path),
+        slice_location=location,
+        slice_thickness_mm=_slice_thickness(tags, path),
+        instance_number=frame_number or _optional_int(tags, "InstanceNumber", path),
+        series_uid=_optional_str(dataset, "SeriesInstanceUID"),
+        path=path,
+        study_uid=_optional_str(dataset, "StudyInstanceUID"),
+        normal=None if normal is None else tuple(normal.tolist()),
+        position=None if position is None else tuple(position.tolist()),
+        cardiac_images=_cardiac_images(dataset),
+        frame_number=frame_number,
+    )
 
 
 def order_series(images: Iterable[DicomImage]) -> list[DicomImage]:
@@ -246,19 +324,20 @@ def _read_dataset(path: Path) -> Dataset:
         raise DataError(f"corrupt DICOM file ({exc.__class__.__name__}: {exc})", path) from None
 
 
-def _read_pixels(dataset: Dataset, path: Path) -> np.ndarray:
+def _decoded(dataset: Dataset, path: Path) -> np.ndarray:
+    """The stored pixel values: (H, W), or (frames, H, W) for a multi-frame file."""
     if "PixelData" not in dataset:
         raise DataError("DICOM file holds no pixel data (not an image, or the file is truncated)", path)
     try:
-        stored = dataset.pixel_array
+        return dataset.pixel_array
     except Exception as exc:  # noqa: BLE001 - any decoding failure (truncated data, codec missing)
         raise DataError(f"cannot decode the DICOM pixel data ({decoding_problem(dataset, exc)})", path) from None
-    if stored.ndim != 2:
-        raise DataError(
-            f"expected one 2D greyscale frame, the pixel data has shape {tuple(stored.shape)}", path
-        )
-    slope = _optional_float(dataset, "RescaleSlope", path)
-    intercept = _optional_float(dataset, "RescaleIntercept", path)
+
+
+def _values(stored: np.ndarray, tags, dataset: Dataset, path: Path) -> np.ndarray:
+    """float32 (H, W) values of one stored frame: MONOCHROME1 mirrored, RescaleSlope/Intercept applied."""
+    slope = _optional_float(tags, "RescaleSlope", path)
+    intercept = _optional_float(tags, "RescaleIntercept", path)
     pixels = stored.astype(np.float32)
     if str(dataset.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
         # Displayed with the lowest value white (PS3.3 C.7.6.3.1.2): mirrored within the stored range

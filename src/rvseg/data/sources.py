@@ -46,7 +46,7 @@ import numpy as np
 
 from rvseg.data import acdc
 from rvseg.data.dataset import PreparedDataset, load_dataset
-from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, plane_positions, read_dicom
+from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, plane_positions, read_dicom_frames
 from rvseg.data.folders import unique_folders
 from rvseg.data.nifti import NiftiVolume, is_nifti, nifti_stem, read_nifti, single_slice_series, slice_locations
 from rvseg.data.pngpairs import MAP_NAME, read_gray
@@ -231,8 +231,8 @@ def read_files(files: Sequence[Path], stack: str, root: Path | None = None, kind
         image = read_image_file(path, ids[path])
         if isinstance(image, str):
             source.skipped.append({"path": str(path), "reason": image})
-        elif isinstance(image, DicomImage):
-            dicoms.append(image)
+        elif isinstance(image, list):
+            dicoms += image
         elif isinstance(image, NiftiVolume):
             source.nifti[ids[path]] = image
         else:
@@ -241,7 +241,7 @@ def read_files(files: Sequence[Path], stack: str, root: Path | None = None, kind
     dicom_stack_names = stack_names(stacks, stack)
     for name, members in zip(dicom_stack_names, stacks, strict=True):
         positions = plane_positions(members) or [None] * len(members)
-        source.images += [dicom_input(image, ids[image.path], name, position)
+        source.images += [dicom_input(image, frame_id(ids[image.path], image), name, position)
                           for image, position in zip(members, positions, strict=True)]
     taken = set(dicom_stack_names)
     series, series_notes = single_slice_series(source.nifti)
@@ -309,19 +309,25 @@ def label_file_reason(path: Path) -> str | None:
     return None
 
 
-def read_image_file(path: Path, image_id: str) -> InputImage | DicomImage | NiftiVolume | str:
-    """A DICOM (as :class:`DicomImage`), PNG/JPEG or NIfTI image, or the reason it is not read."""
+def read_image_file(path: Path, image_id: str) -> InputImage | list[DicomImage] | NiftiVolume | str:
+    """A DICOM (as its frames, :func:`~rvseg.data.dicom.read_dicom_frames`), PNG/JPEG or NIfTI image, or
+    the reason it is not read."""
     try:
         if is_nifti(path):
             return read_nifti(path)
         if is_dicom(path):
-            return read_dicom(path)
+            return read_dicom_frames(path)
         if path.suffix.lower() in IMAGE_SUFFIXES:
             pixels = read_gray(path, ReadReport("image", ()), skip_bad=False)
             return InputImage(id=image_id, source=str(path), pixels=pixels, shape=pixels.shape)
     except DataError as error:
         return error.message
     return "not a DICOM (no 'DICM' marker after the 128-byte preamble), PNG/JPEG or NIfTI image"
+
+
+def frame_id(file_id: str, image: DicomImage) -> str:
+    """The output id of a DICOM image: its file's id, with ``-fNNNN`` for a frame of a multi-frame file."""
+    return file_id if image.frame_number is None else f"{file_id}-f{image.frame_number:04d}"
 
 
 def dicom_input(image: DicomImage, image_id: str, stack: str, position_mm: float | None) -> InputImage:
