@@ -469,6 +469,8 @@ def test_skipped_files_exit_codes_and_atomic_output(checkpoint, phantom, tmp_pat
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("nothing\n")
     assert main(["predict", str(checkpoint), str(tmp_path / "empty"), "--out", str(tmp_path / "y")]) == 2
+    # The one line says why the first file was not read, not only that nothing was.
+    assert f"the first, {tmp_path / 'empty' / 'readme.txt'}: not a DICOM" in capsys.readouterr().err
     assert main(["predict", str(checkpoint), str(tmp_path / "empty" / "readme.txt"), "--out", str(tmp_path / "z")]) == 2
     assert "not a DICOM" in capsys.readouterr().err
     assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()

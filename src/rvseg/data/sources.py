@@ -182,8 +182,10 @@ def read_source(src: Path, exclude: Path | None = None) -> Source:
                        for folder in outputs]
     make_ids_unique(source.images)  # across patient folders too
     if not source.images:
-        raise DataError(f"holds no readable DICOM, PNG, JPEG or NIfTI image ({len(source.skipped)} other file(s))",
-                        src)
+        first = source.skipped[0] if source.skipped else None
+        why = f"; the first, {first['path']}: {first['reason']}" if first else ""
+        raise DataError(f"holds no readable DICOM, PNG, JPEG or NIfTI image ({len(source.skipped)} other file(s)"
+                        f"{why})", src)
     return source
 
 
