@@ -99,7 +99,7 @@ def test_evaluate_the_val_split_of_the_shared_rvsc_set(cli_evaluation, rvsc, run
     assert endo["overall"]["metrics"]["dice"]["mean"] == pytest.approx(dice.mean(), abs=1e-6)
     assert endo["table"]["all"]["dice_sd"] == pytest.approx(dice.std(ddof=1), abs=1e-5)
     hd = np.array([float(row["hd"]) for row in per_case if row["hd"]])
-    assert endo["overall"]["metrics"]["hd"]["n"] == len(hd)
+    assert endo["overall"]["metrics"]["hd"]["n"] == endo["table"]["all"]["hd_n"] == len(hd)
     assert endo["overall"]["n_hd_undefined"] == len(per_case) - len(hd)
     assert endo["overall"]["n_one_empty"] == sum(row["empty"] in ("pred", "ref") for row in per_case)
     # rvsc-train-png has no pixel spacing: distances in pixels, and the summary says so.
