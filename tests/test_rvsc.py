@@ -160,10 +160,10 @@ def test_order_series(rvsc_root):
 
 
 def header_only(series: str, location: float, time: float, normal=(0.0, 0.0, 1.0), study: str = "S1",
-                shape=(8, 6)) -> DicomImage:
+                shape=(8, 6), thickness: float | None = None) -> DicomImage:
     """A DicomImage with only what stacking looks at (no file behind it)."""
     return DicomImage(pixels=np.zeros(shape, np.float32), spacing_mm=(1.0, 1.0), trigger_time=time,
-                      slice_location=location, slice_thickness_mm=None, instance_number=None, series_uid=series,
+                      slice_location=location, slice_thickness_mm=thickness, instance_number=None, series_uid=series,
                       path=Path(f"{series}-{location}-{time}.dcm"), study_uid=study, normal=normal,
                       position=None if normal is None else tuple(location * np.asarray(normal)))
 
@@ -192,7 +192,9 @@ def test_single_slice_series_of_a_study_form_one_stack():
 
 
 def cine_series(series: str, locations, times=(0.0, 100.0, 200.0, 300.0, 400.0), normal=(0.0, 0.0, 1.0)):
-    return [header_only(series, location, time, normal=normal) for location in locations for time in times]
+    """A cine of 8 mm thick slices (SliceThickness), ``times`` the frames' trigger times."""
+    return [header_only(series, location, time, normal=normal, thickness=8.0) for location in locations
+            for time in times]
 
 
 def stack_series(stacks) -> list[list[str]]:
@@ -210,12 +212,28 @@ def test_a_series_in_several_planes_makes_one_stack_per_plane():
     assert [len(stack) for stack in dicom_stacks(localiser)] == [1, 1, 1]
 
 
-def test_breath_hold_series_of_several_slices_join_end_to_end_but_not_interleaved():
+def test_breath_hold_series_of_several_slices_join_in_any_order_but_not_interleaved():
     breath_holds = cine_series("bh2", (30.0, 40.0)) + cine_series("bh1", (0.0, 10.0, 20.0))
     (stack,) = dicom_stacks(breath_holds)
     assert sorted({image.slice_location for image in stack}) == [0.0, 10.0, 20.0, 30.0, 40.0]
+    out_of_order = cine_series("bh1", (0.0, 10.0, 20.0)) + cine_series("bh3", (60.0, 70.0)) + cine_series(
+        "bh2", (30.0, 40.0, 50.0))
+    assert stack_series(dicom_stacks(out_of_order)) == [["bh1", "bh2", "bh3"]]
     repeat = cine_series("first", (0.0, 10.0, 20.0)) + cine_series("second", (5.0, 15.0, 25.0))
     assert stack_series(dicom_stacks(repeat)) == [["first"], ["second"]]
+
+
+def test_a_repeated_or_shifted_slice_series_stays_apart_from_the_cine():
+    """Half a slice step (8 mm thick slices) from the cine's slices: a second measurement of the heart,
+    which would halve the stack's spacing and distort its volume."""
+    cine = cine_series("sax", [10.0 * k for k in range(10)])
+    for series, location in (("repeat", 45.0), ("near", 42.0), ("past-end", 90.5)):
+        assert stack_series(dicom_stacks(cine + cine_series(series, (location,)))) == [["sax"], [series]]
+    second = [image for k in range(10) for image in cine_series(f"b{k}", (5.0 + 10.0 * k,))]
+    stacks = dicom_stacks([image for pair in zip(cine, second, strict=True) for image in pair])
+    assert [len(stack) for stack in stacks] == [50, 50]
+    tagged = cine_series("tag", (100.0,), times=(0.0, 150.0, 300.0))  # another acquisition: 3 frames, not 5
+    assert stack_series(dicom_stacks(cine + tagged)) == [["sax"], ["tag"]]
 
 
 def test_a_slice_series_that_lost_a_frame_still_joins_the_cine():

@@ -221,12 +221,13 @@ def dicom_stacks(images: Iterable[DicomImage]) -> list[list[DicomImage]]:
     A stack is the images of one series in one plane orientation (parallel within
     :data:`PARALLEL_PLANES_DEGREES`): a localiser series of three planes makes three stacks, and a
     long-axis image stored in the short-axis series never joins its volume. Series of one study are
-    joined into one stack when their planes are parallel, their images have the same size, none
-    repeats a slice location of another, and their slices hold about as many frames (the same
-    number, or at least 80 % of it: a cine slice that lost a frame file still belongs); two series
-    of several slices join only end to end, not interleaved (two acquisitions of one heart). Many
-    scanners store every short-axis slice of a cine, or every breath-hold's few slices, as a series of
-    its own. Images without orientation stay in their series' stack.
+    joined into one stack when their planes are parallel, their images have the same size, their
+    slices hold about as many frames (within 10 %: a cine slice that lost a frame file still belongs)
+    and each new slice lies at least 80 % of a slice step from every slice already in the stack
+    (:func:`_joins`): many scanners store every short-axis slice of a cine, or every breath-hold's
+    few slices, as a series of its own, while a repeated slice or a second acquisition shifted by half
+    a step is another measurement of the same heart. Images without orientation stay in their
+    series' stack.
 
     Returns:
         the stacks in order of first appearance of their series.
@@ -286,22 +287,42 @@ def _location_key(image: DicomImage) -> float | None:
 
 
 def _joins(stack: list[DicomImage], members: list[DicomImage]) -> bool:
-    """Whether the series part ``members`` (one series, one orientation) continues ``stack``."""
+    """Whether the series part ``members`` (one series, one orientation) continues ``stack``: the same
+    study, image size and plane orientation, about as many frames per slice, and new slices that lie a
+    slice step away from every slice of the stack (:func:`_slice_step`). A repeat of a slice, a second
+    acquisition of the heart shifted by half a step, or a slice just past the stack's end stays apart."""
     first, other = stack[0], members[0]
-    locations = {_location_key(image) for image in stack}
-    added = {_location_key(image) for image in members}
-    if None in locations | added or locations & added:
+    if not (other.study_uid == first.study_uid and other.shape == first.shape and _parallel(other.normal, first.normal)
+            and _similar_frame_counts(_frames_per_location(stack), _frames_per_location(members))):
         return False
-    # Two series of several slices join only end to end (breath-holds of consecutive slices); two
-    # interleaved ones are two acquisitions of the same heart, whose slices do not add up to one volume.
-    if len(locations) > 1 and len(added) > 1 and min(added) < max(locations) and max(added) > min(locations):
+    normal = np.asarray(first.normal)
+    here, added = _plane_offsets(stack, normal), _plane_offsets(members, normal)
+    if here is None or added is None:
         return False
-    return (
-        other.study_uid == first.study_uid
-        and other.shape == first.shape
-        and _parallel(other.normal, first.normal)
-        and _similar_frame_counts(_frames_per_location(stack), _frames_per_location(members))
-    )
+    closest = min(abs(a - b) for a in added for b in here)
+    return closest >= max(0.8 * _slice_step(stack, here, added), 10.0 ** -LOCATION_DECIMALS)
+
+
+def _plane_offsets(images: Sequence[DicomImage], normal: np.ndarray) -> list[float] | None:
+    """The distinct positions (mm) of ``images``' planes along ``normal``, from ImagePositionPatient, else
+    from SliceLocation; None when some image has neither."""
+    if all(image.position is not None for image in images):
+        values = [float(np.dot(image.position, normal)) for image in images]
+    elif all(image.slice_location is not None for image in images):
+        values = [float(image.slice_location) for image in images]
+    else:
+        return None
+    return sorted({round(value, LOCATION_DECIMALS) for value in values})
+
+
+def _slice_step(stack: Sequence[DicomImage], here: list[float], added: list[float]) -> float:
+    """The distance between neighbouring slices expected of a join: the slices' SpacingBetweenSlices or
+    SliceThickness, else half the smallest step within the stack or the added series (a step there
+    may span a slice still to come, which then lies half-way); 0 when nothing tells."""
+    if stack[0].slice_thickness_mm:
+        return stack[0].slice_thickness_mm
+    steps = [float(np.min(np.diff(offsets))) for offsets in (here, added) if len(offsets) > 1]
+    return min(steps) / 2 if steps else 0.0
 
 
 def _frames_per_location(images: Sequence[DicomImage]) -> int:
@@ -310,7 +331,9 @@ def _frames_per_location(images: Sequence[DicomImage]) -> int:
 
 
 def _similar_frame_counts(a: int, b: int) -> bool:
-    return a == b or (min(a, b) >= 2 and min(a, b) >= 0.8 * max(a, b))
+    """Equal, or cines within 10 % of each other (a slice that lost a frame file or two): a tagged or
+    real-time series of another frame count is another acquisition."""
+    return a == b or (min(a, b) >= 2 and max(a, b) - min(a, b) <= max(1.0, 0.1 * max(a, b)))
 
 
 def _read_dataset(path: Path) -> Dataset:
