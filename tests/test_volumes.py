@@ -56,6 +56,9 @@ def test_slice_spacing_is_the_distance_between_slice_centres():
     assert slice_spacing_mm([0.0, 10.1, 29.9, 40.0]) == pytest.approx(10.0, abs=0.1)
     # No grid fits without more holes than slices: the median.
     assert slice_spacing_mm([0.0, 0.5, 10.0, 20.0, 30.0]) == pytest.approx(9.75)
+    # One extra slice half a step off the grid does not halve the spacing of the whole stack.
+    assert slice_spacing_mm([*range(0, 70, 10), 65.0]) == pytest.approx(10.0)
+    assert slice_spacing_mm([8.4 * k for k in range(8)] + [8.4 * 3 + 4.2]) == pytest.approx(8.4)
     assert slice_spacing_mm([]) is None
 
 
@@ -149,6 +152,17 @@ def test_a_slice_missing_its_es_frame_gets_no_other_instant_and_no_ef():
         area.phase for area in assigned if area.slice_location == 16.0}
     (result,) = stack_volumes(assigned, rules)
     assert result.ef_percent is None and any("no EF" in note for note in result.notes)
+    assert "1 of those slice(s) have no frame near ES (first at 16 mm) and are not in the ES volume" in result.notes
+
+
+def test_equal_trigger_times_tell_no_instants_apart_so_each_slice_keeps_its_own_extremes():
+    """An export that zeroes TriggerTime: matching by time would drop the partial slice from both volumes."""
+    areas = [replace(area, trigger_time=0.0) for area in
+             drop_frames(cine("S", [0.0, 8.0, 16.0], [[900, 800, 500, 700]] * 3), "S-s1-f1")]
+    assigned, rules = assign_phases(areas)
+    assert rules == {"S": "min-area-per-slice"}
+    (result,) = stack_volumes(assigned, rules)
+    assert result.ed_slices == result.es_slices == 3
 
 
 def test_without_trigger_times_a_slice_missing_frames_falls_back_to_each_slices_extremes():

@@ -140,9 +140,11 @@ def slice_spacing_mm(locations: Sequence[float]) -> float | None:
     None for fewer than two distinct locations.
 
     The spacing is the largest distance between neighbours of which every other such distance is a
-    whole multiple (within 10 %), refined as the median of the distances divided by their multiples:
-    0, 10 and 30 mm are 10 mm apart with a slice missing (a plain median would say 15). Where no such
-    grid fits without more missing slices than present ones, the median of the distances is used.
+    whole multiple (within 10 %) and which at least as many neighbours are apart as are further
+    apart, refined as the median of the distances divided by their multiples: 0, 10 and 30 mm are
+    10 mm apart with a slice missing (a plain median would say 15), while one extra slice half-way
+    between two others does not make a 5 mm grid of a 10 mm stack. Where no such grid fits, the
+    median of the distances is used.
     """
     distinct = np.unique(np.round(np.asarray(locations, dtype=np.float64), LOCATION_DECIMALS))
     if len(distinct) < 2:
@@ -151,7 +153,7 @@ def slice_spacing_mm(locations: Sequence[float]) -> float | None:
     for unit in sorted(distances, reverse=True):
         multiples = np.maximum(np.round(distances / unit), 1.0)
         fits = np.all(np.abs(distances - multiples * unit) <= 0.1 * unit * multiples)
-        if fits and multiples.sum() + 1 <= 2 * len(distinct):
+        if fits and np.count_nonzero(multiples == 1) >= np.count_nonzero(multiples > 1):
             return float(np.median(distances / multiples))
     return float(np.median(distances))
 
@@ -197,7 +199,9 @@ def assign_phases(areas: Sequence[SliceArea]) -> tuple[list[SliceArea], dict[str
         slices = list(frames_by_slice(members).values())
         n_frames = max(len(frames) for frames in slices)
         full = [frames for frames in slices if len(frames) == n_frames]
-        timed = all(area.trigger_time is not None for area in members)
+        # Frames can be matched to instants only where trigger times tell the instants apart.
+        timed = all(area.trigger_time is not None for area in members) and all(
+            np.all(np.diff([area.trigger_time for area in frames]) > 0) for frames in full)
         if n_frames > 1 and (len(full) == len(slices) or (timed and 2 * len(full) > len(slices))):
             rules[stack] = "min-total-volume"
             ed_index, es_index = extreme_instants(full)
@@ -323,7 +327,7 @@ def stack_volumes(areas: Sequence[SliceArea], es_rules: Mapping[str, str] | None
 
 def partial_slice_notes(members: Sequence[SliceArea]) -> list[str]:
     """Notes on the slices of a stack that lack some of its cine's frames (their ED and ES frames were
-    matched by trigger time, :func:`frame_at_instant`), and on those left with neither phase."""
+    matched by trigger time, :func:`frame_at_instant`), and on those left without a phase."""
     slices = frames_by_slice(members)
     n_frames = max(len(frames) for frames in slices.values())
     partial = [key for key, frames in slices.items() if len(frames) < n_frames]
@@ -331,10 +335,11 @@ def partial_slice_notes(members: Sequence[SliceArea]) -> list[str]:
         return []
     notes = [f"{len(partial)} slice(s) hold fewer than the cine's {n_frames} frames (first at {partial[0]:g} mm); "
              "their ED and ES frames were matched to the other slices' instants by trigger time"]
-    unmatched = [key for key in partial if not any(area.phase in ("ED", "ES") for area in slices[key])]
-    if unmatched:
-        notes.append(f"{len(unmatched)} slice(s) have no frame near ED or ES (first at {unmatched[0]:g} mm) and are "
-                     "not in the volumes")
+    for phase in ("ED", "ES"):
+        unmatched = [key for key in partial if not any(area.phase == phase for area in slices[key])]
+        if unmatched:
+            notes.append(f"{len(unmatched)} of those slice(s) have no frame near {phase} (first at "
+                         f"{unmatched[0]:g} mm) and are not in the {phase} volume")
     return notes
 
 
