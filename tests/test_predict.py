@@ -698,6 +698,21 @@ def test_an_enhanced_mr_cine_in_one_file_is_segmented_as_its_frames_are(checkpoi
         assert volumes[key] == pytest.approx(expected[key], rel=1e-6)
 
 
+def test_enhanced_mr_of_one_frame_keeps_its_geometry_and_a_short_per_frame_sequence_is_refused(phantom, tmp_path):
+    from rvseg.data.dicom import read_dicom_frames
+
+    files = sorted((phantom / "patient01" / "P01dicom").glob("*.dcm"))
+    (single,) = read_dicom_frames(enhanced_mr(files[:1], tmp_path / "one.dcm"))
+    original = read_dicom(files[0])
+    assert (single.position, single.normal, single.spacing_mm, single.trigger_time) == (
+        original.position, original.normal, original.spacing_mm, original.trigger_time)
+    short = pydicom.dcmread(enhanced_mr(files[:3], tmp_path / "short.dcm"))
+    del short.PerFrameFunctionalGroupsSequence[2]
+    short.save_as(tmp_path / "short.dcm")
+    with pytest.raises(DataError, match="PerFrameFunctionalGroupsSequence has 2 items for 3 frames"):
+        read_dicom_frames(tmp_path / "short.dcm")
+
+
 def test_a_nifti_cine_is_segmented_as_its_dicoms_are(checkpoint, phantom, dicom_prediction, tmp_path):
     """The same pixels as a 4D NIfTI: the same masks slice by slice, put back into the volume's geometry
     (axes, affine), and the same volumes."""

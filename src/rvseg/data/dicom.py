@@ -129,12 +129,15 @@ def read_dicom_frames(path: str | Path) -> list[DicomImage]:
         dataset = _read_dataset(path)
         count = _optional_int(dataset, "NumberOfFrames", path) or 1
         stored = _decoded(dataset, path)
+        enhanced = "PerFrameFunctionalGroupsSequence" in dataset or "SharedFunctionalGroupsSequence" in dataset
         if count <= 1 and stored.ndim == 2:
-            return [_image(dataset, dataset, stored, path)]
+            # An enhanced MR file of one frame keeps its geometry in the functional groups too.
+            return [_image(FrameTags(dataset, 0, path) if enhanced else dataset, dataset, stored, path)]
         if stored.ndim != 3 or stored.shape[0] != count:
             raise DataError(f"NumberOfFrames is {count} but the pixel data has shape {tuple(stored.shape)}; expected "
                             f"{count} greyscale frames", path)
-        return [_image(FrameTags(dataset, k), dataset, stored[k], path, frame_number=k + 1) for k in range(count)]
+        return [_image(FrameTags(dataset, k, path), dataset, stored[k], path, frame_number=k + 1)
+                for k in range(count)]
 
 
 class FrameTags:
@@ -155,11 +158,15 @@ class FrameTags:
     #: Tags of the whole file that describe no single frame.
     NOT_PER_FRAME = ("SliceLocation", "InstanceNumber")
 
-    def __init__(self, dataset: Dataset, index: int):
+    def __init__(self, dataset: Dataset, index: int, path: Path):
         per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
         shared = dataset.get("SharedFunctionalGroupsSequence") or []
-        self.groups = [group for group in (per_frame[index] if index < len(per_frame) else None,
-                                           shared[0] if shared else None) if group is not None]
+        if per_frame and len(per_frame) != (_optional_int(dataset, "NumberOfFrames", path) or 1):
+            # Frames past its end would silently lose their position and timing.
+            raise DataError(f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for "
+                            f"{_optional_int(dataset, 'NumberOfFrames', path) or 1} frames", path)
+        self.groups = [group for group in (per_frame[index] if per_frame else None, shared[0] if shared else None)
+                       if group is not None]
         self.dataset = dataset
 
     def get(self, keyword: str, default=None):
