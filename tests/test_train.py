@@ -736,13 +736,15 @@ def test_numpy_numbers_in_a_python_built_config_are_accepted_and_saved_as_plain_
     import yaml
 
     config = TrainConfig(width=np.int64(16), val_fraction=np.float32(0.25), lr=np.float64(1e-3),
-                         augment=np.bool_(False), switch_tau=np.float32(0.5))
+                         augment=np.bool_(False), switch_tau=np.float32(0.5),
+                         val_patients=list(np.unique(["P14", "P13"])), loss=np.str_("dice"))
     config.validate()
     config.save(tmp_path / "config.yaml")
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert (saved["width"], saved["val_fraction"], saved["lr"], saved["augment"], saved["switch_tau"]) == (
         16, 0.25, 1e-3, False, 0.5)
     assert type(saved["width"]) is int and type(saved["augment"]) is bool
+    assert saved["val_patients"] == ["P13", "P14"] and saved["loss"] == "dice"
     with pytest.raises(ConfigError, match="option width must be a whole number"):
         TrainConfig(width=np.float64(16.0)).validate()
     with pytest.raises(ConfigError, match="option augment must be True or False"):

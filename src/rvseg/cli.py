@@ -129,10 +129,11 @@ def cmd_evaluate(args) -> int:
           f"({args.split} split, post-processing {summary['settings']['postprocess']}) -> {args.out}")
     for label, stats in summary["labels"].items():
         for group, cells in stats["table"].items():
-            hd_rows = f", over {cells['hd_n']} with both masks" if cells["hd_n"] < cells["n"] else ""
+            hd_rows = f" over {cells['hd_n']} of them" if cells["hd_n"] < cells["n"] else ""
+            units = "mm" if summary["units"] == "mixed" else summary["units"]  # pixel rows are left out then
             print(f"  {label} {group:>3} (n={cells['n']}): Dice {number(cells['dice_mean'])} "
                   f"({number(cells['dice_sd'])}), HD {number(cells['hd_mean'], 2)} ({number(cells['hd_sd'], 2)}) "
-                  f"{summary['units']}{hd_rows}")
+                  f"{units}{hd_rows}")
         levels = [f"{level} {number(group['metrics']['dice']['mean'])} (n={group['n']})"
                   for level, group in stats["by_slice_level"].items()]
         if levels:

@@ -401,7 +401,8 @@ def rvsc_table(summary: dict) -> dict:
     """The layout of the RVSC results tables: Dice and HD, mean and sd, at ED, ES and overall."""
     groups = {**{phase: stats for phase, stats in summary["by"]["phase"].items() if phase in ("ED", "ES")},
               "all": summary["overall"]}
-    # hd_n: HD is undefined where one mask is empty, so its mean may stand on fewer rows than n.
+    # hd_n: the rows HD averages: fewer than n where one mask is empty (HD undefined) or, in a set
+    # mixing mm and px, where a sample has no pixel spacing.
     return {group: {"n": stats["n"], "hd_n": stats["metrics"]["hd"]["n"],
                     **{f"{name}_{stat}": stats["metrics"][name][stat] for name in ("dice", "hd", "hd95")
                        for stat in ("mean", "sd")}}

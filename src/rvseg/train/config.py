@@ -201,6 +201,7 @@ def check_types(config: TrainConfig) -> None:
         number = isinstance(value, numbers.Real) and not is_bool
         if kind is list:
             ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
+            value = [str(item) for item in value] if ok else value  # np.str_ (np.unique's) is no YAML text
         elif kind is float:
             ok, value = number, float(value) if number else value
         elif kind is int:
@@ -210,9 +211,10 @@ def check_types(config: TrainConfig) -> None:
             ok, value = is_bool, bool(value) if is_bool else value
         elif f.name == "switch_tau":  # a number, or the text "auto"
             ok = number or isinstance(value, str)
-            value = float(value) if number else value
+            value = float(value) if number else str(value) if ok else value
         else:
             ok = isinstance(value, kind)
+            value = str(value) if ok and kind is str else value
         if not ok:
             wanted = {list: "a list of names, e.g. ['endo']", float: "a number", int: "a whole number",
                       bool: "True or False"}.get(kind, "text")
