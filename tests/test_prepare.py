@@ -319,6 +319,15 @@ def test_training_share_draws_within_each_patient():
     assert np.array_equal(kept, training_share(indices, patients, 0.4, seed=0))
 
 
+def test_training_shares_of_one_seed_are_nested():
+    """The study's 100/80/70/40 % comparison should change how many slices train, not which."""
+    indices = np.arange(100, 160)
+    patients = [f"P{k // 12:02d}" for k in range(60)]
+    shares = [set(training_share(indices, patients, share, seed=3).tolist()) for share in (0.4, 0.7, 0.8, 1.0)]
+    assert shares[0] < shares[1] < shares[2] < shares[3]
+    assert shares[0] != set(training_share(indices, patients, 0.4, seed=4).tolist())
+
+
 def test_folds_take_precedence_over_a_configured_list():
     split = split_patients(PATIENTS, val_patients=["P13", "P14"], fold=1, folds=4, seed=3)
     assert split == split_patients(PATIENTS, fold=1, folds=4, seed=3)

@@ -242,7 +242,8 @@ def test_resuming_a_finished_run_keeps_its_time_and_refuses_fewer_epochs(tiny_da
     first = run(tiny_dataset, tmp_path / "run", epochs=2, fraction=0.25)
     again = train(tiny_dataset, tmp_path / "run", TrainConfig(**{**TINY, "fraction": 0.25}), resume=True,
                   verbose=False)
-    assert first["seconds"] > 0 and again["seconds"] == pytest.approx(first["seconds"], rel=0.5)  # not 0
+    # Kept, not 0 (a resumed session adds only its own set-up time, whatever the machine's load).
+    assert 0 < first["seconds"] <= again["seconds"] + 0.01 < first["seconds"] + 30
     assert again["final"] == first["final"] and again["final"]["epoch"] == 2
     assert isinstance(again["final"]["val_loss"], float)
     with pytest.raises(ConfigError, match="--epochs 1 is below the 2 epochs"):
@@ -251,7 +252,9 @@ def test_resuming_a_finished_run_keeps_its_time_and_refuses_fewer_epochs(tiny_da
     longer = train(tiny_dataset, tmp_path / "run", TrainConfig(**{**TINY, "epochs": 3, "fraction": 0.25}),
                    resume=True, verbose=False)
     rows = metrics(tmp_path / "run", drop=())
-    assert longer["seconds"] == pytest.approx(again["seconds"] + float(rows[-1]["seconds"]), abs=0.5)
+    # The new epoch's time is added to the run's, not counted alone (set-up and saving come on top).
+    added = again["seconds"] + float(rows[-1]["seconds"])
+    assert added <= longer["seconds"] + 0.01 < added + 30
 
 
 def test_a_longer_resumed_cosine_run_follows_the_cosine_of_its_new_length(tiny_dataset, tmp_path):

@@ -78,6 +78,9 @@ def training_share(indices: np.ndarray, patients_of: list[str], fraction: float,
     Returns:
         sorted int array of the kept indices; every training patient keeps round(fraction * n)
         of its n slices (at least one), so the share is spread across patients, as in the study.
+        The shares of one seed are nested (the 40 % slices are among the 70 %, those among the
+        80 %): each patient's slices are shuffled once and the first ones kept, so a smaller share
+        only takes slices away.
     """
     if not 0.0 < fraction <= 1.0:
         raise ConfigError(f"--fraction must be in (0, 1], not {fraction}")
@@ -89,5 +92,5 @@ def training_share(indices: np.ndarray, patients_of: list[str], fraction: float,
     for patient in sorted(set(patients_of.tolist())):
         own = indices[patients_of == patient]
         n_keep = max(1, round(fraction * len(own)))
-        kept.append(rng.choice(own, size=n_keep, replace=False))
+        kept.append(rng.permutation(own)[:n_keep])
     return np.sort(np.concatenate(kept))
