@@ -549,6 +549,15 @@ def test_oversampling_draws_small_foreground_slices_more_often():
     assert 0.3 < share_of_small(oversample_small=4.0) < 0.7  # 2% is not small at the default 1%
     uniform = loop.epoch_order(data, TrainConfig(), torch.Generator().manual_seed(0))
     assert sorted(uniform.tolist()) == list(range(100))
+    # Outline targets: the share of the region the outline encloses decides, not the 1-px stroke's.
+    masks = torch.zeros(100, 1, 20, 20)
+    masks[:50, :, 2:18, 2:18] = 1  # 64 %, an outline of 15 %: not small at 20 %, its outline would be
+    masks[50:, :, 5:8, 5:8] = 1  # 2 %, an outline of 2 %
+    outlines = encode_targets(masks, "outline")
+    outlined = loop.SplitData(masks, outlines, outlines > 0.5, ["P"] * 100, masks=masks, style="outline")
+    order = loop.epoch_order(outlined, TrainConfig(oversample_small=4.0, small_foreground=0.2),
+                             torch.Generator().manual_seed(0))
+    assert float((order >= 50).float().mean()) > 0.7
     with pytest.raises(ConfigError, match="--small-foreground must be in"):
         TrainConfig(oversample_small=2.0, small_foreground=1.5).validate()
     with pytest.raises(ConfigError, match=r"--deep-supervision must be in \[0, 2\) \(below --depth\)"):

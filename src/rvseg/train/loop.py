@@ -219,7 +219,8 @@ def epoch_order(train: SplitData, config: TrainConfig, generator: torch.Generato
     n = len(train)
     if config.oversample_small == 1.0:
         return torch.randperm(n, generator=generator)
-    small = train.hard[:, 0].flatten(1).float().mean(dim=1).cpu() < config.small_foreground
+    regions = train.hard if train.masks is None else train.masks > 0.5  # an outline's share is not the RV's
+    small = regions[:, 0].flatten(1).float().mean(dim=1).cpu() < config.small_foreground
     weights = torch.where(small, config.oversample_small, 1.0)
     return torch.multinomial(weights, n, replacement=True, generator=generator)
 
