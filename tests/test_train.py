@@ -167,9 +167,18 @@ def test_resume_after_pause_equals_one_uninterrupted_run(tiny_dataset, tmp_path)
     run(tiny_dataset, tmp_path / "once", epochs=4, scheduler="cosine", dropout=0.3)
     run(tiny_dataset, tmp_path / "twice", epochs=4, scheduler="cosine", dropout=0.3, pause_after=2)
     assert len(metrics(tmp_path / "twice")) == 2
+    # The pause is the session's: the saved config describes the whole run.
+    assert load_config(tmp_path / "twice" / "config.yaml").pause_after is None
     train(tiny_dataset, tmp_path / "twice", TrainConfig(**{**TINY, "epochs": 4, "scheduler": "cosine", "dropout": 0.3}),
           resume=True, verbose=False)
     assert metrics(tmp_path / "twice") == metrics(tmp_path / "once")
+
+
+def test_a_numeric_switch_tau_set_in_python_resumes_from_the_command_line_text(tiny_dataset, tmp_path):
+    run(tiny_dataset, tmp_path / "run", epochs=2, loss="switching", switch_tau=0.03, pause_after=1)
+    train(tiny_dataset, tmp_path / "run", TrainConfig(**{**TINY, "epochs": 2, "loss": "switching",
+                                                         "switch_tau": "0.03"}), resume=True, verbose=False)
+    assert len(metrics(tmp_path / "run")) == 2
 
 
 def test_ema_validates_and_saves_the_moving_average(tiny_dataset, tmp_path):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -280,7 +280,7 @@ def check_resumable(state: dict, config: TrainConfig, data_info: dict, runtime: 
     # An option added since last.pt was written counts as its default there (that is how the run trained).
     fixed = {f.name: f.default for f in user_fields() if f.name not in RESUME_MAY_CHANGE}
     changed = [f"--{name.replace('_', '-')} ({saved.get(name, default)!r} -> {getattr(config, name)!r})"
-               for name, default in fixed.items() if saved.get(name, default) != getattr(config, name)]
+               for name, default in fixed.items() if not same_option(saved.get(name, default), getattr(config, name))]
     if state["data"]["content_hash"] != data_info["content_hash"]:
         changed.append("the data set (its content hash)")
     if len(state["augment_generators"]) != runtime.world_size:
@@ -288,6 +288,17 @@ def check_resumable(state: dict, config: TrainConfig, data_info: dict, runtime: 
     if changed:
         raise ConfigError(f"cannot resume: {'; '.join(changed)} differ from the run in last.pt; resume with "
                           f"the same settings, or train into another --out", path)
+
+
+def same_option(saved, given) -> bool:
+    """Whether two values of an option are the same, a number and its text alike (``switch_tau`` 0.03
+    from Python, "0.03" from the command line)."""
+    if saved == given:
+        return True
+    try:
+        return not isinstance(saved, bool) and not isinstance(given, bool) and float(saved) == float(given)
+    except (TypeError, ValueError):
+        return False
 
 
 def sync_buffers(model: nn.Module, runtime: Runtime) -> None:
@@ -419,7 +430,8 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
         raise ConfigError("run folder already holds a run; use --resume to continue it or choose another --out", out)
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        config.save(out / "config.yaml")
+        # A pause belongs to this session: `rvseg train --config RUN/config.yaml` must run the whole run.
+        replace(config, pause_after=None).save(out / "config.yaml")
     train_model = DistributedDataParallel(model) if runtime.distributed else model
     if config.compile:
         train_model = torch.compile(train_model)
