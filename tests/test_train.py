@@ -399,6 +399,16 @@ def test_out_of_range_options_are_one_line_errors(tiny_dataset, tmp_path, capsys
     assert message in err and "Traceback" not in err
 
 
+def test_an_sgdr_run_that_stops_inside_a_cycle_is_noted():
+    from rvseg.train.optim import sgdr_mid_cycle_note
+
+    note = sgdr_mid_cycle_note(TrainConfig(scheduler="sgdr"))  # 100 epochs of cycles 50, 100
+    assert "cycles end after 50, 150 epochs, so 100 epochs stop inside a cycle" in note
+    assert "--epochs 50 or 150 would end" in note
+    assert sgdr_mid_cycle_note(TrainConfig(scheduler="sgdr", epochs=350)) is None  # the configs/ recipes
+    assert sgdr_mid_cycle_note(TrainConfig(scheduler="cosine", epochs=37)) is None
+
+
 def test_every_switch_can_be_turned_off_from_the_command_line(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])

@@ -151,12 +151,13 @@ HELP = {
     "nesterov": "SGD with Nesterov momentum",
     "step_size": "step scheduler: epochs between learning-rate drops",
     "gamma": "step scheduler: factor of each drop",
-    "min_lr": "cosine and sgdr schedulers: the learning rate they end at",
+    "min_lr": "cosine: the learning rate it ends at; sgdr: the low point of each cycle",
     "epochs": "passes over the training split",
     "batch_size": "images per training step",
     "seed": "seed of the initial weights, the --fraction draw, batch order and augmentation",
     "scheduler": "none | cosine | step | sgdr",
-    "sgdr_t0": "epochs of the first SGDR cycle",
+    "sgdr_t0": "epochs of the first SGDR cycle; each next one is twice as long, so a run ends at a cycle's low "
+               "point when --epochs is t0, 3 t0, 7 t0, ...",
     "ema": "validate and save an exponential moving average of the weights with this decay per step "
            "(e.g. 0.99; 0 = off)",
     "augment": "batched on-device flips, rotation, scaling, intensity jitter",

@@ -35,7 +35,15 @@ from rvseg.train.augment import AugmentConfig, augment_batch, to_device_generato
 from rvseg.train.average import WeightAverage
 from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig, user_fields
-from rvseg.train.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, pick, replan_schedule
+from rvseg.train.optim import (
+    OPTIMIZERS,
+    SCHEDULERS,
+    build_optimizer,
+    build_scheduler,
+    pick,
+    replan_schedule,
+    sgdr_mid_cycle_note,
+)
 from rvseg.train.progress import MetricsLog, ProgressLine, draw_progress
 from rvseg.train.runtime import (
     Runtime,
@@ -369,9 +377,9 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     if config.folds and config.val_patients and verbose:
         print(f"note: --folds {config.folds} --fold {config.fold} chooses the validation patients "
               f"({', '.join(val_patients)}); the configured --val-patients list is not used")
-    partial = partly_labelled_note(data, config, [*train_patients, *val_patients])
-    if partial and verbose:
-        print(partial)
+    for note in (partly_labelled_note(data, config, [*train_patients, *val_patients]), sgdr_mid_cycle_note(config)):
+        if note and verbose:
+            print(note)
     data_info = {"in_channels": int(data.images.shape[1]), "labels": config.target, "mask_style": data.mask_style,
                  "content_hash": data.meta["content_hash"], "prepare": data.meta["options"],
                  "train_patients": train_patients, "val_patients": val_patients}

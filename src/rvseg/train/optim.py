@@ -54,6 +54,20 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> LR
     return pick(SCHEDULERS, config.scheduler, "scheduler")(optimizer, config)
 
 
+def sgdr_mid_cycle_note(config) -> str | None:
+    """A note when an ``sgdr`` run's last epoch falls inside a cycle (its cycles end after t0, 3 t0,
+    7 t0, ... epochs): it then ends at a learning rate above ``min_lr``, or just after a restart."""
+    if config.scheduler != "sgdr":
+        return None
+    ends = [config.sgdr_t0 * (2**k - 1) for k in range(1, 64) if config.sgdr_t0 * (2**(k - 1) - 1) < config.epochs]
+    if config.epochs in ends:
+        return None
+    choices = sorted({end for end in ends if end < config.epochs}.union({ends[-1]}))[-2:]
+    return (f"note: --scheduler sgdr with --sgdr-t0 {config.sgdr_t0}: cycles end after {', '.join(map(str, ends))} "
+            f"epochs, so {config.epochs} epochs stop inside a cycle, above --min-lr (--epochs "
+            f"{' or '.join(map(str, choices))} would end at a cycle's low point)")
+
+
 def replan_schedule(scheduler: LRScheduler, epochs: int) -> bool:
     """Fit a schedule restored from ``last.pt`` to a run length changed on resume; True if it changed.
 
