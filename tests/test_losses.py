@@ -252,6 +252,23 @@ def test_switching_per_batch_takes_one_share_per_channel():
     assert not torch.allclose(per_batch, above_everywhere)
 
 
+def test_switching_takes_one_threshold_per_channel():
+    """A joint model's structures differ in size: each channel is compared with its own tau."""
+    logits, target = as_tensors(*random_case((2, 2, 10, 10), seed=9))
+    target.zero_()
+    target[:, 0, :2] = 1.0  # 20 % in channel 0
+    target[:, 1, :4] = 1.0  # 40 % in channel 1
+    per_channel = switching_loss(logits, target, lam=0.75, tau=[0.1, 0.5])
+    # Channel 0 above its 0.1, channel 1 below its 0.5: the same as two single-channel losses.
+    first = switching_loss(logits[:, :1], target[:, :1], lam=0.75, tau=0.1)
+    second = switching_loss(logits[:, 1:], target[:, 1:], lam=0.75, tau=0.5)
+    assert per_channel.item() == pytest.approx((first.item() + second.item()) / 2, rel=1e-5)
+    with pytest.raises(ConfigError, match="2 thresholds for 3 channels"):
+        switching_loss(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), tau=[0.1, 0.2])
+    with pytest.raises(ConfigError, match="switching tau must be a number"):
+        build_loss("switching", switch_tau=[0.1, 1.5])
+
+
 def test_losses_of_low_precision_inputs_are_computed_in_float32():
     logits, target = as_tensors(*random_case((2, 1, 16, 16), seed=4))
     half_logits = logits.to(torch.bfloat16)

@@ -110,6 +110,11 @@ def test_switching_tau_auto_is_the_training_foreground_share(tiny_dataset, tmp_p
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["switch_tau"] == "auto"
     assert saved["resolved_tau"] == pytest.approx(share, rel=1e-5)
+    # A joint model gets one threshold per target: each structure's own mean share.
+    run(tiny_dataset, tmp_path / "joint", loss="switching", epochs=1, target=["endo", "epi"])
+    saved = yaml.safe_load((tmp_path / "joint" / "config.yaml").read_text())
+    assert saved["resolved_tau"] == pytest.approx([share, data.masks[train_rows, 1].mean()], rel=1e-5)
+    assert load_config(tmp_path / "joint" / "config.yaml").resolved_tau == saved["resolved_tau"]
 
 
 def test_two_targets_give_two_channels_and_two_dice_columns(tiny_dataset, tmp_path):

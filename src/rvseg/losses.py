@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +91,7 @@ def focal_loss(logits: Tensor, target: Tensor, *, alpha: float = FOCAL_ALPHA, ga
 
 
 def switching_loss(
-    logits: Tensor, target: Tensor, *, lam: float = SWITCH_LAMBDA, tau: float, per: str = "image"
+    logits: Tensor, target: Tensor, *, lam: float = SWITCH_LAMBDA, tau: float | Sequence[float], per: str = "image"
 ) -> Tensor:
     """Switching loss of Dang et al.: BCE plus Dice and inverse Dice, weighted by the foreground share.
 
@@ -107,8 +107,9 @@ def switching_loss(
 
     Args:
         lam: weight lambda in [0, 1].
-        tau: share threshold in [0, 1]. No default: the paper gives none; the training code resolves
-            ``auto`` to the mean foreground share of the training split.
+        tau: share threshold in [0, 1], or one per channel (C,) (the structures of a joint model differ
+            in size). No default: the paper gives none; the training code resolves ``auto`` to each
+            target's mean foreground share over the training split.
         per: where the share and the branch are decided (the paper does not say):
 
             - ``"image"`` (default): per image and channel. The weights of an image then depend only
@@ -128,6 +129,10 @@ def switching_loss(
         share = target.mean(dim=(2, 3))
     else:
         share = target.mean(dim=(0, 2, 3)).expand(target.shape[0], -1)
+    if not is_number(tau):
+        if len(tau) != share.shape[1]:
+            raise ConfigError(f"switching tau gives {len(tau)} thresholds for {share.shape[1]} channels")
+        tau = torch.tensor(list(tau), dtype=share.dtype, device=share.device)
     dice_weight = torch.where(share > tau, lam, 1.0 - lam)
     dice_terms = dice_loss_per_image(logits, target)
     inverse_terms = inverse_dice_loss_per_image(logits, target)
@@ -191,7 +196,8 @@ def check_switching_params(lam: float, tau: float, per: str) -> None:
     """Raise :class:`ConfigError` for switching-loss parameters out of range."""
     if not (is_number(lam) and 0.0 <= lam <= 1.0):
         raise ConfigError(f"switching lambda must be a number in [0, 1], not {lam!r}")
-    if not (is_number(tau) and 0.0 <= tau <= 1.0):
+    taus = [tau] if is_number(tau) or not isinstance(tau, Sequence) or isinstance(tau, str) else list(tau)
+    if not taus or not all(is_number(value) and 0.0 <= value <= 1.0 for value in taus):
         raise ConfigError(
             f"switching tau must be a number in [0, 1], not {tau!r} "
             "('auto' must be resolved to the training split's mean foreground share first)"

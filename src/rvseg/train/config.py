@@ -81,7 +81,7 @@ class TrainConfig:
     cuda_graph: bool = False
     pause_after: int | None = None
     # resolved when the run starts (recorded, not set by users)
-    resolved_tau: float | None = None
+    resolved_tau: float | list[float] | None = None  # one per target when there are several
     data_hash: str = ""
     rvseg_version: str = ""
     # the validation patients the split gave (a fold overrides val_patients; a share draws them)
@@ -142,7 +142,7 @@ HELP = {
     "switch_lambda": "switching loss: weight of Dice (inverse Dice gets 1 - lambda) on images whose "
                      "foreground share exceeds tau; the weights swap below it",
     "switch_tau": "switching threshold on the target's mean (the foreground share of filled masks), or auto "
-                  "(that mean over the training split)",
+                  "(that mean over the training split, one per target)",
     "switch_per": "image | batch: where the switching loss measures the foreground share",
     "optimizer": "adam | adamw | sgd",
     "lr": "learning rate (the first epoch's, before any schedule)",
@@ -200,7 +200,11 @@ def check_types(config: TrainConfig) -> None:
             continue
         is_bool = isinstance(value, (bool, np.bool_))
         number = isinstance(value, numbers.Real) and not is_bool
-        if kind is list:
+        if f.name == "resolved_tau":  # one number, or one per target
+            items = value if isinstance(value, list) else [value]
+            ok = all(isinstance(item, numbers.Real) and not isinstance(item, (bool, np.bool_)) for item in items)
+            value = [float(item) for item in value] if ok and isinstance(value, list) else float(value) if ok else value
+        elif kind is list:
             ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
             value = [str(item) for item in value] if ok else value  # np.str_ (np.unique's) is no YAML text
         elif kind is float:
@@ -241,6 +245,8 @@ def parse_value(name: str, kind: type, value):
     if value is None:
         return None
     try:
+        if name == "resolved_tau" and isinstance(value, list):  # one threshold per target
+            return [float(item) for item in value]
         if kind is list:
             items = value.split(",") if isinstance(value, str) else list(value)
             return [str(item).strip() for item in items if str(item).strip()]

@@ -203,8 +203,10 @@ def decision_threshold(mask_style: str) -> float:
     return 0.75 if mask_style == "grey" else 0.5
 
 
-def resolve_tau(config: TrainConfig, train: SplitData) -> float | None:
-    """``switch_tau``: a number, or ``auto`` = the mean of the training split's targets.
+def resolve_tau(config: TrainConfig, train: SplitData) -> float | list[float] | None:
+    """``switch_tau``: a number, or ``auto`` = the mean of the training split's targets, one per target
+    (a list) when there are several: the endocardium's share is smaller than the epicardium's, and one
+    pooled threshold would put them on their Dice-heavy branch on different shares of the slices.
 
     The switching loss compares each target's mean with tau, so tau is measured on the same
     encoded targets: for filled masks that is the mean foreground share; on the grey encoding
@@ -214,7 +216,8 @@ def resolve_tau(config: TrainConfig, train: SplitData) -> float | None:
     if config.loss != "switching":
         return None
     if config.switch_tau == "auto":
-        return float(train.targets.float().mean())
+        means = train.targets.float().mean(dim=(0, 2, 3)).tolist()
+        return means[0] if len(means) == 1 else means
     try:
         return float(config.switch_tau)
     except ValueError:
