@@ -150,15 +150,17 @@ def metric_rows(run_dir: Path) -> list[dict]:
 
 
 @needs_cuda
-@pytest.mark.parametrize("optimizer, batch_size, deep_supervision", [("adam", 8, 0), ("adam", 12, 0), ("sgd", 12, 0),
-                                                                     ("adam", 12, 1)])
+@pytest.mark.parametrize("optimizer, batch_size, deep_supervision, joint", [
+    ("adam", 8, 0, False), ("adam", 12, 0, False), ("sgd", 12, 0, False), ("adam", 12, 1, False), ("adam", 8, 0, True)])
 def test_graphed_training_follows_the_eager_run(tiny_dataset, tmp_path, monkeypatch, optimizer, batch_size,
-                                                deep_supervision):
+                                                deep_supervision, joint):
     """Same data order, augmentation and schedule: the graphed run's losses and Dice track the eager
     run's (batch 12 leaves a partial last batch, which runs eagerly between replays; a deeply
-    supervised model's step returns a tuple of outputs)."""
+    supervised model's step returns a tuple of outputs; a joint switching model has one threshold per
+    target inside the graph)."""
     options = {**GPU_RUN, "optimizer": optimizer, "batch_size": batch_size, "momentum": 0.9,
-               "deep_supervision": deep_supervision}
+               "deep_supervision": deep_supervision,
+               **({"target": ["endo", "epi"], "loss": "switching"} if joint else {})}
     train(tiny_dataset, tmp_path / "eager", TrainConfig(**options), verbose=False)
     captures = []
     capture = GraphedStep.capture

@@ -129,11 +129,15 @@ def switching_loss(
         share = target.mean(dim=(2, 3))
     else:
         share = target.mean(dim=(0, 2, 3)).expand(target.shape[0], -1)
-    if not is_number(tau):
+    if is_number(tau):
+        dice_weight = torch.where(share > tau, lam, 1.0 - lam)
+    else:
         if len(tau) != share.shape[1]:
             raise ConfigError(f"switching tau gives {len(tau)} thresholds for {share.shape[1]} channels")
-        tau = torch.tensor(list(tau), dtype=share.dtype, device=share.device)
-    dice_weight = torch.where(share > tau, lam, 1.0 - lam)
+        # Channel by channel with Python numbers: a tensor of the thresholds would be a host-to-device
+        # copy in every step, which a captured CUDA graph (--cuda-graph) cannot hold.
+        dice_weight = torch.stack([torch.where(share[:, channel] > float(value), lam, 1.0 - lam)
+                                   for channel, value in enumerate(tau)], dim=1)
     dice_terms = dice_loss_per_image(logits, target)
     inverse_terms = inverse_dice_loss_per_image(logits, target)
     weighted = dice_weight * dice_terms + (1.0 - dice_weight) * inverse_terms
