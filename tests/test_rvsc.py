@@ -191,9 +191,10 @@ def test_single_slice_series_of_a_study_form_one_stack():
     ]
 
 
-def cine_series(series: str, locations, times=(0.0, 100.0, 200.0, 300.0, 400.0), normal=(0.0, 0.0, 1.0)):
-    """A cine of 8 mm thick slices (SliceThickness), ``times`` the frames' trigger times."""
-    return [header_only(series, location, time, normal=normal, thickness=8.0) for location in locations
+def cine_series(series: str, locations, times=(0.0, 100.0, 200.0, 300.0, 400.0), normal=(0.0, 0.0, 1.0),
+                thickness: float = 8.0):
+    """A cine of ``thickness`` mm thick slices (SliceThickness), ``times`` the frames' trigger times."""
+    return [header_only(series, location, time, normal=normal, thickness=thickness) for location in locations
             for time in times]
 
 
@@ -234,6 +235,17 @@ def test_a_repeated_or_shifted_slice_series_stays_apart_from_the_cine():
     assert [len(stack) for stack in stacks] == [50, 50]
     tagged = cine_series("tag", (100.0,), times=(0.0, 150.0, 300.0))  # another acquisition: 3 frames, not 5
     assert stack_series(dicom_stacks(cine + tagged)) == [["sax"], ["tag"]]
+
+
+def test_slice_per_series_cines_join_whatever_the_file_order_or_frame_counts():
+    times = [tuple(40.0 * k for k in range(count)) for count in (18, 20, 16)]
+    prospective = [image for k in range(9) for image in cine_series(f"s{k}", (10.0 * k,), times=times[k % 3])]
+    assert len(dicom_stacks(prospective)) == 1  # 16 to 20 frames per slice, as the heart rate varied
+    singles = [cine_series(f"s{k}", (10.0 * k,)) for k in range(10)]
+    repeat = cine_series("repeat", (45.0,))
+    for files in ([*singles[:4], repeat, *singles[4:]], [repeat, *singles], [*singles, repeat]):
+        stacks = dicom_stacks([image for series in files for image in series])
+        assert sorted(len(stack) for stack in stacks) == [5, 50]  # the repeat alone, in any file order
 
 
 def test_a_slice_series_that_lost_a_frame_still_joins_the_cine():

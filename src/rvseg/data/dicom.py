@@ -229,12 +229,13 @@ def dicom_stacks(images: Iterable[DicomImage]) -> list[list[DicomImage]]:
     :data:`PARALLEL_PLANES_DEGREES`): a localiser series of three planes makes three stacks, and a
     long-axis image stored in the short-axis series never joins its volume. Series of one study are
     joined into one stack when their planes are parallel, their images have the same size, their
-    slices hold about as many frames (within 10 %: a cine slice that lost a frame file still belongs)
-    and each new slice lies at least 80 % of a slice step from every slice already in the stack
-    (:func:`_joins`): many scanners store every short-axis slice of a cine, or every breath-hold's
-    few slices, as a series of its own, while a repeated slice or a second acquisition shifted by half
-    a step is another measurement of the same heart. Images without orientation stay in their
-    series' stack.
+    slices hold about as many frames (at least 80 %: a prospectively triggered cine, or a slice that
+    lost frame files) and each new slice lies at least 80 % of a slice step from every slice already
+    in the stack (:func:`_joins`): many scanners store every short-axis slice of a cine, or every
+    breath-hold's few slices, as a series of its own, while a repeated slice or a second acquisition
+    shifted by half a step is another measurement of the same heart. Series are joined in the order
+    of their slice locations, so the result does not depend on the order of the files. Images
+    without orientation stay in their series' stack.
 
     Returns:
         the stacks in order of first appearance of their series.
@@ -244,16 +245,25 @@ def dicom_stacks(images: Iterable[DicomImage]) -> list[list[DicomImage]]:
     for image in images:
         part = _orientation_index(normals.setdefault(image.series_uid, []), image.normal)
         parts.setdefault((image.series_uid, part), []).append(image)
-    stacks: list[list[DicomImage]] = []
-    for members in parts.values():
+    stacks: list[tuple[int, list[DicomImage]]] = []  # (first appearance of its series, images)
+    # Base to apex: a repeat half-way between two slices then meets a stack that already holds both.
+    for order, members in sorted(enumerate(parts.values()), key=lambda item: _lowest_location(item[1])):
         partner = None
         if members[0].normal is not None:
-            partner = next((stack for stack in stacks if stack[0].normal is not None and _joins(stack, members)), None)
+            partner = next((index for index, (_, stack) in enumerate(stacks)
+                            if stack[0].normal is not None and _joins(stack, members)), None)
         if partner is None:
-            stacks.append(list(members))
+            stacks.append((order, list(members)))
         else:
-            partner.extend(members)
-    return [order_series(stack) for stack in stacks]
+            first, stack = stacks[partner]
+            stacks[partner] = (min(first, order), stack + members)
+    return [order_series(stack) for _, stack in sorted(stacks, key=lambda item: item[0])]
+
+
+def _lowest_location(members: Sequence[DicomImage]) -> tuple[bool, float]:
+    """Sort key of a series part: its lowest slice location, parts without one last."""
+    locations = [image.slice_location for image in members if image.slice_location is not None]
+    return (not locations, min(locations) if locations else 0.0)
 
 
 def _orientation_index(normals: list[np.ndarray], normal: np.ndarray | None) -> int:
@@ -323,13 +333,14 @@ def _plane_offsets(images: Sequence[DicomImage], normal: np.ndarray) -> list[flo
 
 
 def _slice_step(stack: Sequence[DicomImage], here: list[float], added: list[float]) -> float:
-    """The distance between neighbouring slices expected of a join: the slices' SpacingBetweenSlices or
-    SliceThickness, else half the smallest step within the stack or the added series (a step there
-    may span a slice still to come, which then lies half-way); 0 when nothing tells."""
+    """The distance between neighbouring slices expected of a join: the smallest step within the stack or
+    the added series, or the slices' SpacingBetweenSlices or SliceThickness, whichever is smaller (a
+    step within the stack may span a missing slice; overlapping slices are closer than thick); 0 when
+    neither is known."""
+    known = [float(np.min(np.diff(offsets))) for offsets in (here, added) if len(offsets) > 1]
     if stack[0].slice_thickness_mm:
-        return stack[0].slice_thickness_mm
-    steps = [float(np.min(np.diff(offsets))) for offsets in (here, added) if len(offsets) > 1]
-    return min(steps) / 2 if steps else 0.0
+        known.append(stack[0].slice_thickness_mm)
+    return min(known) if known else 0.0
 
 
 def _frames_per_location(images: Sequence[DicomImage]) -> int:
@@ -338,9 +349,9 @@ def _frames_per_location(images: Sequence[DicomImage]) -> int:
 
 
 def _similar_frame_counts(a: int, b: int) -> bool:
-    """Equal, or cines within 10 % of each other (a slice that lost a frame file or two): a tagged or
-    real-time series of another frame count is another acquisition."""
-    return a == b or (min(a, b) >= 2 and max(a, b) - min(a, b) <= max(1.0, 0.1 * max(a, b)))
+    """Equal, or cines of at least 80 % of each other's frames (a prospectively triggered cine holds
+    fewer frames on slices acquired at a faster heart rate; a slice may have lost frame files)."""
+    return a == b or (min(a, b) >= 2 and min(a, b) >= 0.8 * max(a, b))
 
 
 def _read_dataset(path: Path) -> Dataset:
