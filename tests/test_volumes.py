@@ -56,9 +56,14 @@ def test_slice_spacing_is_the_distance_between_slice_centres():
     assert slice_spacing_mm([0.0, 10.1, 29.9, 40.0]) == pytest.approx(10.0, abs=0.1)
     # No grid fits without more holes than slices: the median.
     assert slice_spacing_mm([0.0, 0.5, 10.0, 20.0, 30.0]) == pytest.approx(9.75)
-    # One extra slice half a step off the grid does not halve the spacing of the whole stack.
-    assert slice_spacing_mm([*range(0, 70, 10), 65.0]) == pytest.approx(10.0)
-    assert slice_spacing_mm([8.4 * k for k in range(8)] + [8.4 * 3 + 4.2]) == pytest.approx(8.4)
+    # Several slices missing: still the grid step.
+    assert slice_spacing_mm([0.0, 10.0, 30.0, 50.0]) == pytest.approx(10.0)
+    assert slice_spacing_mm([0.0, 10.0, 30.0, 50.0, 70.0], thickness_mm=8.0) == pytest.approx(10.0)
+    # With the slice thickness known, one extra slice half a step off the grid does not halve the
+    # spacing of the whole stack (8 mm slices cannot be 5 mm apart).
+    assert slice_spacing_mm([*range(0, 70, 10), 65.0], thickness_mm=8.0) == pytest.approx(10.0)
+    assert slice_spacing_mm([8.4 * k for k in range(8)] + [8.4 * 3 + 4.2], thickness_mm=7.0) == pytest.approx(8.4)
+    assert slice_spacing_mm([7.5 * k for k in range(6)], thickness_mm=10.0) == pytest.approx(7.5)  # overlapping
     assert slice_spacing_mm([]) is None
 
 
@@ -122,6 +127,11 @@ def test_a_missing_slice_is_noted_and_its_slab_left_out():
     (result,) = stack_volumes(areas)
     assert result.slice_spacing_mm == pytest.approx(10.0) and result.ed_volume_ml == pytest.approx(3.0)
     assert result.notes == ["1 slice(s) missing between 10 and 30 mm: their slabs are not in the volumes"]
+    # The images' slice thickness reaches the spacing: an extra slice half-way stays an extra slice.
+    extra = [SliceArea("S", f"s{location}", location, 100.0, phase="ED", thickness_mm=8.0)
+             for location in (0.0, 10.0, 20.0, 25.0, 30.0, 40.0)]
+    (result,) = stack_volumes(extra)
+    assert result.slice_spacing_mm == pytest.approx(10.0)
 
 
 def drop_frames(areas: list[SliceArea], *ids: str) -> list[SliceArea]:

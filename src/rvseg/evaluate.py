@@ -338,7 +338,8 @@ def cavity_volumes(data: PreparedDataset, rows: Sequence[dict], labels: Sequence
             continue
         for side, area in (("pred", row["area_pred_mm2"]), ("truth", row["area_ref_mm2"])):
             sides[side].append(SliceArea(stack=row["patient"], id=row["id"], phase=row["phase"],
-                                         slice_location=location, area_mm2=float(area)))
+                                         slice_location=location, area_mm2=float(area),
+                                         thickness_mm=finite(sample.get("slice_thickness_mm"))))
     notes = [f"{count} sample(s) left out: {reason}" for reason, count in left_out.items()]
     filled = {side: fill_missing_es(areas) for side, areas in sides.items()}
     notes += filled["truth"][1]

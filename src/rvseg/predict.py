@@ -322,7 +322,7 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
         return [], ["no areas in mm^2 or volumes: the images have no pixel spacing"]
     areas = [SliceArea(stack=image.stack, id=image.id, slice_location=slice_position(image),
                        area_mm2=record[f"area_mm2_{label}"], trigger_time=image.trigger_time,
-                       frame=image.frame, phase=image.phase)
+                       frame=image.frame, phase=image.phase, thickness_mm=image.thickness_mm)
              for image, record in with_spacing if slice_position(image) is not None]
     areas, rules = assign_phases(areas)
     phase_of = {(area.stack, area.id): area.phase for area in areas}

@@ -85,6 +85,8 @@ class SliceArea:
         trigger_time: ms after the R wave, or None.
         frame: frame number (orders frames when trigger times are missing), or None.
         phase: ``"ED"``, ``"ES"`` or ``""`` (neither, or not known yet).
+        thickness_mm: the slice's thickness (SpacingBetweenSlices, else SliceThickness), or None: tells
+            a grid step from an extra slice between two others (:func:`slice_spacing_mm`).
     """
 
     stack: str
@@ -94,6 +96,7 @@ class SliceArea:
     trigger_time: float | None = None
     frame: int | None = None
     phase: str = ""
+    thickness_mm: float | None = None
 
     @property
     def slice_key(self) -> float:
@@ -135,25 +138,27 @@ def area_mm2(mask: np.ndarray, spacing_mm: tuple[float, float]) -> float:
     return float(np.count_nonzero(mask)) * float(spacing_mm[0]) * float(spacing_mm[1])
 
 
-def slice_spacing_mm(locations: Sequence[float]) -> float | None:
+def slice_spacing_mm(locations: Sequence[float], thickness_mm: float | None = None) -> float | None:
     """Distance between neighbouring slice centres (mm) of a stack whose slice locations may have gaps;
     None for fewer than two distinct locations.
 
     The spacing is the largest distance between neighbours of which every other such distance is a
-    whole multiple (within 10 %) and which at least as many neighbours are apart as are further
-    apart, refined as the median of the distances divided by their multiples: 0, 10 and 30 mm are
-    10 mm apart with a slice missing (a plain median would say 15), while one extra slice half-way
-    between two others does not make a 5 mm grid of a 10 mm stack. Where no such grid fits, the
-    median of the distances is used.
+    whole multiple (within 10 %), refined as the median of the distances divided by their multiples:
+    0, 10 and 30 mm are 10 mm apart with a slice missing (a plain median would say 15). A step below
+    0.8 of the slices' ``thickness_mm`` is no grid step but an extra slice between two others, so with
+    8 mm slices 0, 10, 15 and 20 mm stay a 10 mm stack; without a thickness, a grid must not have more
+    missing slices than present ones. Where no grid fits, the median of the distances is used.
     """
     distinct = np.unique(np.round(np.asarray(locations, dtype=np.float64), LOCATION_DECIMALS))
     if len(distinct) < 2:
         return None
     distances = np.diff(distinct)
     for unit in sorted(distances, reverse=True):
+        if thickness_mm and unit < 0.8 * thickness_mm:
+            break
         multiples = np.maximum(np.round(distances / unit), 1.0)
         fits = np.all(np.abs(distances - multiples * unit) <= 0.1 * unit * multiples)
-        if fits and np.count_nonzero(multiples == 1) >= np.count_nonzero(multiples > 1):
+        if fits and (thickness_mm or multiples.sum() + 1 <= 2 * len(distinct)):
             return float(np.median(distances / multiples))
     return float(np.median(distances))
 
@@ -290,7 +295,9 @@ def stack_volumes(areas: Sequence[SliceArea], es_rules: Mapping[str, str] | None
     es_rules = es_rules or {}
     results = []
     for stack, members in by_stack(areas).items():
-        spacing = slice_spacing_mm([area.slice_location for area in members])
+        thicknesses = [area.thickness_mm for area in members if area.thickness_mm]
+        spacing = slice_spacing_mm([area.slice_location for area in members],
+                                   float(np.median(thicknesses)) if thicknesses else None)
         if spacing is None:
             continue
         notes = [f"{count} slice(s) missing between {lower:g} and {upper:g} mm: their slabs are not in the volumes"

@@ -83,6 +83,8 @@ class InputImage:
         position_mm: where the slice lies along its stack's normal (mm, from ImagePositionPatient;
             :func:`~rvseg.data.dicom.plane_positions`), or None: what slice spacings are measured on.
         trigger_time: ms after the R wave, or None.
+        thickness_mm: slice thickness in mm (DICOM SpacingBetweenSlices, else SliceThickness; a NIfTI
+            volume's third voxel size), or None.
         frame: frame or instance number (orders frames without trigger times), or None.
         phase: ``ED`` / ``ES`` when the source says so, else "".
         slice_number: the slice's number in its stack when the source gives one (a prepared data set's
@@ -102,6 +104,7 @@ class InputImage:
     slice_location: float | None = None
     position_mm: float | None = None
     trigger_time: float | None = None
+    thickness_mm: float | None = None
     frame: int | None = None
     phase: str = ""
     slice_number: float | None = None
@@ -336,7 +339,7 @@ def dicom_input(image: DicomImage, image_id: str, stack: str, position_mm: float
     match = RVSC_FRAME_ID.fullmatch(image_id)
     return InputImage(id=image_id, source=str(image.path), pixels=image.pixels, shape=image.shape, stack=stack,
                       spacing_mm=image.spacing_mm, slice_location=image.slice_location, position_mm=position_mm,
-                      trigger_time=image.trigger_time,
+                      trigger_time=image.trigger_time, thickness_mm=image.slice_thickness_mm,
                       frame=int(match.group(1)) if match else image.instance_number)
 
 
@@ -455,6 +458,7 @@ def nifti_inputs(volume: NiftiVolume, name: str, stack: str, *, prefix: str | No
                 id=f"{prefix}-frame{t + 1:02d}-slice{z:02d}" if cine else f"{prefix}-slice{z:02d}",
                 source=str(volume.path), pixels=pixels, shape=pixels.shape, stack=stack,
                 spacing_mm=volume.spacing_mm, slice_location=location, position_mm=location,
+                thickness_mm=volume.zooms[2] if len(volume.zooms) > 2 and volume.zooms[2] > 0 else None,
                 frame=t + 1 if cine else frame, phase=phases.get(t + 1, "") if cine else phase, slice_number=z,
                 volume=name, volume_index=index))
     return images
@@ -514,7 +518,7 @@ def prepared_images(data: PreparedDataset) -> list[InputImage]:
             id=safe_name(row["id"]), source=row.get("source_image", "") or str(data.root), prepared=True,
             pixels=data.images[index, 0, :height, :width], shape=shape, stack=row["patient"], spacing_mm=spacing,
             slice_location=float(row["slice_location"]) if row.get("slice_location") else None,
-            position_mm=finite(row.get("position_mm")),
+            position_mm=finite(row.get("position_mm")), thickness_mm=finite(row.get("slice_thickness_mm")),
             frame=int(row["frame"]) if row.get("frame") else None,
             phase=row["phase"] if row["phase"] in ("ED", "ES") else "",
             slice_number=finite(row.get("slice"))))
