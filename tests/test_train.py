@@ -179,6 +179,28 @@ def test_resume_after_pause_equals_one_uninterrupted_run(tiny_dataset, tmp_path)
     assert metrics(tmp_path / "twice") == metrics(tmp_path / "once")
 
 
+def test_a_run_paused_by_an_older_rvseg_that_drew_or_resolved_otherwise_is_not_resumed(tiny_dataset, tmp_path):
+    """Older versions pooled the switching threshold of a joint model and drew --fraction otherwise:
+    continuing such a run would silently change its loss or its slices half-way."""
+    from rvseg.train.checkpoint import save_checkpoint
+
+    options = {**TINY, "epochs": 2, "loss": "switching", "target": ["endo", "epi"], "fraction": 0.5}
+    train(tiny_dataset, tmp_path / "run", TrainConfig(**options, pause_after=1), verbose=False)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    per_target = state["config"]["resolved_tau"]
+    state["config"]["resolved_tau"] = 0.07  # one pooled threshold
+    state["data"]["train_slices"] = "0123456789abcdef"
+    save_checkpoint(tmp_path / "run" / "last.pt", state)
+    with pytest.raises(ConfigError, match="training slices drawn for --fraction.*resolved switching threshold "
+                                          r"\(0.07 -> \["):
+        train(tiny_dataset, tmp_path / "run", TrainConfig(**options), resume=True, verbose=False)
+    del state["data"]["train_slices"]  # written before slices were recorded: not checkable, accepted
+    state["config"]["resolved_tau"] = per_target
+    save_checkpoint(tmp_path / "run" / "last.pt", state)
+    train(tiny_dataset, tmp_path / "run", TrainConfig(**options), resume=True, verbose=False)
+    assert len(metrics(tmp_path / "run")) == 2
+
+
 def test_a_numeric_switch_tau_set_in_python_resumes_from_the_command_line_text(tiny_dataset, tmp_path):
     run(tiny_dataset, tmp_path / "run", epochs=2, loss="switching", switch_tau=0.03, pause_after=1)
     train(tiny_dataset, tmp_path / "run", TrainConfig(**{**TINY, "epochs": 2, "loss": "switching",

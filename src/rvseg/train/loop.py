@@ -11,6 +11,7 @@ checkpoints hold and why a resumed run continues exactly.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import signal
 import time
@@ -294,11 +295,32 @@ def check_resumable(state: dict, config: TrainConfig, data_info: dict, runtime: 
                for name, default in fixed.items() if not same_option(saved.get(name, default), getattr(config, name))]
     if state["data"]["content_hash"] != data_info["content_hash"]:
         changed.append("the data set (its content hash)")
+    # Written by the run itself, so they differ only where rvseg changed how it draws or resolves them.
+    if state["data"].get("train_slices", data_info["train_slices"]) != data_info["train_slices"]:
+        changed.append("the training slices drawn for --fraction (an older rvseg drew other ones)")
+    if not same_thresholds(saved.get("resolved_tau"), config.resolved_tau):
+        changed.append(f"the resolved switching threshold ({saved.get('resolved_tau')!r} -> {config.resolved_tau!r}; "
+                       "an older rvseg pooled the targets)")
     if len(state["augment_generators"]) != runtime.world_size:
         changed.append(f"the number of processes ({len(state['augment_generators'])} -> {runtime.world_size})")
     if changed:
         raise ConfigError(f"cannot resume: {'; '.join(changed)} differ from the run in last.pt; resume with "
                           f"the same settings, or train into another --out", path)
+
+
+def slices_fingerprint(data: PreparedDataset, indices: np.ndarray) -> str:
+    """A short hash of the ids of the slices ``indices`` picks: a resumed run must train on the same ones."""
+    ids = ",".join(sorted(data.rows[int(i)]["id"] for i in indices))
+    return hashlib.sha256(ids.encode()).hexdigest()[:16]
+
+
+def same_thresholds(saved, resolved) -> bool:
+    """Whether two resolved switching thresholds (None, a number, or one per target) agree, to float32
+    rounding: a run resumed on another device sums its targets in another order."""
+    if saved is None or resolved is None:
+        return saved is resolved
+    saved, resolved = np.atleast_1d(np.asarray(saved, dtype=float)), np.atleast_1d(np.asarray(resolved, dtype=float))
+    return saved.shape == resolved.shape and bool(np.allclose(saved, resolved, rtol=1e-4, atol=0.0))
 
 
 def same_option(saved, given) -> bool:
@@ -385,7 +407,8 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
             print(note)
     data_info = {"in_channels": int(data.images.shape[1]), "labels": config.target, "mask_style": data.mask_style,
                  "content_hash": data.meta["content_hash"], "prepare": data.meta["options"],
-                 "train_patients": train_patients, "val_patients": val_patients}
+                 "train_patients": train_patients, "val_patients": val_patients,
+                 "train_slices": slices_fingerprint(data, train_idx)}
 
     # ---- model, loss, optimisation
     torch.manual_seed(config.seed)
