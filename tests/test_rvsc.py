@@ -160,12 +160,12 @@ def test_order_series(rvsc_root):
 
 
 def header_only(series: str, location: float, time: float, normal=(0.0, 0.0, 1.0), study: str = "S1",
-                shape=(8, 6), thickness: float | None = None) -> DicomImage:
+                shape=(8, 6), thickness: float | None = None, number: int | None = None) -> DicomImage:
     """A DicomImage with only what stacking looks at (no file behind it)."""
     return DicomImage(pixels=np.zeros(shape, np.float32), spacing_mm=(1.0, 1.0), trigger_time=time,
                       slice_location=location, slice_thickness_mm=thickness, instance_number=None, series_uid=series,
                       path=Path(f"{series}-{location}-{time}.dcm"), study_uid=study, normal=normal,
-                      position=None if normal is None else tuple(location * np.asarray(normal)))
+                      position=None if normal is None else tuple(location * np.asarray(normal)), series_number=number)
 
 
 def test_single_slice_series_of_a_study_form_one_stack():
@@ -192,10 +192,11 @@ def test_single_slice_series_of_a_study_form_one_stack():
 
 
 def cine_series(series: str, locations, times=(0.0, 100.0, 200.0, 300.0, 400.0), normal=(0.0, 0.0, 1.0),
-                thickness: float = 8.0):
-    """A cine of ``thickness`` mm thick slices (SliceThickness), ``times`` the frames' trigger times."""
-    return [header_only(series, location, time, normal=normal, thickness=thickness) for location in locations
-            for time in times]
+                thickness: float = 8.0, number: int | None = None):
+    """A cine of ``thickness`` mm thick slices (SliceThickness), ``times`` the frames' trigger times,
+    ``number`` its SeriesNumber."""
+    return [header_only(series, location, time, normal=normal, thickness=thickness, number=number)
+            for location in locations for time in times]
 
 
 def stack_series(stacks) -> list[list[str]]:
@@ -246,6 +247,15 @@ def test_slice_per_series_cines_join_whatever_the_file_order_or_frame_counts():
     for files in ([*singles[:4], repeat, *singles[4:]], [repeat, *singles], [*singles, repeat]):
         stacks = dicom_stacks([image for series in files for image in series])
         assert sorted(len(stack) for stack in stacks) == [5, 50]  # the repeat alone, in any file order
+    # Thin slices (6 mm every 10 mm): a repeat half a step off is still no slice of the cine.
+    thin = [cine_series(f"t{k}", (10.0 * k,), thickness=6.0) for k in range(10)]
+    stacks = dicom_stacks([image for series in [cine_series("r", (45.0,), thickness=6.0), *thin] for image in series])
+    assert sorted(len(stack) for stack in stacks) == [5, 50]
+    # A repeat just beyond the base, acquired later (a higher SeriesNumber), leaves the base in the cine.
+    numbered = [cine_series(f"n{k}", (10.0 * k,), number=k + 1) for k in range(10)]
+    beyond = cine_series("late", (-5.0,), number=20)
+    alone, cine = sorted(dicom_stacks([image for series in [beyond, *numbered] for image in series]), key=len)
+    assert {image.series_uid for image in alone} == {"late"} and len(cine) == 50
 
 
 def test_a_slice_series_that_lost_a_frame_still_joins_the_cine():

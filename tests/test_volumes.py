@@ -62,6 +62,7 @@ def test_slice_spacing_is_the_distance_between_slice_centres():
     # With the slice thickness known, one extra slice half a step off the grid does not halve the
     # spacing of the whole stack (8 mm slices cannot be 5 mm apart).
     assert slice_spacing_mm([*range(0, 70, 10), 65.0], thickness_mm=8.0) == pytest.approx(10.0)
+    assert slice_spacing_mm([*range(0, 100, 10), 45.0], thickness_mm=6.0) == pytest.approx(10.0)
     assert slice_spacing_mm([8.4 * k for k in range(8)] + [8.4 * 3 + 4.2], thickness_mm=7.0) == pytest.approx(8.4)
     assert slice_spacing_mm([7.5 * k for k in range(6)], thickness_mm=10.0) == pytest.approx(7.5)  # overlapping
     assert slice_spacing_mm([]) is None

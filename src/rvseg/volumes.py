@@ -145,8 +145,8 @@ def slice_spacing_mm(locations: Sequence[float], thickness_mm: float | None = No
     The spacing is the largest distance between neighbours of which every other such distance is a
     whole multiple (within 10 %), refined as the median of the distances divided by their multiples:
     0, 10 and 30 mm are 10 mm apart with a slice missing (a plain median would say 15). A step below
-    0.8 of the slices' ``thickness_mm`` is no grid step but an extra slice between two others, so with
-    8 mm slices 0, 10, 15 and 20 mm stay a 10 mm stack; without a thickness, a grid must not have more
+    0.95 of the slices' ``thickness_mm`` is no grid step but an extra slice between two others, so with
+    6 mm slices 0, 10, 15 and 20 mm stay a 10 mm stack; without a thickness, a grid must not have more
     missing slices than present ones. Where no grid fits, the median of the distances is used.
     """
     distinct = np.unique(np.round(np.asarray(locations, dtype=np.float64), LOCATION_DECIMALS))
@@ -154,7 +154,7 @@ def slice_spacing_mm(locations: Sequence[float], thickness_mm: float | None = No
         return None
     distances = np.diff(distinct)
     for unit in sorted(distances, reverse=True):
-        if thickness_mm and unit < 0.8 * thickness_mm:
+        if thickness_mm and unit < 0.95 * thickness_mm:
             break
         multiples = np.maximum(np.round(distances / unit), 1.0)
         fits = np.all(np.abs(distances - multiples * unit) <= 0.1 * unit * multiples)
