@@ -191,14 +191,16 @@ def test_a_run_paused_by_an_older_rvseg_that_drew_or_resolved_otherwise_is_not_r
     state["config"]["resolved_tau"] = 0.07  # one pooled threshold
     state["data"]["train_slices"] = "0123456789abcdef"
     save_checkpoint(tmp_path / "run" / "last.pt", state)
-    with pytest.raises(ConfigError, match="training slices drawn for --fraction.*resolved switching threshold "
-                                          r"\(0.07 -> \["):
+    with pytest.raises(ConfigError, match="training slices drawn for --fraction, as an older rvseg made them; the "
+                                          r"resolved switching threshold \(0.07 -> \[.*\]\), as an older"):
         train(tiny_dataset, tmp_path / "run", TrainConfig(**options), resume=True, verbose=False)
-    del state["data"]["train_slices"]  # written before slices were recorded: not checkable, accepted
+    with pytest.raises(ConfigError, match=r"--seed \(0 -> 3\); the training slices drawn for --fraction; the res"):
+        train(tiny_dataset, tmp_path / "run", TrainConfig(**options, seed=3), resume=True, verbose=False)
+    del state["data"]["train_slices"]  # written before the slices were recorded: cannot be the same ones
     state["config"]["resolved_tau"] = per_target
     save_checkpoint(tmp_path / "run" / "last.pt", state)
-    train(tiny_dataset, tmp_path / "run", TrainConfig(**options), resume=True, verbose=False)
-    assert len(metrics(tmp_path / "run")) == 2
+    with pytest.raises(ConfigError, match="which last.pt does not record"):
+        train(tiny_dataset, tmp_path / "run", TrainConfig(**options), resume=True, verbose=False)
 
 
 def test_a_numeric_switch_tau_set_in_python_resumes_from_the_command_line_text(tiny_dataset, tmp_path):
@@ -250,12 +252,12 @@ def test_resume_refuses_other_options_or_data_with_one_line(tiny_dataset, tmp_pa
     resume = ["train", str(tiny_dataset), "--out", str(tmp_path / "run"), "--resume", "--epochs", "2", "--quiet"]
     assert main([*resume, "--width", "8"]) == 2
     err = capsys.readouterr().err
-    assert "cannot resume: --width (4 -> 8)" in err and "Traceback" not in err
+    assert "cannot resume the run in last.pt, which differs in: --width (4 -> 8)." in err and "Traceback" not in err
     other = tmp_path / "other-data"
     write_prepared(synthetic_report(seed=1), other, PrepareOptions(normalize="none"))
     resume[1] = str(other)
     assert main(resume) == 2
-    assert "cannot resume: the data set" in capsys.readouterr().err
+    assert "which differs in: the data set" in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1  # untouched
 
 

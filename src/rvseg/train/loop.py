@@ -295,16 +295,21 @@ def check_resumable(state: dict, config: TrainConfig, data_info: dict, runtime: 
                for name, default in fixed.items() if not same_option(saved.get(name, default), getattr(config, name))]
     if state["data"]["content_hash"] != data_info["content_hash"]:
         changed.append("the data set (its content hash)")
-    # Written by the run itself, so they differ only where rvseg changed how it draws or resolves them.
-    if state["data"].get("train_slices", data_info["train_slices"]) != data_info["train_slices"]:
-        changed.append("the training slices drawn for --fraction (an older rvseg drew other ones)")
+    # Derived by the run itself: with the same options they differ only where rvseg changed how it draws
+    # or resolves them (before 2026-11-27 --fraction drew other slices, and tau pooled the targets).
+    older = "" if changed else ", as an older rvseg made them"
+    drawn = state["data"].get("train_slices")
+    if (drawn is None and config.fraction < 1) or (drawn is not None and drawn != data_info["train_slices"]):
+        changed.append(f"the training slices drawn for --fraction{older}" if drawn else
+                       "the training slices drawn for --fraction, which last.pt does not record (written by an "
+                       "rvseg that drew them otherwise)")
     if not same_thresholds(saved.get("resolved_tau"), config.resolved_tau):
-        changed.append(f"the resolved switching threshold ({saved.get('resolved_tau')!r} -> {config.resolved_tau!r}; "
-                       "an older rvseg pooled the targets)")
+        changed.append(f"the resolved switching threshold ({saved.get('resolved_tau')!r} -> {config.resolved_tau!r})"
+                       f"{older}")
     if len(state["augment_generators"]) != runtime.world_size:
         changed.append(f"the number of processes ({len(state['augment_generators'])} -> {runtime.world_size})")
     if changed:
-        raise ConfigError(f"cannot resume: {'; '.join(changed)} differ from the run in last.pt; resume with "
+        raise ConfigError(f"cannot resume the run in last.pt, which differs in: {'; '.join(changed)}. Resume with "
                           f"the same settings, or train into another --out", path)
 
 
