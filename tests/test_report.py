@@ -226,3 +226,21 @@ def test_only_overrides_of_the_scale_make_a_sweep_rescaled():
     assert "another scale" in verdict(device="cuda", epochs=5)
     assert "another scale" in verdict(epochs=500)
     assert "another scale" in verdict(only=["loss=dice"])
+
+
+def test_outputs_are_as_readable_as_the_umask_allows(grid_sweep, tmp_path):
+    """Written through temporary files and folders (0600 / 0700 by default), outputs must still get
+    the user's usual permissions: a report or model is shared with colleagues."""
+    import stat
+
+    from rvseg.io import atomic_folder
+
+    previous = os.umask(0o022)
+    try:
+        html, markdown = write_report(grid_sweep, tmp_path / "report.html")
+        with atomic_folder(tmp_path / "out") as folder:
+            (folder / "x.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(html.stat().st_mode) == stat.S_IMODE(markdown.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755

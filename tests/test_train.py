@@ -191,10 +191,11 @@ def test_a_run_paused_by_an_older_rvseg_that_drew_or_resolved_otherwise_is_not_r
     state["config"]["resolved_tau"] = 0.07  # one pooled threshold
     state["data"]["train_slices"] = "0123456789abcdef"
     save_checkpoint(tmp_path / "run" / "last.pt", state)
-    with pytest.raises(ConfigError, match="training slices drawn for --fraction, as an older rvseg made them; the "
-                                          r"resolved switching threshold \(0.07 -> \[.*\]\), as an older"):
+    with pytest.raises(ConfigError, match=r"training slices \(the split and the --fraction draw\), as an older "
+                                          r"rvseg made them; the resolved switching threshold \(0.07 -> \[.*\]\), as"):
         train(tiny_dataset, tmp_path / "run", TrainConfig(**options), resume=True, verbose=False)
-    with pytest.raises(ConfigError, match=r"--seed \(0 -> 3\); the training slices drawn for --fraction; the res"):
+    with pytest.raises(ConfigError, match=r"--seed \(0 -> 3\); the training slices \(the split and the --fraction "
+                                          r"draw\); the res"):
         train(tiny_dataset, tmp_path / "run", TrainConfig(**options, seed=3), resume=True, verbose=False)
     del state["data"]["train_slices"]  # written before the slices were recorded: cannot be the same ones
     state["config"]["resolved_tau"] = per_target

@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("report", help="a self-contained HTML report of a sweep or a run (+ Markdown tables)")
     p.add_argument("path", help="a sweep folder or a run folder")
-    p.add_argument("--out", required=True, help="HTML file to write (report.md is written beside it)")
+    p.add_argument("--out", required=True, help="HTML file to write (NAME.html; its Markdown twin NAME.md beside it)")
     p.add_argument("--dataset", help="run reports: prepared set for best/worst examples (default: none)")
     p.set_defaults(handler=cmd_report)
     return parser

@@ -188,12 +188,14 @@ def split_indices(data: PreparedDataset, infos: Sequence[dict], split: str) -> t
         if not patients:
             listed = ", ".join(sorted(val)) or "none"
             raise DataError(f"none of the validation patients of the checkpoint(s) ({listed}) is in this data set; "
-                            "use --split test or all", data.root)
+                            "use --split all (every patient), or test (those the checkpoint never saw)", data.root)
     else:
         patients = sorted(set(data.patients) - seen)
         if not patients:
-            raise DataError("every patient of this data set was used to train or validate the checkpoint, so "
-                            "there is no test patient; use --split val or all", data.root)
+            raise DataError(f"every patient id of this data set ({', '.join(data.patients[:4])}"
+                        f"{', ...' if len(data.patients) > 4 else ''}) is one the checkpoint trained or validated on, "
+                        "so there is no test patient (patients are matched by id; for other data whose ids merely "
+                        "repeat, use --split all)", data.root)
     return data.indices_of_patients(patients), patients
 
 

@@ -23,6 +23,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would keep reports and models from colleagues
     try:
         yield Path(tmp)
         # Flush to disk before the rename, so a power loss cannot leave an empty file under the name.
@@ -31,6 +32,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -189,6 +197,7 @@ def atomic_folder(out: str | Path) -> Iterator[Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        os.chmod(tmp, 0o777 & ~current_umask())  # as mkdir would make it, not mkdtemp's 0700
     except OSError as exc:  # named after the output asked for, not the temporary folder
         raise DataError(f"cannot create the output folder ({exc.strerror or exc})", out) from None
     try:

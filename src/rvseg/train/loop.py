@@ -300,7 +300,7 @@ def check_resumable(state: dict, config: TrainConfig, data_info: dict, runtime: 
     older = "" if changed else ", as an older rvseg made them"
     drawn = state["data"].get("train_slices")
     if (drawn is None and config.fraction < 1) or (drawn is not None and drawn != data_info["train_slices"]):
-        changed.append(f"the training slices drawn for --fraction{older}" if drawn else
+        changed.append(f"the training slices (the split and the --fraction draw){older}" if drawn else
                        "the training slices drawn for --fraction, which last.pt does not record (written by an "
                        "rvseg that drew them otherwise)")
     if not same_thresholds(saved.get("resolved_tau"), config.resolved_tau):
