@@ -475,6 +475,7 @@ def test_kill_mid_trial_and_rerun_resumes_the_run(tmp_path, prepared):
     after = read_metrics(interrupted)
     assert [r["epoch"] for r in after] == list(range(1, 41))
     assert after[:len(before)] == before  # the epochs before the kill were kept, not retrained
+    assert "epoch 40/40" in (interrupted / "train.log").read_text()  # a run's progress, one line per epoch
     trials = json.loads((out / "trials.json").read_text())["trials"]
     assert [t["interrupted"] for t in trials if t["state"] == "FAIL"] == [True]
     assert sum(t["state"] == "COMPLETE" for t in trials) == 2

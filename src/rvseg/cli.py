@@ -457,5 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rvseg: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("rvseg: interrupted", file=sys.stderr)
+        # A sweep continues where it stopped when the same command runs again.
+        again = "; run the same command again to continue the sweep" if args.command == "sweep" else ""
+        print(f"rvseg: interrupted{again}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -643,7 +643,7 @@ class Worker:
         """Run the trainer subprocess to the end of the run, or until ``trial`` says to prune it
         (then ``pruned.json`` is written), or until it fails (then ``failed.json``)."""
         command = child_command(["train", str(dataset), "--out", str(folder), "--config",
-                                 str(folder / "sweep-config.yaml"), "--resume", "--quiet"])
+                                 str(folder / "sweep-config.yaml"), "--resume"])
         env = {**os.environ, **self.child_env}
         with open(folder / "train.log", "ab") as log:
             # The claim's descriptor goes along: the claim then outlives this worker until the trainer exits.
