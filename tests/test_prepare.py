@@ -331,3 +331,19 @@ def test_training_shares_of_one_seed_are_nested():
 def test_folds_take_precedence_over_a_configured_list():
     split = split_patients(PATIENTS, val_patients=["P13", "P14"], fold=1, folds=4, seed=3)
     assert split == split_patients(PATIENTS, fold=1, folds=4, seed=3)
+
+
+def test_a_closed_output_pipe_ends_quietly(tmp_path, monkeypatch, capsys):
+    """`rvseg inspect D --json | head` closes the pipe early: no 'rvseg: Broken pipe', exit 0."""
+    import io
+    import sys
+
+    import rvseg.data.phantom
+
+    def closed_pipe(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(rvseg.data.phantom, "write_phantom", closed_pipe)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # restored after the test, whatever main sets
+    assert main(["phantom", "--out", str(tmp_path / "p")]) == 0
+    assert capsys.readouterr().err == ""

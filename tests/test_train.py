@@ -642,6 +642,13 @@ def test_switching_tau_auto_follows_the_foreground_share_on_grey_targets():
     assert tau == pytest.approx(0.5 + 0.5 * float(share.mean()))
 
 
+def test_a_depth_that_halves_the_images_below_a_pixel_is_refused(tiny_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="--depth 7 halves the 48 x 40 images 7 times, below one pixel; at most "
+                                          "--depth 5 fits them"):
+        run(tiny_dataset, tmp_path / "run", depth=7)
+    assert not (tmp_path / "run").exists()
+
+
 def test_slices_carrying_only_some_targets_are_named_in_a_note(tmp_path):
     """Sunnybrook has i-contours on more images than o-contours: a model of both leaves the others
     out, which the user must be told (evaluate scores each label on every slice that has it)."""

@@ -64,7 +64,7 @@ def cmd_prepare(args) -> int:
 
 
 def print_prepare_summary(summary: dict, heading: str) -> None:
-    print(f"{heading}: {summary['n_samples']} samples of {summary['n_patients']} patients ({summary['format']})")
+    print(f"{heading}: {summary['n_samples']} samples of {summary['n_patients']} patient(s) ({summary['format']})")
     for name, stats in summary["labels"].items():
         print(f"  {name}: {stats['count']} samples, mean foreground {stats['mean_foreground_fraction']:.3%}")
     print("  phases: " + ", ".join(f"{k} {v}" for k, v in summary["phases"].items()))
@@ -125,7 +125,7 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print_json(summary)
         return 0
-    print(f"evaluated {summary['n_samples']} samples of {len(summary['patients'])} patients "
+    print(f"evaluated {summary['n_samples']} samples of {len(summary['patients'])} patient(s) "
           f"({args.split} split, post-processing {summary['settings']['postprocess']}) -> {args.out}")
     for label, stats in summary["labels"].items():
         for group, cells in stats["table"].items():
@@ -174,9 +174,10 @@ def cmd_predict(args) -> int:
         if summary["n_ignored"]:
             print(f"  left {summary['n_ignored']} file(s) alone (ignored.csv says why)")
         for stack, volumes in summary["volumes"].items():
-            ef = "no EF" if volumes["ef_percent"] is None else f"EF {volumes['ef_percent']:.1f} %"
-            print(f"  {stack}: {summary['chamber']} EDV {number(volumes['ed_volume_ml'], 1)} mL, "
-                  f"ESV {number(volumes['es_volume_ml'], 1)} mL, {ef}")
+            parts = [f"{name} {volumes[key]:.1f} {unit}" if volumes[key] is not None else f"no {name}"
+                     for key, name, unit in (("ed_volume_ml", "EDV", "mL"), ("es_volume_ml", "ESV", "mL"),
+                                             ("ef_percent", "EF", "%"))]
+            print(f"  {stack}: {summary['chamber']} {', '.join(parts)}")
         for note in summary["notes"]:
             print(f"  note: {note}")
     return 1 if summary["skipped"] else 0
@@ -450,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     except RvsegError as exc:
         print(f"rvseg: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:
+        # `rvseg ... | head` closed the pipe: the reader has what it wanted, and the outputs are written.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter's exit flushes stdout once more
+        return 0
     except OSError as exc:
         # A folder that cannot be created or written (permissions, read-only disk, full disk) is the
         # user's environment, not a bug: one line naming the path, as for any bad input.

@@ -87,10 +87,13 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     errors = volume_errors(predicted["volumes"], [{"patient": t.patient, "ed_volume_ml": t.ed_volume_ml,
                                                    "es_volume_ml": t.es_volume_ml, "ef_percent": t.ef_percent}
                                                   for t in truth])
+    units = {"ed_volume_ml": "mL", "es_volume_ml": "mL", "ef_percent": "%"}
     for patient, values in errors["patients"].items():
-        text = ", ".join(f"{key.split('_')[0].upper()} {v['pred']:.1f} (phantom {v['truth']:.1f})"
+        text = ", ".join(f"{key.split('_')[0].upper()} {v['pred']:.1f} {units[key]} (phantom {v['truth']:.1f})"
                          for key, v in values.items() if v["pred"] is not None)
         step(f"  {patient}: {text}")
+    if quick:
+        step("  (--quick trains a few epochs only: these volumes show the pipeline runs, not what it measures)")
 
     result = {
         "seconds": round(time.perf_counter() - started, 1), "phantom": str(out / "phantom"),

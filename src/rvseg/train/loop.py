@@ -170,6 +170,15 @@ def choose_indices(data: PreparedDataset, config: TrainConfig) -> tuple[np.ndarr
     return train_idx, val_idx, split.train, split.val
 
 
+def check_depth_fits(depth: int, shape: tuple[int, int]) -> None:
+    """Refuse a U-Net depth that halves the images below one pixel: the padding to a multiple of
+    2**depth would then be most of what the network sees (``--depth 9`` on 64 x 56 trains on 512 x 512)."""
+    largest = max(int(size) for size in shape)
+    if 2**depth > largest:
+        raise ConfigError(f"--depth {depth} halves the {shape[0]} x {shape[1]} images {depth} times, below one "
+                          f"pixel; at most --depth {largest.bit_length() - 1} fits them")
+
+
 def partly_labelled_note(data: PreparedDataset, config: TrainConfig, patients: list[str]) -> str | None:
     """A note when slices of ``patients`` carry some but not all of the targets: :func:`choose_indices`
     leaves them out (a missing label is unknown, not empty), which rvseg evaluate, scoring each label
@@ -396,6 +405,7 @@ def train(dataset: str | Path, out: str | Path, config: TrainConfig, *, resume: 
 def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resume: bool, verbose: bool) -> dict:
     # ---- data: the patient-wise split, held on the device
     data = load_dataset(dataset)
+    check_depth_fits(config.depth, data.images.shape[-2:])
     train_idx, val_idx, train_patients, val_patients = choose_indices(data, config)
     train_set = split_tensors(data, train_idx, config, runtime.device)
     val_set = split_tensors(data, val_idx, config, runtime.device)
