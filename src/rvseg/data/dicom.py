@@ -132,14 +132,17 @@ def read_dicom_frames(path: str | Path) -> list[DicomImage]:
         count = _optional_int(dataset, "NumberOfFrames", path) or 1
         stored = _decoded(dataset, path)
         enhanced = "PerFrameFunctionalGroupsSequence" in dataset or "SharedFunctionalGroupsSequence" in dataset
+        per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+        if per_frame and len(per_frame) != count:
+            # Frames past its end would silently lose their position and timing.
+            raise DataError(f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for {count} frames", path)
         if count <= 1 and stored.ndim == 2:
             # An enhanced MR file of one frame keeps its geometry in the functional groups too.
-            return [_image(FrameTags(dataset, 0, path) if enhanced else dataset, dataset, stored, path)]
+            return [_image(FrameTags(dataset, 0) if enhanced else dataset, dataset, stored, path)]
         if stored.ndim != 3 or stored.shape[0] != count:
             raise DataError(f"NumberOfFrames is {count} but the pixel data has shape {tuple(stored.shape)}; expected "
                             f"{count} greyscale frames", path)
-        return [_image(FrameTags(dataset, k, path), dataset, stored[k], path, frame_number=k + 1)
-                for k in range(count)]
+        return [_image(FrameTags(dataset, k), dataset, stored[k], path, frame_number=k + 1) for k in range(count)]
 
 
 class FrameTags:
@@ -160,13 +163,9 @@ class FrameTags:
     #: Tags of the whole file that describe no single frame.
     NOT_PER_FRAME = ("SliceLocation", "InstanceNumber")
 
-    def __init__(self, dataset: Dataset, index: int, path: Path):
+    def __init__(self, dataset: Dataset, index: int):
         per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
         shared = dataset.get("SharedFunctionalGroupsSequence") or []
-        if per_frame and len(per_frame) != (_optional_int(dataset, "NumberOfFrames", path) or 1):
-            # Frames past its end would silently lose their position and timing.
-            raise DataError(f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for "
-                            f"{_optional_int(dataset, 'NumberOfFrames', path) or 1} frames", path)
         self.groups = [group for group in (per_frame[index] if per_frame else None, shared[0] if shared else None)
                        if group is not None]
         self.dataset = dataset
