@@ -149,7 +149,7 @@ def slice_spacing_mm(locations: Sequence[float], thickness_mm: float | None = No
     6 mm slices 0, 10, 15 and 20 mm stay a 10 mm stack; without a thickness, a grid must not have more
     missing slices than present ones. Where no grid fits, the median of the distances is used.
     """
-    distinct = np.unique(np.round(np.asarray(locations, dtype=np.float64), LOCATION_DECIMALS))
+    distinct = distinct_locations(locations)
     if len(distinct) < 2:
         return None
     distances = np.diff(distinct)
@@ -163,10 +163,15 @@ def slice_spacing_mm(locations: Sequence[float], thickness_mm: float | None = No
     return float(np.median(distances))
 
 
+def distinct_locations(locations: Sequence[float]) -> np.ndarray:
+    """The sorted distinct slice locations, rounded to 0.01 mm (float64 (K,))."""
+    return np.unique(np.round(np.asarray(locations, dtype=np.float64), LOCATION_DECIMALS))
+
+
 def missing_slices(locations: Sequence[float], spacing: float) -> list[tuple[float, float, int]]:
     """``(lower, upper, count)`` for each gap of a stack's distinct slice locations that lacks ``count``
     slices at ``spacing``."""
-    distinct = np.unique(np.round(np.asarray(locations, dtype=np.float64), LOCATION_DECIMALS))
+    distinct = distinct_locations(locations)
     gaps = []
     for lower, upper in zip(distinct[:-1], distinct[1:], strict=True):
         count = int(round((upper - lower) / spacing)) - 1
@@ -213,9 +218,13 @@ def assign_phases(areas: Sequence[SliceArea]) -> tuple[list[SliceArea], dict[str
             for frames in full:
                 phases[stack, frames[ed_index].id] = "ED"
                 phases[stack, frames[es_index].id] = "ES"
-            for frames in (frames for frames in slices if len(frames) < n_frames):
+            partial = [frames for frames in slices if len(frames) < n_frames]
+            if partial:
+                instants = np.median([[area.trigger_time for area in frames] for frames in full], axis=0)
+                tolerance = float(np.median(np.diff(instants))) / 2
+            for frames in partial:
                 for phase, index in (("ED", ed_index), ("ES", es_index)):
-                    match = frame_at_instant(frames, full, index)
+                    match = frame_at_instant(frames, instants[index], tolerance)
                     if match is not None:
                         phases[stack, match.id] = phase
         else:
@@ -239,15 +248,13 @@ def extreme_instants(full_slices: Sequence[Sequence[SliceArea]]) -> tuple[int, i
     return ed_index, es_index
 
 
-def frame_at_instant(frames: Sequence[SliceArea], full_slices: Sequence[Sequence[SliceArea]],
-                     index: int) -> SliceArea | None:
-    """The frame of a slice that lacks some of the cine's frames taken at instant ``index`` of the slices
-    that hold them all: the one whose trigger time is nearest that instant's median trigger time, within
-    half the median time between instants; None when no frame is that close (the slice lacks it)."""
-    instants = np.median([[area.trigger_time for area in frames] for frames in full_slices], axis=0)
-    tolerance = float(np.median(np.diff(instants))) / 2
-    nearest = min(frames, key=lambda area: abs(area.trigger_time - instants[index]))
-    return nearest if abs(nearest.trigger_time - instants[index]) < tolerance else None
+def frame_at_instant(frames: Sequence[SliceArea], instant: float, tolerance: float) -> SliceArea | None:
+    """The frame of a slice that lacks some of the cine's frames taken at an instant of the slices that
+    hold them all (``instant``: that instant's median trigger time, ms): the frame nearest in trigger
+    time, within ``tolerance`` (half the median time between instants); None when no frame is that close
+    (the slice lacks it)."""
+    nearest = min(frames, key=lambda area: abs(area.trigger_time - instant))
+    return nearest if abs(nearest.trigger_time - instant) < tolerance else None
 
 
 def fill_missing_es(areas: Sequence[SliceArea]) -> tuple[list[SliceArea], list[str]]:
@@ -295,13 +302,13 @@ def stack_volumes(areas: Sequence[SliceArea], es_rules: Mapping[str, str] | None
     es_rules = es_rules or {}
     results = []
     for stack, members in by_stack(areas).items():
+        locations = [area.slice_location for area in members]
         thicknesses = [area.thickness_mm for area in members if area.thickness_mm]
-        spacing = slice_spacing_mm([area.slice_location for area in members],
-                                   float(np.median(thicknesses)) if thicknesses else None)
+        spacing = slice_spacing_mm(locations, float(np.median(thicknesses)) if thicknesses else None)
         if spacing is None:
             continue
         notes = [f"{count} slice(s) missing between {lower:g} and {upper:g} mm: their slabs are not in the volumes"
-                 for lower, upper, count in missing_slices([area.slice_location for area in members], spacing)]
+                 for lower, upper, count in missing_slices(locations, spacing)]
         volumes, slice_sets = {}, {}
         for phase in ("ED", "ES"):
             chosen = [area for area in members if area.phase == phase]
