@@ -199,10 +199,9 @@ def check_types(config: TrainConfig) -> None:
         if value is None:
             continue
         is_bool = isinstance(value, (bool, np.bool_))
-        number = isinstance(value, numbers.Real) and not is_bool
+        number = is_real_number(value)
         if f.name == "resolved_tau":  # one number, or one per target
-            items = value if isinstance(value, list) else [value]
-            ok = all(isinstance(item, numbers.Real) and not isinstance(item, (bool, np.bool_)) for item in items)
+            ok = all(map(is_real_number, value)) if isinstance(value, list) else number
             value = [float(item) for item in value] if ok and isinstance(value, list) else float(value) if ok else value
         elif kind is list:
             ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
@@ -225,6 +224,11 @@ def check_types(config: TrainConfig) -> None:
                       bool: "True or False"}.get(kind, "text")
             raise ConfigError(f"option {f.name} must be {wanted}, not {value!r}")
         setattr(config, f.name, value)
+
+
+def is_real_number(value) -> bool:
+    """A real number, Python's or NumPy's, but not a bool (True is an int to Python)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def check_option(name: str, value, wanted: str, ok) -> None:
