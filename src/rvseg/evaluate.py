@@ -193,9 +193,9 @@ def split_indices(data: PreparedDataset, infos: Sequence[dict], split: str) -> t
         patients = sorted(set(data.patients) - seen)
         if not patients:
             raise DataError(f"every patient id of this data set ({', '.join(data.patients[:4])}"
-                        f"{', ...' if len(data.patients) > 4 else ''}) is one the checkpoint trained or validated on, "
-                        "so there is no test patient (patients are matched by id; for other data whose ids merely "
-                        "repeat, use --split all)", data.root)
+                            f"{', ...' if len(data.patients) > 4 else ''}) is one the checkpoint trained or validated "
+                            "on, so there is no test patient (patients are matched by id; for other data whose ids "
+                            "merely repeat, use --split all)", data.root)
     return data.indices_of_patients(patients), patients
 
 

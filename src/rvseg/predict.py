@@ -79,8 +79,7 @@ from rvseg.volumes import (
 #: Contour file kind of the RVSC labels (``PNN-FFFF-icontour-auto.txt``).
 CONTOUR_KIND = {"endo": "i", "epi": "o"}
 VOLUME_FIELDS = ("level", "stack", "id", "slice_location", "position_mm", "trigger_time", "frame", "phase", "area_mm2",
-                 "slices",
-                 "slice_spacing_mm", "volume_ml", "ed_volume_ml", "es_volume_ml", "ef_percent", "es_rule")
+                 "slices", "slice_spacing_mm", "volume_ml", "ed_volume_ml", "es_volume_ml", "ef_percent", "es_rule")
 
 
 def predict(checkpoints: str | Path | Sequence[str | Path], src: str | Path, out: str | Path, *,
@@ -348,8 +347,7 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
         notes.append("images without a slice location have areas but enter no volume")
     rows = [{"level": "image", "stack": image.stack, "id": image.id, "slice_location": image.slice_location,
              "position_mm": slice_position(image), "trigger_time": image.trigger_time, "frame": image.frame,
-             "phase": record["phase"],
-             "area_mm2": record[f"area_mm2_{label}"]} for image, record in with_spacing]
+             "phase": record["phase"], "area_mm2": record[f"area_mm2_{label}"]} for image, record in with_spacing]
     for item in volumes:
         phases = (("ED", item.ed_volume_ml, item.ed_slices), ("ES", item.es_volume_ml, item.es_slices))
         for phase, volume, slices in phases:

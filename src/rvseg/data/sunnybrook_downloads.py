@@ -211,12 +211,11 @@ def blood_pool_contrast(images: dict[int, Path], contours: dict[int, dict[str, P
     deviation, averaged. The series the experts traced shows the bright blood pool inside a dark
     myocardium (high contrast); another series behind the same image numbers does not. Images or
     contours that cannot be read count as nothing (-inf when none can)."""
-    inner = [(number, files) for number, files in sorted(contours.items()) if any("icontour" in f.name.lower()
-                                                                                     for f in files.values())]
+    inner = [(number, path) for number, files in sorted(contours.items()) for path in files.values()
+             if "icontour" in path.name.lower()]
     picked = inner[:: max(1, len(inner) // samples)][:samples]
     scores = []
-    for number, files in picked:
-        path = next(f for f in files.values() if "icontour" in f.name.lower())
+    for number, path in picked:
         try:
             pixels = read_dicom(images[number]).pixels
             mask = polygon_to_mask(read_contour_file(path, pixels.shape), pixels.shape)
