@@ -1,0 +1,43 @@
+"""The whole workflow from Python or a notebook, one name per step.
+
+    import rvseg.api as rv
+
+    rv.prepare("../shared/data/rvsc-train-png", "data/rvsc")
+    rv.train("data/rvsc", "runs/a", rv.TrainConfig(loss="dice-bce", epochs=50,
+                                                   val_patients=["P13", "P14", "P15", "P16"]))
+    summary = rv.evaluate("runs/a", "data/rvsc", split="val", out="eval/a")
+    rv.predict("runs/a", "../shared/data/rvsc-native/patient09", "pred/")
+
+These are the functions the command line runs (``rvseg prepare`` calls :func:`prepare`, and so
+on), with the same checks and outputs. They live here rather than on the ``rvseg`` package because
+``rvseg.train``, ``rvseg.evaluate`` and ``rvseg.predict`` are the modules that define them.
+Every refusal of bad input raises an :class:`RvsegError` (:class:`DataError` for a bad file,
+:class:`ConfigError` for a bad option) whose message names the file or option.
+"""
+
+from rvseg.data.dataset import PreparedDataset, load_dataset
+from rvseg.data.phantom import write_phantom
+from rvseg.data.prepare import PrepareOptions, prepare
+from rvseg.errors import ConfigError, DataError, RvsegError
+from rvseg.evaluate import evaluate
+from rvseg.inference import Predictor
+from rvseg.losses import LOSSES, build_loss
+from rvseg.metrics import segmentation_metrics
+from rvseg.models import MODELS, build_model
+from rvseg.predict import predict
+from rvseg.report.html import write_report
+from rvseg.sweep import SweepOptions, resolve_spec, run_sweep
+from rvseg.train.config import TrainConfig, load_config
+from rvseg.train.loop import train
+
+__all__ = [
+    # data: a synthetic study, any layout read into a prepared set, a prepared set loaded
+    "write_phantom", "prepare", "PrepareOptions", "load_dataset", "PreparedDataset",
+    # the registries of models and losses, and their builders
+    "MODELS", "build_model", "LOSSES", "build_loss",
+    # training, evaluation, prediction
+    "TrainConfig", "load_config", "train", "segmentation_metrics", "evaluate", "Predictor", "predict",
+    # studies: a sweep from a SPEC file or preset, and its report
+    "resolve_spec", "SweepOptions", "run_sweep", "write_report",
+    "RvsegError", "DataError", "ConfigError",
+]
