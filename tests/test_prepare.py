@@ -133,6 +133,34 @@ def test_inspect_json_and_montage(shared_data, tmp_path, capsys):
     assert "--n must be at least 1, not 0" in capsys.readouterr().err
 
 
+def test_inspect_checks_a_study_without_writing_anything(shared_data, tmp_path, capsys, monkeypatch):
+    """`rvseg inspect STUDY` reads any layout as prepare does: the same summary, and nothing left on disk."""
+    prepared = prepare_json(capsys, shared_data / "sunnybrook-subset", tmp_path / "d")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr("tempfile.tempdir", None)  # TMPDIR is read again
+    study = shared_data / "sunnybrook-subset"
+    assert main(["inspect", str(study), "--json", "--montage", str(tmp_path / "m.png")]) == 0
+    checked = json.loads(capsys.readouterr().out)
+    assert checked["content_hash"] == json.loads((tmp_path / "d" / "dataset.json").read_text())["content_hash"]
+    assert {key: checked[key] for key in prepared} == prepared  # 96 samples, the notes, the unmatched images
+    assert (tmp_path / "m.png").is_file() and list(scratch.iterdir()) == []
+
+
+def test_inspect_names_a_bad_file_of_a_study(shared_data, tmp_path, capsys):
+    root = make_patient_copy(tmp_path, shared_data / "rvsc-native")
+    path, _ = corrupt_dicom(root)
+    assert main(["inspect", str(root)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"rvseg: {path}:") and "\n" not in error
+    assert main(["inspect", str(root), "--skip-bad"]) == 1
+    out = capsys.readouterr().out
+    assert "2 samples of 1 patient(s) (rvsc)" in out and f"skipped {path}" in out
+    assert main(["inspect", str(tmp_path / "nothing-here")]) == 2
+    assert "nothing-here" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("damage, problem", [
     ("labels", "dataset.json lacks one of labels"),
     ("column", "samples.csv lacks the column(s) height"),

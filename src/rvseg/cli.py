@@ -41,15 +41,19 @@ def prepare_options(args):
     from rvseg.data.prepare import PrepareOptions
 
     return PrepareOptions(
-        format=args.format,
+        **reader_options(args),
         size=tuple(args.size) if args.size else None,
         channels=args.channels,
         mask_style=args.mask_style,
         normalize=args.normalize,
         clahe=args.clahe,
-        skip_bad=args.skip_bad,
-        labels=tuple(label.strip() for label in args.labels.split(",")) if args.labels else None,
     )
+
+
+def reader_options(args) -> dict:
+    """The options of :func:`add_reader_arguments` as :class:`PrepareOptions` fields."""
+    labels = tuple(label.strip() for label in args.labels.split(",")) if args.labels else None
+    return {"format": args.format, "skip_bad": args.skip_bad, "labels": labels}
 
 
 def cmd_prepare(args) -> int:
@@ -80,14 +84,19 @@ def print_prepare_summary(summary: dict, heading: str) -> None:
 
 
 def cmd_inspect(args) -> int:
-    from rvseg.data.dataset import load_dataset
-    from rvseg.data.inspect import dataset_summary, draw_montage
+    from rvseg.data.dataset import is_prepared, load_dataset
+    from rvseg.data.inspect import dataset_summary, draw_montage, load_study
+    from rvseg.data.prepare import PrepareOptions
     from rvseg.io import check_output_file
 
-    dataset = load_dataset(args.dataset)
-    summary = dataset_summary(dataset)
     if args.montage:
         check_output_file(args.montage)
+    if is_prepared(args.dataset):
+        dataset = load_dataset(args.dataset)
+    else:
+        dataset = load_study(args.dataset, PrepareOptions(**reader_options(args)))
+    summary = dataset_summary(dataset)
+    if args.montage:
         draw_montage(dataset, args.montage, n=args.n)
     if args.json:
         print_json(summary)
@@ -96,7 +105,7 @@ def cmd_inspect(args) -> int:
         print(f"  arrays: {summary['shape']}, content hash {summary['content_hash']}")
         if args.montage:
             print(f"  montage: {args.montage}")
-    return 0
+    return 1 if summary["skipped"] else 0
 
 
 # ---------------------------------------------------------------- training
@@ -251,15 +260,19 @@ def cmd_report(args) -> int:
 # ---------------------------------------------------------------- parser
 
 
-def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="auto", help="auto | rvsc | sunnybrook | pngpairs | acdc")
+    parser.add_argument("--labels", help="label names for the i- and o-contours (Sunnybrook), e.g. endo,epi")
+    parser.add_argument("--skip-bad", action="store_true", help="record bad files in the summary and go on")
+
+
+def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    add_reader_arguments(parser)
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize every slice (default: native)")
     parser.add_argument("--channels", type=int, default=1, help="1 (gray) or 3 (the study's RGB variant)")
     parser.add_argument("--mask-style", default="filled", help="filled | outline | grey target encoding")
     parser.add_argument("--normalize", default="percentile", help="percentile | zscore | none")
     parser.add_argument("--clahe", action="store_true", help="contrast-limited adaptive histogram equalisation")
-    parser.add_argument("--labels", help="label names for the i- and o-contours (Sunnybrook), e.g. endo,epi")
-    parser.add_argument("--skip-bad", action="store_true", help="record bad files in the summary and go on")
 
 
 def postprocess_option(args) -> dict:
@@ -305,8 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_prepare)
 
-    p = commands.add_parser("inspect", help="summarise a prepared data set, draw a montage")
-    p.add_argument("dataset", help="a prepared data set (rvseg prepare)")
+    p = commands.add_parser("inspect", help="check a study (any layout) or a prepared data set: counts, "
+                                            "problems, a montage")
+    p.add_argument("dataset", help="a prepared data set (rvseg prepare), or a study folder in any supported "
+                                   "layout, read as prepare reads it without writing anything")
+    add_reader_arguments(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--montage", help="PNG path for a grid of images with contours")
     p.add_argument("--n", type=int, default=16, help="samples in the montage")

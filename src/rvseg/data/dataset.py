@@ -101,11 +101,16 @@ class PreparedDataset:
         return float(row["spacing_mm"]), float(row["spacing_col_mm"])
 
 
+def is_prepared(root: str | Path) -> bool:
+    """Whether ``root`` holds a prepared data set (rather than a study to read)."""
+    return (Path(root) / "dataset.json").is_file()
+
+
 def load_dataset(root: str | Path) -> PreparedDataset:
     """Load a folder written by :func:`rvseg.data.prepare.prepare`."""
     root = Path(root)
     meta_path = root / "dataset.json"
-    if not meta_path.is_file():
+    if not is_prepared(root):
         raise DataError("not a prepared data set (no dataset.json); run `rvseg prepare` first", root)
     try:
         meta = json.loads(meta_path.read_text())

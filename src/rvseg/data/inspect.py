@@ -1,17 +1,32 @@
-"""``rvseg inspect``: what a prepared data set holds, and a montage of images with their contours."""
+"""``rvseg inspect``: what a study or a prepared data set holds, and a montage of images with their contours."""
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from rvseg.data.dataset import PreparedDataset
-from rvseg.data.prepare import label_statistics
+from rvseg.data.dataset import PreparedDataset, load_dataset
+from rvseg.data.prepare import PrepareOptions, label_statistics, prepare
 from rvseg.errors import ConfigError
 from rvseg.io import new_figure, save_figure
 
 LABEL_COLOURS = ("#ffd400", "#00c8ff", "#ff3c3c", "#5dff5d")
+
+
+def load_study(src: str | Path, options: PrepareOptions | None = None) -> PreparedDataset:
+    """Read a study in any layout exactly as :func:`prepare` does, keeping nothing on disk.
+
+    The check before a prepare: the same matching of images to contours, filled masks, counts,
+    notes and refusals (a bad file raises :class:`DataError` naming it, unless ``skip_bad``).
+    Returns the prepared set in memory, its ``root`` the study folder.
+    """
+    with tempfile.TemporaryDirectory(prefix="rvseg-inspect-") as scratch:
+        prepare(src, Path(scratch) / "dataset", options)
+        dataset = load_dataset(Path(scratch) / "dataset")  # arrays are read into memory, not mapped
+    return dataclasses.replace(dataset, root=Path(src))
 
 
 def dataset_summary(dataset: PreparedDataset) -> dict:
