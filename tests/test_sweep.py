@@ -177,6 +177,7 @@ def test_overrides_scale_a_preset_down_and_are_recorded(tmp_path):
     ({"space": {"lr": ["fast"]}}, "not a valid float"),
     ({"base": {"pause_after": 3}}, "the sweep controls it"),
     ({"pruner": "hyperband"}, "pruner must be one of"),
+    ({"space": {"intensity": [0.1, 1.5]}}, "intensity must be in \\[0, 1\\), not 1.5"),
     ({"repeats": 0}, "repeats must be"),
     ({"epochs": 3}, "unknown sweep spec key"),
     ({"table": {"rows": ["learning_rate"]}}, "table: rows .* must name axes of the space \\(lr\\)"),

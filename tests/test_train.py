@@ -422,6 +422,9 @@ def test_the_committed_recipes_load_and_differ_only_as_named(name, difference):
     (["--depth", "0"], "--depth must be at least 1, not 0"),
     (["--optimizer", "sgd", "--momentum", "5"], "--momentum must be in [0, 1), not 5.0"),
     (["--target", "endo,endo"], "--target names endo more than once"),
+    (["--intensity", "1.5"], "--intensity must be in [0, 1), not 1.5"),
+    (["--scale-min", "1.2"], "--scale-max must be a finite number of at least --scale-min (1.2), not 1.15"),
+    (["--rotate-deg", "-5"], "--rotate-deg must be a finite number of at least 0, not -5.0"),
 ])
 def test_out_of_range_options_are_one_line_errors(tiny_dataset, tmp_path, capsys, flags, message):
     assert main(["train", str(tiny_dataset), "--out", str(tmp_path / "r"), "--device", "cpu", *flags]) == 2

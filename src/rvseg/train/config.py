@@ -91,8 +91,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` for an option out of range (the split, model, loss and
-        augmentation options are checked where they are used)."""
+        """Raise :class:`ConfigError` for an option out of range (the split, model and loss options
+        are checked where they are used)."""
         check_types(self)
         for name in ("epochs", "batch_size", "step_size", "sgdr_t0", "depth", "width"):
             check_option(name, getattr(self, name), "at least 1", lambda v: v >= 1)
@@ -108,9 +108,20 @@ class TrainConfig:
         check_option("deep_supervision", self.deep_supervision, f"in [0, {self.depth}) (below --depth)",
                      lambda v: 0 <= v < self.depth)
         check_option("ema", self.ema, "in [0, 1) (0 = off)", lambda v: 0 <= v < 1)
+        self.check_augmentation()
         check_graph_or_compile(self.cuda_graph, self.compile)
         if self.pause_after is not None:
             check_option("pause_after", self.pause_after, "at least 1", lambda v: v >= 1)
+
+    def check_augmentation(self) -> None:
+        """The ranges :class:`rvseg.train.augment.AugmentConfig` needs, named as the options are."""
+        for name in ("rotate_deg", "elastic"):
+            check_option(name, getattr(self, name), "a finite number of at least 0", lambda v: 0 <= v < math.inf)
+        for name in ("translate", "intensity"):
+            check_option(name, getattr(self, name), "in [0, 1)", lambda v: 0 <= v < 1)
+        check_option("scale_min", self.scale_min, "greater than 0", lambda v: v > 0)
+        check_option("scale_max", self.scale_max, f"a finite number of at least --scale-min ({self.scale_min})",
+                     lambda v: self.scale_min <= v < math.inf)
 
     def save(self, path: str | Path) -> None:
         from rvseg.io import write_text
