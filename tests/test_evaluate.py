@@ -496,7 +496,7 @@ def test_sunnybrook_volumes_use_the_distance_between_slice_planes(shared_data, t
 def test_a_mean_never_mixes_mm_and_pixels():
     """Where some samples lack pixel spacing, their distances (px) and areas (px^2) are left out of the
     means instead of averaged with the mm rows; the overlap metrics still use every row."""
-    from rvseg.evaluate import summarise
+    from rvseg.evaluate import label_summaries
 
     reference = np.zeros((20, 20), bool)
     reference[5:12, 5:12] = True
@@ -504,7 +504,7 @@ def test_a_mean_never_mixes_mm_and_pixels():
     rows = [{"label": "endo", "patient": patient, "phase": "ED", "slice_level": "mid",
              **segmentation_metrics(predicted, reference, spacing)}
             for patient, spacing in (("A", (1.4, 1.4)), ("B", (1.4, 1.4)), ("C", None))]
-    summary = summarise(rows, ["endo"])
+    summary = label_summaries(rows, ["endo"])
     metrics = summary["labels"]["endo"]["overall"]["metrics"]
     assert metrics["hd"] == {"mean": pytest.approx(1.4), "sd": pytest.approx(0.0), "n": 2}
     assert metrics["area_ref_mm2"]["mean"] == pytest.approx(49 * 1.96) and metrics["dice"]["n"] == 3

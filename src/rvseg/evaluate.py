@@ -142,7 +142,7 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
     stacks, positions = stack_keys(data, indices)
     predictions = postprocess_scores(list(predictor.score_maps(inputs, shapes)), postprocess, stacks, positions)
     rows = case_rows(data, indices, predictions, predictor.labels, channels)
-    summary = summarise(rows, predictor.labels)
+    summary = label_summaries(rows, predictor.labels)
     summary.update(
         volumes=cavity_volumes(data, rows, predictor.labels),
         checkpoints=[str(path) for path in predictor.checkpoints],
@@ -280,7 +280,7 @@ def stack_keys(data: PreparedDataset, indices: Sequence[int]) -> tuple[list, lis
             [position if ok else None for position, ok in zip(positions, known, strict=True)])
 
 
-def summarise(rows: Sequence[dict], labels: Sequence[str]) -> dict:
+def label_summaries(rows: Sequence[dict], labels: Sequence[str]) -> dict:
     """Per label: summaries overall, per patient, per phase and per slice level, the ED/ES table and the units."""
     units = sorted({row["unit"] for row in rows})
     if len(units) > 1:  # a mean of mm and px is no number: the pixel rows' distances and areas are left out

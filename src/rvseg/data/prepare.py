@@ -34,7 +34,9 @@ class PrepareOptions:
         mask_style: how training targets are encoded: ``filled``, ``outline`` or ``grey``.
         normalize: ``percentile`` (1st-99th percentile of each image mapped to [0, 1], clipped),
             ``zscore`` (per image), or ``none``.
-        clahe: apply contrast-limited adaptive histogram equalisation (after normalisation).
+        clahe: contrast-limited adaptive histogram equalisation. It needs an image in [0, 1], so it
+            runs on the percentile-rescaled image whatever ``normalize`` says; ``zscore`` then
+            standardises the equalised image, and ``none`` keeps it in [0, 1].
         skip_bad: record bad files and go on instead of stopping.
         labels: label names for layouts whose contours are not RV (Sunnybrook), e.g. ("endo", "epi").
     """
@@ -158,6 +160,7 @@ def stack_samples(samples: list[Sample], labels: tuple[str, ...], options: Prepa
 
 
 def sample_rows(samples: list[Sample], labels, masks, present, extents, spacings) -> list[dict]:
+    """The ``samples.csv`` rows; None and NaN become empty cells when written (:func:`rvseg.io.csv_cell`)."""
     rows = []
     for i, s in enumerate(samples):
         row = {
@@ -165,16 +168,16 @@ def sample_rows(samples: list[Sample], labels, masks, present, extents, spacings
             "patient": s.patient,
             "phase": s.phase,
             "slice": s.slice,
-            "frame": "" if s.frame is None else s.frame,
-            "spacing_mm": "" if np.isnan(spacings[i, 0]) else f"{spacings[i, 0]:.6g}",
-            "spacing_col_mm": "" if np.isnan(spacings[i, 1]) else f"{spacings[i, 1]:.6g}",
+            "frame": s.frame,
+            "spacing_mm": float(spacings[i, 0]),
+            "spacing_col_mm": float(spacings[i, 1]),
             "height": int(extents[i, 0]),
             "width": int(extents[i, 1]),
             "orig_height": s.image.shape[0],
             "orig_width": s.image.shape[1],
-            "slice_location": "" if s.slice_location is None else f"{s.slice_location:.6g}",
-            "position_mm": "" if s.position_mm is None else f"{s.position_mm:.6g}",
-            "slice_thickness_mm": "" if s.slice_thickness_mm is None else f"{s.slice_thickness_mm:.6g}",
+            "slice_location": s.slice_location,
+            "position_mm": s.position_mm,
+            "slice_thickness_mm": s.slice_thickness_mm,
             "source_image": s.sources.get("image", ""),
         }
         for k, label in enumerate(labels):

@@ -2,6 +2,8 @@
 
 Every model maps a float tensor (B, in_channels, H, W) to logits (B, out_channels, H, W), one
 channel per target label, for any H and W (see :class:`~rvseg.models.unet.UNet` for the padding).
+With deep supervision, in training mode only, it returns a tuple: those logits, then one auxiliary
+output per supervised decoder level (see :func:`rvseg.losses.deep_supervision_loss`).
 
 Parameter counts (``count_parameters``, 1 input and 1 output channel, depth 4):
 

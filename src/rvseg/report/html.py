@@ -144,7 +144,7 @@ def sweep_report(folder: Path) -> Report:
                                                             or "none yet")),
              ("test set", spec.test or "none")]
     sections = [Section("Scale", scale_blocks(spec)), Section("Results", [sweep_table(records, spec)])]
-    sections += curve_sections(records, spec, folder)
+    sections += curve_sections(records, spec)
     if spec.sampler == "tpe":
         sections.append(Section("Search", search_blocks(folder)))
     failed = [r for r in records if r["status"] == "failed"]
@@ -185,7 +185,7 @@ def show(value, separator: str = ", ") -> str:
     return str(value)
 
 
-def curve_sections(records: list[dict], spec: SweepSpec, folder: Path) -> list[Section]:
+def curve_sections(records: list[dict], spec: SweepSpec) -> list[Section]:
     """Loss curves per point and, when the layout asks for one, an overlay across points."""
     by_point: dict[str, list[list[dict]]] = {}
     for record in records:
