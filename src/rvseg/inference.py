@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rvseg.checks import is_whole_number
 from rvseg.data.outlines import fill_outlines
 from rvseg.data.prepare import normalise_image, resize_sample
 from rvseg.errors import ConfigError, DataError
@@ -92,7 +93,7 @@ class Predictor:
     def __post_init__(self) -> None:
         if self.ensemble not in ENSEMBLES:
             raise ConfigError(f"--ensemble must be one of {', '.join(ENSEMBLES)}, not {self.ensemble!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+        if not is_whole_number(self.batch_size) or self.batch_size < 1:
             raise ConfigError(f"--batch-size must be a positive integer, not {self.batch_size!r}")
         if not self.models:
             raise ConfigError("at least one model (checkpoint) is needed")

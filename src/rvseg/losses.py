@@ -22,13 +22,13 @@ undefined nor free. The inverse Dice loss treats an all-foreground target the sa
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rvseg.checks import is_finite_number
 from rvseg.errors import ConfigError
 
 #: Smoothing added to the numerator and denominator of every Dice term (in pixels).
@@ -129,7 +129,7 @@ def switching_loss(
         share = target.mean(dim=(2, 3))
     else:
         share = target.mean(dim=(0, 2, 3)).expand(target.shape[0], -1)
-    if is_number(tau):
+    if is_finite_number(tau):
         dice_weight = torch.where(share > tau, lam, 1.0 - lam)
     else:
         if len(tau) != share.shape[1]:
@@ -183,25 +183,20 @@ def as_float32_pair(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return logits.float(), target.float()
 
 
-def is_number(value: object) -> bool:
-    """True for a finite int or float (bool excluded)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_focal_params(alpha: float, gamma: float) -> None:
     """Raise :class:`ConfigError` for a focal ``alpha`` outside [0, 1] or a negative ``gamma``."""
-    if not (is_number(alpha) and 0.0 <= alpha <= 1.0):
+    if not (is_finite_number(alpha) and 0.0 <= alpha <= 1.0):
         raise ConfigError(f"focal alpha must be a number in [0, 1], not {alpha!r}")
-    if not (is_number(gamma) and gamma >= 0.0):
+    if not (is_finite_number(gamma) and gamma >= 0.0):
         raise ConfigError(f"focal gamma must be a number >= 0, not {gamma!r}")
 
 
 def check_switching_params(lam: float, tau: float, per: str) -> None:
     """Raise :class:`ConfigError` for switching-loss parameters out of range."""
-    if not (is_number(lam) and 0.0 <= lam <= 1.0):
+    if not (is_finite_number(lam) and 0.0 <= lam <= 1.0):
         raise ConfigError(f"switching lambda must be a number in [0, 1], not {lam!r}")
-    taus = [tau] if is_number(tau) or not isinstance(tau, Sequence) or isinstance(tau, str) else list(tau)
-    if not taus or not all(is_number(value) and 0.0 <= value <= 1.0 for value in taus):
+    taus = [tau] if is_finite_number(tau) or not isinstance(tau, Sequence) or isinstance(tau, str) else list(tau)
+    if not taus or not all(is_finite_number(value) and 0.0 <= value <= 1.0 for value in taus):
         raise ConfigError(
             f"switching tau must be a number in [0, 1], not {tau!r} "
             "('auto' must be resolved to the training split's mean foreground share first)"

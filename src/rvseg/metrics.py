@@ -45,13 +45,14 @@ image and channel with the same empty rule.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt
+
+from rvseg.checks import is_finite_number, is_real_number
 
 Spacing = tuple[float, float]
 
@@ -305,14 +306,14 @@ def _resolve_spacing(spacing_mm: Spacing | None) -> tuple[Spacing, str]:
     if spacing_mm is None:
         return (1.0, 1.0), "px"
     values = tuple(spacing_mm)
-    if len(values) != 2 or not all(_is_number(v) and math.isfinite(v) and v > 0 for v in values):
+    if len(values) != 2 or not all(is_finite_number(v) and v > 0 for v in values):
         raise ValueError(f"spacing_mm must be two positive finite numbers (row, column), got {spacing_mm!r}")
     return (float(values[0]), float(values[1])), "mm"
 
 
 def _per_slice_spacings(spacings: Sequence[Spacing | None] | Spacing | None, n: int) -> list[Spacing | None]:
     # A shared spacing is None or a pair of numbers; anything else holds one entry per slice.
-    if spacings is None or (len(spacings) > 0 and _is_number(spacings[0])):
+    if spacings is None or (len(spacings) > 0 and is_real_number(spacings[0])):
         return [spacings] * n  # type: ignore[list-item]
     if len(spacings) != n:
         raise ValueError(f"got {len(spacings)} spacings for {n} slices")
@@ -325,15 +326,11 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
 def _numeric_keys(rows: Sequence[dict[str, Any]], exclude: set[str]) -> list[str]:
     names: dict[str, None] = {}
     for row in rows:
         for key, value in row.items():
-            if key not in exclude and _is_number(value):
+            if key not in exclude and is_real_number(value):
                 names.setdefault(key)
     return list(names)
 
@@ -353,7 +350,7 @@ def _summary(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, 
 
 
 def _mean_sd(values: Sequence[Any]) -> dict[str, float | int]:
-    finite = np.array([v for v in values if _is_number(v) and not math.isnan(v)], dtype=np.float64)
+    finite = np.array([v for v in values if is_real_number(v) and not math.isnan(v)], dtype=np.float64)
     if finite.size == 0:
         return {"mean": math.nan, "sd": math.nan, "n": 0}
     sd = float(np.std(finite, ddof=1)) if finite.size > 1 else 0.0
@@ -361,9 +358,9 @@ def _mean_sd(values: Sequence[Any]) -> dict[str, float | int]:
 
 
 def _is_nan(value: Any) -> bool:
-    return _is_number(value) and math.isnan(value)
+    return is_real_number(value) and math.isnan(value)
 
 
 def _sort_key(value: Any) -> tuple[int, float, str]:
     # Numbers sort by value (slice 2 before slice 10); other values (ids, None) by their text.
-    return (0, float(value), "") if _is_number(value) else (1, 0.0, str(value))
+    return (0, float(value), "") if is_real_number(value) else (1, 0.0, str(value))

@@ -53,6 +53,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from scipy.ndimage import gaussian_filter
 
+from rvseg.checks import is_finite_number, is_whole_number
 from rvseg.data.contours import polygon_area, polygon_to_mask, write_contour_file
 from rvseg.errors import ConfigError, DataError
 from rvseg.io import write_text
@@ -278,20 +279,17 @@ class _Study:
 def _check_options(
     patients: int, seed: int, slices: int, frames: int, shape: tuple[int, int], spacing_mm: float
 ) -> tuple[int, int]:
-    def is_int(value) -> bool:
-        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-    if not is_int(patients) or not 1 <= patients <= 99:
+    if not is_whole_number(patients) or not 1 <= patients <= 99:
         raise ConfigError(f"phantom patients must be an integer from 1 to 99, not {patients!r}")
-    if not is_int(seed) or seed < 0:
+    if not is_whole_number(seed) or seed < 0:
         raise ConfigError(f"phantom seed must be a non-negative integer, not {seed!r}")
-    if not is_int(slices) or slices < 1:
+    if not is_whole_number(slices) or slices < 1:
         raise ConfigError(f"phantom slices must be a positive integer, not {slices!r}")
-    if not is_int(frames) or frames < 2:
+    if not is_whole_number(frames) or frames < 2:
         raise ConfigError(f"phantom frames must be an integer of at least 2 (ED and ES), not {frames!r}")
-    if len(shape) != 2 or not all(is_int(size) and size >= 16 for size in shape):
+    if len(shape) != 2 or not all(is_whole_number(size) and size >= 16 for size in shape):
         raise ConfigError(f"phantom shape must be two integers (rows, columns) of at least 16, not {shape!r}")
-    if not isinstance(spacing_mm, (int, float)) or not math.isfinite(spacing_mm) or spacing_mm <= 0:
+    if not is_finite_number(spacing_mm) or spacing_mm <= 0:
         raise ConfigError(f"phantom spacing_mm must be a positive number, not {spacing_mm!r}")
     if slices * frames > 9999:
         raise ConfigError(f"phantom slices x frames must fit the 4-digit file index, not {slices * frames}")

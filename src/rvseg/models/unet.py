@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rvseg.checks import is_real_number, is_whole_number
 from rvseg.errors import ConfigError
 
 #: Dilations of the bottleneck convolutions of :class:`DilatedUNet` (Dang et al.).
@@ -182,11 +183,10 @@ def check_architecture(in_channels: int, out_channels: int, width: int, depth: i
     """Raise :class:`ConfigError` for an architecture option out of range."""
     options = {"in_channels": in_channels, "out_channels": out_channels, "width": width, "depth": depth}
     for name, value in options.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_whole_number(value) or value < 1:
             raise ConfigError(f"model {name} must be a positive integer, not {value!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+    if not is_real_number(dropout) or not 0.0 <= dropout < 1.0:
         raise ConfigError(f"model dropout must be a number in [0, 1), not {dropout!r}")
-    if isinstance(deep_supervision, bool) or not isinstance(deep_supervision, int) \
-            or not 0 <= deep_supervision < depth:
+    if not is_whole_number(deep_supervision) or not 0 <= deep_supervision < depth:
         raise ConfigError(f"deep supervision must be an integer in [0, {depth}) (below the depth), "
                           f"not {deep_supervision!r}")

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import yaml
 
+from rvseg.checks import is_finite_number, is_real_number, is_whole_number
 from rvseg.data.prepare import PrepareOptions
 from rvseg.errors import ConfigError
 from rvseg.train.config import TrainConfig, load_config, user_fields
@@ -290,8 +291,7 @@ def parse_prepare(prepare) -> dict:
     prepare = dict(prepare)
     if prepare.get("size") is not None:
         size = prepare["size"]
-        if not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                                   for v in size):
+        if not isinstance(size, list) or len(size) != 2 or not all(map(is_whole_number, size)):
             raise ConfigError(f"prepare: size must be two whole numbers [H, W], not {size!r}")
     return prepare
 
@@ -337,15 +337,14 @@ def parse_range(name: str, values: dict, sampler: str) -> Axis:
     if extra or "low" not in values or "high" not in values:
         raise ConfigError(f"space: range {name} takes low, high and optionally log, step")
     low, high = values["low"], values["high"]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
+    if not all(map(is_finite_number, (low, high))) or low >= high:
         raise ConfigError(f"space: range {name} needs numbers low < high, not {low!r}, {high!r}")
     log, step = values.get("log", False), values.get("step")
     if not isinstance(log, bool):
         raise ConfigError(f"space: range {name}: log must be true or false, not {log!r}")
     if log and low <= 0:
         raise ConfigError(f"space: log range {name} needs low > 0")
-    numeric_step = isinstance(step, (int, float)) and not isinstance(step, bool)
-    if step is not None and not (numeric_step and 0 < step <= high - low):
+    if step is not None and not (is_real_number(step) and 0 < step <= high - low):
         raise ConfigError(f"space: range {name}: step must be a number in (0, high - low], not {step!r}")
     if step is not None and log:
         raise ConfigError(f"space: range {name}: a log range takes no step")
@@ -397,15 +396,15 @@ def parse_n_trials(n_trials, sampler: str) -> int | None:
         return None
     if sampler == "grid":
         raise ConfigError("n_trials: applies to sampler tpe; a grid runs every cell")
-    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+    if not is_whole_number(n_trials) or n_trials < 1:
         raise ConfigError(f"n_trials must be a positive integer, not {n_trials!r}")
     return n_trials
 
 
 def parse_repeats(repeats, base_seed: int) -> list[int]:
-    if isinstance(repeats, int) and not isinstance(repeats, bool) and repeats >= 1:
+    if is_whole_number(repeats) and repeats >= 1:
         return [base_seed + i for i in range(repeats)]
-    if isinstance(repeats, list) and repeats and all(isinstance(s, int) and not isinstance(s, bool) for s in repeats):
+    if isinstance(repeats, list) and repeats and all(map(is_whole_number, repeats)):
         if len(set(repeats)) != len(repeats):
             raise ConfigError("repeats: lists a seed twice")
         return list(repeats)
@@ -620,7 +619,7 @@ def restrict_axis(space: dict, axis_name: str, keep: list[str]) -> dict:
 
 
 def _same_value(value, text: str) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real_number(value):
         return str(value) == text
     try:
         return math.isclose(float(value), float(text), rel_tol=1e-12, abs_tol=0.0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import numbers
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from rvseg.checks import is_real_number, is_whole_number
 from rvseg.errors import ConfigError
 
 #: Default share of the image below which a slice's target counts as small (``--oversample-small``).
@@ -220,7 +220,7 @@ def check_types(config: TrainConfig) -> None:
         elif kind is float:
             ok, value = number, float(value) if number else value
         elif kind is int:
-            ok = number and isinstance(value, numbers.Integral)
+            ok = is_whole_number(value)
             value = int(value) if ok else value
         elif kind is bool:
             ok, value = is_bool, bool(value) if is_bool else value
@@ -235,11 +235,6 @@ def check_types(config: TrainConfig) -> None:
                       bool: "True or False"}.get(kind, "text")
             raise ConfigError(f"option {f.name} must be {wanted}, not {value!r}")
         setattr(config, f.name, value)
-
-
-def is_real_number(value) -> bool:
-    """A real number, Python's or NumPy's, but not a bool (True is an int to Python)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def check_option(name: str, value, wanted: str, ok) -> None:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from rvseg import __version__
+from rvseg.checks import pick
 from rvseg.data.dataset import PreparedDataset, encode_targets, load_dataset
 from rvseg.data.outlines import fill_outlines
 from rvseg.data.splits import split_patients, training_share
@@ -41,7 +42,6 @@ from rvseg.train.optim import (
     SCHEDULERS,
     build_optimizer,
     build_scheduler,
-    pick,
     replan_schedule,
     sgdr_mid_cycle_note,
 )

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, CosineAnnealingWarmRestarts, LRScheduler, StepLR
 
+from rvseg.checks import pick
 from rvseg.errors import ConfigError
 from rvseg.train.config import TrainConfig
 
@@ -34,12 +35,6 @@ SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer, TrainConfig], LRScheduler
     "step": lambda opt, c: StepLR(opt, step_size=c.step_size, gamma=c.gamma),
     "sgdr": lambda opt, c: CosineAnnealingWarmRestarts(opt, T_0=c.sgdr_t0, T_mult=2, eta_min=c.min_lr),
 }
-
-
-def pick(registry: dict, name: str, what: str):
-    if name not in registry:
-        raise ConfigError(f"unknown {what} {name!r}; choose one of {', '.join(registry)}")
-    return registry[name]
 
 
 def build_optimizer(params: Iterable, config: TrainConfig, *, for_cuda_graph: bool = False) -> torch.optim.Optimizer:
