@@ -44,10 +44,10 @@ import torch
 
 from rvseg import __version__
 from rvseg.errors import ConfigError, RvsegError
-from rvseg.losses import build_loss
 from rvseg.models import build_model
 from rvseg.sweeps.results import read_metrics
 from rvseg.train.config import TrainConfig, check_graph_or_compile
+from rvseg.train.loop import config_loss, config_model
 from rvseg.train.optim import build_optimizer
 from rvseg.train.runtime import Runtime, setup_runtime
 from rvseg.train.step import Step, check_cuda_graph, make_train_step
@@ -202,11 +202,10 @@ def training_setup(options: BenchOptions, runtime: Runtime, in_channels: int = 1
     """Model (on the device, train mode), loss and optimizer as the loop builds them (study defaults)."""
     config = TrainConfig(arch=options.arch, width=options.width, depth=options.depth, loss=options.loss)
     torch.manual_seed(config.seed)
-    model = build_model(config.arch, in_channels=in_channels, out_channels=1, width=config.width,
-                        depth=config.depth).to(runtime.device)
+    model = config_model(config, in_channels).to(runtime.device)
     if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(config.loss)
+    loss_fn = config_loss(config, switch_tau=None)
     optimizer = build_optimizer(model.parameters(), config, for_cuda_graph=options.cuda_graph)
     return model, loss_fn, optimizer
 

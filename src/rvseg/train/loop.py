@@ -143,15 +143,25 @@ def check_options(config: TrainConfig) -> None:
     config.validate()
     if config.switch_tau != "auto":
         resolve_tau(config, None)  # a number, or the message
-    build_loss(config.loss, focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
-               switch_lambda=config.switch_lambda, switch_tau=0.5, switch_per=config.switch_per)
+    config_loss(config, switch_tau=0.5)
     pick(OPTIMIZERS, config.optimizer, "optimizer")
     pick(SCHEDULERS, config.scheduler, "scheduler")
     check_device_name(config.device)  # names only: a sweep's report may be read on a machine without the GPU
     check_precision_name(config.precision)
     with torch.device("meta"):  # the architecture's checks and size, without memory
-        build_model(config.arch, out_channels=len(config.target), width=config.width, depth=config.depth,
-                    dropout=config.dropout, deep_supervision=config.deep_supervision)
+        config_model(config, in_channels=1)
+
+
+def config_model(config: TrainConfig, in_channels: int) -> nn.Module:
+    """The network ``config`` describes, one output channel per target."""
+    return build_model(config.arch, in_channels=in_channels, out_channels=len(config.target), width=config.width,
+                       depth=config.depth, dropout=config.dropout, deep_supervision=config.deep_supervision)
+
+
+def config_loss(config: TrainConfig, switch_tau: float | list[float] | None):
+    """The loss ``config`` names with its parameters; ``switch_tau`` the resolved switching threshold(s)."""
+    return build_loss(config.loss, focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
+                      switch_lambda=config.switch_lambda, switch_tau=switch_tau, switch_per=config.switch_per)
 
 
 def choose_indices(data: PreparedDataset, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
@@ -427,14 +437,10 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
 
     # ---- model, loss, optimisation
     torch.manual_seed(config.seed)
-    model = build_model(config.arch, in_channels=data_info["in_channels"], out_channels=len(config.target),
-                        width=config.width, depth=config.depth, dropout=config.dropout,
-                        deep_supervision=config.deep_supervision).to(runtime.device)
+    model = config_model(config, data_info["in_channels"]).to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(config.loss, focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
-                         switch_lambda=config.switch_lambda, switch_tau=config.resolved_tau,
-                         switch_per=config.switch_per)
+    loss_fn = config_loss(config, config.resolved_tau)
     optimizer = build_optimizer(model.parameters(), config, for_cuda_graph=config.cuda_graph)
     scheduler = build_scheduler(optimizer, config)
     scaler = runtime.grad_scaler()
