@@ -36,8 +36,9 @@ from rvseg.sweep import (
     storage_url,
 )
 from rvseg.sweeps.claims import Owner, RunClaim, process_start_ticks
-from rvseg.sweeps.results import read_metrics, read_results
+from rvseg.sweeps.results import read_results
 from rvseg.sweeps.spec import MAX_RUN_NAME, make_overrides, parse_spec, run_name
+from rvseg.train.progress import read_metrics
 
 #: Every tiny sweep: a 4-wide, 2-deep U-Net on 32 x 32 images, on the CPU.
 TINY = ["--width", "4", "--depth", "2", "--batch-size", "8", "--device", "cpu"]

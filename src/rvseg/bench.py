@@ -45,10 +45,10 @@ import torch
 from rvseg import __version__
 from rvseg.errors import ConfigError, RvsegError
 from rvseg.models import build_model
-from rvseg.sweeps.results import read_metrics
 from rvseg.train.config import TrainConfig, check_graph_or_compile
 from rvseg.train.loop import config_loss, config_model
 from rvseg.train.optim import build_optimizer
+from rvseg.train.progress import read_metrics
 from rvseg.train.runtime import Runtime, setup_runtime
 from rvseg.train.step import Step, check_cuda_graph, make_train_step
 

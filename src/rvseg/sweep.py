@@ -65,7 +65,6 @@ from rvseg.sweeps.results import (
     collect_results,
     epoch_dice,
     read_json,
-    read_metrics,
     read_run,
     run_status,
     write_results,
@@ -83,6 +82,7 @@ from rvseg.sweeps.spec import (
     run_name,
     variant_name,
 )
+from rvseg.train.progress import read_metrics
 
 #: Seconds between a trial's heartbeats in the storage.
 HEARTBEAT_S = 15.0

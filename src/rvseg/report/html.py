@@ -42,8 +42,9 @@ from rvseg.report.tables import (
     table_html,
     table_markdown,
 )
-from rvseg.sweeps.results import collect_results, read_json, read_metrics, run_status
+from rvseg.sweeps.results import collect_results, read_json, run_status
 from rvseg.sweeps.spec import SweepSpec, parse_spec
+from rvseg.train.progress import read_metrics
 
 #: Files of an ``rvseg evaluate`` folder shown in a run report, with their captions.
 EVALUATION_FIGURES = (("examples_best.png", "best examples"), ("examples_worst.png", "worst examples"),

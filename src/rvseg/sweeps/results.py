@@ -16,12 +16,12 @@ Optuna storage, so ``results.csv`` has exactly one row per run folder, i.e. per 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from pathlib import Path
 
 from rvseg.io import write_csv
+from rvseg.train.progress import read_metrics
 
 #: Statuses of a run that will not train any further.
 FINISHED = ("complete", "pruned", "failed")
@@ -42,18 +42,6 @@ def run_status(folder: Path) -> str:
     if (folder / "last.pt").is_file():
         return "interrupted"
     return "pending"
-
-
-def read_metrics(folder: Path) -> list[dict]:
-    """``metrics.csv`` rows with numbers as floats (``epoch`` as int); [] if there is none yet."""
-    try:
-        text = (folder / "metrics.csv").read_text()
-    except FileNotFoundError:
-        return []
-    rows = []
-    for row in csv.DictReader(io.StringIO(text)):
-        rows.append({key: (int(value) if key == "epoch" else float(value)) for key, value in row.items()})
-    return rows
 
 
 def epoch_dice(row: dict) -> float:

@@ -45,7 +45,7 @@ from rvseg.train.optim import (
     replan_schedule,
     sgdr_mid_cycle_note,
 )
-from rvseg.train.progress import MetricsLog, ProgressLine, draw_progress
+from rvseg.train.progress import MetricsLog, ProgressLine, draw_progress, numeric_row
 from rvseg.train.runtime import (
     Runtime,
     all_reduce_sum,
@@ -293,11 +293,6 @@ def mean_over_ranks(value: float, runtime: Runtime) -> float:
         return value
     total = all_reduce_sum(torch.tensor([value], dtype=torch.float64, device=runtime.device), runtime)
     return float(total) / runtime.world_size
-
-
-def numeric_row(row: dict) -> dict:
-    """A ``metrics.csv`` row (text) with its values as numbers: ``epoch`` an int, the others floats."""
-    return {key: int(value) if key == "epoch" else float(value) for key, value in row.items() if value != ""}
 
 
 def finite_weights(model: nn.Module) -> bool:

@@ -26,6 +26,21 @@ class MetricsLog:
         write_csv(self.path, self.rows)
 
 
+def numeric_row(row: dict) -> dict:
+    """A ``metrics.csv`` row (text) with its values as numbers: ``epoch`` an int, the others floats;
+    empty cells are left out."""
+    return {key: int(value) if key == "epoch" else float(value) for key, value in row.items() if value != ""}
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    """The ``metrics.csv`` rows of a run folder as numbers (:func:`numeric_row`); [] if there is none yet."""
+    try:
+        with open(folder / "metrics.csv", newline="") as handle:
+            return [numeric_row(row) for row in csv.DictReader(handle)]
+    except FileNotFoundError:
+        return []
+
+
 def draw_progress(rows: list[dict], path: Path) -> None:
     """``progress.png``: losses, validation Dice per label, and learning rate per epoch."""
     if not rows:
