@@ -33,6 +33,15 @@ def is_whole_number(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+def finite_or_none(value: object) -> float | None:
+    """``value`` (a number, or text as a CSV cell holds it) as a finite float; None if it is not one."""
+    try:
+        number = float(value if value is not None else "")
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def pick(registry: Mapping[str, T], name: str, what: str) -> T:
     """``registry[name]``, or a :class:`ConfigError` listing the names there are."""
     if name not in registry:

@@ -62,12 +62,13 @@ from pathlib import Path
 import numpy as np
 
 from rvseg import __version__
+from rvseg.checks import finite_or_none
 from rvseg.data.dataset import PreparedDataset, load_dataset
 from rvseg.errors import ConfigError, DataError
 from rvseg.inference import Predictor, prepared_inputs
 from rvseg.io import atomic_folder, check_output_folder, checksum, json_safe, write_csv, write_json
 from rvseg.metrics import METRIC_FIELDS, segmentation_metrics, summarize
-from rvseg.postprocess import check_rule, finite, postprocess_scores, stack_positions
+from rvseg.postprocess import check_rule, postprocess_scores, stack_positions
 from rvseg.report.figures import ExamplePanel, draw_dice_histogram, draw_examples
 from rvseg.volumes import (
     VOLUME_KEYS,
@@ -333,7 +334,7 @@ def cavity_volumes(data: PreparedDataset, rows: Sequence[dict], labels: Sequence
         if row["label"] != label:
             continue
         sample = sample_of[row["id"]]
-        location = finite(sample.get("position_mm" if row["patient"] in positioned else "slice_location"))
+        location = finite_or_none(sample.get("position_mm" if row["patient"] in positioned else "slice_location"))
         reason = volume_exclusion(row, location)
         if reason:
             left_out[reason] = left_out.get(reason, 0) + 1
@@ -341,7 +342,7 @@ def cavity_volumes(data: PreparedDataset, rows: Sequence[dict], labels: Sequence
         for side, area in (("pred", row["area_pred_mm2"]), ("truth", row["area_ref_mm2"])):
             sides[side].append(SliceArea(stack=row["patient"], id=row["id"], phase=row["phase"],
                                          slice_location=location, area_mm2=float(area),
-                                         thickness_mm=finite(sample.get("slice_thickness_mm"))))
+                                         thickness_mm=finite_or_none(sample.get("slice_thickness_mm"))))
     notes = [f"{count} sample(s) left out: {reason}" for reason, count in left_out.items()]
     filled = {side: fill_missing_es(areas) for side, areas in sides.items()}
     notes += filled["truth"][1]
@@ -376,7 +377,7 @@ def patients_with_plane_positions(samples: Sequence[dict]) -> set[str]:
     the table axis: 6.7 mm apart for Sunnybrook's short-axis slices 10 mm apart)."""
     patients: dict[str, bool] = {}
     for sample in samples:
-        has = finite(sample.get("position_mm")) is not None
+        has = finite_or_none(sample.get("position_mm")) is not None
         patients[sample["patient"]] = patients.get(sample["patient"], True) and has
     return {patient for patient, has in patients.items() if has}
 

@@ -33,12 +33,12 @@ mean validation endo Dice over ``largest`` by 0.008 (apical third +0.026); it wa
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from rvseg.checks import finite_or_none
 from rvseg.data.contours import largest_component
 from rvseg.errors import ConfigError
 
@@ -100,7 +100,7 @@ def stack_positions(stacks: Sequence[Hashable | None], locations: Sequence, numb
     positions: list[float | None] = [None] * len(stacks)
     for indices in members.values():
         for values in (locations, numbers):
-            parsed = [finite(values[i]) for i in indices]
+            parsed = [finite_or_none(values[i]) for i in indices]
             if all(value is not None for value in parsed):
                 for i, value in zip(indices, parsed, strict=True):
                     positions[i] = round(value, 2)
@@ -108,13 +108,6 @@ def stack_positions(stacks: Sequence[Hashable | None], locations: Sequence, numb
     return positions
 
 
-def finite(value) -> float | None:
-    """``value`` (a number or text) as a finite float, or None."""
-    try:
-        number = float(value if value is not None else "")
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def check_rule(rule: str) -> None:

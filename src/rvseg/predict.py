@@ -56,7 +56,7 @@ from skimage.io import imsave
 
 from rvseg import __version__
 from rvseg.data import acdc
-from rvseg.data.contours import mask_to_contour, write_contour_file
+from rvseg.data.contours import contour_file_name, mask_to_contour, write_contour_file
 from rvseg.data.nifti import NiftiVolume, save_like
 from rvseg.data.sources import InputImage, Source, read_source
 from rvseg.inference import Predictor, check_prepared_compatible, to_original_geometry
@@ -77,7 +77,6 @@ from rvseg.volumes import (
 )
 
 #: Contour file kind of the RVSC labels (``PNN-FFFF-icontour-auto.txt``).
-CONTOUR_KIND = {"endo": "i", "epi": "o"}
 VOLUME_FIELDS = ("level", "stack", "id", "slice_location", "position_mm", "trigger_time", "frame", "phase", "area_mm2",
                  "slices", "slice_spacing_mm", "volume_ml", "ed_volume_ml", "es_volume_ml", "ef_percent", "es_rule")
 
@@ -298,12 +297,6 @@ def write_image_outputs(folder: Path, image: InputImage, masks: np.ndarray, labe
         record[f"area_mm2_{label}"] = area_mm2(mask, image.spacing_mm) if image.spacing_mm else None
         record[f"contour_{label}"] = name if contour is not None else ""
     return record
-
-
-def contour_file_name(image_id: str, label: str) -> str:
-    """``<id>-icontour-auto.txt`` (endo), ``<id>-ocontour-auto.txt`` (epi), ``<id>-<label>-contour-auto.txt``."""
-    kind = CONTOUR_KIND.get(label)
-    return f"{image_id}-{kind}contour-auto.txt" if kind else f"{image_id}-{label}-contour-auto.txt"
 
 
 def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],

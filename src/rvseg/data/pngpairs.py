@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rvseg.data.contours import LABEL_OF_CONTOUR
 from rvseg.data.outlines import fill_contour_map
 from rvseg.data.sample import ReadReport, Sample, note_unnested
 from rvseg.errors import DataError
@@ -49,7 +50,6 @@ LUMA_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: The stem of a contour map paired with its image by name (no manifest).
 MAP_NAME = re.compile(r"(?P<stem>.+?)[-_](?P<kind>[io])contour(?:[-_](?P<source>manual|auto))?", re.IGNORECASE)
-LABEL_OF_MAP = {"i": "endo", "o": "epi"}
 
 
 def looks_like_pngpairs(root: str | Path) -> bool:
@@ -155,7 +155,7 @@ def pairs_by_name(root: Path) -> tuple[list[tuple[int, dict[str, Path]]], list[s
         elif (match["source"] or "").lower() == "auto":
             automatic.append(path)
         else:
-            maps.setdefault(match["stem"].lower(), {})[LABEL_OF_MAP[match["kind"].lower()]] = path
+            maps.setdefault(match["stem"].lower(), {})[LABEL_OF_CONTOUR[match["kind"].lower()]] = path
     rows = [(number, {"image": image, **maps.get(image.stem.lower(), {})})
             for number, image in enumerate(images, start=1)]
     stems = {image.stem.lower() for image in images}

@@ -39,14 +39,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from rvseg.data.contours import polygon_to_mask, read_contour_file
+from rvseg.data.contours import LABEL_OF_CONTOUR, polygon_to_mask, read_contour_file
 from rvseg.data.dicom import DicomImage, plane_positions, read_dicom
 from rvseg.data.folders import existing_ignoring_case, files_named, named_folders, unique_folders
 from rvseg.data.sample import ReadReport, Sample, note_unnested
 from rvseg.errors import DataError
 
 LABELS = ("endo", "epi")
-LABEL_OF_CONTOUR = {"i": "endo", "o": "epi"}
 
 PATIENT_DIR_NAME = re.compile(r"patient(\d+)", re.IGNORECASE)
 #: How far below ``root`` patient folders are looked for (``TestSet/Test1Set/patient17``).

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rvseg.checks import finite_or_none
 from rvseg.data import acdc
 from rvseg.data.dataset import PreparedDataset, load_dataset
 from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, plane_positions, read_dicom_frames
@@ -53,7 +54,6 @@ from rvseg.data.pngpairs import MAP_NAME, read_gray
 from rvseg.data.rvsc import dicom_folder, looks_like_rvsc, patient_folders, patient_id
 from rvseg.data.sample import ReadReport
 from rvseg.errors import DataError
-from rvseg.postprocess import finite
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 RVSC_FRAME_ID = re.compile(r"P\d+-(\d+)")
@@ -518,8 +518,9 @@ def prepared_images(data: PreparedDataset) -> list[InputImage]:
             id=safe_name(row["id"]), source=row.get("source_image", "") or str(data.root), prepared=True,
             pixels=data.images[index, 0, :height, :width], shape=shape, stack=row["patient"], spacing_mm=spacing,
             slice_location=float(row["slice_location"]) if row.get("slice_location") else None,
-            position_mm=finite(row.get("position_mm")), thickness_mm=finite(row.get("slice_thickness_mm")),
+            position_mm=finite_or_none(row.get("position_mm")),
+            thickness_mm=finite_or_none(row.get("slice_thickness_mm")),
             frame=int(row["frame"]) if row.get("frame") else None,
             phase=row["phase"] if row["phase"] in ("ED", "ES") else "",
-            slice_number=finite(row.get("slice"))))
+            slice_number=finite_or_none(row.get("slice"))))
     return images
