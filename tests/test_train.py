@@ -17,7 +17,7 @@ import yaml
 from helpers import synthetic_report
 
 from rvseg.cli import main, parse_arguments
-from rvseg.data.dataset import encode_targets, load_dataset
+from rvseg.data.dataset import decision_threshold, encode_targets, load_dataset
 from rvseg.data.prepare import PrepareOptions, write_prepared
 from rvseg.errors import ConfigError, DataError
 from rvseg.losses import build_loss
@@ -637,7 +637,7 @@ def test_switching_tau_auto_follows_the_foreground_share_on_grey_targets():
     for i, side in enumerate((1, 2, 5, 8)):
         masks[i, 0, :side, :side] = 1  # foreground shares 0.01, 0.04, 0.25, 0.64
     targets = encode_targets(masks, "grey")  # 0.5 background, 1 foreground
-    split = loop.SplitData(masks, targets, targets > loop.decision_threshold("grey"), ["P"] * 4)
+    split = loop.SplitData(masks, targets, targets > decision_threshold("grey"), ["P"] * 4)
     tau = loop.resolve_tau(TrainConfig(loss="switching"), split)
     share = masks.mean(dim=(1, 2, 3))
     # The loss compares each target's mean with tau: the large-foreground branch for the two large slices only.
@@ -695,7 +695,7 @@ def test_augmented_targets_are_the_encoding_of_the_warped_masks(style):
     masks = torch.zeros(6, 1, 32, 28)
     masks[:, 0, 8:24, 6:20] = 1
     targets = encode_targets(masks, style)
-    split = loop.SplitData(masks.clone(), targets, targets > loop.decision_threshold(style), ["P"] * 6,
+    split = loop.SplitData(masks.clone(), targets, targets > decision_threshold(style), ["P"] * 6,
                            masks=masks, style=style)
     config = AugmentConfig(flip=True, rotate_deg=45.0, scale=(0.8, 1.2), translate=0.2)
     index, cpu = torch.arange(6), torch.device("cpu")

@@ -46,12 +46,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from rvseg.checks import is_whole_number
+from rvseg.data.dataset import decision_threshold
 from rvseg.data.outlines import fill_outlines
 from rvseg.data.prepare import normalise_image, resize_sample
 from rvseg.errors import ConfigError, DataError
 from rvseg.postprocess import postprocess_scores
 from rvseg.train.checkpoint import find_checkpoint, model_from_checkpoint
-from rvseg.train.loop import decision_threshold
 from rvseg.train.runtime import resolve_device
 
 ENSEMBLES = ("mean", "vote")

@@ -143,6 +143,12 @@ def _inconsistency(meta, images: np.ndarray, masks: np.ndarray, present: np.ndar
     return ""
 
 
+def decision_threshold(mask_style: str) -> float:
+    """Probability above which a pixel is called foreground: 0.75 on the grey (0.5 / 1) encoding of
+    :func:`encode_targets`, halfway between its background and its region; 0.5 otherwise."""
+    return 0.75 if mask_style == "grey" else 0.5
+
+
 def encode_targets(masks: torch.Tensor, style: str) -> torch.Tensor:
     """Encode filled masks as the study's target styles.
 

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rvseg import __version__
 from rvseg.checks import pick
-from rvseg.data.dataset import PreparedDataset, encode_targets, load_dataset
+from rvseg.data.dataset import PreparedDataset, decision_threshold, encode_targets, load_dataset
 from rvseg.data.outlines import fill_outlines
 from rvseg.data.splits import split_patients, training_share
 from rvseg.errors import ConfigError, RvsegError
@@ -216,11 +216,6 @@ def split_tensors(data: PreparedDataset, indices: np.ndarray, config: TrainConfi
         placed = [t.to(device) for t in tensors]
     return SplitData(*placed[:3], [data.rows[i]["patient"] for i in indices],
                      masks=placed[3] if filled is not None else None, style=data.mask_style)
-
-
-def decision_threshold(mask_style: str) -> float:
-    """Probability above which a pixel is called foreground: 0.75 on the grey (0.5 / 1) encoding."""
-    return 0.75 if mask_style == "grey" else 0.5
 
 
 def resolve_tau(config: TrainConfig, train: SplitData) -> float | list[float] | None:
