@@ -11,7 +11,15 @@ import pytest
 from helpers import crop_dicom, make_patient_copy
 
 from rvseg.data.contours import polygon_area, read_contour_file
-from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, order_series, plane_positions, read_dicom
+from rvseg.data.dicom import (
+    DicomImage,
+    dicom_stacks,
+    is_dicom,
+    order_series,
+    plane_positions,
+    read_dicom,
+    read_dicom_header,
+)
 from rvseg.data.rvsc import looks_like_rvsc, read_rvsc
 from rvseg.errors import DataError
 
@@ -149,6 +157,20 @@ def test_read_dicom_applies_rescale_and_derives_slice_location(tmp_path, rvsc_ro
     position = np.array([float(v) for v in dataset.ImagePositionPatient])
     assert image.slice_location == pytest.approx(float(position @ normal / np.linalg.norm(normal)))
     assert image.slice_location != pytest.approx(original.slice_location)
+    assert read_dicom_header(path).slice_location == image.slice_location
+
+
+def test_a_header_read_gives_what_the_full_read_gives_without_the_pixels(rvsc_root, tmp_path):
+    """The RVSC reader orders a cine by the headers of its frames and decodes only the contoured ones."""
+    for path in sorted((rvsc_root / "patient09" / "P09dicom").glob("*.dcm")):
+        image, header = read_dicom(path), read_dicom_header(path)
+        assert (header.shape, header.trigger_time, header.slice_location) == (
+            image.shape, image.trigger_time, image.slice_location)
+    dataset = pydicom.dcmread(rvsc_root / "patient09" / "P09dicom" / "P09-0000.dcm")
+    del dataset.Rows
+    dataset.save_as(tmp_path / "no-size.dcm")
+    with pytest.raises(DataError, match="gives no image size"):
+        read_dicom_header(tmp_path / "no-size.dcm")
 
 
 def test_order_series(rvsc_root):

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pydicom
@@ -109,6 +110,37 @@ def read_dicom(path: str | Path) -> DicomImage:
         return _image(dataset, dataset, stored, path)
 
 
+class DicomHeader(NamedTuple):
+    """What a cine's frames are ordered and checked by, read without decoding their pixels."""
+
+    shape: tuple[int, int]
+    trigger_time: float | None
+    slice_location: float | None
+
+
+def read_dicom_header(path: str | Path) -> DicomHeader:
+    """The image size, TriggerTime and slice location (as :attr:`DicomImage.slice_location`) of a
+    single-frame DICOM image, its pixel data neither read nor decoded: about a third of the time of
+    :func:`read_dicom`, for the frames of a cine that only order it (a few in twenty carry contours).
+
+    Raises:
+        DataError: the file is missing, not DICOM or corrupt, gives no Rows and Columns, holds several
+            frames, or has a malformed timing or geometry tag.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("DICOM file does not exist", path)
+    with pydicom.config.disable_value_validation():
+        dataset = _read_dataset(path, stop_before_pixels=True)
+        rows, columns = _optional_int(dataset, "Rows", path), _optional_int(dataset, "Columns", path)
+        if not rows or not columns:
+            raise DataError("DICOM file gives no image size (Rows, Columns): not an image", path)
+        if (_optional_int(dataset, "NumberOfFrames", path) or 1) > 1:
+            raise DataError("expected one 2D greyscale frame, the file holds several", path)
+        return DicomHeader((rows, columns), _optional_float(dataset, "TriggerTime", path),
+                           _slice_location(dataset, path))
+
+
 def read_dicom_frames(path: str | Path) -> list[DicomImage]:
     """Every frame of a DICOM file: the one image of a single-frame file, or each frame of a multi-frame
     one, as enhanced MR exports (Philips, Siemens XA) store a whole cine.
@@ -187,14 +219,11 @@ def _image(tags, dataset: Dataset, stored: np.ndarray, path: Path, frame_number:
     """The DicomImage of ``stored`` (H, W) pixels, its tags looked up in ``tags`` (a Dataset or FrameTags)."""
     normal = _plane_normal(tags, path)
     position = _float_vector(tags, "ImagePositionPatient", 3, path)
-    location = _optional_float(tags, "SliceLocation", path)
-    if location is None and normal is not None and position is not None:
-        location = float(np.dot(position, normal))
     return DicomImage(
         pixels=_values(stored, tags, dataset, path),
         spacing_mm=_pixel_spacing(tags, path),
         trigger_time=_optional_float(tags, "TriggerTime", path),
-        slice_location=location,
+        slice_location=_slice_location(tags, path),
         slice_thickness_mm=_slice_thickness(tags, path),
         instance_number=frame_number or _optional_int(tags, "InstanceNumber", path),
         series_uid=_optional_str(dataset, "SeriesInstanceUID"),
@@ -206,6 +235,14 @@ def _image(tags, dataset: Dataset, stored: np.ndarray, path: Path, frame_number:
         frame_number=frame_number,
         series_number=_series_number(dataset),
     )
+
+
+def _slice_location(tags, path: Path) -> float | None:
+    """SliceLocation, else ImagePositionPatient projected on the plane normal, else None."""
+    location = _optional_float(tags, "SliceLocation", path)
+    normal = _plane_normal(tags, path) if location is None else None
+    position = _float_vector(tags, "ImagePositionPatient", 3, path) if normal is not None else None
+    return float(np.dot(position, normal)) if position is not None else location
 
 
 def order_series(images: Iterable[DicomImage]) -> list[DicomImage]:
@@ -361,9 +398,9 @@ def _similar_frame_counts(a: int, b: int) -> bool:
     return a == b or (min(a, b) >= 2 and min(a, b) >= 0.8 * max(a, b))
 
 
-def _read_dataset(path: Path) -> Dataset:
+def _read_dataset(path: Path, stop_before_pixels: bool = False) -> Dataset:
     try:
-        return pydicom.dcmread(path)
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError:
         raise DataError("not a DICOM file (no 'DICM' marker after the 128-byte preamble)", path) from None
     # pydicom raises a wide variety of exceptions on damaged files (struct.error, EOFError,

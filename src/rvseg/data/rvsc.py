@@ -40,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rvseg.data.contours import LABEL_OF_CONTOUR, polygon_to_mask, read_contour_file
-from rvseg.data.dicom import DicomImage, plane_positions, read_dicom
+from rvseg.data.dicom import DicomImage, plane_positions, read_dicom, read_dicom_header
 from rvseg.data.folders import existing_ignoring_case, files_named, named_folders, unique_folders
 from rvseg.data.sample import ReadReport, Sample, note_unnested
 from rvseg.errors import DataError
@@ -311,7 +311,8 @@ def _contours_by_stem(paths: list[Path], report: ReadReport, skip_bad: bool) -> 
 def _read_frames(
     dicom_files: list[Path], annotated: set[str], report: ReadReport, skip_bad: bool
 ) -> tuple[dict[str, _Frame], dict[str, DicomImage]]:
-    """Read every frame (all are needed for phases and size checks); keep pixels of annotated ones."""
+    """Read every frame's header (all are needed for phases and size checks), and the annotated frames'
+    pixels."""
     frames: dict[str, _Frame] = {}
     images: dict[str, DicomImage] = {}
     for path in dicom_files:
@@ -319,14 +320,14 @@ def _read_frames(
         if match is None:
             report.bad_file(path, "DICOM file name does not follow PNN-FFFF.dcm", skip_bad)
             continue
-        try:
-            image = read_dicom(path)
-        except DataError as error:
-            report.bad_file(path, error.message, skip_bad)
-            continue
         stem = match.group(1).upper()
         if stem in frames:
             report.bad_file(path, f"a second file of frame {stem} (the other: {frames[stem].path.name})", skip_bad)
+            continue
+        try:
+            image = read_dicom(path) if stem in annotated else read_dicom_header(path)
+        except DataError as error:
+            report.bad_file(path, error.message, skip_bad)
             continue
         frames[stem] = _Frame(path, image.shape, image.trigger_time, image.slice_location)
         if stem in annotated:
