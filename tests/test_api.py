@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import rvseg.api as rv
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -52,6 +54,62 @@ def test_workflow_through_the_api_on_a_phantom(tmp_path):
     scored = rv.evaluate(tmp_path / "run", tmp_path / "data", split="val", out=tmp_path / "eval")
     assert scored["labels"]["endo"]["overall"]["metrics"]["dice"]["n"] == 4  # P02: 2 slices x ED, ES
 
+    predictor = rv.Predictor.from_checkpoints(str(tmp_path / "run"))  # masks in memory
+    assert [mask.shape for mask in predictor.predict(dataset.images[:2, 0])] == [(1, 64, 56)] * 2
+    with pytest.raises(rv.ConfigError, match="pass \\[image\\]"):
+        predictor.predict(dataset.images[0, 0])
+
     predicted = rv.predict(tmp_path / "run", tmp_path / "study" / "patient02", tmp_path / "pred")
     assert (tmp_path / "pred" / "predictions.csv").is_file()
     assert (predicted["n_images"], predicted["n_skipped"]) == (2 * 4, 0)  # every frame of the cine
+
+
+def test_a_wrong_type_from_python_is_one_clear_error_naming_the_argument(tmp_path, tiny_dataset):
+    """A dict for a dataclass, a list for a path, a text for a list: an RvsegError, not a deep traceback."""
+    cases = [
+        (lambda: rv.train(tiny_dataset, tmp_path / "r", {"epochs": 1}), "config must be a TrainConfig"),
+        (lambda: rv.prepare(tiny_dataset, tmp_path / "p", {"size": (64, 64)}), "options must be a PrepareOptions"),
+        (lambda: rv.prepare([tiny_dataset], tmp_path / "p"), "src must be one path"),
+        (lambda: rv.load_dataset([tiny_dataset]), "dataset must be one path"),
+        (lambda: rv.PrepareOptions(size=48).validate(), "--size needs two whole numbers"),
+        (lambda: rv.PrepareOptions(labels="endo").validate(), "labels must be a list of names"),
+        (lambda: rv.write_phantom(tmp_path / "ph", shape=256), "phantom shape must be two integers"),
+        (lambda: rv.run_sweep(("losses", tiny_dataset), tmp_path / "s"), "spec must be a SweepSpec"),
+        (lambda: rv.resolve_spec(preset="losses"), "preset must be a \\(name, dataset\\) pair"),
+        (lambda: rv.resolve_spec(preset=("losses", tiny_dataset), overrides={"epochs": 2}),
+         "overrides must be a Overrides"),
+        (lambda: rv.evaluate({"run": 1}, tiny_dataset), "checkpoints must be a path or a list of paths"),
+    ]
+    for call, message in cases:
+        with pytest.raises(rv.RvsegError, match=message):
+            call()
+    with pytest.raises(rv.ConfigError, match="val_patients must be a list of names, e.g. \\['P13', 'P14'\\]"):
+        rv.train(tiny_dataset, tmp_path / "r", rv.TrainConfig(val_patients="P02"))
+
+
+def test_sweep_overrides_from_python_scale_a_preset_down(tiny_dataset):
+    spec = rv.resolve_spec(preset=("losses", tiny_dataset),
+                           overrides=rv.Overrides(train={"epochs": 2}, only={"loss": "dice,focal"}))
+    assert spec.base["epochs"] == 2
+    assert [axis.values for axis in spec.space if axis.name == "loss"] == [["dice", "focal"]]
+
+
+def test_metrics_take_one_spacing_for_square_pixels_and_default_to_pixels():
+    import numpy as np
+
+    pred = np.zeros((20, 20), bool)
+    pred[5:10, 5:10] = True
+    ref = np.roll(pred, 2, axis=0)
+    assert rv.segmentation_metrics(pred, ref, 1.5) == rv.segmentation_metrics(pred, ref, (1.5, 1.5))
+    assert rv.segmentation_metrics(pred, ref)["unit"] == "px"
+
+
+def test_a_prepared_set_prints_as_one_line(tiny_dataset):
+    text = repr(rv.load_dataset(tiny_dataset))
+    assert text.startswith("PreparedDataset(") and "40 samples of 5 patients" in text and "\n" not in text
+
+
+def test_train_config_documents_every_option():
+    doc = rv.TrainConfig.__doc__
+    assert all(f"{name}: " in doc for name in rv.TrainConfig.__dataclass_fields__)
+    assert "switch_lambda: " in doc and "(default 0.75)" in doc

@@ -12,10 +12,17 @@ These are the functions the command line runs (``rvseg prepare`` calls :func:`pr
 on), with the same checks and outputs. They live here rather than on the ``rvseg`` package because
 ``rvseg.train``, ``rvseg.evaluate`` and ``rvseg.predict`` are the modules that define them.
 Every refusal of bad input raises an :class:`RvsegError` (:class:`DataError` for a bad file,
-:class:`ConfigError` for a bad option) whose message names the file or option.
+:class:`ConfigError` for a bad option) whose message names the file or option; the option is named
+as the command line spells it (``--split``), which is the keyword argument with ``-`` for ``_``.
+:func:`segmentation_metrics`, a function of arrays, raises ``ValueError`` for an invalid mask.
+
+Masks come back from :func:`predict` as files (PNG, contour files and, for NIfTI sources, NIfTI);
+for arrays in memory, load a :class:`Predictor` (``Predictor.from_checkpoints("runs/a")``) and call
+its ``predict`` on a list of (H, W) images.
 """
 
 from rvseg.data.dataset import PreparedDataset, load_dataset
+from rvseg.data.inspect import dataset_summary, draw_montage, load_study
 from rvseg.data.phantom import write_phantom
 from rvseg.data.prepare import PrepareOptions, prepare
 from rvseg.errors import ConfigError, DataError, RvsegError
@@ -27,17 +34,19 @@ from rvseg.models import MODELS, build_model
 from rvseg.predict import predict
 from rvseg.report.html import write_report
 from rvseg.sweep import SweepOptions, resolve_spec, run_sweep
+from rvseg.sweeps.spec import Overrides
 from rvseg.train.config import TrainConfig, load_config
 from rvseg.train.loop import train
 
 __all__ = [
-    # data: a synthetic study, any layout read into a prepared set, a prepared set loaded
-    "write_phantom", "prepare", "PrepareOptions", "load_dataset", "PreparedDataset",
+    # data: a synthetic study, any layout read into a prepared set or checked in memory, a prepared set loaded
+    "write_phantom", "prepare", "PrepareOptions", "load_study", "load_dataset", "PreparedDataset",
+    "dataset_summary", "draw_montage",
     # the registries of models and losses, and their builders
     "MODELS", "build_model", "LOSSES", "build_loss",
     # training, evaluation, prediction
     "TrainConfig", "load_config", "train", "segmentation_metrics", "evaluate", "Predictor", "predict",
     # studies: a sweep from a SPEC file or preset, and its report
-    "resolve_spec", "SweepOptions", "run_sweep", "write_report",
+    "resolve_spec", "Overrides", "SweepOptions", "run_sweep", "write_report",
     "RvsegError", "DataError", "ConfigError",
 ]

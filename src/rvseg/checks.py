@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -40,6 +42,29 @@ def finite_or_none(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def as_path(value: object, name: str) -> Path:
+    """A path given as text or a path-like object (a list, say, is refused by ``name``)."""
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    raise ConfigError(f"{name} must be one path (text or pathlib.Path), not {type(value).__name__} {value!r:.80}")
+
+
+def as_paths(value: object, name: str) -> list[Path]:
+    """One path, or a non-empty list or tuple of them."""
+    if isinstance(value, (list, tuple)) and value:
+        return [as_path(item, name) for item in value]
+    if isinstance(value, (str, os.PathLike)):
+        return [Path(value)]
+    raise ConfigError(f"{name} must be a path or a list of paths, not {type(value).__name__} {value!r:.80}")
+
+
+def check_type(value: object, expected: type, name: str, hint: str = "") -> None:
+    """A :class:`ConfigError` naming ``name`` unless ``value`` is an ``expected``: a dict where a
+    dataclass of options belongs would otherwise fail deep inside with an AttributeError."""
+    if not isinstance(value, expected):
+        raise ConfigError(f"{name} must be a {expected.__name__}{hint}, not {type(value).__name__} {value!r:.80}")
 
 
 def pick(registry: Mapping[str, T], name: str, what: str) -> T:

@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from rvseg import __version__
-from rvseg.checks import finite_or_none
+from rvseg.checks import as_path, as_paths, finite_or_none
 from rvseg.data.dataset import PreparedDataset, load_dataset
 from rvseg.errors import ConfigError, DataError
 from rvseg.inference import Predictor, prepared_inputs
@@ -118,6 +118,14 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
 
     Returns:
         the summary (also ``out/summary.json``); with ``out``, ``summary["files"]`` lists the files.
+        ``summary["labels"][label]`` holds ``overall``, ``by_patient[patient]``, ``by_phase["ED"|"ES"]``
+        and ``by_slice_level["base"|"mid"|"apex"]``, each ``{"n", "n_both_empty", ..., "metrics":
+        {metric: {"mean", "sd", "n"}}}`` for the metrics of :func:`rvseg.metrics.segmentation_metrics`
+        (``dice``, ``hd``, ``hd95``, ...), so a patient's mean Dice is
+        ``summary["labels"]["endo"]["by_patient"]["P15"]["metrics"]["dice"]["mean"]``; ``table`` is the
+        ED/ES table. ``summary["units"]`` says whether distances are in mm or px, and
+        ``summary["volumes"]`` holds EDV, ESV and EF per patient, predicted against reference
+        (:func:`cavity_volumes`). The per-image rows are ``out/per_case.csv``.
 
     Raises:
         ConfigError: an unknown split, ensemble or post-processing rule, checkpoints that disagree on
@@ -128,9 +136,8 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
     check_rule(postprocess)
-    out = Path(out) if out is not None else None
-    if isinstance(checkpoints, (str, Path)):
-        checkpoints = [checkpoints]
+    out = as_path(out, "out") if out is not None else None
+    checkpoints, dataset = as_paths(checkpoints, "checkpoints"), as_path(dataset, "dataset")
     if out is not None:
         check_output_folder(out, force, inputs=[dataset, *checkpoints])
     predictor = Predictor.from_checkpoints(checkpoints, ensemble=ensemble, tta=tta, batch_size=batch_size,

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rvseg.checks import is_whole_number
+from rvseg.checks import as_paths, is_whole_number
 from rvseg.data.dataset import decision_threshold
 from rvseg.data.outlines import fill_outlines
 from rvseg.data.prepare import normalise_image, resize_sample
@@ -100,17 +100,15 @@ class Predictor:
         self.models = [model.to(self.device).eval() for model in self.models]
 
     @classmethod
-    def from_checkpoints(cls, paths: Sequence[str | Path], *, ensemble: str = "mean", tta: bool = False,
-                         batch_size: int = 16, device: str = "cpu") -> Predictor:
-        """Load checkpoint files or run folders (``best.pt``, else ``last.pt``).
+    def from_checkpoints(cls, paths: str | Path | Sequence[str | Path], *, ensemble: str = "mean",
+                         tta: bool = False, batch_size: int = 16, device: str = "cpu") -> Predictor:
+        """Load a checkpoint file or run folder (``best.pt``, else ``last.pt``), or several (an ensemble).
 
         Raises:
             DataError: a checkpoint cannot be loaded or does not record its data preparation.
             ConfigError: the checkpoints disagree on labels, target style or preprocessing.
         """
-        if not paths:
-            raise ConfigError("at least one checkpoint is needed")
-        files = [find_checkpoint(path) for path in paths]
+        files = [find_checkpoint(path) for path in as_paths(paths, "checkpoints")]
         models, infos = [], []
         for file in files:
             model, _, data = model_from_checkpoint(file)
@@ -208,6 +206,9 @@ class Predictor:
         Returns:
             bool (L, H_i, W_i) masks, one per image, channels in the order of ``labels``.
         """
+        if isinstance(images, np.ndarray) and images.ndim == 2:
+            raise ConfigError(f"images must be a list of (H, W) images (or one (N, H, W) array), not one image "
+                              f"of shape {images.shape}: pass [image]")
         inputs = [self.preprocess(image) for image in images]
         return postprocess_scores(list(self.score_maps(inputs, [image.shape for image in images])),
                                   "largest" if postprocess else "none")

@@ -119,13 +119,15 @@ def boundary_distances(pred: np.ndarray, ref: np.ndarray, spacing_mm: Spacing | 
     return pred_to_ref, ref_to_pred
 
 
-def segmentation_metrics(pred: np.ndarray, ref: np.ndarray, spacing_mm: Spacing | None) -> dict[str, Any]:
+def segmentation_metrics(pred: np.ndarray, ref: np.ndarray, spacing_mm: Spacing | float | None = None
+                         ) -> dict[str, Any]:
     """All metrics of one predicted mask against its reference (one slice, one label).
 
     Args:
         pred: predicted mask, bool array of shape (H, W).
         ref: reference mask, bool array of shape (H, W).
-        spacing_mm: (row spacing, column spacing) in mm, or None for pixel units.
+        spacing_mm: (row spacing, column spacing) in mm, one number for square pixels, or None
+            (the default) for pixel units.
 
     Returns:
         A dict with the keys of :data:`METRIC_FIELDS`: ``dice``, ``jaccard``, ``sensitivity``,
@@ -302,10 +304,10 @@ def _as_mask(array: np.ndarray, name: str) -> np.ndarray:
     return array != 0
 
 
-def _resolve_spacing(spacing_mm: Spacing | None) -> tuple[Spacing, str]:
+def _resolve_spacing(spacing_mm: Spacing | float | None) -> tuple[Spacing, str]:
     if spacing_mm is None:
         return (1.0, 1.0), "px"
-    values = tuple(spacing_mm)
+    values = (spacing_mm, spacing_mm) if is_real_number(spacing_mm) else tuple(spacing_mm)
     if len(values) != 2 or not all(is_finite_number(v) and v > 0 for v in values):
         raise ValueError(f"spacing_mm must be two positive finite numbers (row, column), got {spacing_mm!r}")
     return (float(values[0]), float(values[1])), "mm"

@@ -55,6 +55,7 @@ import numpy as np
 from skimage.io import imsave
 
 from rvseg import __version__
+from rvseg.checks import as_path, as_paths
 from rvseg.data import acdc
 from rvseg.data.contours import contour_file_name, mask_to_contour, write_contour_file
 from rvseg.data.nifti import NiftiVolume, save_like
@@ -76,7 +77,7 @@ from rvseg.volumes import (
     stack_volumes,
 )
 
-#: Contour file kind of the RVSC labels (``PNN-FFFF-icontour-auto.txt``).
+#: Columns of volumes.csv: one row per image, per phase volume and per stack (``level``).
 VOLUME_FIELDS = ("level", "stack", "id", "slice_location", "position_mm", "trigger_time", "frame", "phase", "area_mm2",
                  "slices", "slice_spacing_mm", "volume_ml", "ed_volume_ml", "es_volume_ml", "ef_percent", "es_rule")
 
@@ -107,14 +108,13 @@ def predict(checkpoints: str | Path | Sequence[str | Path], src: str | Path, out
             image; a checkpoint cannot be read; ``out`` is not empty.
         ConfigError: an invalid option, or checkpoints that cannot be combined.
     """
-    out = Path(out)
-    if isinstance(checkpoints, (str, Path)):  # one model, as evaluate takes it
-        checkpoints = [checkpoints]
+    out, src = as_path(out, "out"), as_path(src, "src")
+    checkpoints = as_paths(checkpoints, "checkpoints")  # one model, or an ensemble
     check_output_folder(out, force, inputs=[src, *checkpoints])
     check_rule(postprocess)
     predictor = Predictor.from_checkpoints(checkpoints, ensemble=ensemble, tta=tta, batch_size=batch_size,
                                            device=device)
-    source = read_source(Path(src), exclude=out)
+    source = read_source(src, exclude=out)
     if source.dataset is not None:
         check_prepared_compatible(predictor, source.dataset)
     with atomic_folder(out) as tmp:

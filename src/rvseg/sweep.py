@@ -57,6 +57,7 @@ import optuna
 from optuna.trial import TrialState
 
 from rvseg import __version__
+from rvseg.checks import check_type
 from rvseg.errors import ConfigError, DataError, RvsegError
 from rvseg.io import write_json
 from rvseg.sweeps.claims import Owner, RunClaim
@@ -137,9 +138,24 @@ class SweepOptions:
 
 def resolve_spec(spec_path: str | Path | None = None, preset: tuple[str, str] | None = None,
                  overrides: Overrides | None = None) -> SweepSpec:
-    """The SPEC of a file or of ``(preset name, dataset)``, with command-line overrides applied."""
+    """The SPEC of a file or of a preset, with the command line's changes applied.
+
+    Args:
+        spec_path: a SPEC YAML file (format: :mod:`rvseg.sweeps.spec`).
+        preset: ``(name, dataset)`` instead: ``lr-grid``, ``losses``, ``preprocessing`` or ``baseline``
+            on a prepared data set.
+        overrides: an :class:`~rvseg.sweeps.spec.Overrides` (``rvseg.api.Overrides``) that scales the
+            SPEC down or cuts axes, e.g. ``Overrides(train={"epochs": 20}, only={"loss": ["dice"]})``.
+
+    Raises:
+        ConfigError: both or neither of ``spec_path`` and ``preset``, or an invalid SPEC.
+    """
     if (spec_path is None) == (preset is None):
         raise ConfigError("give either a SPEC file or --preset NAME DATASET")
+    if preset is not None and not (isinstance(preset, (tuple, list)) and len(preset) == 2):
+        raise ConfigError(f"preset must be a (name, dataset) pair, e.g. ('losses', 'data/rvsc'), not {preset!r}")
+    if overrides is not None:
+        check_type(overrides, Overrides, "overrides", " (rvseg.api.Overrides(train={'epochs': 20}))")
     if preset is not None:
         data = preset_spec(preset[0], str(Path(preset[1]).resolve()))
     else:
@@ -749,7 +765,9 @@ def run_sweep(spec: SweepSpec, out: str | Path, options: SweepOptions | None = N
         ``{"out", "study", "storage", "runs", "by_status": {status: n}, "best": record or None,
         "results": path of results.csv}``.
     """
+    check_type(spec, SweepSpec, "spec", " (from resolve_spec)")
     options = options or SweepOptions()
+    check_type(options, SweepOptions, "options", " (e.g. SweepOptions(workers=2))")
     if options.workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {options.workers}")
     check_data(spec)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rvseg.checks import as_path
 from rvseg.errors import DataError
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ class PreparedDataset:
         images: float32 (N, C, H, W).
         masks: uint8 (N, L, H, W), filled 0/1.
         present: bool (N, L).
-        rows: the ``samples.csv`` rows (strings, as read).
+        rows: the ``samples.csv`` rows (text, as read; empty where unknown): ``id``, ``patient``,
+            ``phase``, ``slice``, ``frame``, ``spacing_mm``, ``height``, ``width`` ... (:data:`SAMPLE_COLUMNS`).
         meta: the ``dataset.json`` content.
     """
 
@@ -59,25 +61,34 @@ class PreparedDataset:
     rows: list[dict[str, str]]
     meta: dict
 
+    def __repr__(self) -> str:  # the arrays and rows would print as megabytes of text
+        return (f"PreparedDataset({str(self.root)!r}: {len(self)} samples of {len(self.patients)} patients, "
+                f"images {self.images.shape}, labels {self.labels}, mask style {self.mask_style!r})")
+
     @property
     def labels(self) -> list[str]:
+        """The L label names, in the order of the masks' channels."""
         return list(self.meta["labels"])
 
     @property
     def mask_style(self) -> str:
+        """How training targets are encoded: ``filled``, ``outline`` or ``grey``."""
         return self.meta["options"].get("mask_style", "filled")
 
     @property
     def patients(self) -> list[str]:
+        """The patient ids, sorted."""
         return sorted({row["patient"] for row in self.rows})
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def column(self, name: str) -> list[str]:
+        """One ``samples.csv`` column, as text (e.g. ``column("phase")``)."""
         return [row[name] for row in self.rows]
 
     def indices_of_patients(self, patients: list[str] | set[str]) -> np.ndarray:
+        """int64 indices of the samples of ``patients``, in sample order."""
         wanted = set(patients)
         return np.array([i for i, row in enumerate(self.rows) if row["patient"] in wanted], dtype=np.int64)
 
@@ -95,6 +106,7 @@ class PreparedDataset:
         return int(row["height"]), int(row["width"])
 
     def spacing(self, index: int) -> tuple[float, float] | None:
+        """(row, column) pixel spacing in mm of a sample, or None where the source gave none."""
         row = self.rows[index]
         if not row.get("spacing_mm"):
             return None
@@ -107,8 +119,12 @@ def is_prepared(root: str | Path) -> bool:
 
 
 def load_dataset(root: str | Path) -> PreparedDataset:
-    """Load a folder written by :func:`rvseg.data.prepare.prepare`."""
-    root = Path(root)
+    """Load a prepared data set (a folder written by ``rvseg prepare`` / :func:`rvseg.api.prepare`).
+
+    Raises:
+        DataError: ``root`` holds no prepared set, or a damaged one.
+    """
+    root = as_path(root, "dataset")
     meta_path = root / "dataset.json"
     if not is_prepared(root):
         raise DataError("not a prepared data set (no dataset.json); run `rvseg prepare` first", root)

@@ -14,6 +14,7 @@ from skimage.exposure import equalize_adapthist
 from skimage.transform import resize
 
 from rvseg import __version__
+from rvseg.checks import as_path, check_type, is_whole_number
 from rvseg.data.dataset import ARRAY_FILES, MASK_STYLES
 from rvseg.data.formats import read_dataset
 from rvseg.data.sample import PHASES, ReadReport, Sample
@@ -57,8 +58,12 @@ class PrepareOptions:
             raise ConfigError(f"--mask-style must be one of {', '.join(MASK_STYLES)}, not {self.mask_style!r}")
         if self.normalize not in NORMALISATIONS:
             raise ConfigError(f"--normalize must be one of {', '.join(NORMALISATIONS)}, not {self.normalize!r}")
-        if self.size is not None and (len(self.size) != 2 or min(self.size) < 8):
-            raise ConfigError(f"--size needs two values of at least 8 (H W), not {self.size}")
+        if self.size is not None and not (isinstance(self.size, (tuple, list)) and len(self.size) == 2
+                                          and all(is_whole_number(v) and v >= 8 for v in self.size)):
+            raise ConfigError(f"--size needs two whole numbers of at least 8 (H W), not {self.size!r}")
+        if self.labels is not None and not (isinstance(self.labels, (tuple, list)) and all(
+                isinstance(label, str) and label for label in self.labels)):
+            raise ConfigError(f"labels must be a list of names, e.g. ('endo', 'epi'), not {self.labels!r}")
 
 
 def normalise_image(image: np.ndarray, method: str, clahe: bool) -> np.ndarray:
@@ -194,8 +199,9 @@ def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = N
         the summary (also stored in ``dataset.json`` under ``summary``).
     """
     options = options or PrepareOptions()
+    check_type(options, PrepareOptions, "options", " (e.g. PrepareOptions(size=(128, 128)))")
     options.validate()
-    src, out = Path(src), Path(out)
+    src, out = as_path(src, "src"), as_path(out, "out")
     check_output_folder(out, force, inputs=[src])
     report = read_dataset(src, options.format, skip_bad=options.skip_bad, labels=options.labels)
     if not report.samples:

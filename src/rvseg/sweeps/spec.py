@@ -557,7 +557,7 @@ class Overrides:
         train: TrainConfig fields (``--epochs``, ``--width``, ``--set lr=0.01`` ...).
         size: ``--size H W``: prepare the data at this size.
         repeats: ``--repeats N``: seeds per cell.
-        only: ``--only AXIS=V1,V2``: axis -> the values (texts) to keep.
+        only: ``--only AXIS=V1,V2``: axis -> the values (texts, or one comma-separated text) to keep.
         test: ``--test DATASET``.
     """
 
@@ -591,6 +591,7 @@ def apply_overrides(data: dict, overrides: Overrides) -> dict:
     if overrides.test is not None:
         data["test"] = overrides.test
     for axis_name, keep in overrides.only.items():
+        keep = keep.split(",") if isinstance(keep, str) else keep  # "dice,focal", as --only writes it
         data["space"] = restrict_axis(data.get("space") or {}, axis_name, keep)
         data.setdefault("restricted", {})[axis_name] = list(keep)
     return data

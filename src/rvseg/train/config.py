@@ -28,6 +28,13 @@ SMALL_FOREGROUND = 0.01
 
 @dataclass
 class TrainConfig:
+    """Every option of one training run; saved as ``RUN/config.yaml``, read back by ``--config``.
+
+    Each field is the ``rvseg train`` flag of the same name (``switch_tau`` is ``--switch-tau``). The
+    defaults are the reference study's baseline. The fields are listed below with their meaning
+    (the command's ``--help`` texts) and defaults.
+    """
+
     # data and split
     target: list[str] = field(default_factory=lambda: ["endo"])
     val_patients: list[str] = field(default_factory=list)
@@ -190,6 +197,19 @@ HELP = {
 }
 
 
+def _document_fields() -> None:
+    """Append each field's help text and default to the TrainConfig docstring (one source for both)."""
+    entries = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        text = HELP.get(f.name, "recorded by the run (not an option)")
+        entries.append(f"        {f.name}: {text} (default {default!r})")
+    TrainConfig.__doc__ = f"{TrainConfig.__doc__.rstrip()}\n\n    Attributes:\n" + "\n".join(entries) + "\n"
+
+
+_document_fields()
+
+
 #: Other names of a flag: the study calls the share of training data the "training share".
 FLAG_ALIASES = {"fraction": ("--train-share",)}
 
@@ -231,7 +251,8 @@ def check_types(config: TrainConfig) -> None:
             ok = isinstance(value, kind)
             value = str(value) if ok and kind is str else value
         if not ok:
-            wanted = {list: "a list of names, e.g. ['endo']", float: "a number", int: "a whole number",
+            example = "['endo']" if f.name == "target" else "['P13', 'P14']"
+            wanted = {list: f"a list of names, e.g. {example}", float: "a number", int: "a whole number",
                       bool: "True or False"}.get(kind, "text")
             raise ConfigError(f"option {f.name} must be {wanted}, not {value!r}")
         setattr(config, f.name, value)

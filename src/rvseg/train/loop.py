@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from rvseg import __version__
-from rvseg.checks import pick
+from rvseg.checks import as_path, check_type, pick
 from rvseg.data.dataset import PreparedDataset, decision_threshold, encode_targets, load_dataset
 from rvseg.data.outlines import fill_outlines
 from rvseg.data.splits import split_patients, training_share
@@ -388,7 +388,23 @@ def validate(model: nn.Module, val: SplitData, loss_fn, runtime: Runtime, batch_
 
 def train(dataset: str | Path, out: str | Path, config: TrainConfig, *, resume: bool = False,
           verbose: bool = True) -> dict:
-    """Train one model; returns the run summary (also ``RUN/summary.json``)."""
+    """Train one model on a prepared data set into the run folder ``out``.
+
+    Returns:
+        the run summary (also ``out/summary.json``): ``best_epoch``, ``best_val_dice`` (label -> Dice),
+        ``final`` (the last ``metrics.csv`` row as numbers), ``epochs``, ``seconds``,
+        ``train_images_per_second``, ``n_train``/``n_val`` slices, ``train_patients``/``val_patients``,
+        ``device``, ``precision``, ``world_size`` and ``resolved_tau``; ``{"paused_at_epoch": N}`` for a
+        run stopped by ``config.pause_after``. ``out`` then holds ``best.pt`` (what evaluate and predict
+        load), ``last.pt``, ``config.yaml``, ``metrics.csv`` and ``progress.png``.
+
+    Raises:
+        ConfigError: an invalid option, or ``out`` holding a run that ``resume`` does not continue.
+        DataError: the data set cannot be read or lacks a target label.
+        TrainingDiverged: the loss became NaN or infinite.
+    """
+    check_type(config, TrainConfig, "config", " (e.g. TrainConfig(epochs=50))")
+    dataset, out = as_path(dataset, "dataset"), as_path(out, "out")
     check_options(config)
     runtime = setup_runtime(config.device, config.precision)
     try:
@@ -396,7 +412,7 @@ def train(dataset: str | Path, out: str | Path, config: TrainConfig, *, resume: 
             check_cuda_graph(runtime)  # before anything is written into the run folder
         cuda = [runtime.device] if runtime.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):  # the run seeds torch's generators; the caller's are restored
-            return run(Path(dataset), Path(out), config, runtime, resume=resume,
+            return run(dataset, out, config, runtime, resume=resume,
                        verbose=verbose and runtime.is_main)
     finally:
         teardown_runtime(runtime)
