@@ -136,8 +136,15 @@ def stack_samples(samples: list[Sample], labels: tuple[str, ...], options: Prepa
         extents int (N, 2) (real H, W of each sample inside the stack), spacings (N, 2) float (NaN
         where unknown).
     """
-    images, masks, extents, spacings = [], [], [], []
+    # The stacks are allocated first and filled sample by sample: one copy of the set beside the
+    # samples' own pixels, not a list of normalised images and then the stacks as well.
+    extents = np.array([options.size if options.size is not None else sample.image.shape for sample in samples],
+                       dtype=np.int64).reshape(len(samples), 2)
+    height, width = extents.max(axis=0)
+    image_stack = np.zeros((len(samples), options.channels, height, width), dtype=np.float32)
+    mask_stack = np.zeros((len(samples), len(labels), height, width), dtype=np.uint8)
     present = np.zeros((len(samples), len(labels)), dtype=bool)
+    spacings = np.full((len(samples), 2), np.nan)
     for i, sample in enumerate(samples):
         image = normalise_image(sample.image, options.normalize, options.clahe)
         stacked = np.zeros((len(labels), *image.shape), dtype=np.uint8)
@@ -145,23 +152,15 @@ def stack_samples(samples: list[Sample], labels: tuple[str, ...], options: Prepa
             if label in sample.masks:
                 stacked[k] = sample.masks[label]
                 present[i, k] = True
-        spacing = np.array(sample.spacing_mm if sample.spacing_mm else (np.nan, np.nan), dtype=np.float64)
+        if sample.spacing_mm:
+            spacings[i] = sample.spacing_mm
         if options.size is not None and tuple(image.shape) != tuple(options.size):
-            spacing = spacing * np.array(image.shape) / np.array(options.size)
+            spacings[i] *= np.array(image.shape) / np.array(options.size)
             image, stacked = resize_sample(image, stacked, options.size)
-        images.append(image)
-        masks.append(stacked)
-        extents.append(image.shape)
-        spacings.append(spacing)
-    extents = np.array(extents, dtype=np.int64)
-    height, width = extents.max(axis=0)
-    image_stack = np.zeros((len(samples), options.channels, height, width), dtype=np.float32)
-    mask_stack = np.zeros((len(samples), len(labels), height, width), dtype=np.uint8)
-    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         h, w = image.shape
         image_stack[i, :, :h, :w] = image
-        mask_stack[i, :, :h, :w] = mask
-    return image_stack, mask_stack, present, extents, np.array(spacings)
+        mask_stack[i, :, :h, :w] = stacked
+    return image_stack, mask_stack, present, extents, spacings
 
 
 def sample_rows(samples: list[Sample], labels, masks, present, extents, spacings) -> list[dict]:
