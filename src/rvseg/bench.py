@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from rvseg import __version__
+from rvseg.checks import check_choice
 from rvseg.errors import ConfigError, RvsegError
 from rvseg.models import build_model
 from rvseg.train.config import TrainConfig, check_graph_or_compile
@@ -129,8 +130,7 @@ class BenchOptions:
         if unknown or not self.parts:
             raise ConfigError(f"--parts takes a comma-separated subset of {','.join(PARTS)}, "
                               f"not {','.join(self.parts)}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, not {self.compile_mode!r}")
+        check_choice(self.compile_mode, COMPILE_MODES, "--compile-mode")
         check_graph_or_compile(self.cuda_graph, self.compile)
         if self.loss == "switching":
             raise ConfigError("--loss switching needs the training split's tau; benchmark it with rvseg train")

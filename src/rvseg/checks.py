@@ -67,6 +67,12 @@ def check_type(value: object, expected: type, name: str, hint: str = "") -> None
         raise ConfigError(f"{name} must be a {expected.__name__}{hint}, not {type(value).__name__} {value!r:.80}")
 
 
+def check_choice(value: object, choices, name: str) -> None:
+    """A :class:`ConfigError` ``NAME must be one of A, B, not 'x'`` unless ``value`` is in ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, not {value!r}")
+
+
 def pick(registry: Mapping[str, T], name: str, what: str) -> T:
     """``registry[name]``, or a :class:`ConfigError` listing the names there are."""
     if name not in registry:

@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from rvseg import __version__
-from rvseg.checks import as_path, as_paths, finite_or_none
+from rvseg.checks import as_path, as_paths, check_choice, finite_or_none
 from rvseg.data.dataset import PreparedDataset, load_dataset
 from rvseg.errors import ConfigError, DataError
 from rvseg.inference import Predictor, prepared_inputs
@@ -133,8 +133,7 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
             normalised unlike the checkpoints'.
         DataError: an unreadable checkpoint or data set, labels the data set lacks, or ``out`` not empty.
     """
-    if split not in SPLITS:
-        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+    check_choice(split, SPLITS, "--split")
     check_rule(postprocess)
     out = as_path(out, "out") if out is not None else None
     checkpoints, dataset = as_paths(checkpoints, "checkpoints"), as_path(dataset, "dataset")

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rvseg.checks import as_paths, is_whole_number
+from rvseg.checks import as_paths, check_choice, is_whole_number
 from rvseg.data.dataset import decision_threshold
 from rvseg.data.outlines import fill_outlines
 from rvseg.data.prepare import normalise_image, resize_sample
@@ -91,8 +91,7 @@ class Predictor:
     data_infos: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.ensemble not in ENSEMBLES:
-            raise ConfigError(f"--ensemble must be one of {', '.join(ENSEMBLES)}, not {self.ensemble!r}")
+        check_choice(self.ensemble, ENSEMBLES, "--ensemble")
         if not is_whole_number(self.batch_size) or self.batch_size < 1:
             raise ConfigError(f"--batch-size must be a positive integer, not {self.batch_size!r}")
         if not self.models:
@@ -241,13 +240,12 @@ def combine(probabilities: np.ndarray, ensemble: str, mask_style: str,
     Returns:
         float32 (..., H, W) in [0, 1]; foreground is ``> 0.5``.
     """
+    check_choice(ensemble, ENSEMBLES, "--ensemble")
     shape = shape or probabilities.shape[-2:]
     if ensemble == "mean":
         return to_original_geometry(filled_scores(probabilities.mean(axis=0), mask_style), shape)
-    if ensemble == "vote":
-        votes = np.stack([to_original_geometry(filled_scores(p, mask_style), shape) > 0.5 for p in probabilities])
-        return votes.mean(axis=0, dtype=np.float32)
-    raise ConfigError(f"--ensemble must be one of {', '.join(ENSEMBLES)}, not {ensemble!r}")
+    votes = np.stack([to_original_geometry(filled_scores(p, mask_style), shape) > 0.5 for p in probabilities])
+    return votes.mean(axis=0, dtype=np.float32)
 
 
 def filled_scores(probabilities: np.ndarray, mask_style: str) -> np.ndarray:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rvseg.checks import is_finite_number
+from rvseg.checks import check_choice, is_finite_number
 from rvseg.errors import ConfigError
 
 #: Smoothing added to the numerator and denominator of every Dice term (in pixels).
@@ -201,8 +201,7 @@ def check_switching_params(lam: float, tau: float, per: str) -> None:
             f"switching tau must be a number in [0, 1], not {tau!r} "
             "('auto' must be resolved to the training split's mean foreground share first)"
         )
-    if per not in SWITCH_PER:
-        raise ConfigError(f"switching per must be one of {', '.join(SWITCH_PER)}, not {per!r}")
+    check_choice(per, SWITCH_PER, "switching per")
 
 
 #: Loss name (as used in configurations and on the command line) -> loss function.

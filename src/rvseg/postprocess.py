@@ -38,9 +38,8 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from rvseg.checks import finite_or_none
+from rvseg.checks import check_choice, finite_or_none
 from rvseg.data.contours import largest_component
-from rvseg.errors import ConfigError
 
 RULES = ("stack", "largest", "none")
 #: How far (pixels) the kept region of one slice is grown to find its continuation on the next.
@@ -112,8 +111,7 @@ def stack_positions(stacks: Sequence[Hashable | None], locations: Sequence, numb
 
 def check_rule(rule: str) -> None:
     """Raise ConfigError unless ``rule`` is one of :data:`RULES`."""
-    if rule not in RULES:
-        raise ConfigError(f"--postprocess must be one of {', '.join(RULES)}, not {rule!r}")
+    check_choice(rule, RULES, "--postprocess")
 
 
 def stack_regions(masks: np.ndarray, scores: np.ndarray, tolerance: int = STACK_TOLERANCE_PX) -> np.ndarray:

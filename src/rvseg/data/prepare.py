@@ -14,7 +14,7 @@ from skimage.exposure import equalize_adapthist
 from skimage.transform import resize
 
 from rvseg import __version__
-from rvseg.checks import as_path, check_type, is_whole_number
+from rvseg.checks import as_path, check_choice, check_type, is_whole_number
 from rvseg.data.dataset import ARRAY_FILES, MASK_STYLES
 from rvseg.data.formats import read_dataset
 from rvseg.data.sample import PHASES, ReadReport, Sample
@@ -54,10 +54,8 @@ class PrepareOptions:
     def validate(self) -> None:
         if self.channels not in (1, 3):
             raise ConfigError(f"--channels must be 1 or 3, not {self.channels}")
-        if self.mask_style not in MASK_STYLES:
-            raise ConfigError(f"--mask-style must be one of {', '.join(MASK_STYLES)}, not {self.mask_style!r}")
-        if self.normalize not in NORMALISATIONS:
-            raise ConfigError(f"--normalize must be one of {', '.join(NORMALISATIONS)}, not {self.normalize!r}")
+        check_choice(self.mask_style, MASK_STYLES, "--mask-style")
+        check_choice(self.normalize, NORMALISATIONS, "--normalize")
         if self.size is not None and not (isinstance(self.size, (tuple, list)) and len(self.size) == 2
                                           and all(is_whole_number(v) and v >= 8 for v in self.size)):
             raise ConfigError(f"--size needs two whole numbers of at least 8 (H W), not {self.size!r}")

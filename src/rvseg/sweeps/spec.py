@@ -43,7 +43,7 @@ from pathlib import Path
 
 import yaml
 
-from rvseg.checks import is_finite_number, is_real_number, is_whole_number
+from rvseg.checks import check_choice, is_finite_number, is_real_number, is_whole_number
 from rvseg.data.prepare import PrepareOptions
 from rvseg.errors import ConfigError
 from rvseg.train.config import TrainConfig, load_config, user_fields
@@ -249,11 +249,9 @@ def parse_spec(data: dict) -> SweepSpec:
     if not data.get("dataset"):
         raise ConfigError("the sweep spec names no dataset:")
     sampler = str(data.get("sampler", "grid"))
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+    check_choice(sampler, SAMPLERS, "sampler")
     objective = str(data.get("objective", "best_val_dice"))
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}")
+    check_choice(objective, OBJECTIVES, "objective")
     if objective == "test_dice" and not data.get("test"):
         raise ConfigError("objective test_dice needs a test: data set")
     base = parse_base(data.get("base") or {})
