@@ -78,7 +78,7 @@ def test_a_wrong_type_from_python_is_one_clear_error_naming_the_argument(tmp_pat
         (lambda: rv.resolve_spec(preset="losses"), "preset must be a \\(name, dataset\\) pair"),
         (lambda: rv.resolve_spec(preset=("losses", tiny_dataset), overrides={"epochs": 2}),
          "overrides must be a Overrides"),
-        (lambda: rv.evaluate({"run": 1}, tiny_dataset), "checkpoints must be a path or a list of paths"),
+        (lambda: rv.evaluate({"run": 1}, tiny_dataset), "checkpoints must be a path or a non-empty list of paths"),
     ]
     for call, message in cases:
         with pytest.raises(rv.RvsegError, match=message):
@@ -113,3 +113,18 @@ def test_train_config_documents_every_option():
     doc = rv.TrainConfig.__doc__
     assert all(f"{name}: " in doc for name in rv.TrainConfig.__dataclass_fields__)
     assert "switch_lambda: " in doc and "(default 0.75)" in doc
+
+
+def test_collections_of_checkpoints_and_array_sizes_are_accepted(tmp_path):
+    from rvseg.checks import as_paths
+
+    runs = [tmp_path / "a", tmp_path / "b"]
+    assert as_paths((path for path in runs), "checkpoints") == runs  # a glob's generator
+    assert as_paths(tuple(map(str, runs)), "checkpoints") == runs
+    with pytest.raises(rv.ConfigError, match="non-empty list of paths"):
+        as_paths([], "checkpoints")
+    import numpy as np
+
+    options = rv.PrepareOptions(size=np.array([64, 48]))
+    options.validate()
+    assert options.size == (64, 48) and all(type(v) is int for v in options.size)

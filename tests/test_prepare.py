@@ -159,6 +159,12 @@ def test_inspect_names_a_bad_file_of_a_study(shared_data, tmp_path, capsys):
     assert "2 samples of 1 patient(s) (rvsc)" in out and f"skipped {path}" in out
     assert main(["inspect", str(tmp_path / "nothing-here")]) == 2
     assert "nothing-here" in capsys.readouterr().err
+    # A prepared set made with skips inspects as a set (exit 0); the reader options are for studies.
+    assert main(["prepare", str(root), "--out", str(tmp_path / "d"), "--skip-bad"]) == 1
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "d")]) == 0
+    assert main(["inspect", str(tmp_path / "d"), "--format", "acdc"]) == 2
+    assert "apply to a study; this is a prepared data set" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage, problem", [

@@ -171,6 +171,18 @@ def test_a_header_read_gives_what_the_full_read_gives_without_the_pixels(rvsc_ro
     dataset.save_as(tmp_path / "no-size.dcm")
     with pytest.raises(DataError, match="gives no image size"):
         read_dicom_header(tmp_path / "no-size.dcm")
+    # What decoding would find is found without it: pixel data cut short, or none at all.
+    whole = (rvsc_root / "patient09" / "P09dicom" / "P09-0001.dcm").read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(whole[:-5000])
+    with pytest.raises(DataError, match="holds 105592 of the 110592 bytes of a 256 x 216 image"):
+        read_dicom_header(tmp_path / "cut.dcm")
+    with pytest.raises(DataError, match="cannot decode the DICOM pixel data"):
+        read_dicom(tmp_path / "cut.dcm")
+    del dataset.PixelData
+    dataset.Rows = 256
+    dataset.save_as(tmp_path / "no-pixels.dcm")
+    with pytest.raises(DataError, match="holds no pixel data"):
+        read_dicom_header(tmp_path / "no-pixels.dcm")
 
 
 def test_order_series(rvsc_root):

@@ -432,6 +432,13 @@ def test_out_of_range_options_are_one_line_errors(tiny_dataset, tmp_path, capsys
     assert message in err and "Traceback" not in err
 
 
+def test_augmentation_ranges_of_a_run_without_augmentation_are_not_checked():
+    """An older config.yaml with augment: false and unused ranges still loads (and resumes)."""
+    TrainConfig(augment=False, scale_min=0.0, scale_max=0.0, intensity=2.0).validate()
+    with pytest.raises(ConfigError, match="--intensity must be in"):
+        TrainConfig(intensity=2.0).validate()
+
+
 def test_an_sgdr_run_that_stops_inside_a_cycle_is_noted():
     from rvseg.train.optim import sgdr_mid_cycle_note
 

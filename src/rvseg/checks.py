@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -52,12 +52,15 @@ def as_path(value: object, name: str) -> Path:
 
 
 def as_paths(value: object, name: str) -> list[Path]:
-    """One path, or a non-empty list or tuple of them."""
-    if isinstance(value, (list, tuple)) and value:
-        return [as_path(item, name) for item in value]
+    """One path, or any non-empty collection of them (a list, a tuple, a glob's generator ...)."""
     if isinstance(value, (str, os.PathLike)):
         return [Path(value)]
-    raise ConfigError(f"{name} must be a path or a list of paths, not {type(value).__name__} {value!r:.80}")
+    if isinstance(value, Iterable) and not isinstance(value, (bytes, Mapping)):
+        paths = [as_path(item, name) for item in value]
+        if paths:
+            return paths
+    raise ConfigError(f"{name} must be a path or a non-empty list of paths, not {type(value).__name__} "
+                      f"{value!r:.80}")
 
 
 def check_type(value: object, expected: type, name: str, hint: str = "") -> None:

@@ -91,10 +91,14 @@ def cmd_inspect(args) -> int:
 
     if args.montage:
         check_output_file(args.montage)
-    if is_prepared(args.dataset):
-        dataset = load_dataset(args.dataset)
-    else:
+    study = not is_prepared(args.dataset)
+    if study:
         dataset = load_study(args.dataset, PrepareOptions(**reader_options(args)))
+    elif args.format != "auto" or args.labels or args.skip_bad:
+        raise ConfigError("--format, --labels and --skip-bad apply to a study; this is a prepared data set, "
+                          "read as it was prepared")
+    else:
+        dataset = load_dataset(args.dataset)
     summary = dataset_summary(dataset)
     if args.montage:
         draw_montage(dataset, args.montage, n=args.n)
@@ -105,7 +109,7 @@ def cmd_inspect(args) -> int:
         print(f"  arrays: {summary['shape']}, content hash {summary['content_hash']}")
         if args.montage:
             print(f"  montage: {args.montage}")
-    return 1 if summary["skipped"] else 0
+    return 1 if study and summary["skipped"] else 0  # a prepared set's skips were reported when it was made
 
 
 # ---------------------------------------------------------------- training

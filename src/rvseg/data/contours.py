@@ -25,12 +25,12 @@ from skimage.measure import find_contours, label
 from rvseg.errors import DataError
 from rvseg.io import write_text
 
-#: Shift (in pixels) that turns "centre on an edge" into a decision by the point just below-right of
-#: the centre: far below any real coordinate's precision, far above float64 rounding at image sizes.
 #: The RVSC contour kinds and the structures they outline: ``i`` the endocardium (the cavity), ``o`` the
 #: epicardium (cavity and wall), as in ``P01-0080-icontour-manual.txt``.
 LABEL_OF_CONTOUR = {"i": "endo", "o": "epi"}
 
+#: Shift (in pixels) that turns "centre on an edge" into a decision by the point just below-right of
+#: the centre: far below any real coordinate's precision, far above float64 rounding at image sizes.
 EDGE_TIE_BREAK_PX = 1e-6
 
 #: How far outside the image (in pixels) a contour point may lie before the file is rejected.

@@ -110,6 +110,10 @@ def read_dicom(path: str | Path) -> DicomImage:
         return _image(dataset, dataset, stored, path)
 
 
+#: Elements larger than this are located, not read, by :func:`read_dicom_header` (the pixel data).
+DEFERRED_BYTES = 4096
+
+
 class DicomHeader(NamedTuple):
     """What a cine's frames are ordered and checked by, read without decoding their pixels."""
 
@@ -122,21 +126,27 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
     """The image size, TriggerTime and slice location (as :attr:`DicomImage.slice_location`) of a
     single-frame DICOM image, its pixel data neither read nor decoded: about a third of the time of
     :func:`read_dicom`, for the frames of a cine that only order it (a few in twenty carry contours).
+    The file is refused as :func:`read_dicom` would refuse it, with the checks that need no decoding.
 
     Raises:
         DataError: the file is missing, not DICOM or corrupt, gives no Rows and Columns, holds several
-            frames, or has a malformed timing or geometry tag.
+            frames or colour, its pixel data is missing, cut short or compressed beyond the installed
+            decoders, or it has a malformed timing, spacing or geometry tag.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError("DICOM file does not exist", path)
     with pydicom.config.disable_value_validation():
-        dataset = _read_dataset(path, stop_before_pixels=True)
+        dataset = _read_dataset(path, defer_size=DEFERRED_BYTES)
         rows, columns = _optional_int(dataset, "Rows", path), _optional_int(dataset, "Columns", path)
         if not rows or not columns:
             raise DataError("DICOM file gives no image size (Rows, Columns): not an image", path)
         if (_optional_int(dataset, "NumberOfFrames", path) or 1) > 1:
             raise DataError("expected one 2D greyscale frame, the file holds several", path)
+        _check_pixel_data_unread(dataset, rows, columns, path)
+        for parse in (_pixel_spacing, _plane_normal, _slice_thickness):  # a malformed tag: a bad file, as in read_dicom
+            parse(dataset, path)
+        _float_vector(dataset, "ImagePositionPatient", 3, path)
         return DicomHeader((rows, columns), _optional_float(dataset, "TriggerTime", path),
                            _slice_location(dataset, path))
 
@@ -398,9 +408,9 @@ def _similar_frame_counts(a: int, b: int) -> bool:
     return a == b or (min(a, b) >= 2 and min(a, b) >= 0.8 * max(a, b))
 
 
-def _read_dataset(path: Path, stop_before_pixels: bool = False) -> Dataset:
+def _read_dataset(path: Path, defer_size: int | None = None) -> Dataset:
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        return pydicom.dcmread(path, defer_size=defer_size)
     except InvalidDicomError:
         raise DataError("not a DICOM file (no 'DICM' marker after the 128-byte preamble)", path) from None
     # pydicom raises a wide variety of exceptions on damaged files (struct.error, EOFError,
@@ -442,21 +452,55 @@ def _values(stored: np.ndarray, tags, dataset: Dataset, path: Path) -> np.ndarra
 def decoding_problem(dataset: Dataset, exc: Exception) -> str:
     """One line on why pixel data could not be decoded: for a compressed transfer syntax, which one
     and the decoders that read it (pydicom needs a plug-in for JPEG, JPEG-LS and JPEG 2000)."""
+    one_line = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return _undecodable_syntax(dataset) or f"{exc.__class__.__name__}: {one_line}"
+
+
+def _undecodable_syntax(dataset: Dataset) -> str | None:
+    """Why no installed decoder reads the dataset's transfer syntax, or None when one does."""
     from pydicom.pixels import get_decoder
 
-    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    syntax = _transfer_syntax(dataset)
     if syntax is not None and not syntax.is_transfer_syntax:
         return f"its transfer syntax {syntax} is not a DICOM transfer syntax pydicom knows (private or damaged)"
     try:
         decodable = syntax is None or not syntax.is_compressed or get_decoder(syntax).is_available
     except NotImplementedError:  # a compressed syntax pydicom has no decoder for at all
         decodable = False
-    if not decodable:
-        return (f"its transfer syntax {syntax.name} ({syntax}) is compressed and no installed decoder reads it: "
-                "install pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg (or python-gdcm), or decompress the "
-                "file with `gdcmconv --raw`")
-    one_line = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return f"{exc.__class__.__name__}: {one_line}"
+    if decodable:
+        return None
+    return (f"its transfer syntax {syntax.name} ({syntax}) is compressed and no installed decoder reads it: "
+            "install pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg (or python-gdcm), or decompress the "
+            "file with `gdcmconv --raw`")
+
+
+def _transfer_syntax(dataset: Dataset):
+    return getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+
+
+def _check_pixel_data_unread(dataset: Dataset, rows: int, columns: int, path: Path) -> None:
+    """Raise the :class:`DataError` that decoding would, without reading the pixel data: none there, a
+    colour image, an uncompressed frame cut short, or a compressed one that no installed decoder reads."""
+    if "PixelData" not in dataset:
+        raise DataError("DICOM file holds no pixel data (not an image, or the file is truncated)", path)
+    samples = _optional_int(dataset, "SamplesPerPixel", path) or 1
+    if samples != 1:
+        raise DataError(f"expected one 2D greyscale frame, the image has {samples} samples per pixel", path)
+    problem = _undecodable_syntax(dataset)
+    if problem:
+        raise DataError(f"cannot decode the DICOM pixel data ({problem})", path)
+    syntax = _transfer_syntax(dataset)
+    if syntax is not None and syntax.is_compressed:
+        return  # encapsulated fragments: their size says nothing until decoded
+    element = dataset.get_item("PixelData", keep_deferred=True)
+    if getattr(element, "value", None) is None:  # deferred: its length and where it starts in the file
+        stored = min(element.length, max(path.stat().st_size - element.value_tell, 0))
+    else:
+        stored = len(element.value)
+    needed = math.ceil(rows * columns * (_optional_int(dataset, "BitsAllocated", path) or 16) / 8)
+    if stored < needed:
+        raise DataError(f"cannot decode the DICOM pixel data (it holds {stored} of the {needed} bytes of a "
+                        f"{rows} x {columns} image: the file is truncated)", path)
 
 
 def _element_value(dataset: Dataset, keyword: str):

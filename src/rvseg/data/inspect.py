@@ -21,7 +21,8 @@ def load_study(src: str | Path, options: PrepareOptions | None = None) -> Prepar
 
     The check before a prepare: the same matching of images to contours, filled masks, counts,
     notes and refusals (a bad file raises :class:`DataError` naming it, unless ``skip_bad``).
-    Returns the prepared set in memory, its ``root`` the study folder.
+    The set is prepared in a temporary folder (so it needs that much free space there), loaded and
+    the folder removed. Returns the prepared set in memory, its ``root`` the study folder.
     """
     with tempfile.TemporaryDirectory(prefix="rvseg-inspect-") as scratch:
         prepare(src, Path(scratch) / "dataset", options)

@@ -287,7 +287,7 @@ def _check_options(
         raise ConfigError(f"phantom slices must be a positive integer, not {slices!r}")
     if not is_whole_number(frames) or frames < 2:
         raise ConfigError(f"phantom frames must be an integer of at least 2 (ED and ES), not {frames!r}")
-    if not isinstance(shape, (tuple, list)) or len(shape) != 2 or not all(
+    if np.ndim(shape) != 1 or len(shape) != 2 or not all(
             is_whole_number(size) and size >= 16 for size in shape):
         raise ConfigError(f"phantom shape must be two integers (rows, columns) of at least 16, not {shape!r}")
     if not is_finite_number(spacing_mm) or spacing_mm <= 0:

@@ -14,7 +14,7 @@ from skimage.exposure import equalize_adapthist
 from skimage.transform import resize
 
 from rvseg import __version__
-from rvseg.checks import as_path, check_choice, check_type, is_whole_number
+from rvseg.checks import as_path, check_choice, check_type, is_real_number
 from rvseg.data.dataset import ARRAY_FILES, MASK_STYLES
 from rvseg.data.formats import read_dataset
 from rvseg.data.sample import PHASES, ReadReport, Sample
@@ -56,9 +56,11 @@ class PrepareOptions:
             raise ConfigError(f"--channels must be 1 or 3, not {self.channels}")
         check_choice(self.mask_style, MASK_STYLES, "--mask-style")
         check_choice(self.normalize, NORMALISATIONS, "--normalize")
-        if self.size is not None and not (isinstance(self.size, (tuple, list)) and len(self.size) == 2
-                                          and all(is_whole_number(v) and v >= 8 for v in self.size)):
-            raise ConfigError(f"--size needs two whole numbers of at least 8 (H W), not {self.size!r}")
+        if self.size is not None:
+            if not (np.ndim(self.size) == 1 and len(self.size) == 2 and all(
+                    is_real_number(v) and float(v).is_integer() and v >= 8 for v in self.size)):
+                raise ConfigError(f"--size needs two whole numbers of at least 8 (H W), not {self.size!r}")
+            self.size = (int(self.size[0]), int(self.size[1]))  # as dataset.json records it
         if self.labels is not None and not (isinstance(self.labels, (tuple, list)) and all(
                 isinstance(label, str) and label for label in self.labels)):
             raise ConfigError(f"labels must be a list of names, e.g. ('endo', 'epi'), not {self.labels!r}")

@@ -115,7 +115,8 @@ class TrainConfig:
         check_option("deep_supervision", self.deep_supervision, f"in [0, {self.depth}) (below --depth)",
                      lambda v: 0 <= v < self.depth)
         check_option("ema", self.ema, "in [0, 1) (0 = off)", lambda v: 0 <= v < 1)
-        self.check_augmentation()
+        if self.augment:  # unused ranges of a run without augmentation (an older config.yaml) stay as they are
+            self.check_augmentation()
         check_graph_or_compile(self.cuda_graph, self.compile)
         if self.pause_after is not None:
             check_option("pause_after", self.pause_after, "at least 1", lambda v: v >= 1)
@@ -202,7 +203,8 @@ def _document_fields() -> None:
     entries = []
     for f in dataclasses.fields(TrainConfig):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        text = HELP.get(f.name, "recorded by the run (not an option)")
+        # The command line takes lists comma-separated; Python takes lists.
+        text = HELP.get(f.name, "recorded by the run (not an option)").replace(", comma-separated", " (a list)")
         entries.append(f"        {f.name}: {text} (default {default!r})")
     TrainConfig.__doc__ = f"{TrainConfig.__doc__.rstrip()}\n\n    Attributes:\n" + "\n".join(entries) + "\n"
 
