@@ -713,6 +713,27 @@ def test_enhanced_mr_of_one_frame_keeps_its_geometry_and_a_short_per_frame_seque
         read_dicom_frames(tmp_path / "short.dcm")
 
 
+def test_a_legacy_multi_frame_cine_times_its_frames_by_the_cine_module(phantom, tmp_path):
+    """A multi-frame file without functional groups (one slice's cine, PS3.3 C.7.6.5): frame k lies
+    FrameTime x k, or the sum of FrameTimeVector's first k + 1 increments, after the file's TriggerTime."""
+    from rvseg.data.dicom import read_dicom_frames
+
+    files = sorted((phantom / "patient01" / "P01dicom").glob("*.dcm"))[:4]
+    dataset = pydicom.dcmread(files[0])
+    dataset.NumberOfFrames = len(files)
+    dataset.PixelData = np.stack([pydicom.dcmread(path).pixel_array for path in files]).tobytes()
+    dataset.TriggerTime = 10
+    dataset.FrameTime = 40
+    dataset.save_as(tmp_path / "cine.dcm")
+    assert [frame.trigger_time for frame in read_dicom_frames(tmp_path / "cine.dcm")] == [10, 50, 90, 130]
+    dataset.FrameTimeVector = [0, 30, 45, 45]  # the vector wins: frames need not be evenly spaced
+    dataset.save_as(tmp_path / "cine.dcm")
+    assert [frame.trigger_time for frame in read_dicom_frames(tmp_path / "cine.dcm")] == [10, 40, 85, 130]
+    del dataset.FrameTimeVector, dataset.FrameTime
+    dataset.save_as(tmp_path / "cine.dcm")  # no cine timing: every frame keeps the file's TriggerTime
+    assert [frame.trigger_time for frame in read_dicom_frames(tmp_path / "cine.dcm")] == [10] * 4
+
+
 def test_a_nifti_cine_is_segmented_as_its_dicoms_are(checkpoint, phantom, dicom_prediction, tmp_path):
     """The same pixels as a 4D NIfTI: the same masks slice by slice, put back into the volume's geometry
     (axes, affine), and the same volumes."""

@@ -159,7 +159,9 @@ def read_dicom_frames(path: str | Path) -> list[DicomImage]:
     (PS3.3 C.7.6.16), else the file's top-level tags: ImagePositionPatient (Plane Position),
     ImageOrientationPatient (Plane Orientation), PixelSpacing, SliceThickness and SpacingBetweenSlices
     (Pixel Measures), RescaleSlope and RescaleIntercept (Pixel Value Transformation), and the trigger
-    time from NominalCardiacTriggerDelayTime (Cardiac Synchronization) or TriggerTime. A frame's
+    time from NominalCardiacTriggerDelayTime (Cardiac Synchronization), else, for a multi-frame file
+    of the Cine module (no functional groups), TriggerTime plus the frame's time from FrameTimeVector
+    or FrameTime, else TriggerTime. A frame's
     slice location is its position along its plane's normal (the top-level SliceLocation, one value
     for the file, describes no single frame).
 
@@ -211,6 +213,7 @@ class FrameTags:
         self.groups = [group for group in (per_frame[index] if per_frame else None, shared[0] if shared else None)
                        if group is not None]
         self.dataset = dataset
+        self.index = index
 
     def get(self, keyword: str, default=None):
         if keyword in self.NOT_PER_FRAME:
@@ -222,7 +225,26 @@ class FrameTags:
                 items = group.get(sequence) or []
                 if items and items[0].get(inner) not in (None, ""):
                     return items[0].get(inner)
+        if keyword == "TriggerTime":
+            elapsed = self.cine_time()
+            if elapsed is not None:  # the file's TriggerTime is its first frame's
+                start = self.dataset.get(keyword)
+                return elapsed + (float(start) if start not in (None, "") else 0.0)
         return self.dataset.get(keyword, default)
+
+    def cine_time(self) -> float | None:
+        """Milliseconds from the first frame to this one by the Cine module of a multi-frame file without
+        functional groups (PS3.3 C.7.6.5): the sum of FrameTimeVector's increments (its first is 0), else
+        the frame index times FrameTime; None when neither is given (or either is malformed)."""
+        try:
+            vector = self.dataset.get("FrameTimeVector")
+            if vector not in (None, ""):
+                increments = [float(value) for value in (vector if isinstance(vector, Sequence) else [vector])]
+                return sum(increments[: self.index + 1]) if len(increments) > self.index else None
+            frame_time = self.dataset.get("FrameTime")
+            return self.index * float(frame_time) if frame_time not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
 
 
 def _image(tags, dataset: Dataset, stored: np.ndarray, path: Path, frame_number: int | None = None) -> DicomImage:
