@@ -215,6 +215,13 @@ def corrupt_dicom(root: Path) -> tuple[Path, str]:
     return path, "cannot decode the DICOM pixel data"
 
 
+def corrupt_frame_without_contours(root: Path) -> tuple[Path, str]:
+    """P09-0021 carries no contour: read by its header, its cut pixel data is still found."""
+    path = root / "patient09" / "P09dicom" / "P09-0021.dcm"
+    path.write_bytes(path.read_bytes()[:60000])
+    return path, "the file is truncated"
+
+
 def no_pixel_data(root: Path) -> tuple[Path, str]:
     path = root / "patient09" / "P09dicom" / "P09-0020.dcm"
     dataset = pydicom.dcmread(path)
@@ -250,11 +257,11 @@ def mixed_sizes(root: Path) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("mutate", [
-    corrupt_dicom, no_pixel_data, contour_line("12.5 abc", "is malformed"),
+    corrupt_dicom, corrupt_frame_without_contours, no_pixel_data, contour_line("12.5 abc", "is malformed"),
     contour_line("nan 40.0", "non-finite coordinate"), contour_line("400.0 900.0", "outside the 256 x 216 image"),
     too_few_points, escaping_list_entry, mixed_sizes,
-], ids=["corrupt-dicom", "no-pixel-data", "malformed-line", "nan", "far-outside", "too-few-points",
-        "list-escape", "mixed-sizes"])
+], ids=["corrupt-dicom", "corrupt-frame-without-contours", "no-pixel-data", "malformed-line", "nan", "far-outside",
+        "too-few-points", "list-escape", "mixed-sizes"])
 def test_bad_input_gives_one_message_and_exit_2(shared_data, tmp_path, capsys, mutate):
     root = make_patient_copy(tmp_path, shared_data / "rvsc-native")
     path, problem = mutate(root)
