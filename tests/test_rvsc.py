@@ -171,6 +171,14 @@ def test_a_header_read_gives_what_the_full_read_gives_without_the_pixels(rvsc_ro
     dataset.save_as(tmp_path / "no-size.dcm")
     with pytest.raises(DataError, match="gives no image size"):
         read_dicom_header(tmp_path / "no-size.dcm")
+    # A deflated file is smaller than its pixel data: its length is read from the inflated stream.
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    deflated = pydicom.dcmread(rvsc_root / "patient09" / "P09dicom" / "P09-0001.dcm")
+    deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    deflated.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    assert (tmp_path / "deflated.dcm").stat().st_size < 256 * 216 * 2
+    assert read_dicom_header(tmp_path / "deflated.dcm").shape == (256, 216)
     # What decoding would find is found without it: pixel data cut short, or none at all.
     whole = (rvsc_root / "patient09" / "P09dicom" / "P09-0001.dcm").read_bytes()
     (tmp_path / "cut.dcm").write_bytes(whole[:-5000])

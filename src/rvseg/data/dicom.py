@@ -515,10 +515,12 @@ def _check_pixel_data_unread(dataset: Dataset, rows: int, columns: int, path: Pa
     if syntax is not None and syntax.is_compressed:
         return  # encapsulated fragments: their size says nothing until decoded
     element = dataset.get_item("PixelData", keep_deferred=True)
-    if getattr(element, "value", None) is None:  # deferred: its length and where it starts in the file
-        stored = min(element.length, max(path.stat().st_size - element.value_tell, 0))
-    else:
+    if getattr(element, "value", None) is not None:
         stored = len(element.value)
+    elif syntax is not None and syntax.is_deflated:  # positions are in the inflated stream, not the file
+        stored = element.length
+    else:  # deferred: its declared length, and what the file holds past where it starts
+        stored = min(element.length, max(path.stat().st_size - element.value_tell, 0))
     needed = math.ceil(rows * columns * (_optional_int(dataset, "BitsAllocated", path) or 16) / 8)
     if stored < needed:
         raise DataError(f"cannot decode the DICOM pixel data (it holds {stored} of the {needed} bytes of a "
