@@ -388,3 +388,13 @@ def test_a_closed_output_pipe_ends_quietly(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdout", io.StringIO())  # restored after the test, whatever main sets
     assert main(["phantom", "--out", str(tmp_path / "p")]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_json_output_is_standard_json(capsys):
+    """A sweep's best record without a test set holds test_dice NaN: printed as null, not NaN."""
+    from rvseg.cli import print_json
+
+    print_json({"best": {"test_dice": float("nan"), "runs": [1.0, float("nan")]}})
+    text = capsys.readouterr().out
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON output")) == {
+        "best": {"test_dice": None, "runs": [1.0, None]}}

@@ -21,7 +21,10 @@ EXIT_INTERRUPTED = 130
 
 
 def print_json(data) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    """Standard JSON on stdout (NaN as null: ``jq`` and most parsers refuse NaN)."""
+    from rvseg.io import json_safe
+
+    print(json.dumps(json_safe(data), indent=2, default=str))
 
 
 # ---------------------------------------------------------------- data
