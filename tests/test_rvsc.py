@@ -307,6 +307,22 @@ def test_a_slice_series_that_lost_a_frame_still_joins_the_cine():
     assert stack_series(dicom_stacks(one_frame)) == [["s0"], ["s1"]]
 
 
+def test_a_cine_exported_one_image_per_series_is_one_stack():
+    """Every image its own series (some exports and anonymisers): the images of one plane at distinct
+    trigger times are that slice's frames, whatever the series numbering, and the slices then join."""
+    times = (0.0, 100.0, 200.0, 300.0)
+    locations = (0.0, 10.0, 20.0)
+    frame_major = [header_only(f"u{k}", location, time, number=k + 1)
+                   for k, (time, location) in enumerate((t, loc) for t in times for loc in locations)]
+    for images in (frame_major, frame_major[::-1]):
+        (stack,) = dicom_stacks(images)
+        assert [(image.slice_location, image.trigger_time) for image in stack] == [
+            (location, time) for location in locations for time in times]
+    # One image per series at the same trigger time is no cine: each stays a stack of its own.
+    same_time = [header_only(f"r{k}", 0.0, 0.0) for k in range(3)]
+    assert len(dicom_stacks(same_time)) == 3
+
+
 def test_plane_positions_measure_along_the_normal(rvsc_root):
     folder = rvsc_root / "patient09" / "P09dicom"
     images = [read_dicom(folder / f"P09-{frame}.dcm") for frame in ("0000", "0020", "0022")]

@@ -308,8 +308,9 @@ def dicom_stacks(images: Iterable[DicomImage]) -> list[list[DicomImage]]:
     breath-hold's few slices, as a series of its own, while a repeated slice or a second acquisition
     shifted by half a step is another measurement of the same heart. Series are joined in the order
     of their SeriesNumber, then of their slice locations, so a repeat (acquired later) meets the
-    stack it repeats, whatever the order of the files. Images without orientation stay in their
-    series' stack.
+    stack it repeats, whatever the order of the files. Series of one image each in one plane at
+    distinct trigger times are first taken as one slice's cine (an export of an image per series).
+    Images without orientation stay in their series' stack.
 
     Returns:
         the stacks in order of first appearance of their series.
@@ -319,6 +320,7 @@ def dicom_stacks(images: Iterable[DicomImage]) -> list[list[DicomImage]]:
     for image in images:
         part = _orientation_index(normals.setdefault(image.series_uid, []), image.normal)
         parts.setdefault((image.series_uid, part), []).append(image)
+    parts = _single_image_cines(parts)
     stacks: list[tuple[int, list[DicomImage]]] = []  # (first appearance of its series, images)
     # In acquisition order (SeriesNumber), then base to apex: a repeated slice, acquired after the one
     # it repeats, then meets a stack that already holds its neighbours, whatever the file order.
@@ -333,6 +335,28 @@ def dicom_stacks(images: Iterable[DicomImage]) -> list[list[DicomImage]]:
             first, stack = stacks[partner]
             stacks[partner] = (min(first, order), stack + members)
     return [order_series(stack) for _, stack in sorted(stacks, key=lambda item: item[0])]
+
+
+def _single_image_cines(parts: dict[tuple, list[DicomImage]]) -> dict[tuple, list[DicomImage]]:
+    """``parts`` with the series of one image each that lie in one plane of one study (same orientation,
+    position and size) at distinct trigger times merged into one part: a slice's cine exported an image
+    per series, as some exports and anonymisers write it. The joins would take each for a repeat of
+    the slice, and a cine would fall apart into one stack per phase."""
+    planes: dict[tuple, list[tuple]] = {}
+    for key, members in parts.items():
+        image = members[0]
+        if len(members) == 1 and None not in (image.normal, image.position, image.trigger_time):
+            offset = round(float(np.dot(image.position, image.normal)), LOCATION_DECIMALS)
+            plane = (image.study_uid, image.shape, tuple(np.round(image.normal, 3)), offset)
+            planes.setdefault(plane, []).append(key)
+    merged = dict(parts)
+    for keys in planes.values():
+        times = [parts[key][0].trigger_time for key in keys]
+        if len(keys) > 1 and len(set(times)) == len(times):
+            merged[keys[0]] = [parts[key][0] for key in keys]
+            for key in keys[1:]:
+                del merged[key]
+    return merged
 
 
 def _join_order(members: Sequence[DicomImage]) -> tuple:
