@@ -107,8 +107,6 @@ def stack_positions(stacks: Sequence[Hashable | None], locations: Sequence, numb
     return positions
 
 
-
-
 def check_rule(rule: str) -> None:
     """Raise ConfigError unless ``rule`` is one of :data:`RULES`."""
     check_choice(rule, RULES, "--postprocess")

@@ -28,6 +28,7 @@ from rvseg.io import write_text
 #: The RVSC contour kinds and the structures they outline: ``i`` the endocardium (the cavity), ``o`` the
 #: epicardium (cavity and wall), as in ``P01-0080-icontour-manual.txt``.
 LABEL_OF_CONTOUR = {"i": "endo", "o": "epi"}
+CONTOUR_OF_LABEL = {label: kind for kind, label in LABEL_OF_CONTOUR.items()}
 
 #: Shift (in pixels) that turns "centre on an edge" into a decision by the point just below-right of
 #: the centre: far below any real coordinate's precision, far above float64 rounding at image sizes.
@@ -41,7 +42,7 @@ OUTSIDE_TOLERANCE_PX = 2.0
 def contour_file_name(image_id: str, label: str) -> str:
     """The RVSC name of a predicted contour: ``<id>-icontour-auto.txt`` (endo), ``<id>-ocontour-auto.txt``
     (epi), and ``<id>-<label>-contour-auto.txt`` for any other label."""
-    kind = {label_: kind_ for kind_, label_ in LABEL_OF_CONTOUR.items()}.get(label)
+    kind = CONTOUR_OF_LABEL.get(label)
     return f"{image_id}-{kind}contour-auto.txt" if kind else f"{image_id}-{label}-contour-auto.txt"
 
 

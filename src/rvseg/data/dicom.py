@@ -144,11 +144,12 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
         if (_optional_int(dataset, "NumberOfFrames", path) or 1) > 1:
             raise DataError("expected one 2D greyscale frame, the file holds several", path)
         _check_pixel_data_unread(dataset, rows, columns, path)
-        for parse in (_pixel_spacing, _plane_normal, _slice_thickness):  # a malformed tag: a bad file, as in read_dicom
+        for parse in (_pixel_spacing, _slice_thickness):  # a malformed tag: a bad file, as in read_dicom
             parse(dataset, path)
-        _float_vector(dataset, "ImagePositionPatient", 3, path)
+        normal = _plane_normal(dataset, path)
+        position = _float_vector(dataset, "ImagePositionPatient", 3, path)
         return DicomHeader((rows, columns), _optional_float(dataset, "TriggerTime", path),
-                           _slice_location(dataset, path))
+                           _slice_location(dataset, normal, position, path))
 
 
 def read_dicom_frames(path: str | Path) -> list[DicomImage]:
@@ -257,7 +258,7 @@ def _image(tags, dataset: Dataset, stored: np.ndarray, path: Path, frame_number:
         pixels=_values(stored, tags, dataset, path),
         spacing_mm=_pixel_spacing(tags, path),
         trigger_time=_optional_float(tags, "TriggerTime", path),
-        slice_location=_slice_location(tags, path),
+        slice_location=_slice_location(tags, normal, position, path),
         slice_thickness_mm=_slice_thickness(tags, path),
         instance_number=frame_number or _optional_int(tags, "InstanceNumber", path),
         series_uid=_optional_str(dataset, "SeriesInstanceUID"),
@@ -271,12 +272,12 @@ def _image(tags, dataset: Dataset, stored: np.ndarray, path: Path, frame_number:
     )
 
 
-def _slice_location(tags, path: Path) -> float | None:
-    """SliceLocation, else ImagePositionPatient projected on the plane normal, else None."""
+def _slice_location(tags, normal: np.ndarray | None, position: np.ndarray | None, path: Path) -> float | None:
+    """SliceLocation, else the image's ``position`` projected on its plane ``normal``, else None."""
     location = _optional_float(tags, "SliceLocation", path)
-    normal = _plane_normal(tags, path) if location is None else None
-    position = _float_vector(tags, "ImagePositionPatient", 3, path) if normal is not None else None
-    return float(np.dot(position, normal)) if position is not None else location
+    if location is None and normal is not None and position is not None:
+        return float(np.dot(position, normal))
+    return location
 
 
 def order_series(images: Iterable[DicomImage]) -> list[DicomImage]:

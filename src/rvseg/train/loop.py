@@ -500,7 +500,9 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
                                  runtime, channels_last=runtime.channels_last,
                                  batch_size=config.batch_size, cuda_graph=config.cuda_graph, scaler=scaler)
     best_weights = None  # the best epoch's weights until the next checkpoint writes them (rank 0)
-    saved = {"seconds": None}  # the training time written into the latest last.pt of this session (rank 0)
+    # The training time the latest last.pt of this session records (rank 0); the summary reports it, so
+    # that resuming a finished run (which adds only its set-up) never reports less time than the run took.
+    saved_seconds = None
 
     def save_best() -> None:
         nonlocal best_weights
@@ -509,6 +511,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
         best_weights = None
 
     def checkpoint(epoch_: int, step_: int, order_, loss_sum_: float) -> None:
+        nonlocal saved_seconds
         # Every rank's random state, so that a resumed run continues each rank's streams exactly.
         states = gather_objects(rng_state(augment_gen, runtime.device), runtime)
         if not runtime.is_main:
@@ -520,21 +523,16 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
         weights = {"model": evaluated.state_dict()}
         if average:  # "model" is the average: what the run validated, and what evaluate and predict load
             weights.update(training_model=model.state_dict(), ema_updates=average.updates)
+        saved_seconds = training_seconds()
         save_checkpoint(out / "last.pt", {
             **weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "order_generator": order_gen.get_state(),
             "augment_generators": [s["augment"] for s in states],
             "torch_rng": [{k: v for k, v in s.items() if k != "augment"} for s in states],
             "epoch": epoch_, "step": step_, "order": order_, "loss_sum": loss_sum_, "best": best,
-            "seconds": recorded_seconds(), "epoch_seconds": time.perf_counter() - epoch_started if step_ else 0.0,
+            "seconds": saved_seconds, "epoch_seconds": time.perf_counter() - epoch_started if step_ else 0.0,
             "trained_images": earlier["trained_images"] + trained_images,
             "config": config.to_dict(), "data": data_info})
-
-    def recorded_seconds() -> float:
-        # The run's time as last.pt records it; the summary reports the same figure, so that resuming a
-        # finished run (which adds only its set-up) never reports less time than the run took.
-        saved["seconds"] = training_seconds()
-        return saved["seconds"]
 
     def training_seconds() -> float:
         """Training time of the run so far, over every session (the time after its last checkpoint
@@ -632,7 +630,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
                 return {"paused_at_epoch": epoch}
     progress.close()
 
-    seconds = saved["seconds"] if saved["seconds"] is not None else training_seconds()  # rank 0 saves
+    seconds = saved_seconds if saved_seconds is not None else training_seconds()  # rank 0 saves
     images = earlier["trained_images"] + trained_images
     summary = {
         "best_epoch": best["epoch"], "best_val_dice": dict(zip(config.target, best["dice"], strict=True)),
