@@ -398,3 +398,30 @@ def test_json_output_is_standard_json(capsys):
     text = capsys.readouterr().out
     assert json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON output")) == {
         "best": {"test_dice": None, "runs": [1.0, None]}}
+
+
+def test_the_content_hash_is_the_data_not_where_it_was_read_from(shared_data, tmp_path, capsys):
+    """One study prepared from two copies in different folders is the same data (a sweep or a resumed
+    run continues on a machine that keeps it elsewhere); a changed image is not."""
+    import shutil
+
+    import imageio.v3 as iio
+
+    copies = [tmp_path / "a" / "study", tmp_path / "b" / "elsewhere"]
+    for copy in copies:
+        copy.mkdir(parents=True)
+        for file in (shared_data / "rvsc-train-png").glob("P01-*"):
+            shutil.copy(file, copy)
+    def content_hash(copy, out):
+        prepare_json(capsys, copy, out)
+        return json.loads((out / "dataset.json").read_text())["content_hash"]
+
+    hashes = [content_hash(copy, tmp_path / f"d{i}") for i, copy in enumerate(copies)]
+    assert hashes[0] == hashes[1]
+    assert (tmp_path / "d0" / "samples.csv").read_text() != (tmp_path / "d1" / "samples.csv").read_text()
+
+    image = copies[1] / "P01-0080.png"
+    pixels = iio.imread(image)
+    pixels[0, 0] = 255 - pixels[0, 0]
+    iio.imwrite(image, pixels)
+    assert content_hash(copies[1], tmp_path / "d2") != hashes[0]

@@ -257,6 +257,32 @@ def test_a_sweep_moved_with_its_data_continues_there(tmp_path, prepared):
                     tmp_path / "elsewhere" / "sweep", "s")
 
 
+def test_a_sweep_moved_without_its_old_data_path_continues(tmp_path, prepared):
+    """On another machine the data's old path is gone: the identity sweep.json recorded at the start
+    still names the data by content. A folder from before that record names it only by the path, and
+    says so instead of claiming a different spec."""
+    import shutil
+
+    data = tmp_path / "here" / "data"
+    shutil.copytree(prepared, data)
+    first = write_spec(tmp_path / "first.yaml", data, space={"lr": [0.01]})
+    sweep_in_process(resolve_spec(first), tmp_path / "here" / "sweep")
+    shutil.move(tmp_path / "here", tmp_path / "there")
+    (tmp_path / "moved").mkdir()
+    moved = write_spec(tmp_path / "moved" / "first.yaml", tmp_path / "there" / "data", space={"lr": [0.01]})
+    summary = sweep_in_process(resolve_spec(moved), tmp_path / "there" / "sweep")
+    assert summary["by_status"] == {"complete": 1}
+    (run,) = (tmp_path / "there" / "sweep" / "runs").iterdir()
+    assert len(train_events(run)) == 1  # reused, not retrained
+
+    record = json.loads((tmp_path / "there" / "sweep" / "sweep.json").read_text())
+    legacy = {k: v for k, v in record.items() if k != "identity"}
+    legacy["spec"]["dataset"] = str(tmp_path / "gone")
+    (tmp_path / "there" / "sweep" / "sweep.json").write_text(json.dumps(legacy))
+    with pytest.raises(ConfigError, match=r"dataset only by a path that holds no prepared set here \(.*gone\)"):
+        record_spec(resolve_spec(moved), tmp_path / "there" / "sweep", "s")
+
+
 def test_a_sweep_keeps_its_study_across_changes_of_the_default_name(tmp_path, prepared):
     """sweep.json records the study's name; a folder from before that (older default names hashed
     the data's path) finds its study in the storage by the SPEC it was made for."""

@@ -98,13 +98,16 @@ def save_figure(figure, path: str | Path, **kwargs) -> None:
         figure.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
 
 
-def checksum(*paths: str | Path) -> str:
-    """Short SHA-256 of the concatenated bytes of ``paths`` (16 hex digits)."""
+def checksum(*parts: str | Path | bytes) -> str:
+    """Short SHA-256 (16 hex digits) of the concatenated bytes of ``parts``: files, or bytes as given."""
     import hashlib
 
     digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
+    for part in parts:
+        if isinstance(part, bytes):
+            digest.update(part)
+            continue
+        with open(part, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]

@@ -167,22 +167,36 @@ def resolve_spec(spec_path: str | Path | None = None, preset: tuple[str, str] | 
 
 
 def record_spec(spec: SweepSpec, out: Path, study_name: str) -> None:
-    """Write ``sweep.json`` (the SPEC and its study's name); refuse a SWEEP folder that was started
-    with a different SPEC."""
+    """Write ``sweep.json`` (the SPEC, its identity and its study's name); refuse a SWEEP folder that
+    was started with a different SPEC."""
     check_spec_unchanged(spec, out)
-    write_json(out / "sweep.json", {"spec": spec.to_dict(), "study": study_name, "rvseg_version": __version__})
+    write_json(out / "sweep.json", {"spec": spec.to_dict(), "identity": spec.identity(), "study": study_name,
+                                    "rvseg_version": __version__})
 
 
 def check_spec_unchanged(spec: SweepSpec, out: Path) -> None:
-    """Refuse a SWEEP folder whose ``sweep.json`` records a different SPEC."""
+    """Refuse a SWEEP folder whose ``sweep.json`` records a different SPEC.
+
+    The identity recorded when the folder was started is what counts: the data set it names by
+    content may no longer be at its old path (the folder moved to another machine without it).
+    """
     previous = read_json(out / "sweep.json")
-    if previous is not None:
-        old = parse_spec(previous["spec"]).identity()
-        new = spec.identity()
-        if old != new:
-            changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
-            raise ConfigError(f"this sweep folder was started with a different spec (changed: {', '.join(changed)}); "
-                              f"rerun with the same spec and overrides, or choose another --out", out)
+    if previous is None:
+        return
+    old = previous.get("identity") or parse_spec(previous["spec"]).identity()
+    new = json.loads(json.dumps(spec.identity()))  # as it reads back from sweep.json
+    if old == new:
+        return
+    changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+    unreadable = [key for key in ("dataset", "test") if key in changed and "identity" not in previous
+                  and old.get(key) == previous["spec"].get(key)]
+    if unreadable:
+        # Folders written before sweep.json kept the identity know their data only by its old path.
+        raise ConfigError(f"this sweep folder names its {unreadable[0]} only by a path that holds no prepared set "
+                          f"here ({previous['spec'][unreadable[0]]}); put the prepared set there to continue it, "
+                          f"or choose another --out", out)
+    raise ConfigError(f"this sweep folder was started with a different spec (changed: {', '.join(changed)}); "
+                      f"rerun with the same spec and overrides, or choose another --out", out)
 
 
 def check_study_continues(out: Path, url: str, study_name: str) -> None:

@@ -19,7 +19,7 @@ from rvseg.data.dataset import ARRAY_FILES, MASK_STYLES
 from rvseg.data.formats import read_dataset
 from rvseg.data.sample import PHASES, ReadReport, Sample
 from rvseg.errors import ConfigError, DataError
-from rvseg.io import atomic_folder, check_output_folder, checksum, write_csv, write_json
+from rvseg.io import atomic_folder, check_output_folder, checksum, csv_cell, write_csv, write_json
 
 NORMALISATIONS = ("percentile", "zscore", "none")
 
@@ -163,6 +163,15 @@ def stack_samples(samples: list[Sample], labels: tuple[str, ...], options: Prepa
     return image_stack, mask_stack, present, extents, spacings
 
 
+def content_hash(folder: Path, rows: list[dict]) -> str:
+    """What identifies a prepared set: its arrays and its sample table, less the folder its sources
+    were read from, so that a copy of a study prepared elsewhere (another machine, another mount) is
+    the same data to a sweep or a resumed run."""
+    columns = [key for key in (rows[0] if rows else {}) if key != "source_image"]
+    table = "\n".join([",".join(columns), *(",".join(csv_cell(row[key]) for key in columns) for row in rows)])
+    return checksum(*(folder / name for name in ARRAY_FILES), table.encode())
+
+
 def sample_rows(samples: list[Sample], labels, masks, present, extents, spacings) -> list[dict]:
     """The ``samples.csv`` rows; None and NaN become empty cells when written (:func:`rvseg.io.csv_cell`)."""
     rows = []
@@ -230,7 +239,7 @@ def write_prepared(report: ReadReport, out: str | Path, options: PrepareOptions,
             "shape": list(images.shape),
             "counts": {"n_samples": summary["n_samples"], "n_patients": summary["n_patients"],
                        "phases": summary["phases"]},
-            "content_hash": checksum(*(tmp / name for name in (*ARRAY_FILES, "samples.csv"))),
+            "content_hash": content_hash(tmp, rows),
             "summary": summary,
         }
         write_json(tmp / "dataset.json", meta)
