@@ -81,6 +81,7 @@ def test_grid_report_tables_match_the_runs(grid_sweep, tmp_path):
     assert "★" in best_line and page.count('class="best"') == 1
     assert "mean ± sd over 2 seeds" in markdown
     assert "Full scale: the SPEC as written." in markdown
+    assert "**trained on**: cpu (4 runs)" in markdown  # from the runs, not from the last invocation's flags
     assert page.count("<img") == 1  # the loss curves of the two points
 
 

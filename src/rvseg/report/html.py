@@ -145,7 +145,7 @@ def sweep_report(folder: Path) -> Report:
              ("objective", f"{spec.objective} ({spec.direction})"), ("seeds", ", ".join(map(str, spec.seeds))),
              ("runs", f"{len(records)} of {expected}: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                                                             or "none yet")),
-             ("test set", spec.test or "none")]
+             ("trained on", trained_on(records)), ("test set", spec.test or "none")]
     sections = [Section("Scale", scale_blocks(spec)), Section("Results", [sweep_table(records, spec)])]
     sections += curve_sections(records, spec)
     if spec.sampler == "tpe":
@@ -157,6 +157,17 @@ def sweep_report(folder: Path) -> Report:
     sections.append(Section("All runs", [Details(f"{len(records)} runs (as in results.csv)",
                                                  [runs_table(records, spec)])]))
     return Report(f"Sweep {spec.name}", f"rvseg {__version__}, {timestamp()}", facts, sections)
+
+
+def trained_on(records: list[dict]) -> str:
+    """The devices the finished runs trained on, from their ``summary.json``: the SPEC's device is the
+    last invocation's, and a sweep may have been continued on another machine."""
+    counts: dict[str, int] = {}
+    for record in records:
+        device = (read_json(Path(record["folder"]) / "summary.json") or {}).get("device")
+        if device:
+            counts[device] = counts.get(device, 0) + 1
+    return ", ".join(f"{device} ({n} runs)" for device, n in sorted(counts.items())) or "no run finished yet"
 
 
 #: Overrides that change how much a sweep computes; any other override (the device, the validation
