@@ -59,7 +59,7 @@ from optuna.trial import TrialState
 from rvseg import __version__
 from rvseg.checks import check_type
 from rvseg.errors import ConfigError, DataError, RvsegError
-from rvseg.io import write_json
+from rvseg.io import json_safe, write_json
 from rvseg.sweeps.claims import Owner, RunClaim
 from rvseg.sweeps.results import (
     FINISHED,
@@ -184,7 +184,7 @@ def check_spec_unchanged(spec: SweepSpec, out: Path) -> None:
     if previous is None:
         return
     old = previous.get("identity") or parse_spec(previous["spec"]).identity()
-    new = json.loads(json.dumps(spec.identity()))  # as it reads back from sweep.json
+    new = json.loads(json.dumps(json_safe(spec.identity()), default=str))  # as write_json stores it
     if old == new:
         return
     changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
