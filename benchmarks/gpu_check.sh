@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh [--smoke] [--data DIR] [--wheels DIR] [--budget S] [--skip STEP,...]
 #                                [--keep DIR] [--restore KEEP.tar.gz] [--workers N] [--sweeps-only] [--cv N]
-#                                [--accuracy CONFIG.yaml]... OUTDIR
+#                                [--accuracy CONFIG.yaml]... [--accuracy-epochs N] OUTDIR
 #
 # OUTDIR receives three files: results.json (every measurement, the targets and each step's status;
 # rewritten after every step, so a run cut short keeps what it measured), log.txt (every step's
@@ -26,7 +26,8 @@
 # (--workers N trainer processes on the one GPU, default 8; with --cuda-graph unless the graphed
 # default run of phase A failed), while the --accuracy configs (default configs/rvsc-endo.yaml and
 # configs/rvsc-epi.yaml) train in the background: on P13-P16 held out, or with --cv N as N
-# patient-wise folds each. Each accuracy run's best.pt is then scored on its validation patients with
+# patient-wise folds each (--accuracy-epochs N trains them N epochs instead of the config's, in runs
+# named CONFIG-eN). Each accuracy run's best.pt is then scored on its validation patients with
 # `rvseg evaluate` (Dice, HD, HD95 per image and patient): with the default stack post-processing,
 # with the per-image largest region, and stack with flip TTA (there, because checkpoints are larger
 # than what a call brings back).
@@ -63,10 +64,11 @@ WORKERS=8
 SWEEPS_ONLY=0
 CV=0
 RESTORE=
+ACCURACY_EPOCHS=
 usage() {
     echo "usage: bash benchmarks/gpu_check.sh [--smoke] [--data DIR] [--wheels DIR] [--budget S] [--skip STEP,...]" \
         "[--keep DIR] [--restore KEEP.tar.gz] [--workers N] [--sweeps-only] [--cv N] [--accuracy CONFIG.yaml]..." \
-        "OUTDIR" >&2
+        "[--accuracy-epochs N] OUTDIR" >&2
     exit 2
 }
 while (( $# )); do
@@ -76,6 +78,7 @@ while (( $# )); do
         --wheels) WHEELS=${2:?}; shift ;;
         --budget) BUDGET=${2:?}; shift ;;
         --accuracy) ACCURACY+=("${2:?}"); shift ;;
+        --accuracy-epochs) ACCURACY_EPOCHS=${2:?}; shift ;;
         --skip) SKIP+="${2:?},"; shift ;;
         --keep) KEEP=${2:?}; shift ;;
         --workers) WORKERS=${2:?}; shift ;;
@@ -370,13 +373,17 @@ if [[ $(cat "$KEEP/graph-mode") == on ]]; then
 fi
 log "== phase B: --cuda-graph $(cat "$KEEP/graph-mode")"
 ACCURACY_RUNS=()  # NAME|CONFIG|EXTRA FLAGS: one P13-P16 run per config, or one run per fold with --cv
+LENGTH=()
+# The smoke test keeps its 1 epoch (TRAIN) but names the runs as a full call would.
+[[ -n $ACCURACY_EPOCHS && $MODE == full ]] && LENGTH=(--epochs "$ACCURACY_EPOCHS")
 for config in "${ACCURACY[@]}"; do
+    base=$(basename "$config" .yaml)${ACCURACY_EPOCHS:+-e$ACCURACY_EPOCHS}
     if (( CV > 0 )); then
         for (( fold = 0; fold < CV; fold++ )); do
-            ACCURACY_RUNS+=("$(basename "$config" .yaml)-fold$fold|$config|--fold $fold --folds $CV")
+            ACCURACY_RUNS+=("$base-fold$fold|$config|--fold $fold --folds $CV ${LENGTH[*]}")
         done
     else
-        ACCURACY_RUNS+=("$(basename "$config" .yaml)|$config|")
+        ACCURACY_RUNS+=("$base|$config|${LENGTH[*]}")
     fi
 done
 # The default post-processing (stack), the per-image rule it replaced (largest), and the default with flip TTA;

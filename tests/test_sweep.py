@@ -235,19 +235,24 @@ def test_a_sweep_folder_refuses_a_different_spec(tmp_path, prepared):
 
 
 def test_a_sweep_moved_with_its_data_continues_there(tmp_path, prepared):
-    """A sweep folder copied elsewhere with its prepared set (another machine, an unpacked archive)
-    is the same sweep: finished runs are reused, never trained again; other data is refused."""
+    """A sweep folder moved elsewhere with its prepared set (another machine, an unpacked archive; the
+    old path is gone) is the same sweep: finished runs are reused, never trained again; other data is
+    refused. A folder from before sweep.json kept the data's identity knows it only by its old path,
+    and says so instead of claiming a different spec."""
     import shutil
 
-    first = write_spec(tmp_path / "first.yaml", prepared, space={"lr": [0.01]})
-    sweep_in_process(resolve_spec(first), tmp_path / "here")
-    shutil.copytree(prepared, tmp_path / "elsewhere" / "data")
-    shutil.copytree(tmp_path / "here", tmp_path / "elsewhere" / "sweep")
-    moved = write_spec(tmp_path / "elsewhere" / "first.yaml", tmp_path / "elsewhere" / "data", space={"lr": [0.01]})
-    summary = sweep_in_process(resolve_spec(moved), tmp_path / "elsewhere" / "sweep")
+    shutil.copytree(prepared, tmp_path / "here" / "data")
+    (tmp_path / "specs").mkdir()
+    first = write_spec(tmp_path / "specs" / "first.yaml", tmp_path / "here" / "data", space={"lr": [0.01]})
+    sweep_in_process(resolve_spec(first), tmp_path / "here" / "sweep")
+    shutil.move(tmp_path / "here", tmp_path / "elsewhere")
+    moved = resolve_spec(write_spec(tmp_path / "specs" / "first.yaml", tmp_path / "elsewhere" / "data",
+                                    space={"lr": [0.01]}))
+    summary = sweep_in_process(moved, tmp_path / "elsewhere" / "sweep")
     assert summary["by_status"] == {"complete": 1}
     (run,) = (tmp_path / "elsewhere" / "sweep" / "runs").iterdir()
     assert len(train_events(run)) == 1  # reused, not retrained
+
     other = tmp_path / "other-data"
     shutil.copytree(prepared, other)
     meta = json.loads((other / "dataset.json").read_text())
@@ -256,31 +261,12 @@ def test_a_sweep_moved_with_its_data_continues_there(tmp_path, prepared):
         record_spec(resolve_spec(write_spec(other / "first.yaml", other, space={"lr": [0.01]})),
                     tmp_path / "elsewhere" / "sweep", "s")
 
-
-def test_a_sweep_moved_without_its_old_data_path_continues(tmp_path, prepared):
-    """On another machine the data's old path is gone: the identity sweep.json recorded at the start
-    still names the data by content. A folder from before that record names it only by the path, and
-    says so instead of claiming a different spec."""
-    import shutil
-
-    data = tmp_path / "here" / "data"
-    shutil.copytree(prepared, data)
-    first = write_spec(tmp_path / "first.yaml", data, space={"lr": [0.01]})
-    sweep_in_process(resolve_spec(first), tmp_path / "here" / "sweep")
-    shutil.move(tmp_path / "here", tmp_path / "there")
-    (tmp_path / "moved").mkdir()
-    moved = write_spec(tmp_path / "moved" / "first.yaml", tmp_path / "there" / "data", space={"lr": [0.01]})
-    summary = sweep_in_process(resolve_spec(moved), tmp_path / "there" / "sweep")
-    assert summary["by_status"] == {"complete": 1}
-    (run,) = (tmp_path / "there" / "sweep" / "runs").iterdir()
-    assert len(train_events(run)) == 1  # reused, not retrained
-
-    record = json.loads((tmp_path / "there" / "sweep" / "sweep.json").read_text())
+    record = json.loads((tmp_path / "elsewhere" / "sweep" / "sweep.json").read_text())
     legacy = {k: v for k, v in record.items() if k != "identity"}
     legacy["spec"]["dataset"] = str(tmp_path / "gone")
-    (tmp_path / "there" / "sweep" / "sweep.json").write_text(json.dumps(legacy))
+    (tmp_path / "elsewhere" / "sweep" / "sweep.json").write_text(json.dumps(legacy))
     with pytest.raises(ConfigError, match=r"dataset only by a path that holds no prepared set here \(.*gone\)"):
-        record_spec(resolve_spec(moved), tmp_path / "there" / "sweep", "s")
+        record_spec(moved, tmp_path / "elsewhere" / "sweep", "s")
 
 
 def test_a_sweep_keeps_its_study_across_changes_of_the_default_name(tmp_path, prepared):
