@@ -92,6 +92,7 @@ while (( $# )); do
     shift
 done
 [[ -n $OUTDIR ]] || usage
+[[ -z $ACCURACY_EPOCHS || $ACCURACY_EPOCHS =~ ^[1-9][0-9]*$ ]] || { echo "--accuracy-epochs: a whole number of epochs" >&2; usage; }
 
 if [[ -z $DATA ]]; then
     for candidate in "$REPO/../shared/data/rvsc-train-png" "$REPO/wheels/rvsc-train-png"; do
@@ -404,9 +405,9 @@ if have_rvsc; then
             --config "$config" --out "$KEEP/accuracy/$name" --resume --quiet "${TRAIN[@]}" "${GRAPH[@]}" "${extra[@]}"
     done
 fi
-# The sweeps read a prepared copy at a fixed path in the keep folder, so that a restored keep folder
-# finds its data where its sweep.json says. keep.tar.gz leaves the arrays out: a restored folder gets
-# them again from this call's prepare step, which is deterministic (the data's content hash matches).
+# The sweeps read a prepared copy inside the keep folder, which travels with it. keep.tar.gz leaves the
+# arrays out: a restored folder gets them again from this call's prepare step, which is deterministic
+# (the data's content hash, which sweep.json records, matches wherever the keep folder is unpacked).
 if have_rvsc && [[ ! -f $KEEP/rvsc/images.npy ]]; then
     rm -rf "$KEEP/rvsc"
     cp -r "$WORK/rvsc" "$KEEP/rvsc"

@@ -4,6 +4,7 @@ content and rendered in headless Chromium (Debian's package, installed by .ci/ch
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import re
@@ -81,8 +82,18 @@ def test_grid_report_tables_match_the_runs(grid_sweep, tmp_path):
     assert "★" in best_line and page.count('class="best"') == 1
     assert "mean ± sd over 2 seeds" in markdown
     assert "Full scale: the SPEC as written." in markdown
-    assert "**trained on**: cpu (4 runs)" in markdown  # from the runs, not from the last invocation's flags
+    assert "**trained on**: cpu (4 runs)" in markdown
     assert page.count("<img") == 1  # the loss curves of the two points
+
+
+def test_a_sweep_report_names_the_devices_its_runs_trained_on(grid_sweep, tmp_path):
+    """From each run's summary.json, not from the device the last invocation asked for."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(grid_sweep, copy)
+    summary_path = next((copy / "runs").iterdir()) / "summary.json"
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "device": "cuda:0"}))
+    _, markdown_path = write_report(copy, tmp_path / "report.html")
+    assert "**trained on**: cpu (3 runs), cuda:0 (1 run)" in markdown_path.read_text()
 
 
 def test_a_point_with_a_seed_missing_says_so_and_is_not_marked_best(grid_sweep, tmp_path):

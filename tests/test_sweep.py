@@ -265,7 +265,7 @@ def test_a_sweep_moved_with_its_data_continues_there(tmp_path, prepared):
     legacy = {k: v for k, v in record.items() if k != "identity"}
     legacy["spec"]["dataset"] = str(tmp_path / "gone")
     (tmp_path / "elsewhere" / "sweep" / "sweep.json").write_text(json.dumps(legacy))
-    with pytest.raises(ConfigError, match=r"dataset only by a path that holds no prepared set here \(.*gone\)"):
+    with pytest.raises(ConfigError, match=r"names its data only by a path that holds no prepared set here \(.*gone\)"):
         record_spec(moved, tmp_path / "elsewhere" / "sweep", "s")
 
 

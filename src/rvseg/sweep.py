@@ -183,20 +183,25 @@ def check_spec_unchanged(spec: SweepSpec, out: Path) -> None:
     previous = read_json(out / "sweep.json")
     if previous is None:
         return
-    old = previous.get("identity") or parse_spec(previous["spec"]).identity()
-    new = json.loads(json.dumps(json_safe(spec.identity()), default=str))  # as write_json stores it
+    old = as_stored(previous.get("identity") or parse_spec(previous["spec"]).identity())
+    new = as_stored(spec.identity())
     if old == new:
         return
     changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
-    unreadable = [key for key in ("dataset", "test") if key in changed and "identity" not in previous
-                  and old.get(key) == previous["spec"].get(key)]
-    if unreadable:
-        # Folders written before sweep.json kept the identity know their data only by its old path.
-        raise ConfigError(f"this sweep folder names its {unreadable[0]} only by a path that holds no prepared set "
-                          f"here ({previous['spec'][unreadable[0]]}); put the prepared set there to continue it, "
-                          f"or choose another --out", out)
+    # Folders written before sweep.json kept the identity know their data only by its old path.
+    lost = [previous["spec"][key] for key in ("dataset", "test") if key in changed and "identity" not in previous
+            and old.get(key) == previous["spec"].get(key) and not (Path(old[key]) / "dataset.json").is_file()]
+    if lost and changed in (["dataset"], ["test"], ["dataset", "test"]):
+        raise ConfigError(f"this sweep folder names its data only by a path that holds no prepared set here "
+                          f"({lost[0]}); put the prepared set there to continue it, or choose another --out", out)
     raise ConfigError(f"this sweep folder was started with a different spec (changed: {', '.join(changed)}); "
                       f"rerun with the same spec and overrides, or choose another --out", out)
+
+
+def as_stored(data: dict) -> dict:
+    """``data`` as it reads back from ``sweep.json`` (:func:`rvseg.io.write_json`: NaN as null, other
+    types as text)."""
+    return json.loads(json.dumps(json_safe(data), default=str))
 
 
 def check_study_continues(out: Path, url: str, study_name: str) -> None:
@@ -890,8 +895,11 @@ def run_workers(spec: SweepSpec, out: Path, study: optuna.Study, url: str, optio
     procs = []
     for index, child_env in enumerate(environments[1:], start=1):
         # The storage URL (it may hold a password) goes through the environment, not the command line.
+        # The SPEC goes along as this process resolved it: sweep.json may meanwhile name another
+        # machine's data path (machines sharing the folder rewrite it when they start).
         command = ["worker", str(out), str(index), study.study_name, json.dumps(child_env),
-                   json.dumps(dataclasses.asdict(dataclasses.replace(options, storage=None)))]
+                   json.dumps(dataclasses.asdict(dataclasses.replace(options, storage=None))),
+                   json.dumps(as_stored(spec.to_dict()))]
         procs.append(subprocess.Popen(child_command(command), env={**os.environ, STORAGE_ENV: url}))
     try:
         Worker(spec, out, study, options, prefix="[worker 0] " if procs else "", child_env=environments[0]).run()
@@ -909,11 +917,11 @@ def run_workers(spec: SweepSpec, out: Path, study: optuna.Study, url: str, optio
 def worker_main(argv: list[str]) -> int:
     """Entry point of a worker process started by :func:`run_workers`."""
     parser = argparse.ArgumentParser(prog="rvseg-sweep-worker")
-    for name in ("out", "index", "study", "env", "options"):
+    for name in ("out", "index", "study", "env", "options", "spec"):
         parser.add_argument(name)
     args = parser.parse_args(argv)
     out = Path(args.out)
-    spec = parse_spec(json.loads((out / "sweep.json").read_text())["spec"])
+    spec = parse_spec(json.loads(args.spec))
     options = SweepOptions(**json.loads(args.options))
     try:
         with sigterm_as_interrupt():

@@ -6,6 +6,7 @@ or failed ``prepare`` never leaves a half-written data set behind.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -168,7 +169,7 @@ def content_hash(folder: Path, rows: list[dict]) -> str:
     were read from, so that a copy of a study prepared elsewhere (another machine, another mount) is
     the same data to a sweep or a resumed run."""
     columns = [key for key in (rows[0] if rows else {}) if key != "source_image"]
-    table = "\n".join([",".join(columns), *(",".join(csv_cell(row[key]) for key in columns) for row in rows)])
+    table = json.dumps([columns, *([csv_cell(row[key]) for key in columns] for row in rows)])
     return checksum(*(folder / name for name in ARRAY_FILES), table.encode())
 
 

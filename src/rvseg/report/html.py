@@ -167,7 +167,8 @@ def trained_on(records: list[dict]) -> str:
         device = (read_json(Path(record["folder"]) / "summary.json") or {}).get("device")
         if device:
             counts[device] = counts.get(device, 0) + 1
-    return ", ".join(f"{device} ({n} runs)" for device, n in sorted(counts.items())) or "no run finished yet"
+    return ", ".join(f"{device} ({n} run{'s' if n > 1 else ''})" for device, n in sorted(counts.items())) \
+        or "no run finished yet"
 
 
 #: Overrides that change how much a sweep computes; any other override (the device, the validation
