@@ -303,7 +303,8 @@ def check_resumable(state: dict, config: TrainConfig, data_info: dict, runtime: 
     changed = [f"--{name.replace('_', '-')} ({saved.get(name, default)!r} -> {getattr(config, name)!r})"
                for name, default in fixed.items() if not same_option(saved.get(name, default), getattr(config, name))]
     if state["data"]["content_hash"] != data_info["content_hash"]:
-        changed.append("the data set (its content hash)")
+        changed.append("the data set (its content hash; an rvseg before 2026-11-27 also hashed the folder the "
+                       "sources were prepared from)")
     # Derived by the run itself: with the same options they differ only where rvseg changed how it draws
     # or resolves them (before 2026-11-27 --fraction drew other slices, and tau pooled the targets).
     older = "" if changed else ", as an older rvseg made them"
