@@ -390,8 +390,9 @@ done
 # The default post-processing (stack), the per-image rule it replaced (largest), and the default with flip TTA;
 # the raw Dice is the runs' own validation Dice (metrics.csv).
 EVALUATIONS=(stack largest stack-tta)
-# Kept back from phase B for scoring the accuracy runs afterwards: about 7 s per `rvseg evaluate`.
-RESERVE=$(( 30 + 7 * ${#EVALUATIONS[@]} * ${#ACCURACY_RUNS[@]} ))
+# Kept back from phase B for scoring the accuracy runs afterwards: a run's evaluations run side by side
+# (the GPU idles while each computes its metrics on the CPU), about 15 s per run.
+RESERVE=$(( 30 + 15 * ${#ACCURACY_RUNS[@]} ))
 if have_rvsc; then
     for entry in "${ACCURACY_RUNS[@]}"; do
         IFS='|' read -r name config extra <<< "$entry"
@@ -441,9 +442,12 @@ for entry in "${ACCURACY_RUNS[@]}"; do
             largest) flags=(--postprocess largest) ;;
             stack-tta) flags=(--tta) ;;
         esac
-        step "evaluate-$name-$variant" 60 10 "${RVSEG[@]}" evaluate "$run" "$WORK/rvsc" --split val \
+        limit=$(( BUDGET - ($(date +%s) - START) ))
+        (( limit > 60 )) && limit=60
+        start_background "evaluate-$name-$variant" "$limit" "${RVSEG[@]}" evaluate "$run" "$WORK/rvsc" --split val \
             --out "$run/eval-$variant" "${DEVICE[@]}" "${flags[@]}"
     done
+    finish_background
 done
 
 "$PY" "$REPO/benchmarks/gpu_summary.py" --work "$WORK" --keep "$KEEP" --out "$OUTDIR/results.json" --mode "$MODE" \

@@ -329,6 +329,8 @@ def test_gpu_check_script_parses_and_wants_an_output_folder():
     assert subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "download_wheels.sh")]).returncode == 0
     usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     assert usage.returncode == 2 and "gpu_check.sh" in usage.stderr and "OUTDIR" in usage.stderr
+    length = subprocess.run(["bash", str(script), "--accuracy-epochs", "6OO", "out"], capture_output=True, text=True)
+    assert length.returncode == 2 and "--accuracy-epochs: a whole number" in length.stderr
 
 
 def toy_wheel(folder: Path, python_tag: str, text: str) -> None:
