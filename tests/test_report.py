@@ -84,6 +84,7 @@ def test_grid_report_tables_match_the_runs(grid_sweep, tmp_path):
     assert "Full scale: the SPEC as written." in markdown
     assert "**trained on**: cpu (4 runs)" in markdown
     assert page.count("<img") == 1  # the loss curves of the two points
+    assert markdown.count("*Figure (in the HTML version): ") == 1  # the Markdown says where the figure is
 
 
 def test_a_sweep_report_names_the_devices_its_runs_trained_on(grid_sweep, tmp_path):

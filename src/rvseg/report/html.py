@@ -369,7 +369,8 @@ def block_html(block) -> str:
 
 
 def render_markdown(report: Report) -> str:
-    """Headings, facts and tables of the report in Markdown (figures are in the HTML only)."""
+    """Headings, facts and tables of the report in Markdown; a figure is named by its caption (its image is
+    in the HTML only)."""
     lines = [f"# {report.title}", "", report.subtitle, ""]
     lines += [f"- **{key}**: {value}" for key, value in report.facts] + [""]
     for section in report.sections:
@@ -379,6 +380,8 @@ def render_markdown(report: Report) -> str:
                 lines += [block, ""]
             elif isinstance(block, Table):
                 lines += [table_markdown(block), ""]
+            elif isinstance(block, Figure):
+                lines += [f"*Figure (in the HTML version): {block.caption}*", ""]
     return "\n".join(lines)
 
 
