@@ -610,7 +610,7 @@ def test_each_rule_writes_the_masks_it_computes_for_each_image(checkpoint, phant
     assert summary["postprocess"] == rule
     images = read_source(phantom / "patient01").images
     predictor = Predictor.from_checkpoints([checkpoint])
-    scores = list(predictor.score_maps([predictor.preprocess(image.pixels) for image in images],
+    scores = list(predictor.score_maps([predictor.preprocess(image.read_pixels()) for image in images],
                                        [image.shape for image in images]))
     instants, positions = stack_instants(images)
     assert sum(instant is not None for instant in instants) == PHANTOM_SLICES * PHANTOM_FRAMES
@@ -696,6 +696,24 @@ def test_an_enhanced_mr_cine_in_one_file_is_segmented_as_its_frames_are(checkpoi
     expected = dicom_summary["volumes"]["P01"]
     for key in ("slice_spacing_mm", "ed_volume_ml", "es_volume_ml", "ef_percent"):
         assert volumes[key] == pytest.approx(expected[key], rel=1e-6)
+
+
+def test_a_dicom_source_holds_no_single_frame_pixels_until_they_are_segmented(phantom, tmp_path):
+    """A large study is not held in memory whole: single-frame DICOM images keep their metadata and
+    read their pixels again when segmented (the same values); a multi-frame file's frames stay held."""
+    files = sorted((phantom / "patient01" / "P01dicom").glob("*.dcm"))
+    (tmp_path / "cine").mkdir()
+    enhanced_mr(files[:3], tmp_path / "cine" / "multi.dcm")
+    source = read_source(phantom / "patient01")
+    dicoms = [image for image in source.images if image.source.endswith(".dcm")]
+    assert len(dicoms) == len(files) and all(image.pixels is None for image in dicoms)
+    for image in dicoms[:3]:
+        expected = read_dicom(image.source).pixels
+        assert image.shape == expected.shape
+        np.testing.assert_array_equal(image.read_pixels(), expected)
+    multi = read_source(tmp_path / "cine").images
+    assert len(multi) == 3 and all(image.pixels is not None for image in multi)
+    np.testing.assert_array_equal(multi[0].read_pixels(), multi[0].pixels)
 
 
 def test_enhanced_mr_of_one_frame_keeps_its_geometry_and_a_short_per_frame_sequence_is_refused(phantom, tmp_path):

@@ -162,12 +162,13 @@ def segment_and_write(predictor: Predictor, images: Sequence[InputImage], folder
     records: list[dict | None] = [None] * len(images)
     for unit in segmenting_units(instants, predictor.batch_size):
         chunk = [images[i] for i in unit]
-        inputs = [predictor.to_model_input(image.pixels) if image.prepared else predictor.preprocess(image.pixels)
-                  for image in chunk]
+        pixels = [image.read_pixels() for image in chunk]  # held for this unit only
+        inputs = [predictor.to_model_input(values) if image.prepared else predictor.preprocess(values)
+                  for image, values in zip(chunk, pixels, strict=True)]
         scores = list(predictor.score_maps(inputs, [image.shape for image in chunk]))
         masks = postprocess_scores(scores, postprocess, [instants[i] for i in unit], [positions[i] for i in unit])
-        for i, image_masks in zip(unit, masks, strict=True):
-            records[i] = write_image_outputs(folder, images[i], image_masks, predictor.labels)
+        for i, values, image_masks in zip(unit, pixels, masks, strict=True):
+            records[i] = write_image_outputs(folder, images[i], values, image_masks, predictor.labels)
             if nifti_masks is not None:
                 nifti_masks.add(images[i], image_masks)
     return records
@@ -275,12 +276,14 @@ def segmenting_units(instants: Sequence, batch_size: int) -> list[list[int]]:
     return [*units, unit] if unit else units
 
 
-def write_image_outputs(folder: Path, image: InputImage, masks: np.ndarray, labels: Sequence[str]) -> dict:
-    """Write one image's mask PNG(s), overlay and contour files; returns its ``predictions.csv`` row."""
+def write_image_outputs(folder: Path, image: InputImage, pixels: np.ndarray, masks: np.ndarray,
+                        labels: Sequence[str]) -> dict:
+    """Write one image's mask PNG(s), overlay (on ``pixels``, :meth:`InputImage.read_pixels`) and contour
+    files; returns its ``predictions.csv`` row."""
     for label, mask in zip(labels, masks, strict=True):
         name = f"{image.id}.png" if len(labels) == 1 else f"{image.id}-{label}.png"
         imsave(folder / "masks" / name, (mask * 255).astype(np.uint8), check_contrast=False)
-    display = to_original_geometry(image.pixels[None], image.shape)[0] if image.prepared else image.pixels
+    display = to_original_geometry(pixels[None], image.shape)[0] if image.prepared else pixels
     imsave(folder / "overlays" / f"{image.id}.png", overlay_image(display, list(masks)), check_contrast=False)
     record = {"id": image.id, "source": image.source, "stack": image.stack,
               "slice_location": image.slice_location, "position_mm": slice_position(image),

@@ -6,6 +6,7 @@ a :class:`~rvseg.errors.DataError` naming the file; pydicom's own exceptions nev
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -51,9 +52,10 @@ class DicomImage:
         cardiac_images: CardiacNumberOfImages (frames of one cardiac cycle of a cine), or None.
         frame_number: the frame (from 1) of a multi-frame file, None for a single-frame one.
         series_number: SeriesNumber (the order in which a study's series were acquired), or None.
+        size: (H, W) when ``pixels`` were let go (:meth:`without_pixels`), else None.
     """
 
-    pixels: np.ndarray
+    pixels: np.ndarray | None
     spacing_mm: tuple[float, float] | None
     trigger_time: float | None
     slice_location: float | None
@@ -67,11 +69,17 @@ class DicomImage:
     cardiac_images: int | None = None
     frame_number: int | None = None
     series_number: int | None = None
+    size: tuple[int, int] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         """(H, W) of the image."""
-        return self.pixels.shape  # type: ignore[return-value]
+        return self.size if self.pixels is None else self.pixels.shape  # type: ignore[return-value]
+
+    def without_pixels(self) -> DicomImage:
+        """This image's metadata only: a large study is stacked without holding its pixels (read them
+        again with :func:`read_dicom`)."""
+        return dataclasses.replace(self, pixels=None, size=self.shape)
 
 
 def is_dicom(path: str | Path) -> bool:

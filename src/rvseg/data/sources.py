@@ -73,7 +73,9 @@ class InputImage:
     Attributes:
         id: unique name of its outputs (file stem, made unique within the source).
         source: the file read (or, for a prepared data set, the sample's source image).
-        pixels: float32 (h, w): raw intensities, or for a prepared data set its normalised image.
+        pixels: float32 (h, w): raw intensities, or for a prepared data set its normalised image; None
+            for a single-frame DICOM file, whose pixels are read again when it is segmented
+            (:meth:`read_pixels`), so that a large study is never held in memory whole.
         shape: (H, W) of the original image, the geometry of every output.
         prepared: whether ``pixels`` are a prepared data set's (normalised, maybe resized) image.
         stack: the patient or series it belongs to ("" when unknown).
@@ -96,7 +98,7 @@ class InputImage:
 
     id: str
     source: str
-    pixels: np.ndarray
+    pixels: np.ndarray | None
     shape: tuple[int, int]
     prepared: bool = False
     stack: str = ""
@@ -110,6 +112,10 @@ class InputImage:
     slice_number: float | None = None
     volume: str = ""
     volume_index: tuple[int, ...] = ()
+
+    def read_pixels(self) -> np.ndarray:
+        """:attr:`pixels`, read again from :attr:`source` (a single-frame DICOM file) when not held."""
+        return read_dicom_frames(self.source)[0].pixels if self.pixels is None else self.pixels
 
 
 @dataclass
@@ -237,7 +243,9 @@ def read_files(files: Sequence[Path], stack: str, root: Path | None = None, kind
         if isinstance(image, str):
             source.skipped.append({"path": str(path), "reason": image})
         elif isinstance(image, list):
-            dicoms += image
+            # A single-frame file's pixels are read again when segmented; a multi-frame file's are kept
+            # (reading the whole file again for each of its frames would cost frames^2 decodes).
+            dicoms += [image[0].without_pixels()] if len(image) == 1 and image[0].frame_number is None else image
         elif isinstance(image, NiftiVolume):
             source.nifti[ids[path]] = image
         else:
