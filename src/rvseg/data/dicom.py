@@ -78,7 +78,7 @@ class DicomImage:
 
     def without_pixels(self) -> DicomImage:
         """This image's metadata only: a large study is stacked without holding its pixels (read them
-        again with :func:`read_dicom`)."""
+        again with :func:`read_dicom_frames`)."""
         return dataclasses.replace(self, pixels=None, size=self.shape)
 
 
