@@ -304,7 +304,9 @@ def test_bad_inputs_raise_clear_errors():
 @pytest.mark.parametrize(
     "field, value",
     [("scale", (1.2, 0.9)), ("scale", (0.0, 1.0)), ("rotate_deg", -1.0), ("translate", 1.0), ("intensity", 1.0),
-     ("elastic", -0.5), ("elastic_grid", 1), ("p", 1.5)],
+     ("elastic", -0.5), ("elastic_grid", 1), ("p", 1.5),
+     # the ranges the training options are checked against, also for direct use (NaN and inf included)
+     ("rotate_deg", float("inf")), ("elastic", float("nan")), ("intensity", float("nan"))],
 )
 def test_config_rejects_values_out_of_range(field, value):
     with pytest.raises(ConfigError, match=f"augment.{field}"):

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rvseg.errors import ConfigError
+from rvseg.train.config import AUGMENT_RANGES
 
 #: Columns of the per-image uniform draws, in the order they are drawn. Every batch draws all of
 #: them whatever the config, so switching one transform off does not change the others' values.
@@ -88,14 +89,9 @@ class AugmentConfig:
         self.scale = tuple(float(value) for value in self.scale)  # YAML gives lists
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
             raise ConfigError(f"augment.scale must be (low, high) with 0 < low <= high, not {self.scale}")
-        if self.rotate_deg < 0:
-            raise ConfigError(f"augment.rotate_deg must be >= 0, not {self.rotate_deg}")
-        if not 0 <= self.translate < 1:
-            raise ConfigError(f"augment.translate must be in [0, 1), not {self.translate}")
-        if not 0 <= self.intensity < 1:
-            raise ConfigError(f"augment.intensity must be in [0, 1), not {self.intensity}")
-        if self.elastic < 0:
-            raise ConfigError(f"augment.elastic must be >= 0, not {self.elastic}")
+        for name, (wanted, ok) in AUGMENT_RANGES.items():
+            if not ok(getattr(self, name)):
+                raise ConfigError(f"augment.{name} must be {wanted}, not {getattr(self, name)}")
         if self.elastic_grid < 2:
             raise ConfigError(f"augment.elastic_grid must be >= 2, not {self.elastic_grid}")
         if not 0 <= self.p <= 1:

@@ -123,10 +123,8 @@ class TrainConfig:
 
     def check_augmentation(self) -> None:
         """The ranges :class:`rvseg.train.augment.AugmentConfig` needs, named as the options are."""
-        for name in ("rotate_deg", "elastic"):
-            check_option(name, getattr(self, name), "a finite number of at least 0", lambda v: 0 <= v < math.inf)
-        for name in ("translate", "intensity"):
-            check_option(name, getattr(self, name), "in [0, 1)", lambda v: 0 <= v < 1)
+        for name, (wanted, ok) in AUGMENT_RANGES.items():
+            check_option(name, getattr(self, name), wanted, ok)
         check_option("scale_min", self.scale_min, "greater than 0", lambda v: v > 0)
         check_option("scale_max", self.scale_max, f"a finite number of at least --scale-min ({self.scale_min})",
                      lambda v: self.scale_min <= v < math.inf)
@@ -136,6 +134,15 @@ class TrainConfig:
 
         write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
+
+#: What each augmentation strength must be, and its test: one source for these options and for
+#: :class:`rvseg.train.augment.AugmentConfig` (which this torch-free module cannot import).
+AUGMENT_RANGES = {
+    "rotate_deg": ("a finite number of at least 0", lambda v: 0 <= v < math.inf),
+    "translate": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "intensity": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "elastic": ("a finite number of at least 0", lambda v: 0 <= v < math.inf),
+}
 
 #: Fields recorded by the run itself, not options.
 RESOLVED_FIELDS = ("resolved_tau", "data_hash", "rvseg_version", "resolved_val_patients")
