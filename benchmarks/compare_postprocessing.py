@@ -1,6 +1,9 @@
 """Compare post-processing rules on trained runs' validation predictions (issue 7).
 
-    python benchmarks/compare_postprocessing.py DATASET RUN [RUN ...] [--label endo]
+    python benchmarks/compare_postprocessing.py DATASET RUN [RUN ...] [--label endo] [--thresholds 0.4]
+
+A RUN may also be an evaluation folder written with ``rvseg evaluate --save-scores``: its saved scores
+are used instead of running the model (its split is whatever it evaluated).
 
 For each run, the same probabilities (one forward pass per slice, no TTA) are turned into masks by
 each rule and scored with per-image Dice against the prepared masks, overall, per ED/ES phase and
@@ -16,6 +19,10 @@ per slice level (:func:`rvseg.evaluate.slice_levels`); with several runs, the me
 For the endocardium of a model that also segments the epicardium (``--target endo,epi``), two rules
 use the epicardium kept by ``stack`` (the RV cavity lies inside the RV epicardium):
 
+With ``--thresholds 0.3,0.4``, the raw and stack rules are also scored at other decision thresholds
+(``raw@0.4``, ``stack@0.4``): the probabilities are mapped piecewise-linearly so that the threshold
+lands on 0.5 (:func:`at_threshold`), which keeps their order for the stack rule's anchor.
+
 - ``in-epi``: the thresholded endo region overlapping that epicardium most (``stack``'s where none does);
 - ``clip-epi``: ``stack``'s endo region cut to that epicardium (unchanged where they do not overlap).
 """
@@ -24,15 +31,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from rvseg.data.dataset import load_dataset
-from rvseg.evaluate import slice_levels, stack_keys
+from rvseg.evaluate import read_scores, slice_levels, stack_keys
 from rvseg.inference import Predictor, prepared_inputs
-from rvseg.metrics import dice_per_image
+from rvseg.metrics import segmentation_metrics
 from rvseg.postprocess import EIGHT_CONNECTED, postprocess_scores
 from rvseg.train.checkpoint import find_checkpoint, load_checkpoint
 
@@ -59,6 +66,12 @@ def by_share(mask: np.ndarray, share: float) -> np.ndarray:
     sizes = np.asarray(ndimage.sum(mask, labelled, ids))
     return ndimage.binary_fill_holes(np.isin(labelled, [i for i, s in zip(ids, sizes, strict=True)
                                                         if s >= share * sizes.max()]))
+
+
+def at_threshold(score: np.ndarray, threshold: float) -> np.ndarray:
+    """``score`` mapped monotonically onto [0, 1] so that ``threshold`` becomes 0.5."""
+    return np.where(score < threshold, 0.5 * score / threshold,
+                    0.5 + 0.5 * (score - threshold) / (1.0 - threshold)).astype(np.float32)
 
 
 #: Rules of one image: (thresholded mask, score) -> mask.
@@ -98,30 +111,46 @@ def epi_rule_masks(endo: list[np.ndarray], epi: list[np.ndarray], stacks: list, 
                          for kept, container in zip(stack_endo, kept_epi, strict=True)]}
 
 
-def compare(run: str, data, label_name: str) -> dict[str, dict[str, float]]:
-    """Rule -> {"all", "ED", "ES", "base", "mid", "apex"} -> mean per-image Dice on the run's val patients."""
-    predictor = Predictor.from_checkpoints([run])
-    val_patients = set(load_checkpoint(find_checkpoint(run))["data"]["val_patients"])
+def run_scores(source: str, data) -> tuple[list[int], list[str], list[np.ndarray]]:
+    """Val sample indices, label names and score maps (L, H, W) of a run, or of an evaluation folder's
+    ``scores.npz`` (``rvseg evaluate --save-scores``, e.g. from a GPU machine whose checkpoints stayed there)."""
+    saved = Path(source) / "scores.npz"
+    if saved.is_file():
+        ids, labels, scores = read_scores(saved)
+        index_of = {row["id"]: i for i, row in enumerate(data.rows)}
+        return [index_of[i] for i in ids], labels, scores
+    predictor = Predictor.from_checkpoints([source])
+    val_patients = set(load_checkpoint(find_checkpoint(source))["data"]["val_patients"])
     indices = [i for i, row in enumerate(data.rows) if row["patient"] in val_patients]
-    label = data.label_indices([label_name])[0]
-    channel = predictor.labels.index(label_name)
     inputs = prepared_inputs(predictor, data, indices)
-    all_scores = list(predictor.score_maps(inputs, [None] * len(inputs)))
-    scores = [s[channel] for s in all_scores]
-    references = np.stack([data.masks[i, label].astype(bool) for i in indices])
+    return indices, predictor.labels, list(predictor.score_maps(inputs, [data.extent(i) for i in indices]))
+
+
+def compare(source: str, data, label_name: str, thresholds: list[float]) -> dict[str, dict[str, float]]:
+    """Rule -> {"all", "ED", "ES", "base", "mid", "apex"} -> mean per-image Dice on the val patients."""
+    indices, labels, all_scores = run_scores(source, data)
+    label = data.label_indices([label_name])[0]
+    scores = [s[labels.index(label_name)] for s in all_scores]
+    references = [data.masks[i, label, :score.shape[0], :score.shape[1]].astype(bool)
+                  for i, score in zip(indices, scores, strict=True)]
     levels = slice_levels(data, indices, label)
     group_of = {"ED": np.array([data.rows[i]["phase"] == "ED" for i in indices]),
                 "ES": np.array([data.rows[i]["phase"] == "ES" for i in indices])}
     group_of.update({level: np.array([levels[i] == level for i in indices]) for level in ("base", "mid", "apex")})
     keys = stack_keys(data, indices)
     rules = rule_masks(scores, *keys)
-    if label_name == "endo" and "epi" in predictor.labels:
-        epi = [s[predictor.labels.index("epi")] for s in all_scores]
+    for threshold in thresholds:
+        moved = [at_threshold(score, threshold) for score in scores]
+        for name in ("raw", "stack"):
+            rules[f"{name}@{threshold:g}"] = [m[0] for m in postprocess_scores(
+                [s[None] for s in moved], RVSEG_RULES[name], *keys)]
+    if label_name == "endo" and "epi" in labels:
+        epi = [s[labels.index("epi")] for s in all_scores]
         rules.update(epi_rule_masks(scores, epi, *keys, rules["stack"]))
     results = {}
     for name, masks in rules.items():
-        predicted = torch.from_numpy(np.stack(masks)[:, None])
-        dice = dice_per_image(predicted, torch.from_numpy(references[:, None]))[:, 0].numpy()
+        dice = np.array([segmentation_metrics(mask, reference, None)["dice"]
+                         for mask, reference in zip(masks, references, strict=True)])
         results[name] = {"all": float(dice.mean()),
                          **{group: float(dice[chosen].mean()) for group, chosen in group_of.items() if chosen.any()}}
     return results
@@ -140,11 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dataset")
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--label", default="endo")
+    parser.add_argument("--thresholds", default="", help="other decision thresholds, comma-separated")
     args = parser.parse_args(argv)
     data = load_dataset(args.dataset)
+    thresholds = [float(t) for t in args.thresholds.split(",") if t]
     every = {}
     for run in args.runs:
-        every[run] = compare(run, data, args.label)
+        every[run] = compare(run, data, args.label, thresholds)
         print_table(f"{run} (label {args.label}; Dice, mean per image)", every[run])
     if len(every) > 1:
         names = next(iter(every.values()))

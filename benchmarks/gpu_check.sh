@@ -30,7 +30,9 @@
 # named CONFIG-eN). Each accuracy run's best.pt is then scored on its validation patients with
 # `rvseg evaluate` (Dice, HD, HD95 per image and patient): with the default stack post-processing,
 # with the per-image largest region, and stack with flip TTA (there, because checkpoints are larger
-# than what a call brings back).
+# than what a call brings back). The stack evaluation also saves its score maps (--save-scores), so
+# thresholds and post-processing can be studied on the CPU afterwards
+# (benchmarks/compare_postprocessing.py D EVAL...).
 #
 # Sweeps and accuracy runs live in --keep DIR (default gpu-work/full, or gpu-work/smoke, in this
 # checkout, git-ignored): the same command run again continues them (--sweeps-only skips phase A
@@ -438,7 +440,7 @@ for entry in "${ACCURACY_RUNS[@]}"; do
     for variant in "${EVALUATIONS[@]}"; do
         [[ -f $run/eval-$variant/summary.json ]] && continue
         case $variant in
-            stack) flags=() ;;
+            stack) flags=(--save-scores) ;;
             largest) flags=(--postprocess largest) ;;
             stack-tta) flags=(--tta) ;;
         esac

@@ -398,6 +398,18 @@ def test_post_processing_rules_pick_the_regions_they_say():
     assert np.array_equal(masks(score)["share-0.5"], small | large)
 
 
+def test_moving_the_decision_threshold_keeps_the_order_of_the_scores():
+    import numpy as np
+
+    at_threshold = load_script("compare_postprocessing").at_threshold
+    score = np.linspace(0.0, 1.0, 1001, dtype=np.float32)
+    for threshold in (0.3, 0.4, 0.6):
+        moved = at_threshold(score, threshold)
+        assert moved[0] == 0.0 and moved[-1] == 1.0 and float(at_threshold(np.float32(threshold), threshold)) == 0.5
+        assert np.all(np.diff(moved) > 0)  # the stack rule's most probable region stays the same
+        assert np.array_equal(moved > 0.5, score > threshold)
+
+
 def test_output_files_that_cannot_be_written_are_refused_before_the_work(tmp_path, capsys):
     (tmp_path / "a-file").write_text("x\n")
     for command in (["bench", "--device", "cpu", "--out"], ["report", str(tmp_path / "nothing"), "--out"]):

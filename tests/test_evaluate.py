@@ -20,7 +20,7 @@ from rvseg.data.dataset import load_dataset
 from rvseg.data.phantom import write_phantom
 from rvseg.data.prepare import PrepareOptions, prepare
 from rvseg.errors import ConfigError, DataError
-from rvseg.evaluate import case_rows, cavity_volumes, evaluate, slice_levels, split_indices, stack_keys
+from rvseg.evaluate import case_rows, cavity_volumes, evaluate, read_scores, slice_levels, split_indices, stack_keys
 from rvseg.inference import Predictor, check_prepared_compatible
 from rvseg.io import checksum
 from rvseg.metrics import segmentation_metrics
@@ -194,6 +194,38 @@ def test_per_case_metrics_match_the_model_run_directly(cli_evaluation, rvsc, run
         for name in ("dice", "jaccard", "area_pred_mm2", "area_ref_mm2"):
             assert float(written[name]) == pytest.approx(expected[name], rel=1e-5), (row["id"], name)
         assert written["empty"] == expected["empty"]
+
+
+def test_saved_scores_are_the_models_probabilities_and_give_the_masks_scored(run, rvsc, tmp_path):
+    """``--save-scores``: the sigmoid of the network on each cropped val sample, in per_case.csv's order,
+    post-processed by the stack rule they give exactly the masks whose metrics were written."""
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), str(rvsc), "--out", str(out), "--save-scores", "--device", "cpu"]) == 0
+    ids, labels, scores = read_scores(out / "scores.npz")
+    data = load_dataset(rvsc)
+    indices = data.indices_of_patients(VAL_PATIENTS)
+    assert ids == [data.rows[i]["id"] for i in indices] and labels == ["endo"]
+    model, _, _ = model_from_checkpoint(run)
+    for index, score in zip(indices, scores, strict=True):
+        height, width = int(data.rows[index]["height"]), int(data.rows[index]["width"])
+        with torch.no_grad():
+            expected = torch.sigmoid(model(torch.from_numpy(data.images[index:index + 1, :, :height, :width])))[0]
+        assert score.shape == (1, height, width)
+        np.testing.assert_allclose(score, expected.numpy(), atol=1e-6)
+    stacks, positions = stack_keys(data, indices)
+    masks = postprocess_scores(scores, "stack", stacks, positions)
+    per_case = read_csv(out / "per_case.csv")
+    for index, mask, row in zip(indices, masks, per_case, strict=True):
+        height, width = int(data.rows[index]["height"]), int(data.rows[index]["width"])
+        reference = data.masks[index, 0, :height, :width] > 0
+        assert float(row["dice"]) == pytest.approx(segmentation_metrics(mask[0], reference, None)["dice"], rel=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["save_scores"] is True and "scores.npz" in summary["files"]
+    with pytest.raises(ConfigError, match="output folder"):
+        evaluate(run, rvsc, save_scores=True)
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="broken.npz"):
+        read_scores(tmp_path / "broken.npz")
 
 
 def test_the_stack_rule_gets_each_patient_and_phase_as_a_stack(run, rvsc, monkeypatch):

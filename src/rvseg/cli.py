@@ -137,7 +137,7 @@ def cmd_evaluate(args) -> int:
 
     summary = evaluate(args.checkpoints, args.dataset, split=args.split, out=args.out, ensemble=args.ensemble,
                        tta=args.tta, batch_size=args.batch_size, device=args.device, force=args.force,
-                       **postprocess_option(args))
+                       save_scores=args.save_scores, **postprocess_option(args))
     if args.json:
         print_json(summary)
         return 0
@@ -353,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="EVAL", help="output folder")
     add_inference_arguments(p)
     p.add_argument("--no-postprocess", action="store_true", help="score the raw masks: --postprocess none")
+    p.add_argument("--save-scores", action="store_true",
+                   help="also write scores.npz: the score maps before post-processing, per sample")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_evaluate)
 

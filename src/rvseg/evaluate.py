@@ -50,7 +50,14 @@ overall, per patient, per phase and per slice level (``by_slice_level``), the ED
 results, empty-case counts, the settings and the checkpoints' checksums), ``examples_best.png`` and
 ``examples_worst.png`` (the samples of highest and lowest Dice of the first label, with reference and
 predicted contours), ``dice_histogram.png``, and with volumes ``volumes.csv`` (one row per patient:
-reference and predicted EDV, ESV and EF, and their differences).
+reference and predicted EDV, ESV and EF, and their differences). With ``save_scores``
+(``--save-scores``) also ``scores.npz``, the score maps before post-processing, for studying
+thresholds, post-processing or ensembles later without the checkpoints: ``ids`` (the N sample ids, in
+``per_case.csv``'s order), ``labels`` (the L label names) and ``score_K`` for the K-th id, float32
+(L, H, W) at the sample's real extent, so post-processing them gives exactly the masks scored. A
+score is the foreground probability for filled targets (the models' mean for an ensemble, with TTA
+when asked) and the filled score of :mod:`rvseg.inference` for the others; foreground is
+``score > 0.5``.
 """
 
 from __future__ import annotations
@@ -101,7 +108,7 @@ EMPTY_RULE = ("both masks empty: Dice, Jaccard, sensitivity, precision 1 and HD 
 
 def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path, split: str = "val",
              out: str | Path | None = None, *, ensemble: str = "mean", tta: bool = False, postprocess: str = "stack",
-             batch_size: int = 16, device: str = "cpu", force: bool = False) -> dict:
+             batch_size: int = 16, device: str = "cpu", force: bool = False, save_scores: bool = False) -> dict:
     """Evaluate a checkpoint, or an ensemble of several, on a prepared data set (module docstring).
 
     Args:
@@ -115,6 +122,8 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
         batch_size: images per forward pass.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         force: replace an existing non-empty ``out``.
+        save_scores: also write ``out/scores.npz``, the score maps before post-processing (module
+            docstring); needs ``out``.
 
     Returns:
         the summary (also ``out/summary.json``); with ``out``, ``summary["files"]`` lists the files.
@@ -136,6 +145,8 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
     check_choice(split, SPLITS, "--split")
     check_rule(postprocess)
     out = as_path(out, "out") if out is not None else None
+    if save_scores and out is None:
+        raise ConfigError("save_scores needs an output folder (out)")
     checkpoints, dataset = as_paths(checkpoints, "checkpoints"), as_path(dataset, "dataset")
     if out is not None:
         check_output_folder(out, force, inputs=[dataset, *checkpoints])
@@ -147,7 +158,8 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
     inputs = prepared_inputs(predictor, data, indices)
     shapes = [data.extent(i) for i in indices]
     stacks, positions = stack_keys(data, indices)
-    predictions = postprocess_scores(list(predictor.score_maps(inputs, shapes)), postprocess, stacks, positions)
+    scores = list(predictor.score_maps(inputs, shapes))
+    predictions = postprocess_scores(scores, postprocess, stacks, positions)
     rows = case_rows(data, indices, predictions, predictor.labels, channels)
     summary = label_summaries(rows, predictor.labels)
     summary.update(
@@ -162,6 +174,7 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
         patients=patients,
         n_samples=len(indices),
         settings={"ensemble": ensemble if len(predictor.models) > 1 else None, "tta": tta,
+                  "save_scores": save_scores,
                   "postprocess": postprocess, "mask_style": predictor.mask_style, "batch_size": batch_size,
                   "device": str(predictor.device),
                   "model_prepare": predictor.prepare, "dataset_prepare": data.meta.get("options", {})},
@@ -171,7 +184,7 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
     summary = json_safe(summary)
     if out is not None:
         summary["files"] = write_evaluation(out, rows, summary, data, indices, predictions, predictor.labels,
-                                            channels)
+                                            channels, scores if save_scores else None)
     return summary
 
 
@@ -420,13 +433,18 @@ def rvsc_table(summary: dict) -> dict:
 
 
 def write_evaluation(out: Path, rows: Sequence[dict], summary: dict, data: PreparedDataset, indices: Sequence[int],
-                     predictions: Sequence[np.ndarray], labels: Sequence[str], channels: Sequence[int]) -> dict:
+                     predictions: Sequence[np.ndarray], labels: Sequence[str], channels: Sequence[int],
+                     scores: Sequence[np.ndarray] | None = None) -> dict:
     """Write the output folder atomically (temporary sibling, then rename); returns name -> path."""
     files = {name: str(out / name) for name in ("per_case.csv", "summary.json", "examples_best.png",
                                                    "examples_worst.png", "dice_histogram.png")}
     if summary["volumes"]["patients"]:
         files["volumes.csv"] = str(out / "volumes.csv")
+    if scores is not None:
+        files["scores.npz"] = str(out / "scores.npz")
     with atomic_folder(out) as tmp:
+        if scores is not None:
+            write_scores(tmp / "scores.npz", [data.rows[i]["id"] for i in indices], labels, scores)
         write_csv(tmp / "per_case.csv", rows, PER_CASE_FIELDS)
         if "volumes.csv" in files:
             write_csv(tmp / "volumes.csv", volume_rows(summary["volumes"]), VOLUME_ERROR_FIELDS)
@@ -441,6 +459,24 @@ def write_evaluation(out: Path, rows: Sequence[dict], summary: dict, data: Prepa
                             title=f"{summary['split']} split, {summary['n_samples']} samples")
         write_json(tmp / "summary.json", {**summary, "files": files})
     return files
+
+
+def write_scores(path: Path, ids: Sequence[str], labels: Sequence[str], scores: Sequence[np.ndarray]) -> None:
+    """``scores.npz`` (module docstring): one float32 array per sample, keyed by position, not by id
+    (ids are free text, array names are not)."""
+    np.savez_compressed(path, ids=np.asarray(ids, dtype=str), labels=np.asarray(labels, dtype=str),
+                        **{f"score_{k}": np.asarray(score, dtype=np.float32) for k, score in enumerate(scores)})
+
+
+def read_scores(path: str | Path) -> tuple[list[str], list[str], list[np.ndarray]]:
+    """The sample ids, label names and float32 (L, H, W) score maps of a ``scores.npz``."""
+    path = as_path(path, "scores")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            ids, labels = [str(i) for i in archive["ids"]], [str(label) for label in archive["labels"]]
+            return ids, labels, [archive[f"score_{k}"].astype(np.float32) for k in range(len(ids))]
+    except (OSError, KeyError, ValueError) as error:
+        raise DataError(f"{path}: not a scores.npz of rvseg evaluate ({error})") from error
 
 
 def example_rows(rows: Sequence[dict], label: str) -> tuple[list[dict], list[dict]]:
