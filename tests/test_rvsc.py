@@ -140,6 +140,33 @@ def test_cardiac_number_of_images_is_a_hint_never_a_reason_to_reject(tmp_path, r
     assert read_dicom(path).cardiac_images == expected
 
 
+def with_raw_value(source: Path, keyword: str, value: bytes, path: Path) -> Path:
+    """``source`` with ``keyword`` holding ``value`` as stored bytes, unchecked (as a corrupt header may)."""
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    dataset = pydicom.dcmread(source)
+    tag = Tag(keyword)
+    value += b" " * (len(value) % 2)
+    dataset[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False, True)
+    dataset.save_as(path)
+    return path
+
+
+def test_an_integer_tag_too_large_for_pydicom_is_a_malformed_value_not_a_crash(tmp_path, rvsc_root):
+    """pydicom converts an IS of 1e999 to float infinity, then fails to make it an int (OverflowError)."""
+    source = rvsc_root / "patient09" / "P09dicom" / "P09-0023.dcm"
+    hints = with_raw_value(source, "SeriesNumber", b"1e999", tmp_path / "series.dcm")
+    assert read_dicom(hints).series_number is None  # a hint: ignored, as any malformed hint
+    assert read_dicom_header(hints).series_number is None
+    hints = with_raw_value(source, "CardiacNumberOfImages", b"-1e999", tmp_path / "cardiac.dcm")
+    assert read_dicom(hints).cardiac_images is None
+    needed = with_raw_value(source, "InstanceNumber", b"1e999", tmp_path / "instance.dcm")
+    with pytest.raises(DataError, match="InstanceNumber holds '1e999', not an integer"):
+        read_dicom(needed)
+
+
 def test_read_dicom_applies_rescale_and_derives_slice_location(tmp_path, rvsc_root):
     source = rvsc_root / "patient09" / "P09dicom" / "P09-0023.dcm"
     original = read_dicom(source)

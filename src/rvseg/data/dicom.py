@@ -553,8 +553,15 @@ def _check_pixel_data_unread(dataset: Dataset, rows: int, columns: int, path: Pa
 
 
 def _element_value(dataset: Dataset, keyword: str):
-    """The tag's value, or None when the tag is absent or empty."""
-    value = dataset.get(keyword)
+    """The tag's value, or None when the tag is absent or empty.
+
+    A value pydicom cannot convert to its VR's type (an IS of ``1e999`` overflows) comes back as its
+    raw text, so that each caller reports or ignores it as it does any malformed value."""
+    try:
+        value = dataset.get(keyword)
+    except (OverflowError, ValueError, TypeError):
+        raw = dataset.get_item(keyword).value
+        value = raw.decode("latin-1", "replace").strip(" \x00") if isinstance(raw, bytes) else str(raw)
     if value is None or value == "":
         return None
     return value
