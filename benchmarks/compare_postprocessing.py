@@ -19,12 +19,16 @@ per slice level (:func:`rvseg.evaluate.slice_levels`); with several runs, the me
 For the endocardium of a model that also segments the epicardium (``--target endo,epi``), two rules
 use the epicardium kept by ``stack`` (the RV cavity lies inside the RV epicardium):
 
+- ``in-epi``: the thresholded endo region overlapping that epicardium most (``stack``'s where none does);
+- ``clip-epi``: ``stack``'s endo region cut to that epicardium (unchanged where they do not overlap).
+
+For the epicardium of such a model, ``with-endo`` is ``stack``'s epicardium joined with ``stack``'s
+endocardium, holes filled: the epicardium encloses the cavity, so an endo pixel outside it is a missed
+epi pixel (when the endocardium is right).
+
 With ``--thresholds 0.3,0.4``, the raw and stack rules are also scored at other decision thresholds
 (``raw@0.4``, ``stack@0.4``): the probabilities are mapped piecewise-linearly so that the threshold
 lands on 0.5 (:func:`at_threshold`), which keeps their order for the stack rule's anchor.
-
-- ``in-epi``: the thresholded endo region overlapping that epicardium most (``stack``'s where none does);
-- ``clip-epi``: ``stack``'s endo region cut to that epicardium (unchanged where they do not overlap).
 """
 
 from __future__ import annotations
@@ -147,6 +151,11 @@ def compare(source: str, data, label_name: str, thresholds: list[float]) -> dict
     if label_name == "endo" and "epi" in labels:
         epi = [s[labels.index("epi")] for s in all_scores]
         rules.update(epi_rule_masks(scores, epi, *keys, rules["stack"]))
+    if label_name == "epi" and "endo" in labels:
+        endo = [s[labels.index("endo")] for s in all_scores]
+        kept_endo = [m[0] for m in postprocess_scores([s[None] for s in endo], "stack", *keys)]
+        rules["with-endo"] = [ndimage.binary_fill_holes(epi | cavity)
+                              for epi, cavity in zip(rules["stack"], kept_endo, strict=True)]
     results = {}
     for name, masks in rules.items():
         dice = np.array([segmentation_metrics(mask, reference, None)["dice"]
