@@ -821,6 +821,39 @@ def test_an_acdc_patient_folder(checkpoint, phantom, dicom_prediction, tmp_path)
     assert volumes["es_volume_ml"] == pytest.approx(areas["ES"] * 7.0 / 1000, rel=1e-6)
 
 
+def test_a_dicomdir_and_reports_beside_the_images_are_left_alone(checkpoint, phantom, tmp_path, capsys):
+    """A CD or PACS export holds a DICOMDIR (PS3.10) and may hold reports: objects of a non-image SOP class,
+    left alone with their class named. A file of an image class without pixel data is damaged: skipped."""
+    from pydicom.fileset import FileSet
+    from pydicom.uid import BasicTextSRStorage
+
+    frames = sorted((phantom / "patient01" / "P01dicom").glob("*.dcm"))[:2]
+    export = tmp_path / "export"
+    file_set = FileSet()
+    for path in frames:
+        dataset = pydicom.dcmread(path)
+        dataset.StudyDate, dataset.StudyTime, dataset.StudyID = "20261127", "120000", "1"  # what a DICOMDIR lists
+        file_set.add(dataset)
+    file_set.write(export)
+    report = pydicom.dcmread(frames[0])
+    del report.PixelData
+    report.SOPClassUID = report.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
+    report.save_as(export / "report.dcm")
+    source = read_source(export)
+    assert len(source.images) == 2 and source.skipped == []
+    assert {Path(item["path"]).name: item["reason"] for item in source.ignored} == {
+        "DICOMDIR": "a DICOM Media Storage Directory Storage object, not an image",
+        "report.dcm": "a DICOM Basic Text SR Storage object, not an image"}
+    assert main(["predict", str(checkpoint), str(export), "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
+    assert "left 2 file(s) alone (ignored.csv says why)" in capsys.readouterr().out
+
+    damaged = pydicom.dcmread(frames[0])
+    del damaged.PixelData
+    damaged.save_as(export / "damaged.dcm")
+    assert [(Path(item["path"]).name, item["reason"]) for item in read_source(export).skipped] == [
+        ("damaged.dcm", "DICOM file holds no pixel data (not an image, or the file is truncated)")]
+
+
 def test_nifti_files_in_a_folder_bad_ones_skipped_companions_ignored(checkpoint, phantom, tmp_path, capsys):
     cine, spacing = phantom_cine(phantom)
     study = tmp_path / "study"

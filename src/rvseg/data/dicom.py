@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from rvseg.errors import DataError
 
@@ -466,10 +467,26 @@ def _read_dataset(path: Path, defer_size: int | None = None) -> Dataset:
         raise DataError(f"corrupt DICOM file ({exc.__class__.__name__}: {exc})", path) from None
 
 
+class NotAnImageError(DataError):
+    """A DICOM object that is no image by its SOP class: a DICOMDIR, a structured report, a presentation
+    state or a key-object selection, which exports of a study hold beside its images."""
+
+
+def _no_pixel_data(dataset: Dataset, path: Path) -> DataError:
+    """The error of a file without PixelData: :class:`NotAnImageError` when its SOP class is a known
+    non-image one, else a damaged image (its pixel data cut off)."""
+    sop_class = _element_value(dataset, "SOPClassUID") or getattr(
+        getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", None)
+    name = UID(str(sop_class)).name if sop_class else ""
+    if name and name != str(sop_class) and "Image Storage" not in name:
+        return NotAnImageError(f"a DICOM {name} object, not an image", path)
+    return DataError("DICOM file holds no pixel data (not an image, or the file is truncated)", path)
+
+
 def _decoded(dataset: Dataset, path: Path) -> np.ndarray:
     """The stored pixel values: (H, W), or (frames, H, W) for a multi-frame file."""
     if "PixelData" not in dataset:
-        raise DataError("DICOM file holds no pixel data (not an image, or the file is truncated)", path)
+        raise _no_pixel_data(dataset, path)
     try:
         return dataset.pixel_array
     except Exception as exc:  # noqa: BLE001 - any decoding failure (truncated data, codec missing)
@@ -529,7 +546,7 @@ def _check_pixel_data_unread(dataset: Dataset, rows: int, columns: int, path: Pa
     """Raise the :class:`DataError` that decoding would, without reading the pixel data: none there, a
     colour image, an uncompressed frame cut short, or a compressed one that no installed decoder reads."""
     if "PixelData" not in dataset:
-        raise DataError("DICOM file holds no pixel data (not an image, or the file is truncated)", path)
+        raise _no_pixel_data(dataset, path)
     samples = _optional_int(dataset, "SamplesPerPixel", path) or 1
     if samples != 1:
         raise DataError(f"expected one 2D greyscale frame, the image has {samples} samples per pixel", path)

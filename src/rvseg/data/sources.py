@@ -14,8 +14,8 @@ ACDC set, a prepared data set), in stack, slice and time order.
   names), except single-slice files of one folder that are the slices of one stack
   (:func:`~rvseg.data.nifti.single_slice_series`: dcm2niix's output for a cine acquired slice by
   slice), which form one stack named after the folder. NIfTI files named ``*_gt.nii[.gz]`` (label
-  volumes) and converter sidecars beside a NIfTI image (``.json``, ``.bval``, ``.bvec`` of its stem)
-  are ignored;
+  volumes), converter sidecars beside a NIfTI image (``.json``, ``.bval``, ``.bvec`` of its stem) and
+  DICOM objects of a non-image SOP class (a ``DICOMDIR``, a report) are ignored;
 - an RVSC patient folder (``patientNN/PNNdicom/*.dcm``) or a folder holding them (up to three levels
   down, as in ``TestSet/Test1Set/patient17``): each patient is a stack;
 - an ACDC patient folder (``patientNNN/patientNNN_frameFF.nii.gz``) or a folder holding them (up to
@@ -47,7 +47,14 @@ import numpy as np
 from rvseg.checks import finite_or_none
 from rvseg.data import acdc
 from rvseg.data.dataset import PreparedDataset, load_dataset
-from rvseg.data.dicom import DicomImage, dicom_stacks, is_dicom, plane_positions, read_dicom_frames
+from rvseg.data.dicom import (
+    DicomImage,
+    NotAnImageError,
+    dicom_stacks,
+    is_dicom,
+    plane_positions,
+    read_dicom_frames,
+)
 from rvseg.data.folders import unique_folders
 from rvseg.data.nifti import NiftiVolume, is_nifti, nifti_stem, read_nifti, single_slice_series, slice_locations
 from rvseg.data.pngpairs import MAP_NAME, read_gray
@@ -239,7 +246,11 @@ def read_files(files: Sequence[Path], stack: str, root: Path | None = None, kind
     dicoms: list[DicomImage] = []
     images: list[InputImage] = []
     for path in candidates:
-        image = read_image_file(path, ids[path])
+        try:
+            image = read_image_file(path, ids[path])
+        except NotAnImageError as error:  # a DICOMDIR or a report beside the images: left alone on purpose
+            source.ignored.append({"path": str(path), "reason": error.message})
+            continue
         if isinstance(image, str):
             source.skipped.append({"path": str(path), "reason": image})
         elif isinstance(image, list):
@@ -324,7 +335,8 @@ def label_file_reason(path: Path) -> str | None:
 
 def read_image_file(path: Path, image_id: str) -> InputImage | list[DicomImage] | NiftiVolume | str:
     """A DICOM (as its frames, :func:`~rvseg.data.dicom.read_dicom_frames`), PNG/JPEG or NIfTI image, or
-    the reason it is not read."""
+    the reason it is not read; raises :class:`~rvseg.data.dicom.NotAnImageError` for a DICOM object that
+    is no image (a DICOMDIR, a report)."""
     try:
         if is_nifti(path):
             return read_nifti(path)
@@ -333,6 +345,8 @@ def read_image_file(path: Path, image_id: str) -> InputImage | list[DicomImage] 
         if path.suffix.lower() in IMAGE_SUFFIXES:
             pixels = read_gray(path, ReadReport("image", ()), skip_bad=False)
             return InputImage(id=image_id, source=str(path), pixels=pixels, shape=pixels.shape)
+    except NotAnImageError:
+        raise
     except DataError as error:
         return error.message
     return "not a DICOM (no 'DICM' marker after the 128-byte preamble), PNG/JPEG or NIfTI image"
