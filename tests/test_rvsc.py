@@ -632,6 +632,17 @@ def test_upper_case_folders_and_a_list_naming_files_in_another_case(tmp_path, rv
     assert not report.notes and not report.skipped
 
 
+@pytest.mark.parametrize("folder", ["Patient09", "PATIENT09"])
+def test_a_patient_folder_in_another_case_than_its_list_entries(tmp_path, rvsc_root, folder):
+    """The list says ``.\\patient09\\P09contours-manual\\...``; the folder on disk is spelled otherwise."""
+    root = make_patient_copy(tmp_path, rvsc_root)
+    assert "\\patient09\\" in (root / "patient09" / "P09list.txt").read_text()
+    (root / "patient09").rename(root / folder)
+    report = read_rvsc(root)
+    assert_every_annotated_frame_has_both_labels(report)
+    assert not report.notes and not report.skipped
+
+
 def test_two_files_of_one_frame_differing_in_case_are_refused(tmp_path, rvsc_root):
     root = make_patient_copy(tmp_path, rvsc_root)
     shutil.copy(root / "patient09" / "P09dicom" / "P09-0021.dcm", root / "patient09" / "P09dicom" / "p09-0020.dcm")

@@ -275,7 +275,9 @@ def _listed_contour_files(
             # Lexical normalisation (not resolve()) so that '..' cannot climb out, whatever symlinks
             # the data folder itself is reached through.
             candidate = Path(os.path.normpath(patient_abs.parent / relative))
-            if PureWindowsPath(entry).drive or relative.startswith("/") or not candidate.is_relative_to(patient_abs):
+            # In letter case too, as lists written on Windows ignore it (``.\PATIENT09\...``).
+            inside = Path(str(candidate).lower()).is_relative_to(str(patient_abs).lower())
+            if PureWindowsPath(entry).drive or relative.startswith("/") or not inside:
                 reason = f"line {number}: '{entry}' points outside the patient folder {patient_abs}"
                 report.bad_file(list_file, reason, skip_bad)
                 continue
