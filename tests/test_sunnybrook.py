@@ -368,6 +368,41 @@ def test_atlas_download_reads_like_the_subset(tmp_path, sunnybrook_root, two_pat
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("table", ["SCD_PatientData.csv", "scd_patientdata.xlsx", "SCD_PatientData.xlsx"])
+def test_the_patient_table_in_any_case_and_as_an_excel_workbook(tmp_path, sunnybrook_root, two_patients, table):
+    """Copies of the Cardiac Atlas Project download name the table in either case, and as .xlsx."""
+    openpyxl = pytest.importorskip("openpyxl")
+    root = make_atlas_download(tmp_path, sunnybrook_root)
+    rows = [line.split(",") for line in (root / "scd_patientdata.csv").read_text().splitlines()]
+    (root / "scd_patientdata.csv").unlink()
+    if table.endswith(".csv"):
+        (root / table).write_text("\n".join(",".join(row) for row in rows) + "\n")
+    else:
+        book = openpyxl.Workbook()
+        book.active.title = "patients"
+        for row in rows:
+            book.active.append([int(cell) if cell.isdigit() else cell for cell in row])  # Age as a number
+        book.create_sheet("notes").append(["PatientID", "not the table"])
+        book.save(root / table)
+    read = read_sunnybrook(root, labels=("endo", "epi"))
+    assert read.patients == ["SCD0000101", "SCD0000201"]
+    assert_same_samples(read, two_patients, {p: p for p in ORIGINAL_IDS})
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_without_the_patient_table_the_message_says_it_is_missing(tmp_path, sunnybrook_root):
+    root = make_atlas_download(tmp_path, sunnybrook_root)
+    (root / "scd_patientdata.csv").unlink()
+    message = raised_message(root)
+    assert "no IM-SSSS-NNNN.dcm images of the contoured numbers" in message
+    assert message.endswith(f"no patient table (scd_patientdata.csv or scd_patientdata.xlsx, which maps each case "
+                            f"to the PatientID naming its image folder) was found in {root} or two levels below it")
+    (root / "scd_patientdata.xlsx").write_bytes(b"not a workbook")
+    message = raised_message(root)
+    assert message.startswith(f"{root / 'scd_patientdata.xlsx'}: cannot read (BadZipFile")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_download_case_without_images(tmp_path, sunnybrook_root):
     root = make_atlas_download(tmp_path, sunnybrook_root)
     shutil.rmtree(root / "SCD_IMAGES_02")

@@ -15,7 +15,9 @@ challenge's 20-phase cines). Where the images live:
   study mixed together;
 - **the Cardiac Atlas Project download**: ``SCD_IMAGES_01/SCD0000101/CINESAX_300/`` (or
   ``SCD_DeidentifiedImages/SCD0000101/...``), the folder named by the ``PatientID`` that
-  ``scd_patientdata.csv`` (``PatientID,OriginalID,...``) gives the case's ``OriginalID``;
+  ``scd_patientdata.csv`` (``PatientID,OriginalID,...``) gives the case's ``OriginalID``. The table
+  may also be the Excel workbook ``scd_patientdata.xlsx`` (its first sheet), named in any letter
+  case, at the root or up to two folders below it;
 - or inside the case folder itself, beside ``contours-manual/``.
 
 The series is the one whose files cover the most contoured image numbers; of several that cover
@@ -34,9 +36,11 @@ from __future__ import annotations
 import csv
 import math
 import re
+import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 from scipy import ndimage
@@ -50,8 +54,12 @@ from rvseg.errors import DataError
 CONTOUR_FOLDERS = ("contours-manual", "IRCCI-expert")
 EXPERT_CONTOUR_FILE = re.compile(r"IM-0001-(\d+)-(i|o|p1|p2)contour-manual\.txt", re.IGNORECASE)
 SERIES_IMAGE_FILE = re.compile(r"IM-(\d+)-(\d+)\.dcm", re.IGNORECASE)
-PATIENT_TABLE = "scd_patientdata.csv"
+#: File names of the table of PatientID per OriginalID, in order of preference (compared in lower case).
+PATIENT_TABLES = ("scd_patientdata.csv", "scd_patientdata.xlsx")
 PATIENT_TABLE_COLUMNS = ("PatientID", "OriginalID")
+#: SpreadsheetML (ECMA-376) names: the main namespace, and the attribute naming a sheet's relationship.
+XLSX_MAIN = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+XLSX_RELATIONSHIP_ID = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
 #: Folder levels searched below the root (``<root>/Sunnybrook Cardiac MR Database ContoursPart3/
 #: TrainingDataContours/SC-HF-I-01/contours-manual/IRCCI-expert`` is 5 deep).
 SEARCH_DEPTH = 6
@@ -103,6 +111,11 @@ def find_cases(root: str | Path, labels: tuple[str, str], report: ReadReport, sk
             by_name[folder.name.upper()].append(folder)
     near_root = [root, *(folder for folder in folders if len(folder.relative_to(root).parts) <= 2)]
     patient_ids = _patient_ids(near_root, report, skip_bad)
+    # Without the table, a Cardiac Atlas Project download's image folders (SCD0000101) match no case.
+    missing_table = "" if patient_ids is not None else (
+        f"; no patient table ({' or '.join(PATIENT_TABLES)}, which maps each case to the PatientID "
+        f"naming its image folder) was found in {root} or two levels below it")
+    patient_ids = patient_ids or {}
 
     cases: list[Case] = []
     for case_folder in unique_folders(case_folders, lambda folder: case_key(folder.name), report, skip_bad):
@@ -111,7 +124,7 @@ def find_cases(root: str | Path, labels: tuple[str, str], report: ReadReport, sk
         names = [patient_ids[key].upper()] if key in patient_ids else []
         names += [name for name in by_name if case_key(name) == key]
         image_folders = [*dict.fromkeys(folder for name in names for folder in by_name.get(name, [])), case_folder]
-        images = _contoured_series(key, case_folder, contours, image_folders, report, skip_bad)
+        images = _contoured_series(key, case_folder, contours, image_folders, report, skip_bad, missing_table)
         if images is not None:
             cases.append(Case(patient=patient_ids.get(key, key), contours=contours, images=images))
     return cases
@@ -121,14 +134,18 @@ def _case_folders_among(folders: list[Path]) -> list[Path]:
     return sorted(folder.parent.parent for folder in folders if (folder.parent.name, folder.name) == CONTOUR_FOLDERS)
 
 
-def _patient_ids(folders: list[Path], report: ReadReport, skip_bad: bool) -> dict[str, str]:
-    """Case key -> ``PatientID`` from the first ``scd_patientdata.csv`` in ``folders``, if there is one."""
-    table = next((folder / PATIENT_TABLE for folder in folders if (folder / PATIENT_TABLE).is_file()), None)
-    if table is None:
-        return {}
+def _patient_ids(folders: list[Path], report: ReadReport, skip_bad: bool) -> dict[str, str] | None:
+    """Case key -> ``PatientID`` from the first patient table (:data:`PATIENT_TABLES`) in ``folders``;
+    None when there is none."""
+    tables = [path for folder in folders for name in PATIENT_TABLES for path in files_named(folder, name)]
+    if not tables:
+        return None
+    table = tables[0]
     try:
-        rows = list(csv.DictReader(table.read_text(encoding="utf-8-sig").splitlines()))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        rows = _xlsx_rows(table) if table.suffix.lower() == ".xlsx" else list(
+            csv.DictReader(table.read_text(encoding="utf-8-sig").splitlines()))
+    except (OSError, UnicodeDecodeError, csv.Error, zipfile.BadZipFile, KeyError, ElementTree.ParseError,
+            ValueError) as exc:
         report.bad_file(table, f"cannot read ({exc.__class__.__name__}: {exc})", skip_bad)
         return {}
     if not rows or not all(column in rows[0] for column in PATIENT_TABLE_COLUMNS):
@@ -136,6 +153,42 @@ def _patient_ids(folders: list[Path], report: ReadReport, skip_bad: bool) -> dic
         return {}
     return {case_key(row["OriginalID"].strip()): row["PatientID"].strip() for row in rows
             if (row["OriginalID"] or "").strip() and (row["PatientID"] or "").strip()}
+
+
+def _xlsx_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of an Excel workbook's first sheet as text, keyed by its first row's cells.
+
+    Reads the SpreadsheetML parts (ECMA-376 Part 1, 18.2-18.4) with the standard library: the first
+    ``<sheet>`` of ``xl/workbook.xml``, its part through ``xl/_rels/workbook.xml.rels``, and its cells'
+    values (shared strings, inline strings, numbers as written), placed by their ``r`` reference.
+    """
+    with zipfile.ZipFile(path) as book:
+        shared = []
+        if "xl/sharedStrings.xml" in book.namelist():
+            strings = ElementTree.fromstring(book.read("xl/sharedStrings.xml"))
+            shared = ["".join(text.text or "" for text in item.iter(f"{XLSX_MAIN}t"))
+                      for item in strings.iter(f"{XLSX_MAIN}si")]
+        first = next(ElementTree.fromstring(book.read("xl/workbook.xml")).iter(f"{XLSX_MAIN}sheet"))
+        relations = ElementTree.fromstring(book.read("xl/_rels/workbook.xml.rels"))
+        target = next(relation.get("Target", "") for relation in relations
+                      if relation.get("Id") == first.get(XLSX_RELATIONSHIP_ID))
+        sheet = ElementTree.fromstring(book.read(target.lstrip("/") if target.startswith("/") else f"xl/{target}"))
+    table = []
+    for row in sheet.iter(f"{XLSX_MAIN}row"):
+        cells: dict[int, str] = {}
+        for position, cell in enumerate(row.iter(f"{XLSX_MAIN}c")):
+            column = re.match(r"[A-Z]*", cell.get("r", ""))[0]
+            index = sum((ord(letter) - 64) * 26 ** k for k, letter in enumerate(reversed(column))) - 1 if column \
+                else position
+            if cell.get("t") == "inlineStr":
+                cells[index] = "".join(text.text or "" for text in cell.iter(f"{XLSX_MAIN}t"))
+            elif (value := cell.find(f"{XLSX_MAIN}v")) is not None and value.text is not None:
+                cells[index] = shared[int(value.text)] if cell.get("t") == "s" else value.text
+        table.append(cells)
+    if not table:
+        return []
+    header = {index: name.strip() for index, name in table[0].items()}
+    return [{name: cells.get(index, "") for index, name in header.items()} for cells in table[1:]]
 
 
 def _expert_contours(
@@ -170,8 +223,10 @@ def _contoured_series(
     image_folders: list[Path],
     report: ReadReport,
     skip_bad: bool,
+    missing_table: str = "",
 ) -> dict[int, Path] | None:
-    """Image number -> DICOM file of the series (one folder, one series number) the contours were drawn on."""
+    """Image number -> DICOM file of the series (one folder, one series number) the contours were drawn on;
+    ``missing_table`` ends the message when there are none."""
     series: dict[tuple[Path, int], dict[int, Path]] = defaultdict(dict)
     for image_folder in image_folders:
         for folder in (image_folder, *subfolders(image_folder, IMAGE_DEPTH)):
@@ -186,7 +241,7 @@ def _contoured_series(
         found = "none" if chosen is None else f"{len(series)} series, none with a contoured image number"
         report.bad_file(case_folder, f"no IM-SSSS-NNNN.dcm images of the contoured numbers for case {key} "
                                      f"(searched {searched}, the folders named after the case or its PatientID: "
-                                     f"{found})", skip_bad)
+                                     f"{found}){missing_table}", skip_bad)
         return None
     covering = [name for name in series if numbers <= set(series[name])]
     if len(covering) > 1:
