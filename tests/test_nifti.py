@@ -47,6 +47,20 @@ def test_bad_files_are_one_clear_error(tmp_path):
         read_nifti(save(tmp_path / "five.nii.gz", np.zeros((4, 5, 3, 2, 2), dtype=np.uint8)))
 
 
+@pytest.mark.parametrize("kind", [nib.Nifti1Image, nib.Nifti2Image])
+def test_a_file_whose_compression_disagrees_with_its_suffix_is_read(tmp_path, kind):
+    """A browser that unpacks a download on the fly leaves an uncompressed .nii.gz; the reverse happens too."""
+    data = np.arange(4 * 5 * 3, dtype=np.int16).reshape(4, 5, 3)
+    nib.save(kind(data, np.diag([1.2, 1.3, 8.0, 1.0])), tmp_path / "plain.nii")
+    nib.save(kind(data, np.diag([1.2, 1.3, 8.0, 1.0])), tmp_path / "packed.nii.gz")
+    (tmp_path / "plain.nii").rename(tmp_path / "unpacked.nii.gz")
+    (tmp_path / "packed.nii.gz").rename(tmp_path / "packed.nii")
+    for name in ("unpacked.nii.gz", "packed.nii"):
+        volume = read_nifti(tmp_path / name)
+        np.testing.assert_array_equal(volume.data, data)
+        assert volume.spacing_mm == pytest.approx((1.2, 1.3))
+
+
 def test_slice_locations_along_the_normal():
     # Slices 8 mm apart along an oblique normal; the in-plane axes do not move a slice.
     rotation = np.array([[0.0, 0.6, 0.8], [1.0, 0.0, 0.0], [0.0, 0.8, -0.6]])

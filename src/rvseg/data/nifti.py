@@ -19,6 +19,7 @@ extensions, which may hold patient details.
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,19 @@ def nifti_stem(path: Path) -> str:
     return path.stem
 
 
+def _load(path: Path):
+    """The NIfTI image of ``path``, compressed or not whatever its suffix says: browsers and servers that
+    unpack a download on the fly leave an uncompressed ``.nii.gz`` (nibabel goes by the suffix)."""
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == b"\x1f\x8b"
+    if gzipped == (path.suffix.lower() == ".gz"):
+        return nib.load(path)
+    data = gzip.decompress(path.read_bytes()) if gzipped else path.read_bytes()
+    # sizeof_hdr, the header's first field, in either byte order: 348 for NIfTI-1, 540 for NIfTI-2.
+    nifti2 = 540 in (int.from_bytes(data[:4], "little"), int.from_bytes(data[:4], "big"))
+    return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(data)
+
+
 def read_nifti(path: str | Path) -> NiftiVolume:
     """Read a ``.nii`` / ``.nii.gz`` image of 2 to 4 dimensions (after dropping trailing axes of size 1).
 
@@ -91,7 +105,7 @@ def read_nifti(path: str | Path) -> NiftiVolume:
     """
     path = Path(path)
     try:
-        image = nib.load(path)
+        image = _load(path)
         if image.get_data_dtype().kind == "c":
             raise DataError("holds complex values; expected real intensities", path)
         data = np.asarray(image.get_fdata(dtype=np.float32))
