@@ -144,8 +144,8 @@ def _patient_ids(folders: list[Path], report: ReadReport, skip_bad: bool) -> dic
     try:
         rows = _xlsx_rows(table) if table.suffix.lower() == ".xlsx" else list(
             csv.DictReader(table.read_text(encoding="utf-8-sig").splitlines()))
-    except (OSError, UnicodeDecodeError, csv.Error, zipfile.BadZipFile, KeyError, ElementTree.ParseError,
-            ValueError) as exc:
+    except (OSError, UnicodeDecodeError, csv.Error, zipfile.BadZipFile, ElementTree.ParseError, KeyError, IndexError,
+            StopIteration, ValueError) as exc:  # a damaged workbook fails in any of its parts
         report.bad_file(table, f"cannot read ({exc.__class__.__name__}: {exc})", skip_bad)
         return {}
     if not rows or not all(column in rows[0] for column in PATIENT_TABLE_COLUMNS):
@@ -177,9 +177,7 @@ def _xlsx_rows(path: Path) -> list[dict[str, str]]:
     for row in sheet.iter(f"{XLSX_MAIN}row"):
         cells: dict[int, str] = {}
         for position, cell in enumerate(row.iter(f"{XLSX_MAIN}c")):
-            column = re.match(r"[A-Z]*", cell.get("r", ""))[0]
-            index = sum((ord(letter) - 64) * 26 ** k for k, letter in enumerate(reversed(column))) - 1 if column \
-                else position
+            index = _column_index(cell.get("r", ""), position)
             if cell.get("t") == "inlineStr":
                 cells[index] = "".join(text.text or "" for text in cell.iter(f"{XLSX_MAIN}t"))
             elif (value := cell.find(f"{XLSX_MAIN}v")) is not None and value.text is not None:
@@ -189,6 +187,15 @@ def _xlsx_rows(path: Path) -> list[dict[str, str]]:
         return []
     header = {index: name.strip() for index, name in table[0].items()}
     return [{name: cells.get(index, "") for index, name in header.items()} for cells in table[1:]]
+
+
+def _column_index(reference: str, position: int) -> int:
+    """The 0-based column of a cell reference (``A1`` -> 0, ``AB7`` -> 27); ``position`` without one (the
+    reference is optional, and then cells follow one another)."""
+    letters = re.match(r"[A-Z]*", reference)[0]
+    if not letters:
+        return position
+    return sum((ord(letter) - ord("A") + 1) * 26 ** k for k, letter in enumerate(reversed(letters))) - 1
 
 
 def _expert_contours(
