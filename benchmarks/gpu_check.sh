@@ -3,12 +3,16 @@
 #
 #   bash benchmarks/gpu_check.sh [--smoke] [--data DIR] [--wheels DIR] [--budget S] [--skip STEP,...]
 #                                [--keep DIR] [--restore KEEP.tar.gz] [--workers N] [--sweeps-only] [--cv N]
-#                                [--accuracy CONFIG.yaml]... [--accuracy-epochs N] OUTDIR
+#                                [--accuracy CONFIG.yaml]... [--accuracy-epochs N] [--accuracy-seeds N] OUTDIR
 #
-# OUTDIR receives three files: results.json (every measurement, the targets and each step's status;
+# OUTDIR receives: results.json (every measurement, the targets and each step's status;
 # rewritten after every step, so a run cut short keeps what it measured), log.txt (every step's
-# output) and work.tar.gz (the JSON of each step, the runs' metrics.csv/config.yaml/summary.json,
-# the sweep folders with their study.db and results.csv; no checkpoints, no prepared arrays).
+# output), work.tar.gz (the JSON of each step, the runs' metrics.csv/config.yaml/summary.json,
+# the sweep folders with their study.db and results.csv; no checkpoints, no prepared arrays),
+# keep.tar.gz (the keep folder below, without checkpoints, arrays and score maps) and, when
+# evaluations saved score maps, scores.tar.part-aa, -ab, ... (the keep folder's scores.npz files, a
+# tar cut into 15 MB parts, as what a device call brings back is at most 16 MiB a file:
+# `cat scores.tar.part-* | tar -x -C KEEP`).
 #
 # Steps run in order of importance, each with its own time limit and none able to stop the others.
 # A step starts only while the budget (--budget, default 570 s: the run fits a 10-minute device call)
@@ -27,10 +31,12 @@
 # default run of phase A failed), while the --accuracy configs (default configs/rvsc-endo.yaml and
 # configs/rvsc-epi.yaml) train in the background: on P13-P16 held out, or with --cv N as N
 # patient-wise folds each (--accuracy-epochs N trains them N epochs instead of the config's, in runs
-# named CONFIG-eN). Each accuracy run's best.pt is then scored on its validation patients with
+# named CONFIG-eN; --accuracy-seeds N trains seeds 0 to N-1 of each, seed S > 0 in runs named
+# CONFIG[-eN]-seedS[-foldK]). Each accuracy run's best.pt is then scored on its validation patients with
 # `rvseg evaluate` (Dice, HD, HD95 per image and patient): with the default stack post-processing,
 # with the per-image largest region, and stack with flip TTA (there, because checkpoints are larger
-# than what a call brings back). The stack evaluation also saves its score maps (--save-scores), so
+# than what a call brings back; a seed S > 0 with stack only), and with several seeds their ensemble
+# (mean probability) with stack, in seed 0's run folder as eval-ensemble-stack. The stack evaluations also save its score maps (--save-scores), so
 # thresholds and post-processing can be studied on the CPU afterwards
 # (benchmarks/compare_postprocessing.py D EVAL...).
 #
@@ -67,10 +73,11 @@ SWEEPS_ONLY=0
 CV=0
 RESTORE=
 ACCURACY_EPOCHS=
+ACCURACY_SEEDS=1
 usage() {
     echo "usage: bash benchmarks/gpu_check.sh [--smoke] [--data DIR] [--wheels DIR] [--budget S] [--skip STEP,...]" \
         "[--keep DIR] [--restore KEEP.tar.gz] [--workers N] [--sweeps-only] [--cv N] [--accuracy CONFIG.yaml]..." \
-        "[--accuracy-epochs N] OUTDIR" >&2
+        "[--accuracy-epochs N] [--accuracy-seeds N] OUTDIR" >&2
     exit 2
 }
 while (( $# )); do
@@ -81,6 +88,7 @@ while (( $# )); do
         --budget) BUDGET=${2:?}; shift ;;
         --accuracy) ACCURACY+=("${2:?}"); shift ;;
         --accuracy-epochs) ACCURACY_EPOCHS=${2:?}; shift ;;
+        --accuracy-seeds) ACCURACY_SEEDS=${2:?}; shift ;;
         --skip) SKIP+="${2:?},"; shift ;;
         --keep) KEEP=${2:?}; shift ;;
         --workers) WORKERS=${2:?}; shift ;;
@@ -95,6 +103,7 @@ while (( $# )); do
 done
 [[ -n $OUTDIR ]] || usage
 [[ -z $ACCURACY_EPOCHS || $ACCURACY_EPOCHS =~ ^[1-9][0-9]*$ ]] || { echo "--accuracy-epochs: a whole number of epochs" >&2; usage; }
+[[ $ACCURACY_SEEDS =~ ^[1-9][0-9]*$ ]] || { echo "--accuracy-seeds: a whole number of seeds" >&2; usage; }
 
 if [[ -z $DATA ]]; then
     for candidate in "$REPO/../shared/data/rvsc-train-png" "$REPO/wheels/rvsc-train-png"; do
@@ -149,6 +158,7 @@ if [[ $MODE == smoke ]]; then
     PREPARE_SIZE=(--size 32 28)
     SWEEP_SCALE=(--device cpu --epochs 1 --width 4 --depth 2 --repeats 1)
     SWEEP_CUTS=(losses "--only loss=dice,switching-0.75" lr-grid "--only lr=0.001 --only fraction=1.0,0.4")
+    EVALUATED_AT_ONCE=1
 else
     BUDGET=${BUDGET:-570}
     BENCH=(--device cuda --steps 30 --repeats 5 --warmup 5)
@@ -158,6 +168,7 @@ else
     TRAIN=(--device cuda)
     PREPARE_SIZE=()
     SWEEP_SCALE=(--device cuda)
+    EVALUATED_AT_ONCE=4
     SWEEP_CUTS=(losses "" lr-grid "")
 fi
 
@@ -379,22 +390,37 @@ ACCURACY_RUNS=()  # NAME|CONFIG|EXTRA FLAGS: one P13-P16 run per config, or one 
 LENGTH=()
 # The smoke test keeps its 1 epoch (TRAIN) but names the runs as a full call would.
 [[ -n $ACCURACY_EPOCHS && $MODE == full ]] && LENGTH=(--epochs "$ACCURACY_EPOCHS")
+ENSEMBLES=()  # SEED-0 RUN NAME|THE OTHER SEEDS' RUN NAMES: one per config (and fold) with --accuracy-seeds > 1
 for config in "${ACCURACY[@]}"; do
     base=$(basename "$config" .yaml)${ACCURACY_EPOCHS:+-e$ACCURACY_EPOCHS}
+    splits=("|")  # SUFFIX|FLAGS
     if (( CV > 0 )); then
+        splits=()
         for (( fold = 0; fold < CV; fold++ )); do
-            ACCURACY_RUNS+=("$base-fold$fold|$config|--fold $fold --folds $CV ${LENGTH[*]}")
+            splits+=("-fold$fold|--fold $fold --folds $CV")
         done
-    else
-        ACCURACY_RUNS+=("$base|$config|${LENGTH[*]}")
     fi
+    for split in "${splits[@]}"; do
+        IFS='|' read -r suffix flags <<< "$split"
+        others=()
+        for (( seed = 0; seed < ACCURACY_SEEDS; seed++ )); do
+            if (( seed == 0 )); then
+                ACCURACY_RUNS+=("$base$suffix|$config|$flags ${LENGTH[*]}")
+            else  # -seedS before -foldK: the folds of one seed average together in gpu_summary.py
+                ACCURACY_RUNS+=("$base-seed$seed$suffix|$config|$flags --seed $seed ${LENGTH[*]}")
+                others+=("$base-seed$seed$suffix")
+            fi
+        done
+        (( ${#others[@]} )) && ENSEMBLES+=("$base$suffix|${others[*]}")
+    done
 done
 # The default post-processing (stack), the per-image rule it replaced (largest), and the default with flip TTA;
 # the raw Dice is the runs' own validation Dice (metrics.csv).
 EVALUATIONS=(stack largest stack-tta)
-# Kept back from phase B for scoring the accuracy runs afterwards: a run's evaluations run side by side
-# (the GPU idles while each computes its metrics on the CPU), about 15 s per run.
-RESERVE=$(( 30 + 15 * ${#ACCURACY_RUNS[@]} ))
+# Kept back from phase B for scoring the accuracy runs afterwards: EVALUATED_AT_ONCE runs' evaluations side by
+# side take about 20 s (each about 10 s alone; the GPU idles while they compute metrics on the CPU), then
+# the ensembles' together.
+RESERVE=$(( 30 + 20 * ((${#ACCURACY_RUNS[@]} + EVALUATED_AT_ONCE - 1) / EVALUATED_AT_ONCE) + 20 * (${#ENSEMBLES[@]} > 0) ))
 if have_rvsc; then
     for entry in "${ACCURACY_RUNS[@]}"; do
         IFS='|' read -r name config extra <<< "$entry"
@@ -433,14 +459,22 @@ else
     skip sweep-lr-grid "no prepared RVSC set"
 fi
 finish_background
+# The runs' evaluations go side by side, EVALUATED_AT_ONCE runs at a time (the GPU machine's 16 cores take
+# four runs' at once; the smoke test's 2 cores one run's).
+evaluated=0
 for entry in "${ACCURACY_RUNS[@]}"; do
     name=${entry%%|*}
     run=$KEEP/accuracy/$name
     [[ -f $run/summary.json && -f $run/best.pt ]] && have_rvsc || continue
-    for variant in "${EVALUATIONS[@]}"; do
+    variants=("${EVALUATIONS[@]}")
+    scores=(--save-scores)
+    # The seed-to-seed spread needs no more; the scores that come back are seed 0's and the ensembles'
+    # (about 4 MB per fold each, and a call brings back 64 MiB at most).
+    [[ $name == *-seed[0-9]* ]] && { variants=(stack); scores=(); }
+    for variant in "${variants[@]}"; do
         [[ -f $run/eval-$variant/summary.json ]] && continue
         case $variant in
-            stack) flags=(--save-scores) ;;
+            stack) flags=("${scores[@]}") ;;
             largest) flags=(--postprocess largest) ;;
             stack-tta) flags=(--tta) ;;
         esac
@@ -449,11 +483,30 @@ for entry in "${ACCURACY_RUNS[@]}"; do
         start_background "evaluate-$name-$variant" "$limit" "${RVSEG[@]}" evaluate "$run" "$WORK/rvsc" --split val \
             --out "$run/eval-$variant" "${DEVICE[@]}" "${flags[@]}"
     done
-    finish_background
+    (( ++evaluated % EVALUATED_AT_ONCE )) || finish_background
 done
+for entry in "${ENSEMBLES[@]}"; do
+    IFS='|' read -r name others <<< "$entry"
+    read -ra others <<< "$others"
+    members=()
+    for member in "$name" "${others[@]}"; do
+        [[ -f $KEEP/accuracy/$member/summary.json && -f $KEEP/accuracy/$member/best.pt ]] && members+=("$KEEP/accuracy/$member")
+    done
+    out=$KEEP/accuracy/$name/eval-ensemble-stack
+    (( ${#members[@]} == ${#others[@]} + 1 )) && have_rvsc && [[ ! -f $out/summary.json ]] || continue
+    limit=$(( BUDGET - ($(date +%s) - START) ))
+    (( limit > 60 )) && limit=60
+    start_background "evaluate-$name-ensemble" "$limit" "${RVSEG[@]}" evaluate "${members[@]}" "$WORK/rvsc" --split val \
+        --out "$out" --save-scores "${DEVICE[@]}"
+done
+finish_background
 
 "$PY" "$REPO/benchmarks/gpu_summary.py" --work "$WORK" --keep "$KEEP" --out "$OUTDIR/results.json" --mode "$MODE" \
     --started "$STARTED_UTC" --elapsed "$(( $(date +%s) - START ))" --budget "$BUDGET" --print | tee -a "$LOG"
 tar -czf "$OUTDIR/work.tar.gz" -C "$WORK" --exclude='*.pt' json logs runs steps.jsonl 2>> "$LOG"
-tar -czf "$OUTDIR/keep.tar.gz" -C "$KEEP" --exclude='*.pt' --exclude='*.npy' . 2>> "$LOG"
+tar -czf "$OUTDIR/keep.tar.gz" -C "$KEEP" --exclude='*.pt' --exclude='*.npy' --exclude=scores.npz . 2>> "$LOG"
+(cd "$KEEP" && find . -name scores.npz | sort) > "$WORK/scores.list"
+if [[ -s $WORK/scores.list ]]; then  # already compressed: tar only
+    tar -cf - -C "$KEEP" -T "$WORK/scores.list" 2>> "$LOG" | split -b 15M - "$OUTDIR/scores.tar.part-"
+fi
 rm -rf "$WORK"

@@ -331,6 +331,8 @@ def test_gpu_check_script_parses_and_wants_an_output_folder():
     assert usage.returncode == 2 and "gpu_check.sh" in usage.stderr and "OUTDIR" in usage.stderr
     length = subprocess.run(["bash", str(script), "--accuracy-epochs", "6OO", "out"], capture_output=True, text=True)
     assert length.returncode == 2 and "--accuracy-epochs: a whole number" in length.stderr
+    seeds = subprocess.run(["bash", str(script), "--accuracy-seeds", "0", "out"], capture_output=True, text=True)
+    assert seeds.returncode == 2 and "--accuracy-seeds: a whole number" in seeds.stderr
 
 
 def toy_wheel(folder: Path, python_tag: str, text: str) -> None:
