@@ -43,3 +43,10 @@ def test_a_demo_of_another_scale_replaces_the_earlier_run(tmp_path, monkeypatch,
     assert main(["demo", "--out", str(tmp_path / "demo"), "--quick"]) == 0
     config = yaml.safe_load((tmp_path / "demo" / "run" / "config.yaml").read_text())
     assert (config["width"], config["epochs"]) == (8, 1)
+
+
+def test_a_file_as_the_demo_folder_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "picture.png").write_bytes(b"not a folder")
+    assert main(["demo", "--out", str(tmp_path / "picture.png")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"rvseg: {tmp_path / 'picture.png'}: output exists and is not a folder\n"

@@ -437,6 +437,9 @@ def test_output_folder_is_written_whole_or_not_at_all(run, rvsc, tmp_path, monke
     assert sorted(path.name for path in tmp_path.iterdir()) == ["eval"]  # no partial folder, no temp folder
     monkeypatch.undo()
 
+    with pytest.raises(DataError, match="no rvseg output"):
+        evaluate(run, rvsc, out=out, force=True)  # keep.txt alone is not an earlier output
+    (out / "summary.json").write_text("{}\n")  # an earlier evaluation's folder is replaced whole
     summary = evaluate(run, rvsc, out=out, force=True)
     assert sorted(path.name for path in out.iterdir()) == sorted(Path(p).name for p in summary["files"].values())
 

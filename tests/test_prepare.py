@@ -301,6 +301,22 @@ def test_existing_output_needs_force(shared_data, tmp_path, capsys):
     assert load_dataset(tmp_path / "d").images.shape[-2:] == (64, 64)
 
 
+def test_force_replaces_an_earlier_output_but_never_a_folder_of_other_files(shared_data, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("my notes\n")
+    (mine / "sub" / "thesis.tex").write_text("\\begin{document}\n")
+    outputs = tmp_path / "data"
+    prepare_json(capsys, shared_data / "rvsc-native", outputs / "a")
+    before = sorted(tmp_path.rglob("*"))
+    for out in (mine, outputs):  # a folder of the user's files; a folder holding outputs, not one itself
+        assert main(["prepare", str(shared_data / "rvsc-native"), "--out", str(out), "--force"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no rvseg output (no dataset.json or summary.json in it)" in err
+    assert sorted(tmp_path.rglob("*")) == before
+    prepare_json(capsys, shared_data / "rvsc-native", outputs / "a", "--force")  # an earlier output: replaced
+
+
 def test_force_never_replaces_the_source(shared_data, tmp_path, capsys, monkeypatch):
     root = make_patient_copy(tmp_path, shared_data / "rvsc-native")
     (tmp_path / "alias").symlink_to(root)

@@ -776,10 +776,14 @@ class CodeRunningPayload:
 
 def test_a_checkpoint_cannot_run_code_when_loaded(tmp_path):
     torch.save({"model": CodeRunningPayload(tmp_path / "ran")}, tmp_path / "evil.pt")
-    with pytest.raises(DataError, match=r"evil.pt: not a loadable rvseg checkpoint \(UnpicklingError") as caught:
+    with pytest.raises(DataError, match=r"evil.pt: not an rvseg checkpoint: it holds objects other than tensors") \
+            as caught:
         load_checkpoint(tmp_path / "evil.pt")
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "ran").exists()
+    (tmp_path / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # a file of another kind
+    with pytest.raises(DataError, match=r"picture.png: not a PyTorch checkpoint file \(give a run folder"):
+        load_checkpoint(tmp_path / "picture.png")
 
 
 def test_a_checkpoint_from_before_an_option_existed_resumes(tiny_dataset, tmp_path):

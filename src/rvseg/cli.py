@@ -301,7 +301,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                              "default) | largest (per image) | none (raw masks)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--force", action="store_true", help="replace an earlier output folder of rvseg")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="a study folder in any supported layout (see --format)")
     p.add_argument("--out", required=True, help="prepared data set folder to write")
     add_prepare_arguments(p)
-    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--force", action="store_true", help="replace an earlier output folder of rvseg")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_prepare)
 

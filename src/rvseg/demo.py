@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rvseg.data.phantom import load_phantom_summary, write_phantom
 from rvseg.data.prepare import PrepareOptions, prepare
+from rvseg.errors import DataError
 from rvseg.evaluate import evaluate
 from rvseg.io import write_json
 from rvseg.predict import predict
@@ -55,6 +56,8 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     """Run the demo into ``out`` (replaced if it holds an earlier demo); returns its summary."""
     scale = QUICK if quick else FULL
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError("output exists and is not a folder", out)
     started = time.perf_counter()
 
     def step(text: str) -> None:

@@ -113,15 +113,21 @@ def checksum(*parts: str | Path | bytes) -> str:
     return digest.hexdigest()[:16]
 
 
+#: The file every output folder of ``rvseg prepare`` (``dataset.json``), ``evaluate``, ``predict`` and
+#: ``train`` (``summary.json``) has at its top: what ``--force`` may replace.
+OUTPUT_MARKERS = ("dataset.json", "summary.json")
+
+
 def check_output_folder(out: str | Path, force: bool, inputs: Iterable[str | Path] = ()) -> None:
     """Refuse (DataError) an output folder that cannot be written or replaced safely.
 
     Refused: a file, or a path under a file; a symbolic link (replacing it would replace the link, not
     the folder it names); a place without write permission; a non-empty folder unless ``force``; and,
     even with ``force``, a folder that is or holds the current folder or one of ``inputs`` (the data or
-    model being read), because replacing it would delete them. "Holds" is decided by file identity, so
-    a second name for a folder (a link, a bind mount, other letter case on a case-insensitive disk)
-    does not get past it.
+    model being read), because replacing it would delete them, and a non-empty folder that is no rvseg
+    output (none of :data:`OUTPUT_MARKERS` at its top: a folder of the user's own files, or one holding
+    several outputs). "Holds" is decided by file identity, so a second name for a folder (a link, a
+    bind mount, other letter case on a case-insensitive disk) does not get past it.
     """
     from rvseg.errors import DataError
 
@@ -140,9 +146,14 @@ def check_output_folder(out: str | Path, force: bool, inputs: Iterable[str | Pat
         if _holds(out, Path(path)):
             raise DataError(f"output folder is or holds the input {path}; writing it would delete that input "
                             "(choose another --out)", out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise DataError("output folder exists and is not empty (use --force, or force=True in Python, to replace it)",
-                        out)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise DataError("output folder exists and is not empty (use --force, or force=True in Python, to "
+                            "replace it)", out)
+        if not any((out / marker).is_file() for marker in OUTPUT_MARKERS):
+            raise DataError(f"output folder holds files that are no rvseg output (no {' or '.join(OUTPUT_MARKERS)} "
+                            "in it), and --force replaces only an earlier output: choose another --out, or empty "
+                            "it yourself", out)
 
 
 def check_output_file(path: str | Path) -> None:

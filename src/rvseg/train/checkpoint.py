@@ -18,6 +18,7 @@ written before ``last.pt``, so it is never older than the best epoch ``last.pt``
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -37,9 +38,17 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DataError("no such checkpoint", path)
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    # torch.save writes a zip archive (a pickle before PyTorch 1.6); a damaged one still starts as one.
+    if not start.startswith((b"PK\x03\x04", b"\x80")):
+        raise DataError("not a PyTorch checkpoint file (give a run folder, or its best.pt or last.pt)", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for damaged or unsafe files
+    except pickle.UnpicklingError:
+        raise DataError("not an rvseg checkpoint: it holds objects other than tensors and plain values, which "
+                        "rvseg never loads (they could run code)", path) from None
+    except Exception as exc:  # torch raises several types for damaged files
         raise DataError(f"not a loadable rvseg checkpoint ({describe(exc)})", path) from None
 
 
