@@ -63,6 +63,7 @@ when asked) and the filled score of :mod:`rvseg.inference` for the others; foreg
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -475,8 +476,8 @@ def read_scores(path: str | Path) -> tuple[list[str], list[str], list[np.ndarray
         with np.load(path, allow_pickle=False) as archive:
             ids, labels = [str(i) for i in archive["ids"]], [str(label) for label in archive["labels"]]
             return ids, labels, [archive[f"score_{k}"].astype(np.float32) for k in range(len(ids))]
-    except (OSError, KeyError, ValueError) as error:
-        raise DataError(f"{path}: not a scores.npz of rvseg evaluate ({error})") from error
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise DataError(f"not a scores.npz of rvseg evaluate ({error.__class__.__name__}: {error})", path) from None
 
 
 def example_rows(rows: Sequence[dict], label: str) -> tuple[list[dict], list[dict]]:
