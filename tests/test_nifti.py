@@ -61,6 +61,19 @@ def test_a_file_whose_compression_disagrees_with_its_suffix_is_read(tmp_path, ki
         assert volume.spacing_mm == pytest.approx((1.2, 1.3))
 
 
+def test_what_nibabel_logs_on_reading_is_a_note_not_stderr_output(tmp_path, capfd):
+    path = save(tmp_path / "negative.nii", np.ones((4, 5, 3), dtype=np.int16))
+    header = bytearray(path.read_bytes())
+    header[80:84] = np.float32(-1.2).tobytes()  # pixdim[1] (NIfTI-1: pixdim at byte 76), negative as some tools write
+    path.write_bytes(bytes(header))
+    volume = read_nifti(path)
+    assert volume.notes == [f"{path}: pixdim[1,2,3] should be positive; setting to abs of pixdim values"]
+    assert volume.spacing_mm == pytest.approx((1.2, 1.3))
+    assert capfd.readouterr().err == ""
+    read_nifti(save(tmp_path / "plain.nii", np.ones((4, 5, 3), dtype=np.int16)))
+    assert capfd.readouterr().err == ""
+
+
 def test_slice_locations_along_the_normal():
     # Slices 8 mm apart along an oblique normal; the in-plane axes do not move a slice.
     rotation = np.array([[0.0, 0.6, 0.8], [1.0, 0.0, 0.0], [0.0, 0.8, -0.6]])

@@ -20,12 +20,15 @@ extensions, which may hold patient details.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.imageglobals import logger as nib_logger
 
 from rvseg.errors import DataError
 
@@ -83,6 +86,35 @@ def nifti_stem(path: Path) -> str:
     return path.stem
 
 
+class _Collect(logging.Handler):
+    def __init__(self, messages: list[str]):
+        super().__init__(logging.WARNING)
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _nibabel_messages() -> Iterator[list[str]]:
+    """Collect what nibabel's header checks log (``pixdim[1,2,3] should be positive; setting to abs``),
+    which its own handler would print to stderr amid rvseg's output; the caller makes them notes."""
+    messages: list[str] = []
+    handlers, propagate = list(nib_logger.handlers), nib_logger.propagate
+    for handler in handlers:
+        nib_logger.removeHandler(handler)
+    collect = _Collect(messages)
+    nib_logger.addHandler(collect)
+    nib_logger.propagate = False
+    try:
+        yield messages
+    finally:
+        nib_logger.removeHandler(collect)
+        for handler in handlers:
+            nib_logger.addHandler(handler)
+        nib_logger.propagate = propagate
+
+
 def _load(path: Path):
     """The NIfTI image of ``path``, compressed or not whatever its suffix says: browsers and servers that
     unpack a download on the fly leave an uncompressed ``.nii.gz`` (nibabel goes by the suffix)."""
@@ -105,7 +137,8 @@ def read_nifti(path: str | Path) -> NiftiVolume:
     """
     path = Path(path)
     try:
-        image = _load(path)
+        with _nibabel_messages() as messages:
+            image = _load(path)
         if image.get_data_dtype().kind == "c":
             raise DataError("holds complex values; expected real intensities", path)
         data = np.asarray(image.get_fdata(dtype=np.float32))
@@ -128,7 +161,7 @@ def read_nifti(path: str | Path) -> NiftiVolume:
     normal = np.cross(affine[:3, 0], affine[:3, 1])
     if not np.all(np.isfinite(affine)) or np.linalg.norm(normal) == 0:
         raise DataError("has an affine without an image plane (parallel, zero or non-finite axes)", path)
-    notes = []
+    notes = [f"{path}: {message}" for message in dict.fromkeys(messages)]
     axis_lengths = np.linalg.norm(affine[:3, :3], axis=0)[: len(zooms[:3])]  # a 2D header has two sizes
     if not np.allclose(axis_lengths, zooms[:3], rtol=0.01):
         # Only an sform can disagree (a qform is built from pixdim): areas would use one scale, slice
