@@ -643,6 +643,17 @@ def test_a_patient_folder_in_another_case_than_its_list_entries(tmp_path, rvsc_r
     assert not report.notes and not report.skipped
 
 
+def test_list_entries_relative_to_the_patient_folder(tmp_path, rvsc_root):
+    """``P09contours-manual\\P09-0020-icontour-manual.txt``, without the ``.\\patient09\\`` part."""
+    root = make_patient_copy(tmp_path, rvsc_root)
+    list_file = root / "patient09" / "P09list.txt"
+    list_file.write_text(list_file.read_text().replace(".\\patient09\\", ""))
+    assert "patient09" not in list_file.read_text()
+    report = read_rvsc(root)
+    assert_every_annotated_frame_has_both_labels(report)
+    assert not report.notes and not report.skipped
+
+
 def test_two_files_of_one_frame_differing_in_case_are_refused(tmp_path, rvsc_root):
     root = make_patient_copy(tmp_path, rvsc_root)
     shutil.copy(root / "patient09" / "P09dicom" / "P09-0021.dcm", root / "patient09" / "P09dicom" / "p09-0020.dcm")

@@ -9,8 +9,9 @@ Layout of one patient folder::
         P09list.txt                                             optional list of the contour files
 
 ``P09list.txt`` holds Windows-style paths relative to the folder above the patient folder
-(``.\\patient09\\P09contours-manual\\P09-0020-icontour-manual.txt``). Contours are matched to frames
-by the ``PNN-FFFF`` stem.
+(``.\\patient09\\P09contours-manual\\P09-0020-icontour-manual.txt``); entries relative to the patient
+folder itself, or bare file names, are read too, and letter case is ignored. Contours are matched to
+frames by the ``PNN-FFFF`` stem.
 
 The challenge's test sets keep their contours in a separate tree beside the set, released after
 the images; a patient folder without ``PNNcontours-manual/`` takes it from there::
@@ -251,6 +252,12 @@ def _contour_files(patient_dir: Path, patient: str, report: ReadReport, skip_bad
     return listed
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies in ``folder``, in letter case too, as lists written on Windows ignore it
+    (``.\\PATIENT09\\...`` for ``patient09``)."""
+    return Path(str(path).lower()).is_relative_to(str(folder).lower())
+
+
 def _listed_contour_files(
     list_file: Path, patient_dir: Path, contour_dir: Path, report: ReadReport, skip_bad: bool
 ) -> list[Path]:
@@ -275,9 +282,9 @@ def _listed_contour_files(
             # Lexical normalisation (not resolve()) so that '..' cannot climb out, whatever symlinks
             # the data folder itself is reached through.
             candidate = Path(os.path.normpath(patient_abs.parent / relative))
-            # In letter case too, as lists written on Windows ignore it (``.\PATIENT09\...``).
-            inside = Path(str(candidate).lower()).is_relative_to(str(patient_abs).lower())
-            if PureWindowsPath(entry).drive or relative.startswith("/") or not inside:
+            if not _inside(candidate, patient_abs):  # relative to the patient folder: ``P09contours-manual\...``
+                candidate = Path(os.path.normpath(patient_abs / relative))
+            if PureWindowsPath(entry).drive or relative.startswith("/") or not _inside(candidate, patient_abs):
                 reason = f"line {number}: '{entry}' points outside the patient folder {patient_abs}"
                 report.bad_file(list_file, reason, skip_bad)
                 continue
