@@ -36,9 +36,9 @@
 # `rvseg evaluate` (Dice, HD, HD95 per image and patient): with the default stack post-processing,
 # with the per-image largest region, and stack with flip TTA (there, because checkpoints are larger
 # than what a call brings back; a seed S > 0 with stack only), and with several seeds their ensemble
-# (mean probability) with stack, in seed 0's run folder as eval-ensemble-stack. The stack evaluations also save its score maps (--save-scores), so
-# thresholds and post-processing can be studied on the CPU afterwards
-# (benchmarks/compare_postprocessing.py D EVAL...).
+# (mean probability) with stack, in seed 0's run folder as eval-ensemble-stack. The stack evaluations of
+# seed 0 and of the ensembles also save their score maps (--save-scores), so thresholds and
+# post-processing can be studied on the CPU afterwards (benchmarks/compare_postprocessing.py D EVAL...).
 #
 # Sweeps and accuracy runs live in --keep DIR (default gpu-work/full, or gpu-work/smoke, in this
 # checkout, git-ignored): the same command run again continues them (--sweeps-only skips phase A
