@@ -38,14 +38,19 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DataError("no such checkpoint", path)
-    with open(path, "rb") as handle:
-        start = handle.read(4)
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+    except OSError as exc:
+        raise DataError(f"cannot read the checkpoint ({exc.strerror or exc})", path) from None
     # torch.save writes a zip archive (a pickle before PyTorch 1.6); a damaged one still starts as one.
     if not start.startswith((b"PK\x03\x04", b"\x80")):
         raise DataError("not a PyTorch checkpoint file (give a run folder, or its best.pt or last.pt)", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):  # a damaged pickle, not a refused one
+            raise DataError(f"not a loadable rvseg checkpoint ({describe(exc)})", path) from None
         raise DataError("not an rvseg checkpoint: it holds objects other than tensors and plain values, which "
                         "rvseg never loads (they could run code)", path) from None
     except Exception as exc:  # torch raises several types for damaged files
