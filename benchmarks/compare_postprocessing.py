@@ -41,11 +41,10 @@ import numpy as np
 from scipy import ndimage
 
 from rvseg.data.dataset import load_dataset
-from rvseg.evaluate import read_scores, slice_levels, stack_keys
+from rvseg.evaluate import read_scores, slice_levels, split_indices, stack_keys
 from rvseg.inference import Predictor, prepared_inputs
 from rvseg.metrics import segmentation_metrics
 from rvseg.postprocess import EIGHT_CONNECTED, postprocess_scores
-from rvseg.train.checkpoint import find_checkpoint, load_checkpoint
 
 GROUPS = ("ED", "ES", "base", "mid", "apex")
 
@@ -124,8 +123,7 @@ def run_scores(source: str, data) -> tuple[list[int], list[str], list[np.ndarray
         index_of = {row["id"]: i for i, row in enumerate(data.rows)}
         return [index_of[i] for i in ids], labels, scores
     predictor = Predictor.from_checkpoints([source])
-    val_patients = set(load_checkpoint(find_checkpoint(source))["data"]["val_patients"])
-    indices = [i for i, row in enumerate(data.rows) if row["patient"] in val_patients]
+    indices = [int(i) for i in split_indices(data, predictor.data_infos, "val")[0]]
     inputs = prepared_inputs(predictor, data, indices)
     return indices, predictor.labels, list(predictor.score_maps(inputs, [data.extent(i) for i in indices]))
 
