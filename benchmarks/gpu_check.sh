@@ -269,6 +269,8 @@ train_step() {  # train_step NAME LIMIT_S MIN_S ARGS...: train on the prepared R
 step_ok() { grep -q "\"name\": \"$1\", \"status\": \"ok\"" "$WORK/steps.jsonl"; }
 
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+evaluation_limit() { local limit; limit=$(left); echo $(( limit < 60 ? limit : 60 )); }  # one evaluation: 60 s at most
+finished_run() { [[ -f $1/summary.json && -f $1/best.pt ]]; }  # finished_run RUN: trained to the end, best.pt here
 
 BACKGROUND=()
 start_background() {  # start_background NAME LIMIT_S COMMAND...: a step that runs beside the following ones
@@ -465,7 +467,7 @@ evaluated=0
 for entry in "${ACCURACY_RUNS[@]}"; do
     name=${entry%%|*}
     run=$KEEP/accuracy/$name
-    [[ -f $run/summary.json && -f $run/best.pt ]] && have_rvsc || continue
+    finished_run "$run" && have_rvsc || continue
     variants=("${EVALUATIONS[@]}")
     scores=(--save-scores)
     # The seed-to-seed spread needs no more; the scores that come back are seed 0's and the ensembles'
@@ -478,9 +480,7 @@ for entry in "${ACCURACY_RUNS[@]}"; do
             largest) flags=(--postprocess largest) ;;
             stack-tta) flags=(--tta) ;;
         esac
-        limit=$(( BUDGET - ($(date +%s) - START) ))
-        (( limit > 60 )) && limit=60
-        start_background "evaluate-$name-$variant" "$limit" "${RVSEG[@]}" evaluate "$run" "$WORK/rvsc" --split val \
+        start_background "evaluate-$name-$variant" "$(evaluation_limit)" "${RVSEG[@]}" evaluate "$run" "$WORK/rvsc" --split val \
             --out "$run/eval-$variant" "${DEVICE[@]}" "${flags[@]}"
     done
     (( ++evaluated % EVALUATED_AT_ONCE )) || finish_background
@@ -490,13 +490,11 @@ for entry in "${ENSEMBLES[@]}"; do
     read -ra others <<< "$others"
     members=()
     for member in "$name" "${others[@]}"; do
-        [[ -f $KEEP/accuracy/$member/summary.json && -f $KEEP/accuracy/$member/best.pt ]] && members+=("$KEEP/accuracy/$member")
+        finished_run "$KEEP/accuracy/$member" && members+=("$KEEP/accuracy/$member")
     done
     out=$KEEP/accuracy/$name/eval-ensemble-stack
     (( ${#members[@]} == ${#others[@]} + 1 )) && have_rvsc && [[ ! -f $out/summary.json ]] || continue
-    limit=$(( BUDGET - ($(date +%s) - START) ))
-    (( limit > 60 )) && limit=60
-    start_background "evaluate-$name-ensemble" "$limit" "${RVSEG[@]}" evaluate "${members[@]}" "$WORK/rvsc" --split val \
+    start_background "evaluate-$name-ensemble" "$(evaluation_limit)" "${RVSEG[@]}" evaluate "${members[@]}" "$WORK/rvsc" --split val \
         --out "$out" --save-scores "${DEVICE[@]}"
 done
 finish_background
