@@ -408,6 +408,67 @@ def test_an_ensemble_is_scored_on_its_mean_probability(run, rvsc, tmp_path):
         assert float(per_case[row["id"]]["dice"]) == pytest.approx(expected["dice"], rel=1e-5), row["id"]
 
 
+@pytest.fixture(scope="module")
+def fold_runs(run, rvsc) -> dict[str, Path]:
+    """Runs validated on P15+P16 (``run`` and a second seed of it), on P13+P14 and on P14+P15 (which
+    overlaps both)."""
+    folders = {"p15-seed0": run}
+    for name, val, seed in (("p15-seed1", VAL_PATIENTS, 1), ("p13", ["P13", "P14"], 0), ("p14", ["P14", "P15"], 0)):
+        folders[name] = rvsc.parent / f"fold-{name}"
+        train(rvsc, folders[name], TrainConfig(width=8, depth=2, epochs=2, batch_size=8, lr=0.01, fraction=0.15,
+                                               seed=seed, device="cpu", augment=False, val_patients=val), verbose=False)
+    return folders
+
+
+def test_cross_validation_pools_the_folds_each_scored_on_its_own_patients(fold_runs, rvsc, tmp_path):
+    """--cv: the two seeds validated on P15+P16 are one fold's ensemble, the P13+P14 run the other fold;
+    every figure equals that of the folds evaluated one by one."""
+    runs = [fold_runs["p15-seed0"], fold_runs["p13"], fold_runs["p15-seed1"]]
+    summary = evaluate(runs, rvsc, out=tmp_path / "cv", cv=True, device="cpu")
+    alone = [evaluate(members, rvsc, out=tmp_path / f"alone{k}", device="cpu")
+             for k, members in enumerate([[runs[0], runs[2]], [runs[1]]])]
+    assert [fold["patients"] for fold in summary["folds"]] == [["P15", "P16"], ["P13", "P14"]]
+    assert [len(fold["checkpoints"]) for fold in summary["folds"]] == [2, 1]
+    assert summary["patients"] == ["P13", "P14", "P15", "P16"]
+    assert summary["n_samples"] == sum(one["n_samples"] for one in alone)
+    assert summary["settings"]["cv"] and summary["settings"]["ensemble"] == "mean"
+    pooled = {(row["id"], row["label"]): float(row["dice"]) for row in read_csv(tmp_path / "cv" / "per_case.csv")}
+    by_one = {(row["id"], row["label"]): float(row["dice"])
+              for k in range(2) for row in read_csv(tmp_path / f"alone{k}" / "per_case.csv")}
+    assert pooled == pytest.approx(by_one)
+    fold_dice = [one["labels"]["endo"]["overall"]["metrics"]["dice"]["mean"] for one in alone]
+    assert [fold["labels"]["endo"]["metrics"]["dice"]["mean"] for fold in summary["folds"]] == pytest.approx(fold_dice)
+    assert summary["fold_mean"]["endo"]["dice"] == pytest.approx(np.mean(fold_dice))
+    pooled_dice = summary["labels"]["endo"]["overall"]["metrics"]["dice"]["mean"]
+    assert pooled_dice == pytest.approx(np.mean(list(by_one.values())))
+    assert fold_dice[0] != pytest.approx(fold_dice[1])  # so that the pooled mean and the fold mean differ meaningfully
+
+
+def test_cross_validation_refusals(fold_runs, rvsc, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="at least two folds.*P15, P16"):
+        evaluate([fold_runs["p15-seed0"], fold_runs["p15-seed1"]], rvsc, cv=True)
+    with pytest.raises(ConfigError, match="--split val, not test"):
+        evaluate([fold_runs["p15-seed0"], fold_runs["p13"]], rvsc, split="test", cv=True)
+    with pytest.raises(ConfigError, match="patient P15 is validated by two folds"):
+        evaluate([fold_runs["p15-seed0"], fold_runs["p14"]], rvsc, cv=True)
+    capsys.readouterr()
+    code = main(["evaluate", str(fold_runs["p13"]), str(fold_runs["p14"]), str(rvsc), "--cv", "--out",
+                 str(tmp_path / "e")])
+    assert code == 2 and not (tmp_path / "e").exists()
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_the_printed_cross_validation(fold_runs, rvsc, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(fold_runs["p15-seed0"]), str(fold_runs["p13"]), str(rvsc), "--cv", "--out",
+                 str(tmp_path / "e"), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert "2-fold cross-validation" in printed
+    assert "fold 1 (P13, P14; 1 run(s)): Dice endo " in printed
+    assert f"mean of the 2 folds: Dice endo {summary['fold_mean']['endo']['dice']:.3f}" in printed
+
+
 def test_user_errors(run, rvsc, tmp_path):
     with pytest.raises(ConfigError, match="--split"):
         evaluate(run, rvsc, split="train")

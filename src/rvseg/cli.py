@@ -137,12 +137,13 @@ def cmd_evaluate(args) -> int:
 
     summary = evaluate(args.checkpoints, args.dataset, split=args.split, out=args.out, ensemble=args.ensemble,
                        tta=args.tta, batch_size=args.batch_size, device=args.device, force=args.force,
-                       save_scores=args.save_scores, **postprocess_option(args))
+                       save_scores=args.save_scores, cv=args.cv, **postprocess_option(args))
     if args.json:
         print_json(summary)
         return 0
+    split = f"{len(summary['folds'])}-fold cross-validation" if "folds" in summary else f"{args.split} split"
     print(f"evaluated {summary['n_samples']} samples of {len(summary['patients'])} patient(s) "
-          f"({args.split} split, post-processing {summary['settings']['postprocess']}) -> {args.out}")
+          f"({split}, post-processing {summary['settings']['postprocess']}) -> {args.out}")
     for label, stats in summary["labels"].items():
         for group, cells in stats["table"].items():
             hd_rows = f" over {cells['hd_n']} of them" if cells["hd_n"] < cells["n"] else ""
@@ -158,6 +159,13 @@ def cmd_evaluate(args) -> int:
         print(f"  {label}: {overall['n_both_empty']} both empty, {overall['n_one_empty']} with one empty mask")
     if "unit_note" in summary:
         print(f"  note: {summary['unit_note']}")
+    for k, fold in enumerate(summary.get("folds", [])):
+        dice = ", ".join(f"{label} {number(stats['metrics']['dice']['mean'])}"
+                         for label, stats in fold["labels"].items())
+        print(f"  fold {k} ({', '.join(fold['patients'])}; {len(fold['checkpoints'])} run(s)): Dice {dice}")
+    if "fold_mean" in summary:
+        dice = ", ".join(f"{label} {number(means['dice'])}" for label, means in summary["fold_mean"].items())
+        print(f"  mean of the {len(summary['folds'])} folds: Dice {dice}")
     volumes = summary["volumes"]
     if volumes["patients"]:
         print(f"  {volumes['chamber']} volumes from {volumes['label']}, predicted - reference over patients:")
@@ -355,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-postprocess", action="store_true", help="score the raw masks: --postprocess none")
     p.add_argument("--save-scores", action="store_true",
                    help="also write scores.npz: the score maps before post-processing, per sample")
+    p.add_argument("--cv", action="store_true",
+                   help="the runs are the folds of one cross-validation (runs validated on the same patients, such "
+                        "as seeds, are one fold's ensemble): each fold is scored on its own validation patients and "
+                        "the rows are pooled; the summary adds each fold and the mean of the folds")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_evaluate)
 

@@ -7,6 +7,13 @@ combines them): ``val`` then needs the checkpoints to share one validation list 
 split), and ``test`` leaves out every patient that any of them trained or validated on, so the
 models of a cross-validation are scored as an ensemble only on patients none of them saw.
 
+**Cross-validation** (``cv``). The checkpoints are the folds of one cross-validation: those validated
+on the same patients form one fold (an ensemble where there are several, such as seeds), and the folds
+must validate on disjoint patients. Each fold is scored on its own validation patients (``val`` split)
+and the rows are pooled, so the summary's figures are the cross-validation's over every validation
+image; ``folds`` adds each fold's checkpoints, patients and overall summary, and ``fold_mean`` the mean
+of the folds' mean Dice, HD and HD95 (folds of unequal size weigh equally there).
+
 **Slice levels.** Each sample is also placed at the ``base``, ``mid`` or ``apex`` third of its
 patient's stack at its phase: the stack's distinct slice positions (its slice locations when every
 sample has one, else its slice numbers) are ordered, the end whose reference masks of the first label
@@ -62,6 +69,7 @@ when asked) and the filled score of :mod:`rvseg.inference` for the others; foreg
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zipfile
 from collections.abc import Sequence
@@ -109,7 +117,8 @@ EMPTY_RULE = ("both masks empty: Dice, Jaccard, sensitivity, precision 1 and HD 
 
 def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path, split: str = "val",
              out: str | Path | None = None, *, ensemble: str = "mean", tta: bool = False, postprocess: str = "stack",
-             batch_size: int = 16, device: str = "cpu", force: bool = False, save_scores: bool = False) -> dict:
+             batch_size: int = 16, device: str = "cpu", force: bool = False, save_scores: bool = False,
+             cv: bool = False) -> dict:
     """Evaluate a checkpoint, or an ensemble of several, on a prepared data set (module docstring).
 
     Args:
@@ -125,6 +134,7 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
         force: replace an existing non-empty ``out``.
         save_scores: also write ``out/scores.npz``, the score maps before post-processing (module
             docstring); needs ``out``.
+        cv: the checkpoints are the folds of a cross-validation (module docstring); needs ``split="val"``.
 
     Returns:
         the summary (also ``out/summary.json``); with ``out``, ``summary["files"]`` lists the files.
@@ -135,16 +145,21 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
         ``summary["labels"]["endo"]["by_patient"]["P15"]["metrics"]["dice"]["mean"]``; ``table`` is the
         ED/ES table. ``summary["units"]`` says whether distances are in mm or px, and
         ``summary["volumes"]`` holds EDV, ESV and EF per patient, predicted against reference
-        (:func:`cavity_volumes`). The per-image rows are ``out/per_case.csv``.
+        (:func:`cavity_volumes`). The per-image rows are ``out/per_case.csv``. With ``cv``,
+        ``summary["folds"][k]`` holds fold k's ``checkpoints``, ``patients`` and ``labels[label]`` (its
+        ``overall``), and ``summary["fold_mean"][label][metric]`` the mean over the folds.
 
     Raises:
         ConfigError: an unknown split, ensemble or post-processing rule, checkpoints that disagree on
             their preparation, a val split of checkpoints validated on different patients, or a data set
-            normalised unlike the checkpoints'.
+            normalised unlike the checkpoints'; with ``cv``, another split than val, fewer than two folds or
+            a patient validated in two.
         DataError: an unreadable checkpoint or data set, labels the data set lacks, or ``out`` not empty.
     """
     check_choice(split, SPLITS, "--split")
     check_rule(postprocess)
+    if cv and split != "val":
+        raise ConfigError(f"--cv scores each fold on its own validation patients, so it takes --split val, not {split}")
     out = as_path(out, "out") if out is not None else None
     if save_scores and out is None:
         raise ConfigError("save_scores needs an output folder (out)")
@@ -155,14 +170,17 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
                                            device=device)
     data = load_dataset(dataset)
     channels = data.label_indices(predictor.labels)
-    indices, patients = split_indices(data, predictor.data_infos, split)
-    inputs = prepared_inputs(predictor, data, indices)
-    shapes = [data.extent(i) for i in indices]
-    stacks, positions = stack_keys(data, indices)
-    scores = list(predictor.score_maps(inputs, shapes))
-    predictions = postprocess_scores(scores, postprocess, stacks, positions)
+    folds = cv_folds(predictor) if cv else [predictor]
+    parts = [segment_split(fold, data, split, postprocess) for fold in folds]
+    indices = np.concatenate([part.indices for part in parts])
+    patients = sorted({patient for part in parts for patient in part.patients})
+    scores = [score for part in parts for score in part.scores]
+    predictions = [prediction for part in parts for prediction in part.predictions]
     rows = case_rows(data, indices, predictions, predictor.labels, channels)
     summary = label_summaries(rows, predictor.labels)
+    if cv:
+        summary["folds"] = fold_summaries(rows, folds, [part.patients for part in parts], predictor.labels)
+        summary["fold_mean"] = fold_means(summary["folds"], predictor.labels)
     summary.update(
         volumes=cavity_volumes(data, rows, predictor.labels),
         checkpoints=[str(path) for path in predictor.checkpoints],
@@ -174,7 +192,7 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
         split=split,
         patients=patients,
         n_samples=len(indices),
-        settings={"ensemble": ensemble if len(predictor.models) > 1 else None, "tta": tta,
+        settings={"ensemble": ensemble if len(predictor.models) > len(folds) else None, "tta": tta, "cv": cv,
                   "save_scores": save_scores,
                   "postprocess": postprocess, "mask_style": predictor.mask_style, "batch_size": batch_size,
                   "device": str(predictor.device),
@@ -187,6 +205,90 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
         summary["files"] = write_evaluation(out, rows, summary, data, indices, predictions, predictor.labels,
                                             channels, scores if save_scores else None)
     return summary
+
+
+@dataclasses.dataclass
+class SegmentedSplit:
+    """The samples of one split segmented by one predictor: their indices in the data set, the split's
+    patients, the score maps before post-processing and the masks after it (float32 and bool (L, h, w)
+    at each sample's real extent)."""
+
+    indices: np.ndarray
+    patients: list[str]
+    scores: list[np.ndarray]
+    predictions: list[np.ndarray]
+
+
+def segment_split(predictor: Predictor, data: PreparedDataset, split: str, postprocess: str) -> SegmentedSplit:
+    """Segment the samples of ``split`` (:func:`split_indices`) and post-process them through their stacks."""
+    indices, patients = split_indices(data, predictor.data_infos, split)
+    inputs = prepared_inputs(predictor, data, indices)
+    shapes = [data.extent(i) for i in indices]
+    stacks, positions = stack_keys(data, indices)
+    scores = list(predictor.score_maps(inputs, shapes))
+    return SegmentedSplit(indices, patients, scores, postprocess_scores(scores, postprocess, stacks, positions))
+
+
+def cv_folds(predictor: Predictor) -> list[Predictor]:
+    """The folds of a cross-validation among ``predictor``'s models: the models validated on the same
+    patients form one fold (an ensemble combined as ``predictor`` combines), in order of first appearance.
+
+    Raises:
+        ConfigError: a model without validation patients, fewer than two folds, or a patient validated
+            in two folds.
+    """
+    members: dict[frozenset[str], list[int]] = {}
+    for k, info in enumerate(predictor.data_infos):
+        validated = frozenset(info.get("val_patients", []))
+        if not validated:
+            raise ConfigError(f"{predictor.checkpoints[k]} was validated on no patient, so it is no fold of a "
+                              "cross-validation (--cv)")
+        members.setdefault(validated, []).append(k)
+    if len(members) < 2:
+        raise ConfigError("--cv needs the runs of at least two folds (runs validated on different patients); these "
+                          f"were all validated on {', '.join(sorted(next(iter(members))))}")
+    fold_of: dict[str, int] = {}
+    groups = list(members.items())
+    for fold, (validated, _) in enumerate(groups):
+        for patient in sorted(validated):
+            if patient in fold_of:
+                first, second = (predictor.checkpoints[groups[f][1][0]] for f in (fold_of[patient], fold))
+                raise ConfigError(f"patient {patient} is validated by two folds ({first} and {second}); the folds of a "
+                                  "cross-validation validate on disjoint patients")
+            fold_of[patient] = fold
+    return [dataclasses.replace(predictor, models=[predictor.models[k] for k in ks],
+                                checkpoints=[predictor.checkpoints[k] for k in ks],
+                                data_infos=[predictor.data_infos[k] for k in ks]) for _, ks in groups]
+
+
+def fold_summaries(rows: Sequence[dict], folds: Sequence[Predictor], fold_patients: Sequence[Sequence[str]],
+                   labels: Sequence[str]) -> list[dict]:
+    """Per fold of a cross-validation: its checkpoints, validation patients and per label the overall
+    summary of its rows (those of its patients)."""
+    summaries = []
+    for fold, patients in zip(folds, fold_patients, strict=True):
+        validated = set(patients)
+        per_label = label_summaries([row for row in rows if row["patient"] in validated], labels)["labels"]
+        summaries.append({"checkpoints": [str(path) for path in fold.checkpoints], "patients": list(patients),
+                          "labels": {label: per_label[label]["overall"] for label in labels}})
+    return summaries
+
+
+#: Metrics whose mean over the folds ``fold_mean`` gives.
+FOLD_MEAN_METRICS = ("dice", "hd", "hd95")
+
+
+def fold_means(folds: Sequence[dict], labels: Sequence[str]) -> dict:
+    """Per label and metric of :data:`FOLD_MEAN_METRICS`: the mean over the folds of each fold's mean
+    (None where no fold has one)."""
+    means = {}
+    for label in labels:
+        means[label] = {}
+        for name in FOLD_MEAN_METRICS:
+            values = [fold["labels"][label]["metrics"][name]["mean"] for fold in folds]
+            values = [value for value in values if finite_or_none(value) is not None]
+            means[label][name] = float(np.mean(values)) if values else None
+    return means
 
 
 def split_indices(data: PreparedDataset, infos: Sequence[dict], split: str) -> tuple[np.ndarray, list[str]]:
