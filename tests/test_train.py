@@ -403,6 +403,7 @@ def test_yaml_config_and_flags(tmp_path):
 @pytest.mark.parametrize("name, difference", [
     ("rvsc-endo", {}), ("rvsc-epi", {"target": ["epi"]}), ("rvsc-joint", {"target": ["endo", "epi"]}),
     ("rvsc-endo-ds", {"deep_supervision": 2}),
+    ("rvsc-joint-lambda25", {"target": ["endo", "epi"], "switch_lambda": 0.25}),
 ])
 def test_the_committed_recipes_load_and_differ_only_as_named(name, difference):
     config = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
