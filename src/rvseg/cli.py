@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("evaluate", help="Dice, HD (mm) and more of a checkpoint (or an ensemble) on a "
                                              "prepared data set")
     p.add_argument("checkpoints", nargs="+", metavar="RUN_OR_CHECKPOINT",
-                   help="checkpoint files or run folders; several are evaluated as one ensemble")
+                   help="checkpoint files or run folders; several are evaluated as one ensemble (with --cv, as "
+                        "the folds of a cross-validation)")
     p.add_argument("dataset", metavar="DATASET", help="a prepared data set (rvseg prepare)")
     p.add_argument("--split", default="val", help="val (the checkpoint's) | test (patients it never saw) | all")
     p.add_argument("--out", required=True, metavar="EVAL", help="output folder")

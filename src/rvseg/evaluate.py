@@ -5,7 +5,8 @@ patients of the data set in neither the checkpoint's training nor validation lis
 sample. Several checkpoints are evaluated as one ensemble (``mean`` or ``vote``, as ``rvseg predict``
 combines them): ``val`` then needs the checkpoints to share one validation list (e.g. seeds of one
 split), and ``test`` leaves out every patient that any of them trained or validated on, so the
-models of a cross-validation are scored as an ensemble only on patients none of them saw.
+models of a cross-validation are scored as an ensemble only on patients none of them saw (with
+``cv``, each on its own validation patients instead: below).
 
 **Cross-validation** (``cv``). The checkpoints are the folds of one cross-validation: those validated
 on the same patients form one fold (an ensemble where there are several, such as seeds), and the folds
