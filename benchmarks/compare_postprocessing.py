@@ -41,8 +41,8 @@ import numpy as np
 from scipy import ndimage
 
 from rvseg.data.dataset import load_dataset
-from rvseg.evaluate import read_scores, slice_levels, split_indices, stack_keys
-from rvseg.inference import Predictor, prepared_inputs
+from rvseg.evaluate import read_scores, slice_levels, split_scores, stack_keys
+from rvseg.inference import Predictor
 from rvseg.metrics import segmentation_metrics
 from rvseg.postprocess import EIGHT_CONNECTED, postprocess_scores
 
@@ -123,9 +123,8 @@ def run_scores(source: str, data) -> tuple[list[int], list[str], list[np.ndarray
         index_of = {row["id"]: i for i, row in enumerate(data.rows)}
         return [index_of[i] for i in ids], labels, scores
     predictor = Predictor.from_checkpoints([source])
-    indices = [int(i) for i in split_indices(data, predictor.data_infos, "val")[0]]
-    inputs = prepared_inputs(predictor, data, indices)
-    return indices, predictor.labels, list(predictor.score_maps(inputs, [data.extent(i) for i in indices]))
+    indices, _, scores = split_scores(predictor, data, "val")
+    return [int(i) for i in indices], predictor.labels, scores
 
 
 def compare(source: str, data, label_name: str, thresholds: list[float]) -> dict[str, dict[str, float]]:

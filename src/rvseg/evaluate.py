@@ -172,15 +172,18 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
     data = load_dataset(dataset)
     channels = data.label_indices(predictor.labels)
     folds = cv_folds(predictor) if cv else [predictor]
-    parts = [segment_split(fold, data, split, postprocess) for fold in folds]
-    indices = np.concatenate([part.indices for part in parts])
-    patients = sorted({patient for part in parts for patient in part.patients})
-    scores = [score for part in parts for score in part.scores]
-    predictions = [prediction for part in parts for prediction in part.predictions]
+    parts = [split_scores(fold, data, split) for fold in folds]
+    indices = np.concatenate([fold_indices for fold_indices, _, _ in parts])
+    patients = sorted({patient for _, fold_patients, _ in parts for patient in fold_patients})
+    scores = [score for _, _, fold_scores in parts for score in fold_scores]
+    # The folds' patients are disjoint, so post-processing them pooled joins no two folds' stacks.
+    stacks, positions = stack_keys(data, indices)
+    predictions = postprocess_scores(scores, postprocess, stacks, positions)
     rows = case_rows(data, indices, predictions, predictor.labels, channels)
     summary = label_summaries(rows, predictor.labels)
     if cv:
-        summary["folds"] = fold_summaries(rows, folds, [part.patients for part in parts], predictor.labels)
+        summary["folds"] = fold_summaries(rows, folds, [fold_patients for _, fold_patients, _ in parts],
+                                          predictor.labels)
         summary["fold_mean"] = fold_means(summary["folds"], predictor.labels)
     summary.update(
         volumes=cavity_volumes(data, rows, predictor.labels),
@@ -208,26 +211,13 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
     return summary
 
 
-@dataclasses.dataclass
-class SegmentedSplit:
-    """The samples of one split segmented by one predictor: their indices in the data set, the split's
-    patients, the score maps before post-processing and the masks after it (float32 and bool (L, h, w)
-    at each sample's real extent)."""
-
-    indices: np.ndarray
-    patients: list[str]
-    scores: list[np.ndarray]
-    predictions: list[np.ndarray]
-
-
-def segment_split(predictor: Predictor, data: PreparedDataset, split: str, postprocess: str) -> SegmentedSplit:
-    """Segment the samples of ``split`` (:func:`split_indices`) and post-process them through their stacks."""
+def split_scores(predictor: Predictor, data: PreparedDataset, split: str) -> tuple[np.ndarray, list[str],
+                                                                                   list[np.ndarray]]:
+    """The samples of ``split`` (:func:`split_indices`): their indices in the data set, the split's patients, and
+    their score maps before post-processing (float32 (L, h, w) at each sample's real extent)."""
     indices, patients = split_indices(data, predictor.data_infos, split)
     inputs = prepared_inputs(predictor, data, indices)
-    shapes = [data.extent(i) for i in indices]
-    stacks, positions = stack_keys(data, indices)
-    scores = list(predictor.score_maps(inputs, shapes))
-    return SegmentedSplit(indices, patients, scores, postprocess_scores(scores, postprocess, stacks, positions))
+    return indices, patients, list(predictor.score_maps(inputs, [data.extent(i) for i in indices]))
 
 
 def cv_folds(predictor: Predictor) -> list[Predictor]:
