@@ -418,6 +418,22 @@ def test_single_dicom_file(checkpoint, phantom, tmp_path):
     assert row["id"] == "P02-0001"
 
 
+def test_a_bare_dicom_data_set_without_a_name_suffix_is_segmented_as_its_part10_file(checkpoint, phantom, tmp_path):
+    """Archives name frames IM0001 and the like, and old ones write them without preamble or file meta."""
+    source = phantom / "patient02" / "P02dicom" / "P02-0001.dcm"
+    dataset = pydicom.dcmread(source)
+    del dataset.file_meta
+    dataset.preamble = None
+    (tmp_path / "study").mkdir()
+    pydicom.dcmwrite(tmp_path / "study" / "IM0001", dataset, implicit_vr=True, enforce_file_format=False)
+    summary = predict(str(checkpoint), tmp_path / "study", tmp_path / "bare")
+    assert summary["n_images"] == 1 and summary["skipped"] == []
+    predict(str(checkpoint), source, tmp_path / "part10")
+    bare, = (tmp_path / "bare" / "masks").iterdir()
+    assert bare.name == "IM0001.png"
+    assert np.array_equal(imread(bare), imread(tmp_path / "part10" / "masks" / "P02-0001.png"))
+
+
 # ---------------------------------------------------------------- skipped files, exit codes
 
 

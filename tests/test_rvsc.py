@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pydicom
 import pytest
@@ -390,6 +391,42 @@ def test_not_a_dicom_file(tmp_path, rvsc_root):
     path.write_text("this is not DICOM\n" * 20)
     message = raised_message(root)
     assert str(path) in message and "not a DICOM file" in message
+
+
+def test_dicom_files_without_preamble_read_as_with_it(tmp_path, rvsc_root, report):
+    """Old archives and some tools write a bare data set: no preamble, no DICM, no file meta group. The
+    files then name no transfer syntax, and the reader takes the one pydicom read them in."""
+    root = make_patient_copy(tmp_path, rvsc_root, frames=[f"{frame:04d}" for frame in range(24)])
+    for index, path in enumerate(sorted((root / "patient09" / "P09dicom").glob("*.dcm"))):
+        dataset = pydicom.dcmread(path)
+        del dataset.file_meta
+        dataset.preamble = None
+        pydicom.dcmwrite(path, dataset, implicit_vr=index % 2 == 0, little_endian=True, enforce_file_format=False)
+        assert path.read_bytes()[:4] == b"\x08\x00\x05\x00"  # (0008,0005) SpecificCharacterSet, no preamble
+    bare = read_rvsc(root)
+    assert [(s.id, s.phase, s.slice) for s in bare.samples] == [(s.id, s.phase, s.slice) for s in report.samples]
+    for read, expected in zip(bare.samples, report.samples, strict=True):
+        assert np.array_equal(read.image, expected.image)
+        assert read.spacing_mm == expected.spacing_mm and read.slice_location == expected.slice_location
+    one = root / "patient09" / "P09dicom" / "P09-0023.dcm"
+    assert is_dicom(one) and read_dicom_header(one).shape == (256, 216)
+
+
+def test_only_dicom_data_sets_are_taken_for_bare_dicom(tmp_path, rvsc_root):
+    frame = (rvsc_root / "patient09" / "P09dicom" / "P09-0023.dcm").read_bytes()
+    png = tmp_path / "image.png"
+    iio.imwrite(png, np.zeros((8, 8), np.uint8))
+    (tmp_path / "notes.txt").write_text("(0008,0005) and other tags\n")
+    (tmp_path / "short").write_bytes(b"\x08\x00")
+    (tmp_path / "part10.dcm").write_bytes(frame)
+    assert [is_dicom(tmp_path / name) for name in ("image.png", "notes.txt", "short", "part10.dcm")] == [
+        False, False, False, True]
+    # A group 0008 opening with nothing readable after it is a damaged DICOM file, not an image.
+    (tmp_path / "damaged").write_bytes(b"\x08\x00\x16\x00UI\xff\x7f" + b"1.2" * 10)
+    with pytest.raises(DataError, match="holds no pixel data"):
+        read_dicom(tmp_path / "damaged")
+    with pytest.raises(DataError, match="not a DICOM file"):
+        read_dicom(tmp_path / "notes.txt")
 
 
 def test_dicom_without_pixel_data(tmp_path, rvsc_root):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import VR
 
 from rvseg.errors import DataError
 
@@ -84,12 +86,40 @@ class DicomImage:
 
 
 def is_dicom(path: str | Path) -> bool:
-    """Whether ``path`` is a file with the DICOM Part 10 preamble (reads 132 bytes only)."""
+    """Whether ``path`` is a DICOM file (reads 132 bytes only): a Part 10 file, its 128-byte preamble
+    followed by ``DICM``, or a bare data set as ACR-NEMA-era archives and some tools write it, without
+    preamble (:func:`starts_with_data_set`)."""
+    head = _head(path)
+    return _has_part10_marker(head) or starts_with_data_set(head)
+
+
+#: Groups a bare data set may start with: the file meta group (written without its preamble) or the
+#: identifying group 0008 (SpecificCharacterSet, ImageType, SOPClassUID...) that every image has.
+BARE_FIRST_GROUPS = (0x0002, 0x0008)
+
+
+def starts_with_data_set(head: bytes) -> bool:
+    """Whether ``head``, a file's first bytes, opens a little-endian DICOM data set: a first element in
+    :data:`BARE_FIRST_GROUPS` followed by an explicit VR (two capitals that name one) or by an implicit
+    VR's four-byte length. No PNG, JPEG, NIfTI or text file starts that way."""
+    if len(head) < 8:
+        return False
+    group, _ = struct.unpack("<HH", head[:4])
+    if group not in BARE_FIRST_GROUPS:
+        return False
+    explicit_vr = head[4:6].decode("latin-1")
+    return explicit_vr in VR.__members__ or struct.unpack("<I", head[4:8])[0] < 2**24
+
+
+def _head(path: str | Path) -> bytes:
     try:
         with open(path, "rb") as handle:
-            head = handle.read(DICOM_PREAMBLE_BYTES + len(DICOM_MAGIC))
+            return handle.read(DICOM_PREAMBLE_BYTES + len(DICOM_MAGIC))
     except OSError:
-        return False
+        return b""
+
+
+def _has_part10_marker(head: bytes) -> bool:
     return head[DICOM_PREAMBLE_BYTES:] == DICOM_MAGIC
 
 
@@ -97,7 +127,7 @@ def read_dicom(path: str | Path) -> DicomImage:
     """Read a single-frame greyscale DICOM image and its geometry/timing metadata.
 
     Args:
-        path: a DICOM Part 10 file (with the 128-byte preamble and ``DICM``).
+        path: a DICOM file (:func:`is_dicom`).
 
     Returns:
         the :class:`DicomImage`, ``pixels`` float32 of shape (H, W).
@@ -457,14 +487,34 @@ def _similar_frame_counts(a: int, b: int) -> bool:
 
 
 def _read_dataset(path: Path, defer_size: int | None = None) -> Dataset:
+    head = _head(path)
+    bare = not _has_part10_marker(head)
+    if bare and not starts_with_data_set(head):
+        raise DataError("not a DICOM file (neither the 'DICM' marker after a 128-byte preamble nor a DICOM data "
+                        "set at its start)", path)
     try:
-        return pydicom.dcmread(path, defer_size=defer_size)
-    except InvalidDicomError:
-        raise DataError("not a DICOM file (no 'DICM' marker after the 128-byte preamble)", path) from None
+        dataset = pydicom.dcmread(path, defer_size=defer_size, force=bare)
+    except InvalidDicomError as exc:
+        raise DataError(f"not a DICOM file ({exc})", path) from None
     # pydicom raises a wide variety of exceptions on damaged files (struct.error, EOFError,
     # ValueError, KeyError, ...); all of them mean the same thing to the user.
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"corrupt DICOM file ({exc.__class__.__name__}: {exc})", path) from None
+    if _transfer_syntax(dataset) is None:
+        _name_transfer_syntax(dataset)
+    return dataset
+
+
+def _name_transfer_syntax(dataset: Dataset) -> None:
+    """Name the uncompressed transfer syntax pydicom read a data set in when the file names none (a bare
+    data set has no file meta group): decoding its pixels needs it named."""
+    implicit_vr, little_endian = dataset.original_encoding
+    if implicit_vr is None:
+        return
+    if getattr(dataset, "file_meta", None) is None:
+        dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian)
 
 
 class NotAnImageError(DataError):

@@ -349,7 +349,7 @@ def read_image_file(path: Path, image_id: str) -> InputImage | list[DicomImage] 
         raise
     except DataError as error:
         return error.message
-    return "not a DICOM (no 'DICM' marker after the 128-byte preamble), PNG/JPEG or NIfTI image"
+    return "not a DICOM, PNG/JPEG or NIfTI image"
 
 
 def frame_id(file_id: str, image: DicomImage) -> str:
