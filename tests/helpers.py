@@ -53,3 +53,25 @@ def crop_dicom(path: Path, rows: int, cols: int) -> None:
     dataset.Rows, dataset.Columns = cropped.shape
     dataset.PixelData = cropped.tobytes()
     dataset.save_as(path)
+
+
+def compress_dicom(path: Path, syntax: str) -> None:
+    """Rewrite the DICOM file ``path`` in place in a compressed transfer syntax, as a PACS exports it:
+    ``"jpeg-lossless"`` (process 14, selection value 1), ``"jpeg-ls"`` or ``"jpeg-2000"`` (lossless)."""
+    import gdcm
+
+    syntaxes = {"jpeg-lossless": gdcm.TransferSyntax.JPEGLosslessProcess14_1,
+                "jpeg-ls": gdcm.TransferSyntax.JPEGLSLossless,
+                "jpeg-2000": gdcm.TransferSyntax.JPEG2000Lossless}
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    assert reader.Read(), path
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(syntaxes[syntax]))
+    change.SetInput(reader.GetImage())
+    assert change.Change(), path
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(path))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write(), path

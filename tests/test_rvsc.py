@@ -9,7 +9,7 @@ import imageio.v3 as iio
 import numpy as np
 import pydicom
 import pytest
-from helpers import crop_dicom, make_patient_copy
+from helpers import compress_dicom, crop_dicom, make_patient_copy
 
 from rvseg.data.contours import polygon_area, read_contour_file
 from rvseg.data.dicom import (
@@ -727,19 +727,35 @@ def test_a_contour_file_with_a_byte_order_mark(tmp_path, rvsc_root):
     assert [s.id for s in read_rvsc(root).samples] == ["P09-" + frame for frame in ANNOTATED]
 
 
+@pytest.mark.parametrize("syntax", ["jpeg-lossless", "jpeg-ls", "jpeg-2000"])
+def test_compressed_frames_read_as_the_uncompressed_ones(tmp_path, rvsc_root, report, syntax):
+    """PACS exports are often JPEG Lossless, JPEG-LS or JPEG 2000; python-gdcm (a dependency) decodes them."""
+    root = make_patient_copy(tmp_path, rvsc_root, frames=[f"{frame:04d}" for frame in range(24)])
+    for path in sorted((root / "patient09" / "P09dicom").glob("*.dcm")):
+        compress_dicom(path, syntax)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID.is_compressed
+    compressed = read_rvsc(root)
+    assert [(s.id, s.phase, s.slice) for s in compressed.samples] == [(s.id, s.phase, s.slice) for s in report.samples]
+    for read, expected in zip(compressed.samples, report.samples, strict=True):
+        assert np.array_equal(read.image, expected.image)
+        assert np.array_equal(read.masks["endo"], expected.masks["endo"])
+
+
 def test_a_compressed_dicom_without_its_decoder_says_what_to_install(tmp_path, rvsc_root):
     from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGLosslessSV1
+    from pydicom.uid import MPEG2MPML, HTJ2KLossless
 
     dataset = pydicom.dcmread(rvsc_root / "patient09" / "P09dicom" / "P09-0020.dcm")
-    dataset.file_meta.TransferSyntaxUID = JPEGLosslessSV1
-    dataset.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + b"\x00" * 64])
+    dataset.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 64])
     dataset["PixelData"].VR = "OB"
-    dataset.save_as(tmp_path / "jpeg-lossless.dcm")
-    with pytest.raises(DataError) as raised:
-        read_dicom(tmp_path / "jpeg-lossless.dcm")
-    message = str(raised.value)
-    assert "\n" not in message and "JPEG Lossless" in message and "pylibjpeg" in message
+    for syntax, hint in ((HTJ2KLossless, "pylibjpeg-openjpeg"), (MPEG2MPML, "pydicom has no decoder for it")):
+        dataset.file_meta.TransferSyntaxUID = syntax
+        dataset.save_as(tmp_path / "compressed.dcm")
+        for read in (read_dicom, read_dicom_header):
+            with pytest.raises(DataError) as raised:
+                read(tmp_path / "compressed.dcm")
+            message = str(raised.value)
+            assert "\n" not in message and syntax.name in message and hint in message and "gdcmconv --raw" in message
 
 
 def test_monochrome1_is_read_with_the_usual_contrast(tmp_path, rvsc_root):

@@ -571,21 +571,26 @@ def decoding_problem(dataset: Dataset, exc: Exception) -> str:
 
 
 def _undecodable_syntax(dataset: Dataset) -> str | None:
-    """Why no installed decoder reads the dataset's transfer syntax, or None when one does."""
+    """Why no installed decoder reads the dataset's transfer syntax, or None when one does. rvseg installs
+    python-gdcm, which reads the JPEG, JPEG-LS, JPEG 2000 and RLE syntaxes clinical exports use; the rest
+    (High-Throughput JPEG 2000) name what pydicom's decoders for them need."""
     from pydicom.pixels import get_decoder
 
     syntax = _transfer_syntax(dataset)
     if syntax is not None and not syntax.is_transfer_syntax:
         return f"its transfer syntax {syntax} is not a DICOM transfer syntax pydicom knows (private or damaged)"
-    try:
-        decodable = syntax is None or not syntax.is_compressed or get_decoder(syntax).is_available
-    except NotImplementedError:  # a compressed syntax pydicom has no decoder for at all
-        decodable = False
-    if decodable:
+    if syntax is None or not syntax.is_compressed:
         return None
-    return (f"its transfer syntax {syntax.name} ({syntax}) is compressed and no installed decoder reads it: "
-            "install pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg (or python-gdcm), or decompress the "
-            "file with `gdcmconv --raw`")
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:  # a syntax no pydicom decoder reads at all (MPEG and other video)
+        return (f"its transfer syntax {syntax.name} ({syntax}) is compressed and pydicom has no decoder for it: "
+                "decompress the file with `gdcmconv --raw`")
+    if decoder.is_available:
+        return None
+    needs = "; or ".join(decoder.missing_dependencies)
+    return (f"its transfer syntax {syntax.name} ({syntax}) is compressed and no installed decoder reads it: install "
+            f"what one needs ({needs}), or decompress the file with `gdcmconv --raw`")
 
 
 def _transfer_syntax(dataset: Dataset):
