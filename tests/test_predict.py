@@ -437,7 +437,7 @@ def test_a_bare_dicom_data_set_without_a_name_suffix_is_segmented_as_its_part10_
 # ---------------------------------------------------------------- skipped files, exit codes
 
 
-@pytest.mark.filterwarnings("ignore:Expected explicit VR")  # pydicom's words about the broken file
+@pytest.mark.filterwarnings("error::UserWarning")  # pydicom's remarks on the broken file stay inside the reader
 def test_skipped_files_exit_codes_and_atomic_output(checkpoint, phantom, tmp_path, capsys):
     study = tmp_path / "study"
     (study / "series").mkdir(parents=True)

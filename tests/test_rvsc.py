@@ -741,6 +741,18 @@ def test_compressed_frames_read_as_the_uncompressed_ones(tmp_path, rvsc_root, re
         assert np.array_equal(read.masks["endo"], expected.masks["endo"])
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # pydicom's remarks stay inside the reader's one line
+def test_a_compressed_file_cut_short_is_refused_in_one_line(tmp_path, rvsc_root):
+    path = tmp_path / "cut.dcm"
+    shutil.copy(rvsc_root / "patient09" / "P09dicom" / "P09-0020.dcm", path)
+    compress_dicom(path, "jpeg-lossless")
+    path.write_bytes(path.read_bytes()[:-10000])  # inside the encapsulated pixel data, before its delimiter
+    for read in (read_dicom, read_dicom_header):
+        with pytest.raises(DataError, match=r"corrupt DICOM file \(End of file reached before delimiter \(FFFE,E0DD\) "
+                                            r"found: it is truncated or damaged\)$"):
+            read(path)
+
+
 def test_a_compressed_dicom_without_its_decoder_says_what_to_install(tmp_path, rvsc_root):
     from pydicom.encaps import encapsulate
     from pydicom.uid import MPEG2MPML, HTJ2KLossless

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -493,13 +494,20 @@ def _read_dataset(path: Path, defer_size: int | None = None) -> Dataset:
         raise DataError("not a DICOM file (neither the 'DICM' marker after a 128-byte preamble nor a DICOM data "
                         "set at its start)", path)
     try:
-        dataset = pydicom.dcmread(path, defer_size=defer_size, force=bare)
+        # pydicom warns on a damaged or non-conformant file (a truncated sequence, a VR it had to guess)
+        # with a line of its own source; the file either reads or is refused with the warning's words.
+        with warnings.catch_warnings(record=True) as remarks:
+            warnings.simplefilter("always", UserWarning)
+            dataset = pydicom.dcmread(path, defer_size=defer_size, force=bare)
     except InvalidDicomError as exc:
         raise DataError(f"not a DICOM file ({exc})", path) from None
     # pydicom raises a wide variety of exceptions on damaged files (struct.error, EOFError,
     # ValueError, KeyError, ...); all of them mean the same thing to the user.
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"corrupt DICOM file ({exc.__class__.__name__}: {exc})", path) from None
+    if len(dataset) == 0:  # pydicom gives up on a file cut inside an undefined-length element, and warns
+        why = f"{remarks[0].message}".replace(f" in file {path}", "") if remarks else "no data element in it"
+        raise DataError(f"corrupt DICOM file ({why}: it is truncated or damaged)", path)
     if _transfer_syntax(dataset) is None:
         _name_transfer_syntax(dataset)
     return dataset
