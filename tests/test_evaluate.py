@@ -561,7 +561,9 @@ def test_an_unknown_option_or_a_stray_word_is_still_refused(argv, tmp_path, monk
     Path("data").touch()
     with pytest.raises(SystemExit) as exit_:
         parse_arguments(argv)
-    assert exit_.value.code == 2 and f"unrecognized arguments: {argv[-1]}" in capsys.readouterr().err
+    # One line, not argparse's usage block above it.
+    assert exit_.value.code == 2 and capsys.readouterr().err.splitlines() == [
+        f"rvseg evaluate: error: unrecognized arguments: {argv[-1]} (options: rvseg evaluate --help)"]
 
 
 def test_no_postprocess_is_postprocess_none_and_contradicting_it_is_refused(run, rvsc, tmp_path, capsys):

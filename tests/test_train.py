@@ -450,6 +450,13 @@ def test_an_sgdr_run_that_stops_inside_a_cycle_is_noted():
     assert sgdr_mid_cycle_note(TrainConfig(scheduler="cosine", epochs=37)) is None
 
 
+def test_a_usage_error_is_one_line_pointing_at_the_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "data", "--out", "run", "--epochs"])
+    assert exit_.value.code == 2 and capsys.readouterr().err.splitlines() == [
+        "rvseg train: error: argument --epochs: expected one argument (options: rvseg train --help)"]
+
+
 def test_every_switch_can_be_turned_off_from_the_command_line(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])

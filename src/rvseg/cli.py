@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from rvseg import __version__
 from rvseg.errors import ConfigError, RvsegError
@@ -312,8 +313,22 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an earlier output folder of rvseg")
 
 
+def usage_error(prog: str, message: str) -> NoReturn:
+    """Exit with one line naming what is wrong and pointing at ``PROG --help``: argparse prints the whole
+    usage first, which for ``train`` is two dozen lines above the error."""
+    print(f"{prog}: error: {message} (options: {prog} --help)", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """A parser whose usage errors are :func:`usage_error`'s one line."""
+
+    def error(self, message: str) -> NoReturn:
+        usage_error(self.prog, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rvseg", description="Right-ventricle segmentation for cardiac MRI.")
+    parser = OneLineErrors(prog="rvseg", description="Right-ventricle segmentation for cardiac MRI.")
     parser.add_argument("--version", action="version", version=f"rvseg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -464,7 +479,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         args.checkpoints = paths[:-1]
         setattr(args, last, paths[-1])
     elif extras:
-        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        usage_error(f"rvseg {args.command}", f"unrecognized arguments: {' '.join(extras)}")
     return args
 
 
