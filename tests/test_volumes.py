@@ -18,6 +18,7 @@ from rvseg.volumes import (
     assign_phases,
     fill_missing_es,
     frames_by_slice,
+    slab_thicknesses,
     slice_spacing_mm,
     stack_volumes,
     volume_errors,
@@ -133,6 +134,38 @@ def test_a_missing_slice_is_noted_and_its_slab_left_out():
              for location in (0.0, 10.0, 20.0, 25.0, 30.0, 40.0)]
     (result,) = stack_volumes(extra)
     assert result.slice_spacing_mm == pytest.approx(10.0)
+
+
+def test_an_extra_slice_or_an_uneven_step_counts_no_slab_twice():
+    """A cylinder of 1000 mm^2 over five 10 mm slabs is 50 mL, with or without an extra slice at 25 mm:
+    the slabs around it meet halfway (10, 10, 7.5, 5, 7.5, 10 mm), not 10 mm each (60 mL)."""
+    def cylinder(locations, thickness=8.0):
+        return [SliceArea("S", f"{phase}{location}", location, area, phase=phase, thickness_mm=thickness)
+                for location in locations for phase, area in (("ED", 1000.0), ("ES", 500.0))]
+
+    (result,) = stack_volumes(cylinder([0.0, 10.0, 20.0, 25.0, 30.0, 40.0]))
+    assert (result.slice_spacing_mm, result.ed_volume_ml, result.es_volume_ml, result.ef_percent) == pytest.approx(
+        (10.0, 50.0, 25.0, 50.0))
+    assert result.notes == ["2 pair(s) of neighbouring slices are no whole number of 10 mm steps apart (first 20 "
+                            "and 25 mm): their slabs meet halfway between them"]
+    # Uneven steps: each slab reaches halfway to a closer neighbour, the spacing (the median) to the others.
+    (result,) = stack_volumes(cylinder([0.0, 6.0, 16.0, 26.0, 36.0], thickness=None))
+    assert result.slice_spacing_mm == pytest.approx(10.0) and result.ed_volume_ml == pytest.approx(
+        (8.0 + 8.0 + 10.0 + 10.0 + 10.0) * 1000 / 1000)
+    # On a grid, jittered and missing a slice, every slab is the spacing: the volume is areas x spacing.
+    locations = [0.02, 8.41, 16.79, 33.6, 42.01]
+    slabs, off_grid = slab_thicknesses(locations, slice_spacing_mm(locations))
+    assert off_grid == [] and list(slabs.values()) == pytest.approx([slice_spacing_mm(locations)] * 5)
+
+
+def test_two_images_of_one_phase_on_one_slice_count_once_by_their_mean_area():
+    areas = [SliceArea("S", f"{phase}{location}", location, area, phase=phase)
+             for location in (0.0, 10.0, 20.0) for phase, area in (("ED", 1000.0), ("ES", 500.0))]
+    (result,) = stack_volumes([*areas, SliceArea("S", "repeat", 10.0, 800.0, phase="ED")])
+    assert result.ed_volume_ml == pytest.approx((1000 + 900 + 1000) * 10 / 1000)
+    assert result.ef_percent == pytest.approx(100 * (29 - 15) / 29)
+    assert result.notes == ["ED: more than one image on a slice (first at 10 mm); each slice counts once, by their "
+                            "mean area"]
 
 
 def drop_frames(areas: list[SliceArea], *ids: str) -> list[SliceArea]:

@@ -11,8 +11,12 @@ slice thickness: each slice's area stands for the slab of heart between it and i
 when slices have a gap the slab is wider than the slice. RVSC patient 9, for example, has 7 mm thick
 slices whose locations are 8.4 mm apart; multiplying by the thickness would leave out the 1.4 mm
 gaps, 17% of the volume. A missing slice in a stack counts as missing (its slab is not filled in,
-and a note says so) instead of stretching the spacing of every slice. A volume therefore needs at
-least two slice locations; a stack with fewer gets areas only.
+and a note says so) instead of stretching the spacing of every slice. A slice off the stack's grid (an
+extra slice between two others, a stack of uneven steps) stands for a thinner slab: halfway to each
+neighbour closer than the spacing (:func:`slab_thicknesses`), so that no part of the heart is counted
+twice; on a regular grid every slab is the spacing. Two images of one phase on one slice (a repeated
+acquisition) count once, by their mean area. A volume therefore needs at least two slice locations; a
+stack with fewer gets areas only.
 
 **Phases**, when the source does not give them (a new cine study):
 
@@ -42,7 +46,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from operator import attrgetter
@@ -147,7 +151,9 @@ def slice_spacing_mm(locations: Sequence[float], thickness_mm: float | None = No
     0, 10 and 30 mm are 10 mm apart with a slice missing (a plain median would say 15). A step below
     0.95 of the slices' ``thickness_mm`` is no grid step but an extra slice between two others, so with
     6 mm slices 0, 10, 15 and 20 mm stay a 10 mm stack; without a thickness, a grid must not have more
-    missing slices than present ones. Where no grid fits, the median of the distances is used.
+    missing slices than present ones (so that 0, 7.5 and 30 mm stay a 7.5 mm stack missing two, at the
+    price of taking 0, 10, 20, 30, 40 and 45 mm for a 5 mm one missing four). Where no grid fits, the
+    median of the distances is used.
     """
     distinct = distinct_locations(locations)
     if len(distinct) < 2:
@@ -166,6 +172,34 @@ def slice_spacing_mm(locations: Sequence[float], thickness_mm: float | None = No
 def distinct_locations(locations: Sequence[float]) -> np.ndarray:
     """The sorted distinct slice locations, rounded to 0.01 mm (float64 (K,))."""
     return np.unique(np.round(np.asarray(locations, dtype=np.float64), LOCATION_DECIMALS))
+
+
+def slab_thicknesses(
+    slice_keys: Sequence[float], spacing: float
+) -> tuple[dict[float, float], list[tuple[float, float]]]:
+    """The thickness (mm) of the slab of heart each distinct slice stands for, and the neighbours off the grid.
+
+    Half of a slab lies towards each neighbour: half the spacing where the neighbour is a whole number of
+    steps away (on the stack's grid; a missing slice's slab is left out, as the module docstring says),
+    else half the distance to it, at most half the spacing (an extra slice between two others, uneven
+    steps); an end slice's outer half is half the spacing. On a regular grid every slab is the spacing.
+
+    Args:
+        slice_keys: the slice locations of a stack, rounded as :attr:`SliceArea.slice_key` rounds them.
+        spacing: the stack's :func:`slice_spacing_mm`.
+
+    Returns:
+        (slice key -> slab thickness in mm, the (lower, upper) keys of the neighbours that are no whole
+        number of steps apart).
+    """
+    distinct = np.unique(np.asarray(slice_keys, dtype=np.float64))
+    distances = np.diff(distinct)
+    multiples = np.round(distances / spacing)
+    on_grid = (multiples >= 1) & (np.abs(distances - multiples * spacing) <= 0.1 * spacing * multiples)
+    halves = np.concatenate([[spacing], np.where(on_grid, spacing, np.minimum(distances, spacing)), [spacing]]) / 2
+    slabs = dict(zip(distinct.tolist(), (halves[:-1] + halves[1:]).tolist(), strict=True))
+    off_grid = [(float(distinct[k]), float(distinct[k + 1])) for k in np.flatnonzero(~on_grid)]
+    return slabs, off_grid
 
 
 def missing_slices(locations: Sequence[float], spacing: float) -> list[tuple[float, float, int]]:
@@ -309,13 +343,20 @@ def stack_volumes(areas: Sequence[SliceArea], es_rules: Mapping[str, str] | None
             continue
         notes = [f"{count} slice(s) missing between {lower:g} and {upper:g} mm: their slabs are not in the volumes"
                  for lower, upper, count in missing_slices(locations, spacing)]
+        slabs, off_grid = slab_thicknesses([area.slice_key for area in members], spacing)
+        if off_grid:
+            lower, upper = off_grid[0]
+            notes.append(f"{len(off_grid)} pair(s) of neighbouring slices are no whole number of {spacing:g} mm steps "
+                         f"apart (first {lower:g} and {upper:g} mm): their slabs meet halfway between them")
         volumes, slice_sets = {}, {}
         for phase in ("ED", "ES"):
             chosen = [area for area in members if area.phase == phase]
             slice_sets[phase] = {area.slice_key for area in chosen}
             if len(slice_sets[phase]) < len(chosen):
-                notes.append(f"{phase}: more than one image on a slice; all of them were summed")
-            volumes[phase] = sum(area.area_mm2 for area in chosen) * spacing / 1000.0 if chosen else None
+                repeated = Counter(area.slice_key for area in chosen).most_common(1)[0][0]
+                notes.append(f"{phase}: more than one image on a slice (first at {repeated:g} mm); each slice counts "
+                             "once, by their mean area")
+            volumes[phase] = phase_volume_ml(chosen, slabs) if chosen else None
         ef = None
         if volumes["ED"] and volumes["ES"] is not None:
             if slice_sets["ED"] == slice_sets["ES"]:
@@ -337,6 +378,15 @@ def stack_volumes(areas: Sequence[SliceArea], es_rules: Mapping[str, str] | None
             es_slices=len(slice_sets["ES"]), ed_volume_ml=volumes["ED"], es_volume_ml=volumes["ES"],
             ef_percent=ef, es_rule=es_rules.get(stack, "given"), notes=notes))
     return results
+
+
+def phase_volume_ml(images: Sequence[SliceArea], slabs: Mapping[float, float]) -> float:
+    """Summation of discs over the slices of one phase's images (mL): each slice's mean area (mm^2; one
+    image per slice but for a repeated acquisition) times its slab (mm, :func:`slab_thicknesses`)."""
+    areas: dict[float, list[float]] = defaultdict(list)
+    for image in images:
+        areas[image.slice_key].append(image.area_mm2)
+    return sum(float(np.mean(values)) * slabs[key] for key, values in areas.items()) / 1000.0
 
 
 def partial_slice_notes(members: Sequence[SliceArea]) -> list[str]:
