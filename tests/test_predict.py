@@ -175,6 +175,10 @@ def test_patient09_volumes_follow_the_documented_rules(patient09_prediction):
     ed_area = sum(float(row["area_mm2"]) for row in images if row["phase"] == "ED")
     assert float(stack["ed_volume_ml"]) == pytest.approx(ed_area * 8.4 / 1000, rel=1e-4)
     assert summary["volumes"]["P09"]["ed_volume_ml"] == pytest.approx(float(stack["ed_volume_ml"]), rel=1e-4)
+    assert float(stack["stroke_volume_ml"]) == pytest.approx(
+        float(stack["ed_volume_ml"]) - float(stack["es_volume_ml"]), rel=1e-4)
+    assert float(stack["ef_percent"]) == pytest.approx(
+        100 * float(stack["stroke_volume_ml"]) / float(stack["ed_volume_ml"]), rel=1e-4)
 
 
 def test_contours_read_back_by_the_rvsc_reader_match_the_masks(patient09_prediction, shared_data, tmp_path):

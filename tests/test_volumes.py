@@ -79,6 +79,7 @@ def test_summation_of_discs_with_given_phases():
     assert result.ed_volume_ml == pytest.approx(2400 * 8.4 / 1000)
     assert result.es_volume_ml == pytest.approx(1200 * 8.4 / 1000)
     assert result.ef_percent == pytest.approx(50.0)
+    assert result.stroke_volume_ml == pytest.approx(1200 * 8.4 / 1000)
     assert (result.n_slices, result.ed_slices, result.es_slices, result.es_rule) == (3, 3, 3, "given")
 
 
@@ -195,7 +196,8 @@ def test_a_slice_missing_its_es_frame_gets_no_other_instant_and_no_ef():
     assert phases_of(assigned)["S-s2-f0"] == "ED" and "ES" not in {
         area.phase for area in assigned if area.slice_location == 16.0}
     (result,) = stack_volumes(assigned, rules)
-    assert result.ef_percent is None and any("no EF" in note for note in result.notes)
+    assert result.ef_percent is None and result.stroke_volume_ml is None
+    assert any("no EF" in note for note in result.notes)
     assert "1 of those slice(s) have no frame near ES (first at 16 mm) and are not in the ES volume" in result.notes
 
 

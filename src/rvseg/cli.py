@@ -199,9 +199,11 @@ def cmd_predict(args) -> int:
         if summary["n_ignored"]:
             print(f"  left {summary['n_ignored']} file(s) alone (ignored.csv says why)")
         for stack, volumes in summary["volumes"].items():
+            # The stroke volume goes with the EF (same slices at ED and ES); "no EF" says why both are missing.
             parts = [f"{name} {volumes[key]:.1f} {unit}" if volumes[key] is not None else f"no {name}"
                      for key, name, unit in (("ed_volume_ml", "EDV", "mL"), ("es_volume_ml", "ESV", "mL"),
-                                             ("ef_percent", "EF", "%"))]
+                                             ("stroke_volume_ml", "SV", "mL"), ("ef_percent", "EF", "%"))
+                     if key != "stroke_volume_ml" or volumes[key] is not None]
             print(f"  {stack}: {summary['chamber']} {', '.join(parts)}")
         for note in summary["notes"]:
             print(f"  note: {note}")

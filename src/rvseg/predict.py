@@ -26,7 +26,7 @@ skipped or ignored).
   size, spacing, and per label the area in pixels and mm^2 and the contour file.
 - ``volumes.csv`` (when images have a pixel spacing): rows of ``level`` ``image`` (RV cavity area
   in mm^2 per slice and frame, with its phase), ``phase`` (the ED or ES volume in mL of a stack and
-  the slices it sums) and ``stack`` (EDV, ESV, EF), computed by :mod:`rvseg.volumes` from the RV
+  the slices it sums) and ``stack`` (EDV, ESV, stroke volume, EF), computed by :mod:`rvseg.volumes` from the RV
   cavity label (``endo``, or ACDC's ``rv``): volumes need two or more slice locations; ED and ES are
   the phases the source gives, else the instants of largest and smallest total predicted volume
   (:func:`~rvseg.volumes.assign_phases`). Where phases are given, an ED slice at an end of the stack
@@ -79,7 +79,8 @@ from rvseg.volumes import (
 
 #: Columns of volumes.csv: one row per image, per phase volume and per stack (``level``).
 VOLUME_FIELDS = ("level", "stack", "id", "slice_location", "position_mm", "trigger_time", "frame", "phase", "area_mm2",
-                 "slices", "slice_spacing_mm", "volume_ml", "ed_volume_ml", "es_volume_ml", "ef_percent", "es_rule")
+                 "slices", "slice_spacing_mm", "volume_ml", "ed_volume_ml", "es_volume_ml", "stroke_volume_ml",
+                 "ef_percent", "es_rule")
 
 
 def predict(checkpoints: str | Path | Sequence[str | Path], src: str | Path, out: str | Path, *,
@@ -101,7 +102,7 @@ def predict(checkpoints: str | Path | Sequence[str | Path], src: str | Path, out
 
     Returns:
         the summary (also ``out/summary.json``): counts, ``skipped`` (``{"path", "reason"}`` each),
-        ``volumes`` (stack -> EDV, ESV, EF...), settings and the output files.
+        ``volumes`` (stack -> EDV, ESV, stroke volume, EF...), settings and the output files.
 
     Raises:
         DataError: ``src`` is missing, is a single file that is not an image, or holds no readable
@@ -352,7 +353,8 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
                              "slice_spacing_mm": item.slice_spacing_mm, "volume_ml": volume})
         rows.append({"level": "stack", "stack": item.stack, "slices": item.n_slices,
                      "slice_spacing_mm": item.slice_spacing_mm, "ed_volume_ml": item.ed_volume_ml,
-                     "es_volume_ml": item.es_volume_ml, "ef_percent": item.ef_percent, "es_rule": item.es_rule})
+                     "es_volume_ml": item.es_volume_ml, "stroke_volume_ml": item.stroke_volume_ml,
+                     "ef_percent": item.ef_percent, "es_rule": item.es_rule})
     write_csv(path, rows, fieldnames=VOLUME_FIELDS)
     return [item.to_dict() for item in volumes], notes
 

@@ -118,6 +118,7 @@ class StackVolumes:
         ed_slices: slices carrying an ED image; ``es_slices`` likewise.
         ed_volume_ml: RV end-diastolic volume, or None without ED images; ``es_volume_ml`` likewise.
         ef_percent: ejection fraction, or None (no ED or ES volume, or different slice sets).
+        stroke_volume_ml: EDV - ESV, or None where ``ef_percent`` is.
         es_rule: how ES was chosen: ``given``, ``min-total-volume`` or ``min-area-per-slice``.
         notes: anything the reader of the numbers should know.
     """
@@ -132,6 +133,7 @@ class StackVolumes:
     ef_percent: float | None
     es_rule: str
     notes: list[str] = field(default_factory=list)
+    stroke_volume_ml: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -376,7 +378,8 @@ def stack_volumes(areas: Sequence[SliceArea], es_rules: Mapping[str, str] | None
         results.append(StackVolumes(
             stack=stack, slice_spacing_mm=spacing, n_slices=n_slices, ed_slices=len(slice_sets["ED"]),
             es_slices=len(slice_sets["ES"]), ed_volume_ml=volumes["ED"], es_volume_ml=volumes["ES"],
-            ef_percent=ef, es_rule=es_rules.get(stack, "given"), notes=notes))
+            ef_percent=ef, es_rule=es_rules.get(stack, "given"), notes=notes,
+            stroke_volume_ml=None if ef is None else volumes["ED"] - volumes["ES"]))
     return results
 
 
