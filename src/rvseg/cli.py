@@ -436,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="sweep folder (rerun the same command to continue a sweep)")
     p.add_argument("--storage", help="journal:PATH, or a sqlite://, postgresql:// or mysql:// URL "
                                      "(default: sqlite:///SWEEP/study.db)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one GPU each)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this machine (sharing the GPU; one GPU each, round robin, when several "
+                        "are visible)")
     p.add_argument("--study", help="study name (default: spec name and fingerprint)")
     p.add_argument("--grace-period", type=float, default=300.0,
                    help="seconds without heartbeat after which another machine's trial is presumed dead")
