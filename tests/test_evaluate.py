@@ -566,6 +566,16 @@ def test_an_unknown_option_or_a_stray_word_is_still_refused(argv, tmp_path, monk
         f"rvseg evaluate: error: unrecognized arguments: {argv[-1]} (options: rvseg evaluate --help)"]
 
 
+def test_a_stray_word_between_the_paths_is_named_not_the_data_set(run, rvsc, tmp_path, capsys):
+    """``evaluate RUN DATA extra``: the last path is the data set, so ``extra`` is the one missing (not
+    DATA blamed as a run folder); predict likewise takes its source first."""
+    stray = str(tmp_path / "extra")
+    assert main(["evaluate", str(run), str(rvsc), stray, "--out", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err == f"rvseg: {stray}: no such file or folder\n"
+    assert main(["predict", str(run), str(rvsc), stray, "--out", str(tmp_path / "p")]) == 2
+    assert capsys.readouterr().err == f"rvseg: {stray}: no such file or folder\n"
+
+
 def test_no_postprocess_is_postprocess_none_and_contradicting_it_is_refused(run, rvsc, tmp_path, capsys):
     base = ["evaluate", str(run), str(rvsc), "--device", "cpu", "--json"]
     assert main([*base, "--out", str(tmp_path / "a"), "--no-postprocess", "--postprocess", "none"]) == 0

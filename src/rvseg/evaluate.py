@@ -167,9 +167,11 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
     checkpoints, dataset = as_paths(checkpoints, "checkpoints"), as_path(dataset, "dataset")
     if out is not None:
         check_output_folder(out, force, inputs=[dataset, *checkpoints])
+    # The data set first: a stray word on the command line becomes the data set, and is named as missing
+    # instead of the data set being blamed as a run folder.
+    data = load_dataset(dataset)
     predictor = Predictor.from_checkpoints(checkpoints, ensemble=ensemble, tta=tta, batch_size=batch_size,
                                            device=device)
-    data = load_dataset(dataset)
     channels = data.label_indices(predictor.labels)
     folds = cv_folds(predictor) if cv else [predictor]
     parts = [split_scores(fold, data, split) for fold in folds]

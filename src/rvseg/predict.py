@@ -113,9 +113,11 @@ def predict(checkpoints: str | Path | Sequence[str | Path], src: str | Path, out
     checkpoints = as_paths(checkpoints, "checkpoints")  # one model, or an ensemble
     check_output_folder(out, force, inputs=[src, *checkpoints])
     check_rule(postprocess)
+    # The source first: a stray word on the command line becomes the source, and is named as missing
+    # instead of the source being blamed as a run folder.
+    source = read_source(src, exclude=out)
     predictor = Predictor.from_checkpoints(checkpoints, ensemble=ensemble, tta=tta, batch_size=batch_size,
                                            device=device)
-    source = read_source(src, exclude=out)
     if source.dataset is not None:
         check_prepared_compatible(predictor, source.dataset)
     with atomic_folder(out) as tmp:

@@ -126,6 +126,8 @@ def load_dataset(root: str | Path) -> PreparedDataset:
     """
     root = as_path(root, "dataset")
     meta_path = root / "dataset.json"
+    if not root.exists():
+        raise DataError("no such file or folder", root)
     if not is_prepared(root):
         raise DataError("not a prepared data set (no dataset.json); run `rvseg prepare` first", root)
     try:
