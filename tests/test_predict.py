@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,7 +30,7 @@ from rvseg.errors import ConfigError, DataError
 from rvseg.inference import Predictor, combine
 from rvseg.metrics import segmentation_metrics
 from rvseg.postprocess import postprocess_scores
-from rvseg.predict import NiftiMasks, predict, segmenting_units, stack_instants, write_volumes
+from rvseg.predict import NiftiMasks, predict, scale_notes, segmenting_units, stack_instants, write_volumes
 from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig
 from rvseg.train.loop import train
@@ -436,6 +437,34 @@ def test_a_bare_dicom_data_set_without_a_name_suffix_is_segmented_as_its_part10_
     bare, = (tmp_path / "bare" / "masks").iterdir()
     assert bare.name == "IM0001.png"
     assert np.array_equal(imread(bare), imread(tmp_path / "part10" / "masks" / "P02-0001.png"))
+
+
+def test_a_note_when_the_anatomy_is_at_another_scale_than_the_model_learned(checkpoint, phantom, tmp_path):
+    """The model's data were resized to 64 x 56: a heart at half the pixel spacing fills twice as many
+    model pixels. Without spacing the image size stands in, for a model trained at native size only."""
+    def scale_notes_of(summary):
+        return [note for note in summary["notes"] if "than the model's training images did" in note]
+
+    source = phantom / "patient02" / "P02dicom" / "P02-0001.dcm"
+    assert scale_notes_of(predict(str(checkpoint), source, tmp_path / "same")) == []
+    dataset = pydicom.dcmread(source)
+    dataset.PixelSpacing = [float(value) / 2 for value in dataset.PixelSpacing]
+    dataset.save_as(tmp_path / "fine.dcm")
+    (note,) = scale_notes_of(predict(str(checkpoint), tmp_path / "fine.dcm", tmp_path / "fine"))
+    assert note.startswith("1 of 1 image(s) show the anatomy about 2.0x larger than the model's training images did "
+                           "(by pixel spacing)") and "--size H W" in note
+
+    native = Predictor(models=[nn.Conv2d(1, 1, 1)], labels=["endo"], prepare={"size": None},
+                       data_infos=[{"scale": {"mm_per_pixel": None, "rows": 128.0}}])
+    images = [InputImage(id=f"i{k}", source="", pixels=None, shape=shape)
+              for k, shape in enumerate([(256, 216), (256, 216), (128, 108), (60, 50)])]
+    assert scale_notes(images, native) == [
+        "3 of 4 image(s) show the anatomy about 2.0x larger than the model's training images did (by image size, the "
+        "model's data giving no pixel spacing): a model segments reliably at the scale it learned; train on images of "
+        "this resolution, or prepare the training data with --size H W, which predict then applies to new images too"]
+    resized = replace(native, prepare={"size": [128, 108]})
+    assert scale_notes(images, resized) == []  # every image is resized to the training images' size
+    assert scale_notes(images, replace(native, data_infos=[{}])) == []  # a checkpoint from before the scale
 
 
 # ---------------------------------------------------------------- skipped files, exit codes

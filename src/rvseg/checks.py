@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from rvseg.errors import ConfigError
+from rvseg.errors import ConfigError, DataError
 
 T = TypeVar("T")
 
@@ -49,6 +49,12 @@ def as_path(value: object, name: str) -> Path:
     if isinstance(value, (str, os.PathLike)):
         return Path(value)
     raise ConfigError(f"{name} must be one path (text or pathlib.Path), not {type(value).__name__} {value!r:.80}")
+
+
+def check_exists(path: Path) -> None:
+    """Refuse a path that names nothing, with the one message every command gives for it."""
+    if not path.exists():
+        raise DataError("no such file or folder", path)
 
 
 def as_paths(value: object, name: str) -> list[Path]:

@@ -129,6 +129,12 @@ class Predictor:
         return (int(size[0]), int(size[1])) if size else None
 
     @property
+    def trained_scale(self) -> dict | None:
+        """How large the anatomy was in the first model's training images
+        (:meth:`~rvseg.data.dataset.PreparedDataset.scale`), or None for a checkpoint that predates it."""
+        return self.data_infos[0].get("scale") if self.data_infos else None
+
+    @property
     def in_channels(self) -> int:
         return int(self.prepare.get("channels", 1))
 

@@ -55,7 +55,7 @@ import numpy as np
 from skimage.io import imsave
 
 from rvseg import __version__
-from rvseg.checks import as_path, as_paths
+from rvseg.checks import as_path, as_paths, check_exists
 from rvseg.data import acdc
 from rvseg.data.contours import contour_file_name, mask_to_contour, write_contour_file
 from rvseg.data.nifti import NiftiVolume, save_like
@@ -113,11 +113,12 @@ def predict(checkpoints: str | Path | Sequence[str | Path], src: str | Path, out
     checkpoints = as_paths(checkpoints, "checkpoints")  # one model, or an ensemble
     check_output_folder(out, force, inputs=[src, *checkpoints])
     check_rule(postprocess)
-    # The source first: a stray word on the command line becomes the source, and is named as missing
+    # Before the models: a stray word on the command line becomes the source, and is named as missing
     # instead of the source being blamed as a run folder.
-    source = read_source(src, exclude=out)
+    check_exists(src)
     predictor = Predictor.from_checkpoints(checkpoints, ensemble=ensemble, tta=tta, batch_size=batch_size,
                                            device=device)
+    source = read_source(src, exclude=out)
     if source.dataset is not None:
         check_prepared_compatible(predictor, source.dataset)
     with atomic_folder(out) as tmp:
@@ -125,7 +126,8 @@ def predict(checkpoints: str | Path | Sequence[str | Path], src: str | Path, out
         records = segment_and_write(predictor, source.images, tmp, postprocess, nifti_masks)
         mask_files, mask_notes = nifti_masks.write(tmp / "masks", predictor.labels)
         volumes, notes = write_volumes(tmp / "volumes.csv", source.images, records, predictor.labels)
-        notes = [*source.notes, *orientation_notes(source, predictor), *mask_notes, *notes]
+        notes = [*source.notes, *orientation_notes(source, predictor), *scale_notes(source.images, predictor),
+                 *mask_notes, *notes]
         write_csv(tmp / "predictions.csv", records)
         write_csv(tmp / "skipped.csv", source.skipped, fieldnames=("path", "reason"))
         write_csv(tmp / "ignored.csv", source.ignored, fieldnames=("path", "reason"))
@@ -371,6 +373,41 @@ def orientation_notes(source: Source, predictor: Predictor) -> list[str]:
     return [f"NIfTI slices are segmented as stored (data[:, :, z], rows along the first axis); the model was "
             f"trained on {trained_on} images, whose orientation may differ (a dcm2niix conversion stores the DICOM "
             "image transposed and flipped): check the overlays"]
+
+
+#: How many times larger or smaller than in its training images a model may see the anatomy before
+#: predict warns (training augmentation scales by 0.9-1.1).
+SCALE_WARNING_FACTOR = 1.5
+
+
+def scale_notes(images: Sequence[InputImage], predictor: Predictor) -> list[str]:
+    """A warning when the images show the anatomy at another size, in model pixels, than the model's
+    training images did (:func:`anatomy_scale`): a model trained on half-resolution images sees a
+    full-resolution heart twice as large as any it learned."""
+    trained = predictor.trained_scale
+    if not trained:
+        return []
+    factors = [anatomy_scale(image, predictor, trained) for image in images if not image.prepared]
+    off = [factor for factor in factors if not 1 / SCALE_WARNING_FACTOR <= factor <= SCALE_WARNING_FACTOR]
+    if not off:
+        return []
+    factor = float(np.median(off))
+    size = f"{factor:.1f}x larger" if factor > 1 else f"{1 / factor:.1f}x smaller"
+    basis = "pixel spacing" if trained.get("mm_per_pixel") else "image size, the model's data giving no pixel spacing"
+    return [f"{len(off)} of {len(factors)} image(s) show the anatomy about {size} than the model's training images did "
+            f"(by {basis}): a model segments reliably at the scale it learned; train on images of this resolution, or "
+            "prepare the training data with --size H W, which predict then applies to new images too"]
+
+
+def anatomy_scale(image: InputImage, predictor: Predictor, trained: dict) -> float:
+    """How many times larger the anatomy of ``image`` is in model pixels than in the model's training
+    images: by pixel spacing (mm per model pixel) where both give one, else by the model-input height
+    (alike fields of view assumed: a model trained at native resolution sees a twice as finely sampled
+    image's heart twice as large; one trained on images resized to a fixed size does not)."""
+    rows = predictor.input_size[0] if predictor.input_size else image.shape[0]
+    if trained.get("mm_per_pixel") and image.spacing_mm:
+        return trained["mm_per_pixel"] / (image.spacing_mm[0] * image.shape[0] / rows)
+    return rows / trained["rows"]
 
 
 def slice_position(image: InputImage) -> float | None:

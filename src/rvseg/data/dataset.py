@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rvseg.checks import as_path
+from rvseg.checks import as_path, check_exists
 from rvseg.errors import DataError
 
 if TYPE_CHECKING:
@@ -113,6 +114,16 @@ class PreparedDataset:
         return float(row["spacing_mm"]), float(row["spacing_col_mm"])
 
 
+    def scale(self, indices: Sequence[int]) -> dict:
+        """How large the anatomy of the samples ``indices`` is in pixels of their prepared images:
+        ``mm_per_pixel``, the median row spacing (None unless most samples give one), and ``rows``, the
+        median image height (what that size follows when no spacing is known and the fields of view
+        are alike)."""
+        spacings = [spacing[0] for spacing in map(self.spacing, indices) if spacing]
+        return {"mm_per_pixel": float(np.median(spacings)) if 2 * len(spacings) > len(indices) else None,
+                "rows": float(np.median([self.extent(index)[0] for index in indices]))}
+
+
 def is_prepared(root: str | Path) -> bool:
     """Whether ``root`` holds a prepared data set (rather than a study to read)."""
     return (Path(root) / "dataset.json").is_file()
@@ -126,8 +137,7 @@ def load_dataset(root: str | Path) -> PreparedDataset:
     """
     root = as_path(root, "dataset")
     meta_path = root / "dataset.json"
-    if not root.exists():
-        raise DataError("no such file or folder", root)
+    check_exists(root)
     if not is_prepared(root):
         raise DataError("not a prepared data set (no dataset.json); run `rvseg prepare` first", root)
     try:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rvseg.checks import check_exists
 from rvseg.data.acdc import looks_like_acdc, read_acdc
 from rvseg.data.pngpairs import looks_like_pngpairs, read_pngpairs
 from rvseg.data.rvsc import looks_like_rvsc, read_rvsc
@@ -48,8 +49,7 @@ LAYOUTS: dict[str, Layout] = {
 def detect_format(root: str | Path) -> str:
     """Name of the layout ``root`` is in; DataError listing what was looked for if none."""
     root = Path(root)
-    if not root.exists():
-        raise DataError("no such file or folder", root)
+    check_exists(root)
     if not root.is_dir():
         raise DataError("expected a folder holding a data set", root)
     for layout in LAYOUTS.values():

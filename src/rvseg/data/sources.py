@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rvseg.checks import finite_or_none
+from rvseg.checks import check_exists, finite_or_none
 from rvseg.data import acdc
 from rvseg.data.dataset import PreparedDataset, load_dataset
 from rvseg.data.dicom import (
@@ -174,8 +174,7 @@ def read_source(src: Path, exclude: Path | None = None) -> Source:
         exclude: a folder whose files are not read even when it lies inside ``src`` (the output
             folder: a rerun must not segment the masks and overlays of the previous run).
     """
-    if not src.exists():
-        raise DataError("no such file or folder", src)
+    check_exists(src)
     if src.is_file():
         source = read_files([src], stack=safe_name(nifti_stem(src)), kind="file")
         if source.skipped or source.ignored:

@@ -440,7 +440,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     data_info = {"in_channels": int(data.images.shape[1]), "labels": config.target, "mask_style": data.mask_style,
                  "content_hash": data.meta["content_hash"], "prepare": data.meta["options"],
                  "train_patients": train_patients, "val_patients": val_patients,
-                 "train_slices": slices_fingerprint(data, train_idx)}
+                 "train_slices": slices_fingerprint(data, train_idx), "scale": data.scale(train_idx)}
 
     # ---- model, loss, optimisation
     torch.manual_seed(config.seed)
