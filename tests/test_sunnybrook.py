@@ -12,7 +12,7 @@ from helpers import crop_dicom
 
 from rvseg.data.contours import polygon_area, read_contour_file
 from rvseg.data.dicom import dicom_stacks, plane_positions, read_dicom
-from rvseg.data.formats import detect_format
+from rvseg.data.formats import detect_format, read_dataset
 from rvseg.data.sunnybrook import looks_like_sunnybrook, read_sunnybrook
 from rvseg.errors import ConfigError, DataError
 
@@ -122,6 +122,20 @@ def test_subset_flags_the_patient_whose_contours_do_not_nest(report):
     flagged = sorted(note.split(":")[0] for note in report.notes if "do not nest" in note)
     with_epi = sorted(s.id for s in report.samples if s.patient == "SCD0000501" and "epi" in s.masks)
     assert flagged == with_epi and len(flagged) == 9
+
+
+def test_the_subset_s_copied_o_contours_are_named(sunnybrook_root, tmp_path):
+    """Why SC-HF-I-6's contours do not nest: its 9 o-contour files are SC-HF-I-1's, byte for byte.
+    The samples stay (the shared data README counts them); the note says which files."""
+    read = read_dataset(sunnybrook_root)
+    (note,) = [note for note in read.notes if "byte for byte" in note]
+    first = sunnybrook_root / "contourfiles" / "SC-HF-I-{}" / "o-contours" / "IM-0001-0059-ocontour-manual.txt"
+    assert note == (f"9 annotation file(s) are byte for byte another image's (first: {str(first).format(1)} and "
+                    f"{str(first).format(6)}): one of each is a copy, whose masks are the other image's; check the "
+                    "data")
+    assert sum("epi" in sample.masks for sample in read.samples) == 46
+    alone = make_copy(tmp_path, sunnybrook_root, links=(("SCD0000501", "SC-HF-I-6"),))
+    assert not [note for note in read_dataset(alone).notes if "byte for byte" in note]
 
 
 def test_caller_names_the_labels(tmp_path, sunnybrook_root):

@@ -16,7 +16,7 @@ from rvseg.checks import check_exists
 from rvseg.data.acdc import looks_like_acdc, read_acdc
 from rvseg.data.pngpairs import looks_like_pngpairs, read_pngpairs
 from rvseg.data.rvsc import looks_like_rvsc, read_rvsc
-from rvseg.data.sample import ReadReport
+from rvseg.data.sample import ReadReport, note_copied_annotations
 from rvseg.data.sunnybrook import looks_like_sunnybrook, read_sunnybrook
 from rvseg.errors import ConfigError, DataError
 
@@ -75,4 +75,6 @@ def read_dataset(root: str | Path, format: str = "auto", **options) -> ReadRepor
         raise DataError("no such folder", root)
     reader = LAYOUTS[name].read
     accepted = inspect.signature(reader).parameters
-    return reader(root, **{k: v for k, v in options.items() if k in accepted and v is not None})
+    report = reader(root, **{k: v for k, v in options.items() if k in accepted and v is not None})
+    note_copied_annotations(report)
+    return report

@@ -8,12 +8,14 @@ files skipped with ``skip_bad``), so that nothing is ever dropped silently.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from rvseg.errors import DataError
+from rvseg.io import checksum
 
 PHASES = ("ED", "ES", "unknown")
 #: Fraction of the i-contour mask allowed outside the o-contour mask before a note is added:
@@ -119,3 +121,22 @@ def note_unnested(sample_id: str, masks: dict[str, np.ndarray], inner: str, oute
         report.notes.append(
             f"{sample_id}: {outside} of {total} '{inner}' pixels lie outside '{outer}' (the contours do not nest)"
         )
+
+
+def note_copied_annotations(report: ReadReport) -> None:
+    """Add a note when annotation files of different images are byte for byte the same.
+
+    No expert draws a contour twice alike, so such a file is a copy of another image's annotation (in
+    one Sunnybrook download, SC-HF-I-6's o-contours are SC-HF-I-1's files), and its masks are that
+    image's. The samples are kept, as every file reads; the user should check the data.
+    """
+    paths_by_content: dict[str, set[str]] = defaultdict(set)
+    for sample in report.samples:
+        for key, path in sample.sources.items():
+            if key != "image" and Path(path).is_file():
+                paths_by_content[checksum(path)].add(path)
+    copies = sorted(sorted(paths) for paths in paths_by_content.values() if len(paths) > 1)
+    if copies:
+        report.notes.append(f"{len(copies)} annotation file(s) are byte for byte another image's (first: "
+                            f"{' and '.join(copies[0])}): one of each is a copy, whose masks are the other image's; "
+                            "check the data")
