@@ -279,7 +279,8 @@ def cmd_report(args) -> int:
 
 
 def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", default="auto", help="auto | rvsc | sunnybrook | pngpairs | acdc")
+    parser.add_argument("--format", default="auto",
+                        help="auto (default: detected) | rvsc | sunnybrook | pngpairs | acdc")
     parser.add_argument("--labels", help="label names for the i- and o-contours (Sunnybrook), e.g. endo,epi")
     parser.add_argument("--skip-bad", action="store_true", help="record bad files in the summary and go on")
 
@@ -287,9 +288,9 @@ def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     add_reader_arguments(parser)
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize every slice (default: native)")
-    parser.add_argument("--channels", type=int, default=1, help="1 (gray) or 3 (the study's RGB variant)")
-    parser.add_argument("--mask-style", default="filled", help="filled | outline | grey target encoding")
-    parser.add_argument("--normalize", default="percentile", help="percentile | zscore | none")
+    parser.add_argument("--channels", type=int, default=1, help="1 (gray; default) or 3 (the study's RGB variant)")
+    parser.add_argument("--mask-style", default="filled", help="filled (default) | outline | grey target encoding")
+    parser.add_argument("--normalize", default="percentile", help="percentile (default) | zscore | none")
     parser.add_argument("--clahe", action="store_true", help="contrast-limited adaptive histogram equalisation")
 
 
@@ -304,14 +305,14 @@ def postprocess_option(args) -> dict:
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ensemble", default="mean", help="several checkpoints: mean (average probability) | "
-                                                           "vote (majority)")
+    parser.add_argument("--ensemble", default="mean", help="several checkpoints: mean (average probability; "
+                                                           "default) | vote (majority)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     parser.add_argument("--postprocess",
                         help="one region per label: stack (chosen through each stack of slices at one instant; "
                              "default) | largest (per image) | none (raw masks)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+    parser.add_argument("--device", default="auto", help="auto (default: CUDA if available) | cpu | cuda | cuda:N")
     parser.add_argument("--force", action="store_true", help="replace an earlier output folder of rvseg")
 
 
@@ -375,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint files or run folders; several are evaluated as one ensemble (with --cv, as "
                         "the folds of a cross-validation)")
     p.add_argument("dataset", metavar="DATASET", help="a prepared data set (rvseg prepare)")
-    p.add_argument("--split", default="val", help="val (the checkpoint's) | test (patients it never saw) | all")
+    p.add_argument("--split", default="val",
+                   help="val (the checkpoint's; default) | test (patients it never saw) | all")
     p.add_argument("--out", required=True, metavar="EVAL", help="output folder")
     add_inference_arguments(p)
     p.add_argument("--no-postprocess", action="store_true", help="score the raw masks: --postprocess none")
