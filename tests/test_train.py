@@ -117,9 +117,13 @@ def test_switching_tau_auto_is_the_training_foreground_share(tiny_dataset, tmp_p
     assert load_config(tmp_path / "joint" / "config.yaml").resolved_tau == saved["resolved_tau"]
 
 
-def test_two_targets_give_two_channels_and_two_dice_columns(tiny_dataset, tmp_path):
-    run(tiny_dataset, tmp_path / "run", target=["endo", "epi"], epochs=1)
+def test_two_targets_give_two_channels_and_two_dice_columns(tiny_dataset, tmp_path, capsys):
+    summary = train(tiny_dataset, tmp_path / "run", TrainConfig(**{**TINY, "target": ["endo", "epi"], "epochs": 1}))
     assert {"val_dice_endo", "val_dice_epi"} <= set(metrics(tmp_path / "run")[0])
+    # The printed best Dice is the labels' mean with each label named, not an unlabelled mean.
+    endo, epi = summary["best_val_dice"]["endo"], summary["best_val_dice"]["epi"]
+    assert (f"best val Dice {(endo + epi) / 2:.4f} (endo {endo:.4f}, epi {epi:.4f}) at epoch 1; run folder "
+            f"{tmp_path / 'run'}") in capsys.readouterr().out
     model, config, _ = model_from_checkpoint(tmp_path / "run")
     assert model(torch.zeros(1, 1, 48, 40)).shape == (1, 2, 48, 40)
 

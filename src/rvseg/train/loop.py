@@ -645,5 +645,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     if runtime.is_main:
         write_json(out / "summary.json", summary)
         if verbose:
-            print(f"best val Dice {best['score']:.4f} at epoch {best['epoch']}; run folder {out}")
+            per_label = ", ".join(f"{label} {dice:.4f}" for label, dice in summary["best_val_dice"].items())
+            mean = f"{best['score']:.4f} ({per_label})" if len(config.target) > 1 else per_label
+            print(f"best val Dice {mean} at epoch {best['epoch']}; run folder {out}")
     return summary
