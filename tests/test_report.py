@@ -154,7 +154,8 @@ def test_report_of_an_unrelated_folder_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("name, problem", [("report.md", "overwritten by its Markdown twin"),
                                            ("report.MD", "overwritten by its Markdown twin"),
-                                           ("report", "give it a name ending in .html")])
+                                           ("report", "give it a name ending in .html"),
+                                           ("report.txt", "give it a name ending in .html")])
 def test_a_report_name_that_is_no_html_page_is_refused_before_writing(grid_sweep, tmp_path, name, problem):
     """The Markdown goes beside the HTML with the suffix .md: --out report.md would write the page and
     then overwrite it with the Markdown; --out report (a folder meant) a page without a suffix."""

@@ -115,7 +115,8 @@ def write_report(path: str | Path, out: str | Path, dataset: str | Path | None =
     if out.suffix.lower() == ".md":  # .MD too: one file on a case-insensitive disk
         raise DataError("the HTML report would be overwritten by its Markdown twin (same name, .md); "
                         "name it .html", out)
-    if not out.suffix:  # `--out reports` meant as a folder would be a page no browser opens by its name
+    # `--out reports` (a folder meant) or `report.txt` would be a page no browser opens by its name.
+    if out.suffix.lower() not in (".html", ".htm"):
         raise DataError("the report is one HTML file: give it a name ending in .html (e.g. report.html)", out)
     check_output_file(out)
     check_output_file(markdown)
