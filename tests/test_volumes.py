@@ -153,6 +153,16 @@ def test_an_extra_slice_or_an_uneven_step_counts_no_slab_twice():
     (result,) = stack_volumes(cylinder([0.0, 6.0, 16.0, 26.0, 36.0], thickness=None))
     assert result.slice_spacing_mm == pytest.approx(10.0) and result.ed_volume_ml == pytest.approx(
         (8.0 + 8.0 + 10.0 + 10.0 + 10.0) * 1000 / 1000)
+    # A displaced slice (18.5 for 20 mm) and a longer step (14 mm, nothing missing): the slabs meet halfway,
+    # so the volume is the stack's extent plus one spacing, neither less nor more.
+    (result,) = stack_volumes(cylinder([0.0, 10.0, 18.5, 30.0, 40.0]))
+    assert result.ed_volume_ml == pytest.approx(50.0)
+    (result,) = stack_volumes(cylinder([0.0, 10.0, 20.0, 34.0, 44.0]))
+    assert result.ed_volume_ml == pytest.approx(54.0)
+    # A slice with no image of either phase (a frame left without one) takes no share of the others' slabs.
+    unphased = [*cylinder([0.0, 10.0, 20.0, 30.0, 40.0]), SliceArea("S", "extra", 25.0, 900.0, thickness_mm=8.0)]
+    (result,) = stack_volumes(unphased)
+    assert (result.ed_volume_ml, result.es_volume_ml) == pytest.approx((50.0, 25.0)) and result.notes == []
     # On a grid, jittered and missing a slice, every slab is the spacing: the volume is areas x spacing.
     locations = [0.02, 8.41, 16.79, 33.6, 42.01]
     slabs, off_grid = slab_thicknesses(locations, slice_spacing_mm(locations))

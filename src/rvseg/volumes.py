@@ -11,10 +11,10 @@ slice thickness: each slice's area stands for the slab of heart between it and i
 when slices have a gap the slab is wider than the slice. RVSC patient 9, for example, has 7 mm thick
 slices whose locations are 8.4 mm apart; multiplying by the thickness would leave out the 1.4 mm
 gaps, 17% of the volume. A missing slice in a stack counts as missing (its slab is not filled in,
-and a note says so) instead of stretching the spacing of every slice. A slice off the stack's grid (an
-extra slice between two others, a stack of uneven steps) stands for a thinner slab: halfway to each
-neighbour closer than the spacing (:func:`slab_thicknesses`), so that no part of the heart is counted
-twice; on a regular grid every slab is the spacing. Two images of one phase on one slice (a repeated
+and a note says so) instead of stretching the spacing of every slice. Neighbours off the stack's grid
+(an extra slice between two others, a shifted slice, an uneven step) split the distance between them
+halfway (:func:`slab_thicknesses`), so that no part of the heart is counted twice or left out; on a
+regular grid every slab is the spacing. Two images of one phase on one slice (a repeated
 acquisition) count once, by their mean area. A volume therefore needs at least two slice locations; a
 stack with fewer gets areas only.
 
@@ -182,26 +182,28 @@ def slab_thicknesses(
     """The thickness (mm) of the slab of heart each distinct slice stands for, and the neighbours off the grid.
 
     Half of a slab lies towards each neighbour: half the spacing where the neighbour is a whole number of
-    steps away (on the stack's grid; a missing slice's slab is left out, as the module docstring says),
-    else half the distance to it, at most half the spacing (an extra slice between two others, uneven
-    steps); an end slice's outer half is half the spacing. On a regular grid every slab is the spacing.
+    steps away (on the stack's grid; a missing slice's slab is left out, as the module docstring says)
+    or where one or more slices are missing, else half the distance to it: the slabs of neighbours off
+    the grid (an extra slice between two others, a shifted slice, uneven steps) meet halfway. An end
+    slice's outer half is half the spacing. On a regular grid every slab is the spacing.
 
     Args:
-        slice_keys: the slice locations of a stack, rounded as :attr:`SliceArea.slice_key` rounds them.
+        slice_keys: the slice locations of a stack, or of one phase's images, rounded as
+            :attr:`SliceArea.slice_key` rounds them.
         spacing: the stack's :func:`slice_spacing_mm`.
 
     Returns:
-        (slice key -> slab thickness in mm, the (lower, upper) keys of the neighbours that are no whole
-        number of steps apart).
+        (slice key -> slab thickness in mm, the (lower, upper) keys of the neighbours whose slabs meet
+        halfway: less than one and a half steps apart, and no whole number of steps).
     """
     distinct = np.unique(np.asarray(slice_keys, dtype=np.float64))
     distances = np.diff(distinct)
     multiples = np.round(distances / spacing)
     on_grid = (multiples >= 1) & (np.abs(distances - multiples * spacing) <= 0.1 * spacing * multiples)
-    halves = np.concatenate([[spacing], np.where(on_grid, spacing, np.minimum(distances, spacing)), [spacing]]) / 2
+    meeting = ~on_grid & (multiples <= 1)
+    halves = np.concatenate([[spacing], np.where(meeting, distances, spacing), [spacing]]) / 2
     slabs = dict(zip(distinct.tolist(), (halves[:-1] + halves[1:]).tolist(), strict=True))
-    off_grid = [(float(distinct[k]), float(distinct[k + 1])) for k in np.flatnonzero(~on_grid)]
-    return slabs, off_grid
+    return slabs, [(float(distinct[k]), float(distinct[k + 1])) for k in np.flatnonzero(meeting)]
 
 
 def missing_slices(locations: Sequence[float], spacing: float) -> list[tuple[float, float, int]]:
@@ -345,20 +347,26 @@ def stack_volumes(areas: Sequence[SliceArea], es_rules: Mapping[str, str] | None
             continue
         notes = [f"{count} slice(s) missing between {lower:g} and {upper:g} mm: their slabs are not in the volumes"
                  for lower, upper, count in missing_slices(locations, spacing)]
-        slabs, off_grid = slab_thicknesses([area.slice_key for area in members], spacing)
-        if off_grid:
-            lower, upper = off_grid[0]
-            notes.append(f"{len(off_grid)} pair(s) of neighbouring slices are no whole number of {spacing:g} mm steps "
-                         f"apart (first {lower:g} and {upper:g} mm): their slabs meet halfway between them")
-        volumes, slice_sets = {}, {}
+        volumes, slice_sets, off_grid = {}, {}, set()
         for phase in ("ED", "ES"):
             chosen = [area for area in members if area.phase == phase]
-            slice_sets[phase] = {area.slice_key for area in chosen}
+            keys = [area.slice_key for area in chosen]
+            slice_sets[phase] = set(keys)
             if len(slice_sets[phase]) < len(chosen):
-                repeated = Counter(area.slice_key for area in chosen).most_common(1)[0][0]
+                repeated = min(key for key, count in Counter(keys).items() if count > 1)
                 notes.append(f"{phase}: more than one image on a slice (first at {repeated:g} mm); each slice counts "
                              "once, by their mean area")
-            volumes[phase] = phase_volume_ml(chosen, slabs) if chosen else None
+            # The slabs of the phase's own slices: a slice without an image of this phase (a frame left
+            # without a phase) takes no share of its neighbours' slabs.
+            volumes[phase] = None
+            if chosen:
+                slabs, meeting = slab_thicknesses(keys, spacing)
+                off_grid.update(meeting)
+                volumes[phase] = phase_volume_ml(chosen, slabs)
+        if off_grid:
+            lower, upper = min(off_grid)
+            notes.append(f"{len(off_grid)} pair(s) of neighbouring slices are no whole number of {spacing:g} mm steps "
+                         f"apart (first {lower:g} and {upper:g} mm): their slabs meet halfway between them")
         ef = None
         if volumes["ED"] and volumes["ES"] is not None:
             if slice_sets["ED"] == slice_sets["ES"]:
