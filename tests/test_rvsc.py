@@ -413,20 +413,32 @@ def test_dicom_files_without_preamble_read_as_with_it(tmp_path, rvsc_root, repor
 
 
 def test_only_dicom_data_sets_are_taken_for_bare_dicom(tmp_path, rvsc_root):
-    frame = (rvsc_root / "patient09" / "P09dicom" / "P09-0023.dcm").read_bytes()
-    png = tmp_path / "image.png"
-    iio.imwrite(png, np.zeros((8, 8), np.uint8))
+    frame = rvsc_root / "patient09" / "P09dicom" / "P09-0023.dcm"
+    iio.imwrite(tmp_path / "image.png", np.zeros((8, 8), np.uint8))
     (tmp_path / "notes.txt").write_text("(0008,0005) and other tags\n")
     (tmp_path / "short").write_bytes(b"\x08\x00")
-    (tmp_path / "part10.dcm").write_bytes(frame)
-    assert [is_dicom(tmp_path / name) for name in ("image.png", "notes.txt", "short", "part10.dcm")] == [
-        False, False, False, True]
-    # A group 0008 opening with nothing readable after it is a damaged DICOM file, not an image.
-    (tmp_path / "damaged").write_bytes(b"\x08\x00\x16\x00UI\xff\x7f" + b"1.2" * 10)
-    with pytest.raises(DataError, match="holds no pixel data"):
-        read_dicom(tmp_path / "damaged")
+    (tmp_path / "part10.dcm").write_bytes(frame.read_bytes())
+    # A first element longer than the file: no data set.
+    (tmp_path / "overrun").write_bytes(b"\x08\x00\x16\x00UI\xff\x7f" + b"1.2" * 10)
+    # Raw uint16 pixel dumps (Philips .REC, Analyze .img) whose first value is a group a data set starts with.
+    rng = np.random.default_rng(1)
+    for first in (2, 8):
+        pixels = rng.integers(0, 60, (256, 256)).astype("<u2")
+        pixels.flat[0] = first
+        (tmp_path / f"scan{first}.rec").write_bytes(pixels.tobytes())
+    names = ("image.png", "notes.txt", "short", "part10.dcm", "overrun", "scan2.rec", "scan8.rec")
+    assert [is_dicom(tmp_path / name) for name in names] == [False, False, False, True, False, False, False]
     with pytest.raises(DataError, match="not a DICOM file"):
         read_dicom(tmp_path / "notes.txt")
+    # A bare data set cut inside its pixel data is a damaged DICOM file, not something else.
+    dataset = pydicom.dcmread(frame)
+    del dataset.file_meta
+    dataset.preamble = None
+    pydicom.dcmwrite(tmp_path / "bare", dataset, implicit_vr=True, enforce_file_format=False)
+    (tmp_path / "cut").write_bytes((tmp_path / "bare").read_bytes()[:-20000])
+    assert is_dicom(tmp_path / "cut")
+    with pytest.raises(DataError, match="cannot decode the DICOM pixel data"):
+        read_dicom(tmp_path / "cut")
 
 
 def test_dicom_without_pixel_data(tmp_path, rvsc_root):
@@ -751,6 +763,22 @@ def test_a_compressed_file_cut_short_is_refused_in_one_line(tmp_path, rvsc_root)
         with pytest.raises(DataError, match=r"corrupt DICOM file \(End of file reached before delimiter \(FFFE,E0DD\) "
                                             r"found: it is truncated or damaged\)$"):
             read(path)
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_pixel_data_decoded_despite_pydicom_s_remarks_reads_without_them(tmp_path, rvsc_root):
+    """Padding after the last frame and NumberOfFrames 0 (read as 1) decode, and pydicom's remarks on
+    them stay inside the reader."""
+    source = rvsc_root / "patient09" / "P09dicom" / "P09-0020.dcm"
+    expected = read_dicom(source).pixels
+    dataset = pydicom.dcmread(source)
+    dataset.PixelData += b"\0" * 64
+    dataset.save_as(tmp_path / "padded.dcm")
+    dataset = pydicom.dcmread(source)
+    dataset.NumberOfFrames = 0
+    dataset.save_as(tmp_path / "frames0.dcm")
+    for name in ("padded.dcm", "frames0.dcm"):
+        assert np.array_equal(read_dicom(tmp_path / name).pixels, expected)
 
 
 def test_a_compressed_dicom_without_its_decoder_says_what_to_install(tmp_path, rvsc_root):

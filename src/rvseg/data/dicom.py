@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_has_tag
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pydicom.valuerep import VR
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 from rvseg.errors import DataError
 
@@ -87,41 +88,75 @@ class DicomImage:
 
 
 def is_dicom(path: str | Path) -> bool:
-    """Whether ``path`` is a DICOM file (reads 132 bytes only): a Part 10 file, its 128-byte preamble
+    """Whether ``path`` is a DICOM file (reads :data:`HEAD_BYTES` only): a Part 10 file, its 128-byte preamble
     followed by ``DICM``, or a bare data set as ACR-NEMA-era archives and some tools write it, without
     preamble (:func:`starts_with_data_set`)."""
     head = _head(path)
     return _has_part10_marker(head) or starts_with_data_set(head)
 
 
+#: Bytes read to recognise a DICOM file: the Part 10 preamble and marker, or a bare data set's first
+#: elements.
+HEAD_BYTES = 512
+#: The value length of an element read up to its delimiter (a sequence).
+UNDEFINED_LENGTH = 0xFFFFFFFF
+#: The file meta group (transfer syntax, SOP class...), always explicit VR little endian.
+FILE_META_GROUP = 0x0002
 #: Groups a bare data set may start with: the file meta group (written without its preamble) or the
 #: identifying group 0008 (SpecificCharacterSet, ImageType, SOPClassUID...) that every image has.
-BARE_FIRST_GROUPS = (0x0002, 0x0008)
+BARE_FIRST_GROUPS = (FILE_META_GROUP, 0x0008)
 
 
 def starts_with_data_set(head: bytes) -> bool:
-    """Whether ``head``, a file's first bytes, opens a little-endian DICOM data set: a first element in
-    :data:`BARE_FIRST_GROUPS` followed by an explicit VR (two capitals that name one) or by an implicit
-    VR's four-byte length. No PNG, JPEG, NIfTI or text file starts that way."""
-    if len(head) < 8:
+    """Whether ``head``, a file's first bytes (:data:`HEAD_BYTES` of them, fewer for a shorter file),
+    opens a little-endian DICOM data set: its first element in :data:`BARE_FIRST_GROUPS`, and its first
+    two elements each with a VR (explicit: two letters naming one; implicit: a tag of the DICOM
+    dictionary) and a length that fits the file, their tags ascending. No PNG, JPEG, NIfTI or text file
+    starts that way, and a raw pixel dump whose first values happen to read as a tag fails the second
+    element."""
+    first = _element_at(head, 0)
+    if first is None or first[0][0] not in BARE_FIRST_GROUPS:
         return False
-    group, _ = struct.unpack("<HH", head[:4])
-    if group not in BARE_FIRST_GROUPS:
-        return False
-    explicit_vr = head[4:6].decode("latin-1")
-    return explicit_vr in VR.__members__ or struct.unpack("<I", head[4:8])[0] < 2**24
+    tag, end = first
+    if end > len(head):  # a long first element: it fits a file longer than what was read
+        return len(head) == HEAD_BYTES
+    second = _element_at(head, end)
+    return second is not None and second[0] > tag
+
+
+def _element_at(head: bytes, offset: int) -> tuple[tuple[int, int], int] | None:
+    """``((group, element), offset past its value)`` of the data element at ``offset``, read as explicit
+    VR when it names one, else as implicit VR (never for the file meta group, which is explicit VR by the
+    standard); None when the bytes are no data element."""
+    if offset + 8 > len(head):
+        return None
+    group, element = struct.unpack_from("<HH", head, offset)
+    vr = head[offset + 4:offset + 6].decode("latin-1")
+    if vr in EXPLICIT_VR_LENGTH_32:
+        if offset + 12 > len(head):
+            return None
+        header, length = 12, struct.unpack_from("<I", head, offset + 8)[0]
+    elif vr in VR.__members__:
+        header, length = 8, struct.unpack_from("<H", head, offset + 6)[0]
+    elif group != FILE_META_GROUP and dictionary_has_tag((group << 16) | element):
+        header, length = 8, struct.unpack_from("<I", head, offset + 4)[0]
+    else:
+        return None
+    if length == UNDEFINED_LENGTH:  # a sequence read to its delimiter: nothing past it can be checked here
+        return (group, element), HEAD_BYTES + 1
+    return (group, element), offset + header + length
 
 
 def _head(path: str | Path) -> bytes:
     try:
         with open(path, "rb") as handle:
-            return handle.read(DICOM_PREAMBLE_BYTES + len(DICOM_MAGIC))
+            return handle.read(HEAD_BYTES)
     except OSError:
         return b""
 
 
 def _has_part10_marker(head: bytes) -> bool:
-    return head[DICOM_PREAMBLE_BYTES:] == DICOM_MAGIC
+    return head[DICOM_PREAMBLE_BYTES:DICOM_PREAMBLE_BYTES + len(DICOM_MAGIC)] == DICOM_MAGIC
 
 
 def read_dicom(path: str | Path) -> DicomImage:
@@ -506,7 +541,8 @@ def _read_dataset(path: Path, defer_size: int | None = None) -> Dataset:
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"corrupt DICOM file ({exc.__class__.__name__}: {exc})", path) from None
     if len(dataset) == 0:  # pydicom gives up on a file cut inside an undefined-length element, and warns
-        why = f"{remarks[0].message}".replace(f" in file {path}", "") if remarks else "no data element in it"
+        ended = [f"{remark.message}" for remark in remarks if "delimiter" in f"{remark.message}"]
+        why = ended[0].replace(f" in file {path}", "") if ended else "no data element could be read"
         raise DataError(f"corrupt DICOM file ({why}: it is truncated or damaged)", path)
     if _transfer_syntax(dataset) is None:
         _name_transfer_syntax(dataset)
@@ -546,7 +582,11 @@ def _decoded(dataset: Dataset, path: Path) -> np.ndarray:
     if "PixelData" not in dataset:
         raise _no_pixel_data(dataset, path)
     try:
-        return dataset.pixel_array
+        # pydicom's remarks on pixel data it decodes anyway (padding past the last frame, NumberOfFrames
+        # 0 read as 1) stay here, as its remarks on reading do (:func:`_read_dataset`).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return dataset.pixel_array
     except Exception as exc:  # noqa: BLE001 - any decoding failure (truncated data, codec missing)
         raise DataError(f"cannot decode the DICOM pixel data ({decoding_problem(dataset, exc)})", path) from None
 
@@ -572,10 +612,16 @@ def _values(stored: np.ndarray, tags, dataset: Dataset, path: Path) -> np.ndarra
 
 
 def decoding_problem(dataset: Dataset, exc: Exception) -> str:
-    """One line on why pixel data could not be decoded: for a compressed transfer syntax, which one
-    and the decoders that read it (pydicom needs a plug-in for JPEG, JPEG-LS and JPEG 2000)."""
+    """One line on why pixel data could not be decoded: for a compressed transfer syntax no installed
+    decoder reads, which one and what reads it; for one whose decoder failed (damaged data, or a
+    variant it does not support, as GDCM does not 12-bit JPEG Extended), its words and the way out."""
     one_line = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return _undecodable_syntax(dataset) or f"{exc.__class__.__name__}: {one_line}"
+    problem = _undecodable_syntax(dataset) or f"{exc.__class__.__name__}: {one_line}"
+    syntax = _transfer_syntax(dataset)
+    if syntax is not None and syntax.is_compressed and "gdcmconv" not in problem:
+        problem += (f"; if the file is whole, `gdcmconv --raw` decompresses it, or another of pydicom's decoders for "
+                    f"{syntax.name} may read it (pylibjpeg with pylibjpeg-libjpeg)")
+    return problem
 
 
 def _undecodable_syntax(dataset: Dataset) -> str | None:
