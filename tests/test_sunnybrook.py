@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 from helpers import crop_dicom
@@ -136,6 +137,18 @@ def test_the_subset_s_copied_o_contours_are_named(sunnybrook_root, tmp_path):
     assert sum("epi" in sample.masks for sample in read.samples) == 46
     alone = make_copy(tmp_path, sunnybrook_root, links=(("SCD0000501", "SC-HF-I-6"),))
     assert not [note for note in read_dataset(alone).notes if "byte for byte" in note]
+    # Blank contour maps of two images are alike without being copies: they give no mask, and no note.
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    for stem, top in (("A-0001", 10), ("A-0002", 20)):
+        outline = np.zeros((64, 64), np.uint8)
+        outline[top:top + 20, 20:44] = 255
+        iio.imwrite(pairs / f"{stem}.png", np.full((64, 64), 100, np.uint8))
+        iio.imwrite(pairs / f"{stem}-ocontour-manual.png", outline)
+        iio.imwrite(pairs / f"{stem}-icontour-manual.png", np.zeros((64, 64), np.uint8))
+    read = read_dataset(pairs)
+    assert len(read.samples) == 2 and len(read.unfillable) == 2
+    assert not [note for note in read.notes if "byte for byte" in note]
 
 
 def test_caller_names_the_labels(tmp_path, sunnybrook_root):

@@ -127,15 +127,21 @@ def note_copied_annotations(report: ReadReport) -> None:
     """Add a note when annotation files of different images are byte for byte the same.
 
     No expert draws a contour twice alike, so such a file is a copy of another image's annotation (in
-    one Sunnybrook download, SC-HF-I-6's o-contours are SC-HF-I-1's files), and its masks are that
-    image's. The samples are kept, as every file reads; the user should check the data.
+    one Sunnybrook download, SC-HF-I-6's o-contours are SC-HF-I-1's), and its masks are that image's.
+    Files giving an empty mask (blank contour maps, alike without being copies) are left out. The
+    samples are kept, as every file reads; the user should check the data.
     """
-    paths_by_content: dict[str, set[str]] = defaultdict(set)
+    images_by_path: dict[str, set[str]] = defaultdict(set)
     for sample in report.samples:
-        for key, path in sample.sources.items():
-            if key != "image" and Path(path).is_file():
-                paths_by_content[checksum(path)].add(path)
-    copies = sorted(sorted(paths) for paths in paths_by_content.values() if len(paths) > 1)
+        for label, path in sample.sources.items():
+            if label in sample.masks and sample.masks[label].any():
+                images_by_path[path].add(sample.id)
+    by_content: dict[str, list[str]] = defaultdict(list)
+    for path in sorted(images_by_path):
+        if Path(path).is_file():
+            by_content[checksum(path)].append(path)
+    copies = sorted(paths for paths in by_content.values()
+                    if len(set().union(*(images_by_path[path] for path in paths))) > 1 and len(paths) > 1)
     if copies:
         report.notes.append(f"{len(copies)} annotation file(s) are byte for byte another image's (first: "
                             f"{' and '.join(copies[0])}): one of each is a copy, whose masks are the other image's; "
