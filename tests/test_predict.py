@@ -451,17 +451,22 @@ def test_a_note_when_the_anatomy_is_at_another_scale_than_the_model_learned(chec
     dataset.PixelSpacing = [float(value) / 2 for value in dataset.PixelSpacing]
     dataset.save_as(tmp_path / "fine.dcm")
     (note,) = scale_notes_of(predict(str(checkpoint), tmp_path / "fine.dcm", tmp_path / "fine"))
-    assert note.startswith("1 of 1 image(s) show the anatomy about 2.0x larger than the model's training images did "
-                           "(by pixel spacing)") and "--size H W" in note
+    # The model was already trained on resized images: --size is no advice for it.
+    assert note == ("1 of 1 image(s) show the anatomy about 2.0x larger than the model's training images did (by "
+                    "pixel spacing): a model segments reliably at the scale it learned; train on images of this "
+                    "resolution and field of view")
 
     native = Predictor(models=[nn.Conv2d(1, 1, 1)], labels=["endo"], prepare={"size": None},
                        data_infos=[{"scale": {"mm_per_pixel": None, "rows": 128.0}}])
     images = [InputImage(id=f"i{k}", source="", pixels=None, shape=shape)
               for k, shape in enumerate([(256, 216), (256, 216), (128, 108), (60, 50)])]
+    advice = ("a model segments reliably at the scale it learned; train on images of this resolution, or prepare "
+              "the training data with --size H W, which predict then applies to new images too")
     assert scale_notes(images, native) == [
-        "3 of 4 image(s) show the anatomy about 2.0x larger than the model's training images did (by image size, the "
-        "model's data giving no pixel spacing): a model segments reliably at the scale it learned; train on images of "
-        "this resolution, or prepare the training data with --size H W, which predict then applies to new images too"]
+        f"2 of 4 image(s) show the anatomy about 2.0x larger than the model's training images did (by image size): "
+        f"{advice}",
+        f"1 of 4 image(s) show the anatomy about 2.1x smaller than the model's training images did (by image size): "
+        f"{advice}"]
     resized = replace(native, prepare={"size": [128, 108]})
     assert scale_notes(images, resized) == []  # every image is resized to the training images' size
     assert scale_notes(images, replace(native, data_infos=[{}])) == []  # a checkpoint from before the scale

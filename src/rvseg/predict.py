@@ -381,33 +381,37 @@ SCALE_WARNING_FACTOR = 1.5
 
 
 def scale_notes(images: Sequence[InputImage], predictor: Predictor) -> list[str]:
-    """A warning when the images show the anatomy at another size, in model pixels, than the model's
-    training images did (:func:`anatomy_scale`): a model trained on half-resolution images sees a
-    full-resolution heart twice as large as any it learned."""
+    """Warnings when images show the anatomy at another size, in model pixels, than the model's training
+    images did (:func:`anatomy_scale`): a model trained on half-resolution images sees a full-resolution
+    heart twice as large as any it learned. Larger and smaller images are counted apart."""
     trained = predictor.trained_scale
     if not trained:
         return []
-    factors = [anatomy_scale(image, predictor, trained) for image in images if not image.prepared]
-    off = [factor for factor in factors if not 1 / SCALE_WARNING_FACTOR <= factor <= SCALE_WARNING_FACTOR]
-    if not off:
-        return []
-    factor = float(np.median(off))
-    size = f"{factor:.1f}x larger" if factor > 1 else f"{1 / factor:.1f}x smaller"
-    basis = "pixel spacing" if trained.get("mm_per_pixel") else "image size, the model's data giving no pixel spacing"
-    return [f"{len(off)} of {len(factors)} image(s) show the anatomy about {size} than the model's training images did "
-            f"(by {basis}): a model segments reliably at the scale it learned; train on images of this resolution, or "
-            "prepare the training data with --size H W, which predict then applies to new images too"]
+    scales = [anatomy_scale(image, predictor, trained) for image in images if not image.prepared]
+    advice = ("train on images of this resolution, or prepare the training data with --size H W, which predict "
+              "then applies to new images too" if predictor.input_size is None else
+              "train on images of this resolution and field of view")
+    notes = []
+    for direction, off in (("larger", [(f, basis) for f, basis in scales if f > SCALE_WARNING_FACTOR]),
+                           ("smaller", [(1 / f, basis) for f, basis in scales if f < 1 / SCALE_WARNING_FACTOR])):
+        if off:
+            bases = " and ".join(sorted({basis for _, basis in off}))
+            notes.append(f"{len(off)} of {len(scales)} image(s) show the anatomy about "
+                         f"{np.median([f for f, _ in off]):.1f}x {direction} than the model's training images did (by "
+                         f"{bases}): a model segments reliably at the scale it learned; {advice}")
+    return notes
 
 
-def anatomy_scale(image: InputImage, predictor: Predictor, trained: dict) -> float:
+def anatomy_scale(image: InputImage, predictor: Predictor, trained: dict) -> tuple[float, str]:
     """How many times larger the anatomy of ``image`` is in model pixels than in the model's training
-    images: by pixel spacing (mm per model pixel) where both give one, else by the model-input height
-    (alike fields of view assumed: a model trained at native resolution sees a twice as finely sampled
-    image's heart twice as large; one trained on images resized to a fixed size does not)."""
+    images, and on what basis: ``pixel spacing`` (mm per model pixel) where both give one, else ``image
+    size`` (the model-input height; alike fields of view assumed: a model trained at native resolution
+    sees a twice as finely sampled image's heart twice as large, one trained on images resized to a
+    fixed size does not)."""
     rows = predictor.input_size[0] if predictor.input_size else image.shape[0]
     if trained.get("mm_per_pixel") and image.spacing_mm:
-        return trained["mm_per_pixel"] / (image.spacing_mm[0] * image.shape[0] / rows)
-    return rows / trained["rows"]
+        return trained["mm_per_pixel"] / (image.spacing_mm[0] * image.shape[0] / rows), "pixel spacing"
+    return rows / trained["rows"], "image size"
 
 
 def slice_position(image: InputImage) -> float | None:
