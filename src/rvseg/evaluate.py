@@ -79,7 +79,7 @@ from pathlib import Path
 import numpy as np
 
 from rvseg import __version__
-from rvseg.checks import as_path, as_paths, check_choice, finite_or_none
+from rvseg.checks import as_path, as_paths, check_choice, check_exists, finite_or_none
 from rvseg.data.dataset import PreparedDataset, load_dataset
 from rvseg.errors import ConfigError, DataError
 from rvseg.inference import Predictor, prepared_inputs
@@ -167,11 +167,12 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
     checkpoints, dataset = as_paths(checkpoints, "checkpoints"), as_path(dataset, "dataset")
     if out is not None:
         check_output_folder(out, force, inputs=[dataset, *checkpoints])
-    # The data set first: a stray word on the command line becomes the data set, and is named as missing
+    # Before the models: a stray word on the command line becomes the data set, and is named as missing
     # instead of the data set being blamed as a run folder.
-    data = load_dataset(dataset)
+    check_exists(dataset)
     predictor = Predictor.from_checkpoints(checkpoints, ensemble=ensemble, tta=tta, batch_size=batch_size,
                                            device=device)
+    data = load_dataset(dataset)
     channels = data.label_indices(predictor.labels)
     folds = cv_folds(predictor) if cv else [predictor]
     parts = [split_scores(fold, data, split) for fold in folds]

@@ -71,8 +71,9 @@ def read_dataset(root: str | Path, format: str = "auto", **options) -> ReadRepor
     name = detect_format(root) if format == "auto" else format
     if name not in LAYOUTS:
         raise ConfigError(f"unknown format {name!r}; choose one of auto, {', '.join(LAYOUTS)}")
+    check_exists(root)
     if not root.is_dir():
-        raise DataError("no such folder", root)
+        raise DataError("expected a folder holding a data set", root)
     reader = LAYOUTS[name].read
     accepted = inspect.signature(reader).parameters
     report = reader(root, **{k: v for k, v in options.items() if k in accepted and v is not None})
