@@ -618,7 +618,7 @@ def decoding_problem(dataset: Dataset, exc: Exception) -> str:
     one_line = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     problem = _undecodable_syntax(dataset) or f"{exc.__class__.__name__}: {one_line}"
     syntax = _transfer_syntax(dataset)
-    if syntax is not None and syntax.is_compressed and "gdcmconv" not in problem:
+    if syntax is not None and syntax.is_transfer_syntax and syntax.is_compressed and "gdcmconv" not in problem:
         problem += (f"; if the file is whole, `gdcmconv --raw` decompresses it, or another of pydicom's decoders for "
                     f"{syntax.name} may read it (pylibjpeg with pylibjpeg-libjpeg)")
     return problem
