@@ -414,7 +414,8 @@ def test_moving_the_decision_threshold_keeps_the_order_of_the_scores():
 
 def test_output_files_that_cannot_be_written_are_refused_before_the_work(tmp_path, capsys):
     (tmp_path / "a-file").write_text("x\n")
-    for command in (["bench", "--device", "cpu", "--out"], ["report", str(tmp_path / "nothing"), "--out"]):
-        assert main([*command, str(tmp_path / "a-file" / "out.json")]) == 2
+    for command, name in ((["bench", "--device", "cpu", "--out"], "out.json"),
+                          (["report", str(tmp_path / "nothing"), "--out"], "report.html")):
+        assert main([*command, str(tmp_path / "a-file" / name)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "which is a file, not a folder" in err
