@@ -164,11 +164,17 @@ def slice_spacing_mm(locations: Sequence[float], thickness_mm: float | None = No
     for unit in sorted(distances, reverse=True):
         if thickness_mm and unit < 0.95 * thickness_mm:
             break
-        multiples = np.maximum(np.round(distances / unit), 1.0)
-        fits = np.all(np.abs(distances - multiples * unit) <= 0.1 * unit * multiples)
-        if fits and (thickness_mm or multiples.sum() + 1 <= 2 * len(distinct)):
+        multiples, on_grid = grid_steps(distances, unit)
+        if on_grid.all() and (thickness_mm or multiples.sum() + 1 <= 2 * len(distinct)):
             return float(np.median(distances / multiples))
     return float(np.median(distances))
+
+
+def grid_steps(distances: np.ndarray, unit: float) -> tuple[np.ndarray, np.ndarray]:
+    """How many steps of ``unit`` each distance between neighbouring slices spans (at least 1), and
+    whether it is that whole number of steps, within 10 % of a step per step."""
+    multiples = np.maximum(np.round(distances / unit), 1.0)
+    return multiples, np.abs(distances - multiples * unit) <= 0.1 * unit * multiples
 
 
 def distinct_locations(locations: Sequence[float]) -> np.ndarray:
@@ -198,9 +204,8 @@ def slab_thicknesses(
     """
     distinct = np.unique(np.asarray(slice_keys, dtype=np.float64))
     distances = np.diff(distinct)
-    multiples = np.round(distances / spacing)
-    on_grid = (multiples >= 1) & (np.abs(distances - multiples * spacing) <= 0.1 * spacing * multiples)
-    meeting = ~on_grid & (multiples <= 1)
+    multiples, on_grid = grid_steps(distances, spacing)
+    meeting = ~on_grid & (multiples == 1)
     halves = np.concatenate([[spacing], np.where(meeting, distances, spacing), [spacing]]) / 2
     slabs = dict(zip(distinct.tolist(), (halves[:-1] + halves[1:]).tolist(), strict=True))
     return slabs, [(float(distinct[k]), float(distinct[k + 1])) for k in np.flatnonzero(meeting)]
