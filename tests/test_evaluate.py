@@ -191,7 +191,7 @@ def test_per_case_metrics_match_the_model_run_directly(cli_evaluation, rvsc, run
         height, width = int(row["height"]), int(row["width"])
         expected = segmentation_metrics(mask[0], data.masks[index, 0, :height, :width] > 0, None)
         written = per_case[row["id"]]
-        for name in ("dice", "jaccard", "area_pred_mm2", "area_ref_mm2"):
+        for name in ("dice", "jaccard", "area_pred", "area_ref"):
             assert float(written[name]) == pytest.approx(expected[name], rel=1e-5), (row["id"], name)
         assert written["empty"] == expected["empty"]
 
@@ -259,7 +259,7 @@ def test_distances_and_areas_in_mm_with_spacing(run, tmp_path):
         sample = samples[row["id"]]
         pixel_area = float(sample["spacing_mm"]) * float(sample["spacing_col_mm"])
         assert row["unit"] == "mm"
-        assert float(row["area_ref_mm2"]) == pytest.approx(int(sample["area_px_endo"]) * pixel_area, rel=1e-5)
+        assert float(row["area_ref"]) == pytest.approx(int(sample["area_px_endo"]) * pixel_area, rel=1e-5)
 
 
 def test_rv_volumes_and_ejection_fraction_against_the_reference(run, tmp_path, capsys):
@@ -282,7 +282,7 @@ def test_rv_volumes_and_ejection_fraction_against_the_reference(run, tmp_path, c
         locations = sorted({float(samples[row["id"]]["slice_location"]) for row in rows if row["patient"] == patient})
         spacing = float(np.median(np.diff(locations)))
         assert item["slices"] == len(locations) >= 2 and spacing == pytest.approx(7.0, rel=1e-4)
-        ml = {(side, phase): sum(float(row[f"area_{side}_mm2"]) for row in rows
+        ml = {(side, phase): sum(float(row[f"area_{side}"]) for row in rows
                                  if row["patient"] == patient and row["phase"] == phase) * spacing / 1000
               for side in ("ref", "pred") for phase in ("ED", "ES")}
         assert item["ed_volume_ml"]["truth"] == pytest.approx(ml["ref", "ED"], rel=1e-4)
@@ -593,7 +593,7 @@ def test_sunnybrook_volumes_use_the_distance_between_slice_planes(shared_data, t
     for index, sample in enumerate(data.rows):
         area = float(data.masks[index, 0].sum()) * float(sample["spacing_mm"]) * float(sample["spacing_col_mm"])
         rows.append({"label": "endo", "patient": sample["patient"], "id": sample["id"], "unit": "mm",
-                     "phase": sample["phase"], "area_ref_mm2": area, "area_pred_mm2": area})
+                     "phase": sample["phase"], "area_ref": area, "area_pred": area})
     volumes = cavity_volumes(data, rows, ["endo"])["patients"]
     assert volumes["SCD0000101"]["slice_spacing_mm"] == pytest.approx(10.0, abs=0.01)
     assert volumes["SCD0000101"]["ed_volume_ml"]["truth"] == pytest.approx(192.8, abs=1.0)
@@ -615,6 +615,6 @@ def test_a_mean_never_mixes_mm_and_pixels():
     summary = label_summaries(rows, ["endo"])
     metrics = summary["labels"]["endo"]["overall"]["metrics"]
     assert metrics["hd"] == {"mean": pytest.approx(1.4), "sd": pytest.approx(0.0), "n": 2}
-    assert metrics["area_ref_mm2"]["mean"] == pytest.approx(49 * 1.96) and metrics["dice"]["n"] == 3
+    assert metrics["area_ref"]["mean"] == pytest.approx(49 * 1.96) and metrics["dice"]["n"] == 3
     assert summary["units"] == "mixed" and "leave them out" in summary["unit_note"]
     assert summary["labels"]["endo"]["by_patient"]["C"]["metrics"]["hd"]["n"] == 0

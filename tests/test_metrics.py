@@ -109,8 +109,8 @@ def test_identity_is_perfect():
     assert list(metrics) == list(METRIC_FIELDS)
     assert metrics["dice"] == metrics["jaccard"] == metrics["sensitivity"] == metrics["precision"] == 1.0
     assert metrics["hd"] == metrics["hd95"] == 0.0
-    assert metrics["area_error_mm2"] == 0.0
-    assert metrics["area_pred_mm2"] == pytest.approx(mask.sum() * 0.7 * 1.3)
+    assert metrics["area_error"] == 0.0
+    assert metrics["area_pred"] == pytest.approx(mask.sum() * 0.7 * 1.3)
     assert (metrics["empty"], metrics["unit"]) == ("none", "mm")
 
 
@@ -122,9 +122,9 @@ def test_known_overlap_gives_sensitivity_precision_dice_jaccard_and_areas():
     assert metrics["precision"] == pytest.approx(0.25)
     assert metrics["dice"] == pytest.approx(100 / 300)
     assert metrics["jaccard"] == pytest.approx(50 / 250)
-    assert metrics["area_pred_mm2"] == pytest.approx(300.0)
-    assert metrics["area_ref_mm2"] == pytest.approx(150.0)
-    assert metrics["area_error_mm2"] == pytest.approx(150.0)
+    assert metrics["area_pred"] == pytest.approx(300.0)
+    assert metrics["area_ref"] == pytest.approx(150.0)
+    assert metrics["area_error"] == pytest.approx(150.0)
     # Farthest: ref's left column (col 0) to pred's nearest boundary (col 5), and pred's right
     # column (col 24) to ref's right column (col 9): 15 columns of 3 mm.
     assert metrics["hd"] == pytest.approx(45.0)
@@ -136,7 +136,7 @@ def test_no_spacing_measures_in_pixels():
     metrics = segmentation_metrics(pred, ref, None)
     assert metrics["unit"] == "px"
     assert metrics["hd"] == pytest.approx(4.0)
-    assert metrics["area_pred_mm2"] == 36.0
+    assert metrics["area_pred"] == 36.0
 
 
 def test_both_empty():
@@ -151,7 +151,7 @@ def test_both_empty():
         "hd95": 0.0,
     }
     assert metrics["empty"] == "both"
-    assert metrics["area_error_mm2"] == 0.0
+    assert metrics["area_error"] == 0.0
 
 
 def test_only_prediction_empty():
@@ -161,7 +161,7 @@ def test_only_prediction_empty():
     assert (metrics["dice"], metrics["jaccard"], metrics["sensitivity"]) == (0.0, 0.0, 0.0)
     assert math.isnan(metrics["precision"])
     assert math.isnan(metrics["hd"]) and math.isnan(metrics["hd95"])
-    assert metrics["area_error_mm2"] == pytest.approx(-12 * 0.7 * 1.3)
+    assert metrics["area_error"] == pytest.approx(-12 * 0.7 * 1.3)
 
 
 def test_only_reference_empty():
@@ -363,8 +363,8 @@ def test_rvsc_endo_against_epi_on_real_contours(shared_data):
     endo, epi = polygon_to_mask(endo_xy, shape), polygon_to_mask(epi_xy, shape)
     metrics = segmentation_metrics(endo, epi, spacing)
     pixel_area = spacing[0] * spacing[1]
-    assert metrics["area_pred_mm2"] == pytest.approx(polygon_area(endo_xy) * pixel_area, rel=0.01)
-    assert metrics["area_ref_mm2"] == pytest.approx(polygon_area(epi_xy) * pixel_area, rel=0.01)
+    assert metrics["area_pred"] == pytest.approx(polygon_area(endo_xy) * pixel_area, rel=0.01)
+    assert metrics["area_ref"] == pytest.approx(polygon_area(epi_xy) * pixel_area, rel=0.01)
     assert metrics["precision"] > 0.99  # the cavity lies inside the epicardium
     assert metrics["dice"] == pytest.approx(2 * 7106.5 / (7106.5 + 8767.7), rel=0.02)
     endo_points, epi_points = scaled_boundary_points(endo, spacing), scaled_boundary_points(epi, spacing)

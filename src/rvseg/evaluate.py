@@ -455,7 +455,7 @@ def cavity_volumes(data: PreparedDataset, rows: Sequence[dict], labels: Sequence
         if reason:
             left_out[reason] = left_out.get(reason, 0) + 1
             continue
-        for side, area in (("pred", row["area_pred_mm2"]), ("truth", row["area_ref_mm2"])):
+        for side, area in (("pred", row["area_pred"]), ("truth", row["area_ref"])):
             sides[side].append(SliceArea(stack=row["patient"], id=row["id"], phase=row["phase"],
                                          slice_location=location, area_mm2=float(area),
                                          thickness_mm=finite_or_none(sample.get("slice_thickness_mm"))))

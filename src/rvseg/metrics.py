@@ -64,9 +64,9 @@ METRIC_FIELDS = (
     "precision",
     "hd",
     "hd95",
-    "area_pred_mm2",
-    "area_ref_mm2",
-    "area_error_mm2",
+    "area_pred",
+    "area_ref",
+    "area_error",
     "empty",
     "unit",
 )
@@ -131,8 +131,8 @@ def segmentation_metrics(pred: np.ndarray, ref: np.ndarray, spacing_mm: Spacing 
 
     Returns:
         A dict with the keys of :data:`METRIC_FIELDS`: ``dice``, ``jaccard``, ``sensitivity``,
-        ``precision``, ``hd``, ``hd95`` (floats, distances in mm), ``area_pred_mm2``,
-        ``area_ref_mm2``, ``area_error_mm2`` (pred - ref), ``empty`` (``'none'``, ``'both'``,
+        ``precision``, ``hd``, ``hd95`` (floats, distances in mm), ``area_pred``,
+        ``area_ref``, ``area_error`` (pred - ref; areas in mm^2), ``empty`` (``'none'``, ``'both'``,
         ``'pred'`` or ``'ref'``) and ``unit`` (``'mm'``, or ``'px'`` when ``spacing_mm`` is None:
         then distances are in pixels and areas in px^2). Empty masks follow the module's rule.
 
@@ -147,9 +147,9 @@ def segmentation_metrics(pred: np.ndarray, ref: np.ndarray, spacing_mm: Spacing 
     pixel_area = spacing[0] * spacing[1]
     row: dict[str, Any] = _overlap_scores(n_overlap, n_pred, n_ref)
     row.update(_distance_scores(pred, ref, spacing))
-    row["area_pred_mm2"] = n_pred * pixel_area
-    row["area_ref_mm2"] = n_ref * pixel_area
-    row["area_error_mm2"] = (n_pred - n_ref) * pixel_area
+    row["area_pred"] = n_pred * pixel_area
+    row["area_ref"] = n_ref * pixel_area
+    row["area_error"] = (n_pred - n_ref) * pixel_area
     row["empty"] = _empty_case(n_pred, n_ref)
     row["unit"] = unit
     return row
