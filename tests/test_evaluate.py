@@ -20,7 +20,16 @@ from rvseg.data.dataset import load_dataset
 from rvseg.data.phantom import write_phantom
 from rvseg.data.prepare import PrepareOptions, prepare
 from rvseg.errors import ConfigError, DataError
-from rvseg.evaluate import case_rows, cavity_volumes, evaluate, read_scores, slice_levels, split_indices, stack_keys
+from rvseg.evaluate import (
+    case_rows,
+    cavity_volumes,
+    cv_coverage_note,
+    evaluate,
+    read_scores,
+    slice_levels,
+    split_indices,
+    stack_keys,
+)
 from rvseg.inference import Predictor, check_prepared_compatible
 from rvseg.io import checksum
 from rvseg.metrics import segmentation_metrics
@@ -467,6 +476,20 @@ def test_the_printed_cross_validation(fold_runs, rvsc, tmp_path, capsys):
     assert "2-fold cross-validation" in printed
     assert "fold 1 (P13, P14; 1 run(s)): Dice endo " in printed
     assert f"mean of the 2 folds: Dice endo {summary['fold_mean']['endo']['dice']:.3f}" in printed
+    # The two folds trained on P01-P12 too, which no fold validates: a 2-fold CV of 16 patients lacks folds.
+    infos = Predictor.from_checkpoints([fold_runs["p15-seed0"], fold_runs["p13"]], device="cpu").data_infos
+    unvalidated = sorted(set().union(*(info["train_patients"] for info in infos)) - {"P13", "P14", "P15", "P16"})
+    assert unvalidated and summary["cv_note"].startswith(f"{len(unvalidated)} patient(s) the folds trained on are "
+                                                         f"validated by no fold ({', '.join(unvalidated[:6])}")
+    assert f"note: {summary['cv_note']}" in printed
+
+
+def test_a_complete_cross_validation_has_no_coverage_note():
+    infos = [{"val_patients": ["P1"], "train_patients": ["P2", "P3"]}, {"val_patients": ["P2", "P3"],
+                                                                      "train_patients": ["P1"]}]
+    assert cv_coverage_note(infos, ["P1", "P2", "P3", "P4"]) is None  # P4: a test patient no fold saw
+    assert cv_coverage_note(infos[:1], ["P1", "P2", "P3"]).startswith("2 patient(s) the folds trained on are "
+                                                                      "validated by no fold (P2, P3)")
 
 
 def test_user_errors(run, rvsc, tmp_path):

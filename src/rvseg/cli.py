@@ -167,6 +167,8 @@ def cmd_evaluate(args) -> int:
     if "fold_mean" in summary:
         dice = ", ".join(f"{label} {number(means['dice'])}" for label, means in summary["fold_mean"].items())
         print(f"  mean of the {len(summary['folds'])} folds: Dice {dice}")
+    if "cv_note" in summary:
+        print(f"  note: {summary['cv_note']}")
     volumes = summary["volumes"]
     if volumes["patients"]:
         print(f"  {volumes['chamber']} volumes from {volumes['label']}, predicted - reference over patients:")

@@ -188,6 +188,9 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
         summary["folds"] = fold_summaries(rows, folds, [fold_patients for _, fold_patients, _ in parts],
                                           predictor.labels)
         summary["fold_mean"] = fold_means(summary["folds"], predictor.labels)
+        note = cv_coverage_note(predictor.data_infos, data.patients)
+        if note:
+            summary["cv_note"] = note
     summary.update(
         volumes=cavity_volumes(data, rows, predictor.labels),
         checkpoints=[str(path) for path in predictor.checkpoints],
@@ -253,6 +256,19 @@ def cv_folds(predictor: Predictor) -> list[Predictor]:
     return [dataclasses.replace(predictor, models=[predictor.models[k] for k in ks],
                                 checkpoints=[predictor.checkpoints[k] for k in ks],
                                 data_infos=[predictor.data_infos[k] for k in ks]) for _, ks in groups]
+
+
+def cv_coverage_note(infos: Sequence[dict], dataset_patients: Sequence[str]) -> str | None:
+    """A note naming the data set's patients that the folds trained on but none validated, as when a fold's
+    run is missing from the command line (the pooled figures then cover part of the cross-validation)."""
+    validated = set().union(*(info.get("val_patients", []) for info in infos))
+    trained = set().union(*(info.get("train_patients", []) for info in infos))
+    unvalidated = sorted(trained & set(dataset_patients) - validated)
+    if not unvalidated:
+        return None
+    shown = ", ".join(unvalidated[:6]) + (", ..." if len(unvalidated) > 6 else "")
+    return (f"{len(unvalidated)} patient(s) the folds trained on are validated by no fold ({shown}): is a fold's "
+            f"run missing? The figures cover the {len(validated & set(dataset_patients))} validated patient(s) only")
 
 
 def fold_summaries(rows: Sequence[dict], folds: Sequence[Predictor], fold_patients: Sequence[Sequence[str]],
