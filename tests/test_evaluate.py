@@ -624,6 +624,26 @@ def test_sunnybrook_volumes_use_the_distance_between_slice_planes(shared_data, t
     assert float(np.median(np.diff(locations))) < 7.0  # what the volumes used to be measured with
 
 
+def test_a_patient_with_a_sample_lacking_its_plane_position_is_placed_by_slice_locations_with_a_note(
+        shared_data, tmp_path):
+    prepare(shared_data / "sunnybrook-subset", tmp_path / "prepared")
+    data = load_dataset(tmp_path / "prepared")
+    patient = "SCD0000101"
+    ids = [sample["id"] for sample in data.rows if sample["patient"] == patient]
+    data.rows[[sample["id"] for sample in data.rows].index(ids[0])]["position_mm"] = ""
+    rows = []
+    for index, sample in enumerate(data.rows):
+        area = float(data.masks[index, 0].sum()) * float(sample["spacing_mm"]) * float(sample["spacing_col_mm"])
+        rows.append({"label": "endo", "patient": sample["patient"], "id": sample["id"], "unit": "mm",
+                     "phase": sample["phase"], "area_ref": area, "area_pred": area})
+    volumes = cavity_volumes(data, rows, ["endo"])
+    assert volumes["patients"][patient]["slice_spacing_mm"] < 7.0  # the table-axis step of GE's SliceLocation
+    assert f"{patient}: 1 of {len(ids)} samples have no plane position, so its slices are placed by their slice " \
+           "locations" in volumes["notes"]
+    assert volumes["patients"]["SCD0000201"]["slice_spacing_mm"] == pytest.approx(10.0, abs=0.5)
+    assert not any(note.startswith("SCD0000201") for note in volumes["notes"])
+
+
 def test_a_mean_never_mixes_mm_and_pixels():
     """Where some samples lack pixel spacing, their distances (px) and areas (px^2) are left out of the
     means instead of averaged with the mm rows; the overlap metrics still use every row."""

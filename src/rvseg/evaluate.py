@@ -459,7 +459,8 @@ def cavity_volumes(data: PreparedDataset, rows: Sequence[dict], labels: Sequence
     if label is None:
         return {"label": None, "chamber": chamber_name, "patients": {}, "agreement": {}, "notes": [no_cavity_note()]}
     sample_of = {row["id"]: row for row in data.rows}
-    positioned = patients_with_plane_positions(data.rows)
+    positioned, position_notes = patients_with_plane_positions([sample_of[row["id"]] for row in rows
+                                                                if row["label"] == label])
     sides: dict[str, list[SliceArea]] = {"pred": [], "truth": []}
     left_out: dict[str, int] = {}
     for row in rows:
@@ -475,7 +476,7 @@ def cavity_volumes(data: PreparedDataset, rows: Sequence[dict], labels: Sequence
             sides[side].append(SliceArea(stack=row["patient"], id=row["id"], phase=row["phase"],
                                          slice_location=location, area_mm2=float(area),
                                          thickness_mm=finite_or_none(sample.get("slice_thickness_mm"))))
-    notes = [f"{count} sample(s) left out: {reason}" for reason, count in left_out.items()]
+    notes = [f"{count} sample(s) left out: {reason}" for reason, count in left_out.items()] + position_notes
     filled = {side: fill_missing_es(areas) for side, areas in sides.items()}
     notes += filled["truth"][1]
     volumes = {side: {item.stack: item for item in stack_volumes(areas)} for side, (areas, _) in filled.items()}
@@ -503,15 +504,22 @@ def cavity_volumes(data: PreparedDataset, rows: Sequence[dict], labels: Sequence
             "notes": notes}
 
 
-def patients_with_plane_positions(samples: Sequence[dict]) -> set[str]:
+def patients_with_plane_positions(samples: Sequence[dict]) -> tuple[set[str], list[str]]:
     """Patients all of whose samples have a plane position (``position_mm``), measured along the slice
     normal: their volumes use it, the others' their slice locations (which GE scanners measure along
-    the table axis: 6.7 mm apart for Sunnybrook's short-axis slices 10 mm apart)."""
-    patients: dict[str, bool] = {}
+    the table axis: 6.7 mm apart for Sunnybrook's short-axis slices 10 mm apart). One patient's slices
+    are placed in one unit, so a patient with some samples lacking the position falls back whole; the
+    notes name those patients."""
+    counts: dict[str, list[int]] = {}
     for sample in samples:
         has = finite_or_none(sample.get("position_mm")) is not None
-        patients[sample["patient"]] = patients.get(sample["patient"], True) and has
-    return {patient for patient, has in patients.items() if has}
+        count = counts.setdefault(sample["patient"], [0, 0])
+        count[0] += has
+        count[1] += 1
+    notes = [f"{patient}: {total - with_position} of {total} samples have no plane position, so its slices are "
+             "placed by their slice locations" for patient, (with_position, total) in counts.items()
+             if 0 < with_position < total]
+    return {patient for patient, (with_position, total) in counts.items() if with_position == total}, notes
 
 
 def volume_exclusion(row: dict, location: float | None) -> str | None:
