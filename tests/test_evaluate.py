@@ -25,6 +25,7 @@ from rvseg.evaluate import (
     cavity_volumes,
     cv_coverage_note,
     evaluate,
+    fold_mean_interval,
     read_scores,
     slice_levels,
     split_indices,
@@ -475,13 +476,34 @@ def test_the_printed_cross_validation(fold_runs, rvsc, tmp_path, capsys):
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert "2-fold cross-validation" in printed
     assert "fold 1 (P13, P14; 1 run(s)): Dice endo " in printed
-    assert f"mean of the 2 folds: Dice endo {summary['fold_mean']['endo']['dice']:.3f}" in printed
+    low, high = summary["fold_mean"]["endo"]["dice_ci95"]
+    assert low <= summary["fold_mean"]["endo"]["dice"] <= high
+    assert (f"mean of the 2 folds: Dice endo {summary['fold_mean']['endo']['dice']:.3f} (95% interval over patients "
+            f"{low:.3f}-{high:.3f})") in printed
     # The two folds trained on P01-P12 too, which no fold validates: a 2-fold CV of 16 patients lacks folds.
     infos = Predictor.from_checkpoints([fold_runs["p15-seed0"], fold_runs["p13"]], device="cpu").data_infos
     unvalidated = sorted(set().union(*(info["train_patients"] for info in infos)) - {"P13", "P14", "P15", "P16"})
     assert unvalidated and summary["cv_note"].startswith(f"{len(unvalidated)} patient(s) the folds trained on are "
                                                          f"validated by no fold ({', '.join(unvalidated[:6])}")
     assert f"note: {summary['cv_note']}" in printed
+
+
+def test_the_fold_mean_interval_draws_patients_whole():
+    def rows(patient, *dice):
+        return [{"patient": patient, "dice": value} for value in dice]
+
+    # Every patient alike: no spread, whatever is drawn.
+    same = rows("A", 0.8, 0.8) + rows("B", 0.8) + rows("C", 0.8, 0.8, 0.8)
+    assert fold_mean_interval(same, [["A", "B"], ["C"]]) == pytest.approx([0.8, 0.8])
+    # One fold of a perfect and a failed patient: drawing both of either (1/4 each) gives 1 and 0.
+    assert fold_mean_interval(rows("A", 1.0, 1.0, 1.0) + rows("B", 0.0), [["A", "B"]]) == [0.0, 1.0]
+    # Images are drawn with their patient, not one by one: the spread within a patient adds no width
+    # where both patients' means are 0.8 (drawing images alone would give an interval around 0.8).
+    within = fold_mean_interval(rows("A", 0.9, 0.7) + rows("B", 0.8, 0.8), [["A", "B"]])
+    assert within == pytest.approx([0.8, 0.8])
+    # NaN Dice rows are skipped; a fold without rows gives no interval.
+    assert fold_mean_interval(rows("A", float("nan"), 0.5), [["A"]]) == pytest.approx([0.5, 0.5])
+    assert fold_mean_interval(rows("A", 0.5), [["A"], ["B"]]) is None
 
 
 def test_a_complete_cross_validation_has_no_coverage_note():

@@ -133,6 +133,10 @@ def cmd_train(args) -> int:
 # ---------------------------------------------------------------- evaluation and prediction
 
 
+def interval_text(interval: list[float] | None) -> str:
+    return f" (95% interval over patients {number(interval[0])}-{number(interval[1])})" if interval else ""
+
+
 def cmd_evaluate(args) -> int:
     from rvseg.evaluate import evaluate
 
@@ -165,7 +169,8 @@ def cmd_evaluate(args) -> int:
                          for label, stats in fold["labels"].items())
         print(f"  fold {k} ({', '.join(fold['patients'])}; {len(fold['checkpoints'])} run(s)): Dice {dice}")
     if "fold_mean" in summary:
-        dice = ", ".join(f"{label} {number(means['dice'])}" for label, means in summary["fold_mean"].items())
+        dice = ", ".join(f"{label} {number(means['dice'])}{interval_text(means.get('dice_ci95'))}"
+                         for label, means in summary["fold_mean"].items())
         print(f"  mean of the {len(summary['folds'])} folds: Dice {dice}")
     if "cv_note" in summary:
         print(f"  note: {summary['cv_note']}")

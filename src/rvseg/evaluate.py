@@ -13,7 +13,11 @@ on the same patients form one fold (an ensemble where there are several, such as
 must validate on disjoint patients. Each fold is scored on its own validation patients (``val`` split)
 and the rows are pooled, so the summary's figures are the cross-validation's over every validation
 image; ``folds`` adds each fold's checkpoints, patients and overall summary, and ``fold_mean`` the mean
-of the folds' mean Dice, HD and HD95 (folds of unequal size weigh equally there).
+of the folds' mean Dice, HD and HD95 (folds of unequal size weigh equally there). ``fold_mean`` also
+gives the mean Dice's 95% interval over patients (``dice_ci95``): the patients of each fold are drawn
+again with replacement (2000 draws, a fixed seed) and the fold mean recomputed, so it says how much the
+figure owes to which patients were in the study (the images of one patient are not independent, so
+they are drawn together).
 
 **Slice levels.** Each sample is also placed at the ``base``, ``mid`` or ``apex`` third of its
 patient's stack at its phase: the stack's distinct slice positions (its slice locations when every
@@ -188,6 +192,9 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
         summary["folds"] = fold_summaries(rows, folds, [fold_patients for _, fold_patients, _ in parts],
                                           predictor.labels)
         summary["fold_mean"] = fold_means(summary["folds"], predictor.labels)
+        for label in predictor.labels:
+            summary["fold_mean"][label]["dice_ci95"] = fold_mean_interval(
+                [row for row in rows if row["label"] == label], [fold["patients"] for fold in summary["folds"]])
         note = cv_coverage_note(predictor.data_infos, data.patients)
         if note:
             summary["cv_note"] = note
@@ -299,6 +306,38 @@ def fold_means(folds: Sequence[dict], labels: Sequence[str]) -> dict:
             values = [value for value in values if finite_or_none(value) is not None]
             means[label][name] = float(np.mean(values)) if values else None
     return means
+
+
+def fold_mean_interval(rows: Sequence[dict], fold_patients: Sequence[Sequence[str]], draws: int = 2000,
+                       seed: int = 0) -> list[float] | None:
+    """95% percentile interval of the fold mean of per-image Dice over patients (module docstring).
+
+    Args:
+        rows: the metric rows of one label (``patient`` and ``dice`` used; rows without a finite Dice skipped).
+        fold_patients: each fold's validation patients.
+
+    Returns:
+        ``[low, high]``, or None when a fold has no row.
+    """
+    rng = np.random.default_rng(seed)
+    fold_draws = []
+    for patients in fold_patients:
+        sums, counts = np.zeros(len(patients)), np.zeros(len(patients))
+        slot = {patient: k for k, patient in enumerate(patients)}
+        for row in rows:
+            dice = finite_or_none(row["dice"])
+            if row["patient"] in slot and dice is not None:
+                sums[slot[row["patient"]]] += dice
+                counts[slot[row["patient"]]] += 1
+        if not counts.any():
+            return None
+        drawn = rng.integers(0, len(patients), size=(draws, len(patients)))
+        # A draw of only image-less patients has no mean; it takes the fold's own.
+        drawn_counts = counts[drawn].sum(axis=1)
+        fold_draws.append(np.where(drawn_counts > 0, sums[drawn].sum(axis=1) / np.maximum(drawn_counts, 1),
+                                   sums.sum() / counts.sum()))
+    low, high = np.percentile(np.mean(fold_draws, axis=0), [2.5, 97.5])
+    return [float(low), float(high)]
 
 
 def split_indices(data: PreparedDataset, infos: Sequence[dict], split: str) -> tuple[np.ndarray, list[str]]:
