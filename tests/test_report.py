@@ -146,6 +146,26 @@ def test_run_report_without_an_evaluation_says_how_to_get_examples(grid_sweep, t
     assert "pass --dataset PREPARED" in markdown_path.read_text()
 
 
+def test_damaged_records_are_named_in_one_line_not_a_traceback(grid_sweep, tmp_path, capsys):
+    from rvseg.cli import main
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(grid_sweep, sweep)
+    run = next((sweep / "runs").iterdir())
+    for path, text, problem in ((sweep / "sweep.json", '{"spec": ', "cannot read this JSON file"),
+                                (sweep / "sweep.json", '{"study": "s"}', "this sweep record holds no SPEC"),
+                                (run / "config.yaml", "epochs: [1\n", "cannot read this run's config"),
+                                (run / "summary.json", "[1]", "this JSON file holds no object")):
+        kept = path.read_text()
+        path.write_text(text)
+        folder = sweep if path.parent == sweep else run
+        capsys.readouterr()
+        assert main(["report", str(folder), "--out", str(tmp_path / "report.html")]) == 2, path
+        assert capsys.readouterr().err.startswith(f"rvseg: {path}: {problem}"), path
+        assert not (tmp_path / "report.html").exists()
+        path.write_text(kept)
+
+
 def test_report_of_an_unrelated_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="neither a sweep folder"):
         write_report(tmp_path, tmp_path / "report.html")

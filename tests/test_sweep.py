@@ -163,6 +163,8 @@ def test_overrides_scale_a_preset_down_and_are_recorded(tmp_path):
         resolve_spec(preset=("lr-grid", str(tmp_path)), overrides=make_overrides(only=["lr=0.5"]))
     with pytest.raises(ConfigError, match="unknown option"):
         make_overrides(assignments=["learning_rate=0.1"])
+    with pytest.raises(ConfigError, match=r"--set epochs=\[1: not a YAML value \(while parsing a flow sequence"):
+        make_overrides(assignments=["epochs=[1"])
 
 
 @pytest.mark.parametrize("change, message", [
@@ -232,6 +234,9 @@ def test_a_sweep_folder_refuses_a_different_spec(tmp_path, prepared):
     changed = parse_spec({"dataset": str(prepared), "space": {"lr": [0.01]}, "base": {"epochs": 3}})
     with pytest.raises(ConfigError, match="different spec.*base"):
         record_spec(changed, tmp_path, "s")
+    (tmp_path / "sweep.json").write_text('{"spec": {"dataset"')  # cut short by a full disk, say
+    with pytest.raises(DataError, match="cannot read this JSON file"):
+        record_spec(spec, tmp_path, "s")
 
 
 def test_a_sweep_moved_with_its_data_continues_there(tmp_path, prepared):

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rvseg.errors import DataError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -56,6 +58,24 @@ def json_safe(value):
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
+
+
+def read_json(path: str | Path) -> dict | None:
+    """A JSON object written by :func:`write_json`, or None when the file does not exist.
+
+    Raises:
+        DataError: the file cannot be read or holds no JSON object (a damaged run or sweep record).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read this JSON file ({exc})", path) from None
+    if not isinstance(data, dict):
+        raise DataError("this JSON file holds no object (damaged?)", path)
+    return data
 
 
 def write_json(path: str | Path, data) -> None:

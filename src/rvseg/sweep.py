@@ -59,15 +59,15 @@ from optuna.trial import TrialState
 from rvseg import __version__
 from rvseg.checks import check_type
 from rvseg.errors import ConfigError, DataError, RvsegError
-from rvseg.io import json_safe, write_json
+from rvseg.io import json_safe, read_json, write_json
 from rvseg.sweeps.claims import Owner, RunClaim
 from rvseg.sweeps.results import (
     FINISHED,
     collect_results,
     epoch_dice,
-    read_json,
     read_run,
     run_status,
+    sweep_record,
     write_results,
 )
 from rvseg.sweeps.spec import (
@@ -180,7 +180,7 @@ def check_spec_unchanged(spec: SweepSpec, out: Path) -> None:
     The identity recorded when the folder was started is what counts: the data set it names by
     content may no longer be at its old path (the folder moved to another machine without it).
     """
-    previous = read_json(out / "sweep.json")
+    previous = sweep_record(out)
     if previous is None:
         return
     old = as_stored(previous.get("identity") or parse_spec(previous["spec"]).identity())
@@ -222,7 +222,7 @@ def choose_study_name(spec: SweepSpec, out: Path, url: str, requested: str | Non
     """``--study``; else the name this SWEEP folder recorded; else a study in the storage that was made
     for this SPEC under an older default name (the default's fingerprint once covered the data's
     path); else ``<spec name>-<fingerprint>``."""
-    recorded = (read_json(out / "sweep.json") or {}).get("study")
+    recorded = (sweep_record(out) or {}).get("study")
     if requested and recorded and requested != recorded:
         raise ConfigError(f"this sweep folder's study is {recorded!r}: rerun without --study, or with --study "
                           f"{recorded}, or choose another --out", out)

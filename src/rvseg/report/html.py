@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ import yaml
 
 from rvseg import __version__
 from rvseg.errors import DataError
-from rvseg.io import check_output_file, write_text
+from rvseg.io import check_output_file, read_json, write_text
 from rvseg.report import plots
 from rvseg.report.tables import (
     BEST_MARK,
@@ -42,7 +41,7 @@ from rvseg.report.tables import (
     table_html,
     table_markdown,
 )
-from rvseg.sweeps.results import collect_results, read_json, run_status
+from rvseg.sweeps.results import collect_results, run_status, sweep_record
 from rvseg.sweeps.spec import SweepSpec, parse_spec
 from rvseg.train.progress import read_metrics
 
@@ -135,7 +134,7 @@ def write_report(path: str | Path, out: str | Path, dataset: str | Path | None =
 
 
 def sweep_report(folder: Path) -> Report:
-    spec = parse_spec(json.loads((folder / "sweep.json").read_text())["spec"])
+    spec = parse_spec(sweep_record(folder)["spec"])
     records = collect_results(folder / "runs", spec.run_order())
     counts: dict[str, int] = {}
     for record in records:
@@ -243,9 +242,22 @@ def search_blocks(folder: Path) -> list:
 # ---------------------------------------------------------------- runs
 
 
+def read_run_config(path: Path) -> dict:
+    """A run's ``config.yaml`` as a mapping ({} when there is none)."""
+    if not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"cannot read this run's config ({exc})", path) from None
+    if not isinstance(config, dict):
+        raise DataError("this run's config holds no mapping of option: value (damaged?)", path)
+    return config
+
+
 def run_report(folder: Path, dataset: Path | None) -> Report:
     summary = read_json(folder / "summary.json") or {}
-    config = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
+    config = read_run_config(folder / "config.yaml")
     rows = read_metrics(folder)
     facts = [("status", run_status(folder)), ("epochs", f"{len(rows)} of {config.get('epochs', '?')}")]
     if summary:

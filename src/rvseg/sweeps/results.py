@@ -16,11 +16,11 @@ Optuna storage, so ``results.csv`` has exactly one row per run folder, i.e. per 
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
-from rvseg.io import write_csv
+from rvseg.errors import DataError
+from rvseg.io import read_json, write_csv
 from rvseg.train.progress import read_metrics
 
 #: Statuses of a run that will not train any further.
@@ -44,17 +44,24 @@ def run_status(folder: Path) -> str:
     return "pending"
 
 
+def sweep_record(folder: Path) -> dict | None:
+    """``folder/sweep.json``, what a sweep records when it starts (its SPEC as ``spec``, ``identity``,
+    ``study``), or None before the first start.
+
+    Raises:
+        DataError: the file is damaged or records no SPEC.
+    """
+    path = folder / "sweep.json"
+    record = read_json(path)
+    if record is not None and not isinstance(record.get("spec"), dict):
+        raise DataError("this sweep record holds no SPEC (damaged?)", path)
+    return record
+
+
 def epoch_dice(row: dict) -> float:
     """Mean validation Dice over the labels of one ``metrics.csv`` row."""
     values = [value for key, value in row.items() if key.startswith("val_dice_")]
     return sum(values) / len(values) if values else math.nan
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
 
 
 def read_run(folder: Path) -> dict:

@@ -636,7 +636,10 @@ def make_overrides(*, epochs: int | None = None, size: list[int] | None = None, 
                                "device": device}.items() if v is not None}
     for text in assignments:
         key, value = split_assignment(text, "--set FIELD=VALUE")
-        train[key.replace("-", "_")] = yaml.safe_load(value)
+        try:
+            train[key.replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {text}: not a YAML value ({' '.join(str(exc).split())})") from None
     load_config(None, {k: v for k, v in train.items()})  # unknown fields and bad values fail here
     cuts = {}
     for text in only:
