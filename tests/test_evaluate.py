@@ -660,7 +660,7 @@ def test_a_patient_with_a_sample_lacking_its_plane_position_is_placed_by_slice_l
                      "phase": sample["phase"], "area_ref": area, "area_pred": area})
     volumes = cavity_volumes(data, rows, ["endo"])
     assert volumes["patients"][patient]["slice_spacing_mm"] < 7.0  # the table-axis step of GE's SliceLocation
-    assert f"{patient}: 1 of {len(ids)} samples have no plane position, so its slices are placed by their slice " \
+    assert f"{patient}: 1 of {len(ids)} images have no plane position, so its slices are placed by their slice " \
            "locations" in volumes["notes"]
     assert volumes["patients"]["SCD0000201"]["slice_spacing_mm"] == pytest.approx(10.0, abs=0.5)
     assert not any(note.startswith("SCD0000201") for note in volumes["notes"])

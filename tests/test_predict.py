@@ -1122,3 +1122,23 @@ def test_two_nifti_images_of_one_name_in_two_rvsc_patients_are_refused(checkpoin
     with pytest.raises(DataError, match="second NIfTI image named extra") as error:
         predict([checkpoint], root, tmp_path / "pred")
     assert "P02dicom" in str(error.value) and not (tmp_path / "pred").exists()
+
+
+def test_a_prepared_stack_with_some_plane_positions_missing_is_placed_by_slice_locations(shared_data, tmp_path):
+    """One unit per stack: a patient with one sample lacking its plane position loses them all (its
+    volume then steps by GE's table-axis SliceLocation, as rvseg evaluate does), with a note."""
+    from rvseg.data.dataset import load_dataset
+    from rvseg.data.sources import prepared_images
+
+    prepare(shared_data / "sunnybrook-subset", tmp_path / "prepared")
+    data = load_dataset(tmp_path / "prepared")
+    images, notes = prepared_images(data)
+    assert notes == [] and all(image.position_mm is not None for image in images)
+    first = next(k for k, row in enumerate(data.rows) if row["patient"] == "SCD0000101")
+    data.rows[first]["position_mm"] = ""
+    images, notes = prepared_images(data)
+    members = [image for image in images if image.stack == "SCD0000101"]
+    assert all(image.position_mm is None and image.slice_location is not None for image in members)
+    assert all(image.position_mm is not None for image in images if image.stack != "SCD0000101")
+    assert notes == [f"SCD0000101: 1 of {len(members)} images have no plane position, so its slices are placed by "
+                     "their slice locations"]

@@ -99,6 +99,8 @@ from rvseg.volumes import (
     chamber,
     fill_missing_es,
     no_cavity_note,
+    partly_positioned,
+    partly_positioned_notes,
     stack_volumes,
     volume_errors,
 )
@@ -498,15 +500,18 @@ def cavity_volumes(data: PreparedDataset, rows: Sequence[dict], labels: Sequence
     if label is None:
         return {"label": None, "chamber": chamber_name, "patients": {}, "agreement": {}, "notes": [no_cavity_note()]}
     sample_of = {row["id"]: row for row in data.rows}
-    positioned, position_notes = patients_with_plane_positions([sample_of[row["id"]] for row in rows
-                                                                if row["label"] == label])
+    samples = [sample_of[row["id"]] for row in rows if row["label"] == label]
+    partial = partly_positioned([sample["patient"] for sample in samples],
+                                [finite_or_none(sample.get("position_mm")) for sample in samples])
     sides: dict[str, list[SliceArea]] = {"pred": [], "truth": []}
     left_out: dict[str, int] = {}
     for row in rows:
         if row["label"] != label:
             continue
         sample = sample_of[row["id"]]
-        location = finite_or_none(sample.get("position_mm" if row["patient"] in positioned else "slice_location"))
+        location = finite_or_none(sample.get("position_mm")) if row["patient"] not in partial else None
+        if location is None:
+            location = finite_or_none(sample.get("slice_location"))
         reason = volume_exclusion(row, location)
         if reason:
             left_out[reason] = left_out.get(reason, 0) + 1
@@ -515,7 +520,8 @@ def cavity_volumes(data: PreparedDataset, rows: Sequence[dict], labels: Sequence
             sides[side].append(SliceArea(stack=row["patient"], id=row["id"], phase=row["phase"],
                                          slice_location=location, area_mm2=float(area),
                                          thickness_mm=finite_or_none(sample.get("slice_thickness_mm"))))
-    notes = [f"{count} sample(s) left out: {reason}" for reason, count in left_out.items()] + position_notes
+    notes = [f"{count} sample(s) left out: {reason}" for reason, count in left_out.items()]
+    notes += partly_positioned_notes(partial)
     filled = {side: fill_missing_es(areas) for side, areas in sides.items()}
     notes += filled["truth"][1]
     volumes = {side: {item.stack: item for item in stack_volumes(areas)} for side, (areas, _) in filled.items()}
@@ -541,24 +547,6 @@ def cavity_volumes(data: PreparedDataset, rows: Sequence[dict], labels: Sequence
                 for patient, item in errors["patients"].items()}
     return {"label": label, "chamber": chamber_name, "patients": patients, "agreement": agreement(errors),
             "notes": notes}
-
-
-def patients_with_plane_positions(samples: Sequence[dict]) -> tuple[set[str], list[str]]:
-    """Patients all of whose samples have a plane position (``position_mm``), measured along the slice
-    normal: their volumes use it, the others' their slice locations (which GE scanners measure along
-    the table axis: 6.7 mm apart for Sunnybrook's short-axis slices 10 mm apart). One patient's slices
-    are placed in one unit, so a patient with some samples lacking the position falls back whole; the
-    notes name those patients."""
-    counts: dict[str, list[int]] = {}
-    for sample in samples:
-        has = finite_or_none(sample.get("position_mm")) is not None
-        count = counts.setdefault(sample["patient"], [0, 0])
-        count[0] += has
-        count[1] += 1
-    notes = [f"{patient}: {total - with_position} of {total} samples have no plane position, so its slices are "
-             "placed by their slice locations" for patient, (with_position, total) in counts.items()
-             if 0 < with_position < total]
-    return {patient for patient, (with_position, total) in counts.items() if with_position == total}, notes
 
 
 def volume_exclusion(row: dict, location: float | None) -> str | None:

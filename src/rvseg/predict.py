@@ -417,7 +417,8 @@ def anatomy_scale(image: InputImage, predictor: Predictor, trained: dict) -> tup
 def slice_position(image: InputImage) -> float | None:
     """The slice position volumes are computed from: :attr:`InputImage.position_mm`, else the slice location.
 
-    (:func:`~rvseg.data.dicom.plane_positions` gives a position to every image of a stack or to none.)
+    (Every image of a stack has a position or none has: :func:`~rvseg.data.dicom.plane_positions` for files
+    read, :func:`~rvseg.data.sources.prepared_images` for a prepared set.)
     """
     return image.position_mm if image.position_mm is not None else image.slice_location
 

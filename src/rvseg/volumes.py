@@ -144,6 +144,24 @@ def area_mm2(mask: np.ndarray, spacing_mm: tuple[float, float]) -> float:
     return float(np.count_nonzero(mask)) * float(spacing_mm[0]) * float(spacing_mm[1])
 
 
+def partly_positioned(stacks: Sequence[str], plane_positions: Sequence[float | None]) -> dict[str, tuple[int, int]]:
+    """Stacks some but not all of whose images have a plane position (measured along the slice normal):
+    stack -> (images with one, images). All images of such a stack are placed by their slice locations
+    instead, so that no stack is measured in two units (GE scanners measure SliceLocation along the table
+    axis: 6.7 mm apart for Sunnybrook's short-axis slices 10 mm apart)."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for stack, position in zip(stacks, plane_positions, strict=True):
+        counts[stack][0] += position is not None
+        counts[stack][1] += 1
+    return {stack: (with_position, total) for stack, (with_position, total) in counts.items()
+            if 0 < with_position < total}
+
+
+def partly_positioned_notes(partial: Mapping[str, tuple[int, int]]) -> list[str]:
+    return [f"{stack}: {total - with_position} of {total} images have no plane position, so its slices are placed "
+            "by their slice locations" for stack, (with_position, total) in partial.items()]
+
+
 def slice_spacing_mm(locations: Sequence[float], thickness_mm: float | None = None) -> float | None:
     """Distance between neighbouring slice centres (mm) of a stack whose slice locations may have gaps;
     None for fewer than two distinct locations.

@@ -61,6 +61,7 @@ from rvseg.data.pngpairs import MAP_NAME, read_gray
 from rvseg.data.rvsc import dicom_folder, looks_like_rvsc, patient_folders, patient_id
 from rvseg.data.sample import ReadReport
 from rvseg.errors import DataError
+from rvseg.volumes import partly_positioned, partly_positioned_notes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 RVSC_FRAME_ID = re.compile(r"P\d+-(\d+)")
@@ -183,7 +184,8 @@ def read_source(src: Path, exclude: Path | None = None) -> Source:
         return source
     if (src / "dataset.json").is_file():
         data = load_dataset(src)
-        return Source("prepared", prepared_images(data), [], dataset=data)
+        images, notes = prepared_images(data)
+        return Source("prepared", images, [], notes=notes, dataset=data)
     files = source_files(src, exclude)
     outputs = earlier_outputs(src, files)
     files = [path for path in files if not any(path.is_relative_to(folder) for folder in outputs)]
@@ -526,8 +528,13 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "image"
 
 
-def prepared_images(data: PreparedDataset) -> list[InputImage]:
-    """The samples of a prepared data set as inputs, with their original size and spacing."""
+def prepared_images(data: PreparedDataset) -> tuple[list[InputImage], list[str]]:
+    """The samples of a prepared data set as inputs, with their original size and spacing, and notes.
+
+    As for files read (:func:`~rvseg.data.dicom.plane_positions`), every image of a stack has a plane
+    position or none does (:func:`~rvseg.volumes.partly_positioned`)."""
+    positions = [finite_or_none(row.get("position_mm")) for row in data.rows]
+    partial = partly_positioned([row["patient"] for row in data.rows], positions)
     images = []
     for index, row in enumerate(data.rows):
         height, width = data.extent(index)
@@ -539,9 +546,9 @@ def prepared_images(data: PreparedDataset) -> list[InputImage]:
             id=safe_name(row["id"]), source=row.get("source_image", "") or str(data.root), prepared=True,
             pixels=data.images[index, 0, :height, :width], shape=shape, stack=row["patient"], spacing_mm=spacing,
             slice_location=float(row["slice_location"]) if row.get("slice_location") else None,
-            position_mm=finite_or_none(row.get("position_mm")),
+            position_mm=positions[index] if row["patient"] not in partial else None,
             thickness_mm=finite_or_none(row.get("slice_thickness_mm")),
             frame=int(row["frame"]) if row.get("frame") else None,
             phase=row["phase"] if row["phase"] in ("ED", "ES") else "",
             slice_number=finite_or_none(row.get("slice"))))
-    return images
+    return images, partly_positioned_notes(partial)
