@@ -376,7 +376,7 @@ def orientation_notes(source: Source, predictor: Predictor) -> list[str]:
 
 
 #: How many times larger or smaller than in its training images a model may see the anatomy before
-#: predict warns (training augmentation scales by 0.9-1.1).
+#: predict warns (beyond what training's scale augmentation, 0.85-1.15 by default, covers).
 SCALE_WARNING_FACTOR = 1.5
 
 

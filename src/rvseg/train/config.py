@@ -205,11 +205,16 @@ HELP = {
 }
 
 
+def field_default(f: dataclasses.Field):
+    """A dataclass field's default, made by its factory where it has one."""
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
 def _document_fields() -> None:
     """Append each field's help text and default to the TrainConfig docstring (one source for both)."""
     entries = []
     for f in dataclasses.fields(TrainConfig):
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        default = field_default(f)
         # The command line takes lists comma-separated; Python takes lists.
         text = HELP.get(f.name, "recorded by the run (not an option)").replace(", comma-separated", " (a list)")
         entries.append(f"        {f.name}: {text} (default {default!r})")

@@ -36,7 +36,7 @@ from rvseg.models import build_model, count_parameters
 from rvseg.train.augment import AugmentConfig, augment_batch, to_device_generator
 from rvseg.train.average import WeightAverage
 from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
-from rvseg.train.config import TrainConfig, user_fields
+from rvseg.train.config import TrainConfig, field_default, user_fields
 from rvseg.train.optim import (
     OPTIMIZERS,
     SCHEDULERS,
@@ -299,7 +299,7 @@ def check_resumable(state: dict, config: TrainConfig, data_info: dict, runtime: 
     silently be another run (or fail to load), never the exact continuation ``--resume`` promises."""
     saved = state["config"]
     # An option added since last.pt was written counts as its default there (that is how the run trained).
-    fixed = {f.name: f.default for f in user_fields() if f.name not in RESUME_MAY_CHANGE}
+    fixed = {f.name: field_default(f) for f in user_fields() if f.name not in RESUME_MAY_CHANGE}
     changed = [f"--{name.replace('_', '-')} ({saved.get(name, default)!r} -> {getattr(config, name)!r})"
                for name, default in fixed.items() if not same_option(saved.get(name, default), getattr(config, name))]
     if state["data"]["content_hash"] != data_info["content_hash"]:
