@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rvseg.checks import check_choice, is_finite_number
+from rvseg.checks import check_choice, is_finite_number, pick
 from rvseg.errors import ConfigError
 
 #: Smoothing added to the numerator and denominator of every Dice term (in pixels).
@@ -232,8 +232,7 @@ def build_loss(name: str, **params: object) -> Callable[[Tensor, Tensor], Tensor
         ConfigError: an unknown loss (the message lists the known ones), an unknown parameter, a
             value out of range, or ``switching`` without a numeric ``switch_tau``.
     """
-    if name not in LOSSES:
-        raise ConfigError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
+    loss = pick(LOSSES, name, "loss")
     unknown = sorted(set(params) - set(LOSS_PARAMS))
     if unknown:
         raise ConfigError(f"unknown loss parameter(s) {', '.join(unknown)}; known: {', '.join(LOSS_PARAMS)}")
@@ -247,7 +246,7 @@ def build_loss(name: str, **params: object) -> Callable[[Tensor, Tensor], Tensor
         tau = given.get("switch_tau")
         check_switching_params(lam, tau, per)
         return functools.partial(switching_loss, lam=lam, tau=tau, per=per)
-    return LOSSES[name]
+    return loss
 
 
 def deep_supervision_loss(loss: Callable[[Tensor, Tensor], Tensor], levels: int) -> Callable:

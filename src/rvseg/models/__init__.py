@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from rvseg.checks import pick
 from rvseg.errors import ConfigError
 from rvseg.models.unet import DilatedUNet, UNet
 
@@ -59,15 +60,14 @@ def build_model(
     Raises:
         ConfigError: an unknown name (the message lists the known ones) or an option out of range.
     """
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    model_class = pick(MODELS, name, "model")
     options = dict(in_channels=in_channels, out_channels=out_channels, width=width, depth=depth, dropout=dropout,
                    deep_supervision=deep_supervision)
     too_large = (f"at most {MAX_PARAMETERS:,} parameters are allowed (the paper's U-Net, width 64 and depth 4, "
                  "has 31 million)")
     try:
         with torch.device("meta"):  # counted without memory: a mistyped --depth 12 would ask for terabytes
-            parameters = count_parameters(MODELS[name](**options))
+            parameters = count_parameters(model_class(**options))
     except RuntimeError as error:
         if "overflow" not in str(error):
             raise
@@ -76,7 +76,7 @@ def build_model(
     if parameters > MAX_PARAMETERS:
         raise ConfigError(f"width {width} and depth {depth} make a model of {parameters:,} parameters "
                           f"({parameters * 4 / 2**30:.0f} GiB of float32 weights); {too_large}")
-    return MODELS[name](**options)
+    return model_class(**options)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import yaml
 
-from rvseg.checks import check_choice, is_finite_number, is_real_number, is_whole_number
+from rvseg.checks import check_choice, is_finite_number, is_real_number, is_whole_number, pick
 from rvseg.data.prepare import PrepareOptions
 from rvseg.errors import ConfigError
 from rvseg.train.config import TrainConfig, load_config, user_fields
@@ -541,10 +541,8 @@ def preset_spec(name: str, dataset: str) -> dict:
                       "values": ["final_train_loss", "final_val_loss", "best_val_dice", "best_epoch", "seconds"]},
         },
     }
-    if name not in presets:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
     return {"name": name, "preset": name, "dataset": dataset, "objective": "best_val_dice", "sampler": "grid",
-            **presets[name]}
+            **pick(presets, name, "preset")}
 
 
 @dataclass

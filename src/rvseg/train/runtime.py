@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from rvseg.checks import check_choice
 from rvseg.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -77,8 +78,7 @@ def check_device_name(name: str) -> None:
 
 
 def check_precision_name(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_choice(precision, PRECISIONS, "--precision")
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
