@@ -17,7 +17,7 @@ model              width 64      width 16
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -34,6 +34,20 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "unet": UNet,
     "dilated-unet": DilatedUNet,
 }
+
+
+def model_from_config(config: Mapping, in_channels: int) -> nn.Module:
+    """The network a training config describes (as saved in ``config.yaml`` and checkpoints: ``arch``,
+    ``width``, ``depth``, ``dropout``, ``deep_supervision``), one output channel per ``target``; the one
+    place that reads a model from a config, so training and loading build the same network.
+
+    Raises:
+        KeyError: the config lacks an option (``deep_supervision`` may be missing: older runs had none).
+        ConfigError: as :func:`build_model`.
+    """
+    return build_model(config["arch"], in_channels=in_channels, out_channels=len(config["target"]),
+                       width=config["width"], depth=config["depth"], dropout=config["dropout"],
+                       deep_supervision=config.get("deep_supervision", 0))
 
 
 def build_model(

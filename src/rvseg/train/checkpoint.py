@@ -26,7 +26,7 @@ from torch import nn
 
 from rvseg.errors import DataError
 from rvseg.io import atomic_path
-from rvseg.models import build_model
+from rvseg.models import model_from_config
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -80,9 +80,7 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict, dict]:
         raise DataError("checkpoint lacks the model or its config", path)
     config, data = state["config"], state.get("data", {})
     try:
-        model = build_model(config["arch"], in_channels=data.get("in_channels", 1),
-                            out_channels=len(config["target"]), width=config["width"], depth=config["depth"],
-                            dropout=config["dropout"], deep_supervision=config.get("deep_supervision", 0))
+        model = model_from_config(config, data.get("in_channels", 1))
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError) as exc:  # a config that lacks a field, or weights of another shape
         raise DataError(f"the checkpoint's weights do not fit the model its config describes ({describe(exc)})",

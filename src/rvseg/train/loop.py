@@ -32,7 +32,7 @@ from rvseg.errors import ConfigError, RvsegError
 from rvseg.io import write_json
 from rvseg.losses import build_loss, deep_supervision_loss
 from rvseg.metrics import dice_per_image
-from rvseg.models import build_model, count_parameters
+from rvseg.models import count_parameters, model_from_config
 from rvseg.train.augment import AugmentConfig, augment_batch, to_device_generator
 from rvseg.train.average import WeightAverage
 from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
@@ -154,8 +154,7 @@ def check_options(config: TrainConfig) -> None:
 
 def config_model(config: TrainConfig, in_channels: int) -> nn.Module:
     """The network ``config`` describes, one output channel per target."""
-    return build_model(config.arch, in_channels=in_channels, out_channels=len(config.target), width=config.width,
-                       depth=config.depth, dropout=config.dropout, deep_supervision=config.deep_supervision)
+    return model_from_config(config.to_dict(), in_channels)
 
 
 def config_loss(config: TrainConfig, switch_tau: float | list[float] | None):
