@@ -117,6 +117,30 @@ def test_slice_locations_follow_the_affine(acdc, tmp_path):
     assert locations[0] == pytest.approx(float(np.dot(affine[:3, 3], rotation[:, 2])))
 
 
+def test_acdc_headers_with_a_unit_sform_are_placed_by_their_qform_with_one_note(tmp_path):
+    """As the real files: sform of unit scales, qform of the true voxel sizes, both coded. The slices are
+    10 mm apart (not 1), so the volumes are right; the note is said once for all files."""
+    from rvseg.data.nifti import QFORM_NOTE
+    from rvseg.data.prepare import prepare
+
+    for number in (1, 2):
+        folder = tmp_path / "acdc" / f"patient{number:03d}"
+        folder.mkdir(parents=True)
+        (folder / "Info.cfg").write_text("ED: 1\nES: 12\n")
+        for frame in (1, 12):
+            for suffix, data in (("", coded_image()), ("_gt", labels())):
+                image = nib.Nifti1Image(data, None)
+                image.set_qform(np.diag([-1.5, -1.6, 10.0, 1.0]), code=1)
+                image.set_sform(np.diag([-1.0, -1.0, 1.0, 1.0]), code=1)
+                nib.save(image, folder / f"{folder.name}_frame{frame:02d}{suffix}.nii.gz")
+    report = read_acdc(tmp_path / "acdc")
+    locations = sorted({s.slice_location for s in report.samples if s.patient == "patient001" and s.frame == 1})
+    assert np.diff(locations) == pytest.approx([10.0] * 3)
+    assert report.samples[0].spacing_mm == pytest.approx((1.5, 1.6))
+    summary = prepare(tmp_path / "acdc", tmp_path / "prepared")
+    assert summary["notes"].count(QFORM_NOTE) == 1
+
+
 def test_slice_with_empty_ground_truth_is_still_a_sample(acdc):
     sample = {s.id: s for s in read_acdc(acdc).samples}["patient002-frame01-slice03"]
     assert set(sample.masks) == {"rv", "myo", "lv"}

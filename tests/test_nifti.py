@@ -8,7 +8,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rvseg.data.nifti import is_nifti, nifti_stem, read_nifti, save_like, single_slice_series, slice_locations
+from rvseg.data.nifti import (
+    QFORM_NOTE,
+    is_nifti,
+    nifti_stem,
+    read_nifti,
+    save_like,
+    single_slice_series,
+    slice_locations,
+)
 from rvseg.errors import DataError
 
 
@@ -139,12 +147,27 @@ def test_voxel_sizes_that_disagree_with_the_affine_are_noted(tmp_path):
     stand on different scales, which the user must hear about."""
     image = nib.Nifti1Image(np.ones((4, 5, 2), dtype=np.int16), np.diag([1.2, 1.3, 8.0, 1.0]))
     image.header.set_zooms((1.0, 1.0, 8.0))
+    image.set_qform(None, code=0)  # no qform to fall back on
     nib.save(image, tmp_path / "odd.nii.gz")
     volume = read_nifti(tmp_path / "odd.nii.gz")
     assert volume.spacing_mm == pytest.approx((1.0, 1.0))
     assert volume.notes == [f"{tmp_path / 'odd.nii.gz'}: the header's voxel sizes (1 x 1 x 8 mm) differ from the "
                             "affine's (1.2 x 1.3 x 8 mm); pixel areas use the voxel sizes, slice positions the affine"]
     assert read_nifti(save(tmp_path / "fine.nii.gz", np.ones((4, 5, 2), dtype=np.int16))).notes == []
+
+
+def test_an_sform_of_unit_scales_beside_an_agreeing_qform_gives_way_to_the_qform(tmp_path):
+    """The ACDC files' headers (nnU-Net issue #2741): sform diag(-1, -1, 1), qform diag(-1.316, -1.316,
+    10), both coded. Placed by the sform, slices would be 1 mm apart and volumes ten times too small."""
+    image = nib.Nifti1Image(np.ones((4, 5, 3), dtype=np.int16), None)
+    image.set_qform(np.diag([-1.31579, -1.31579, 10.0, 1.0]), code=1)
+    image.set_sform(np.diag([-1.0, -1.0, 1.0, 1.0]), code=1)
+    nib.save(image, tmp_path / "acdc.nii.gz")
+    assert nib.load(tmp_path / "acdc.nii.gz").affine[2, 2] == 1.0  # what nibabel takes: the sform
+    volume = read_nifti(tmp_path / "acdc.nii.gz")
+    assert slice_locations(volume.affine, 3) == pytest.approx([0.0, 10.0, 20.0])
+    assert volume.spacing_mm == pytest.approx((1.31579, 1.31579))
+    assert volume.notes == [QFORM_NOTE]
 
 
 def test_complex_values_and_an_affine_without_a_plane_are_refused(tmp_path):

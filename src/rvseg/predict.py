@@ -126,8 +126,8 @@ def predict(checkpoints: str | Path | Sequence[str | Path], src: str | Path, out
         records = segment_and_write(predictor, source.images, tmp, postprocess, nifti_masks)
         mask_files, mask_notes = nifti_masks.write(tmp / "masks", predictor.labels)
         volumes, notes = write_volumes(tmp / "volumes.csv", source.images, records, predictor.labels)
-        notes = [*source.notes, *orientation_notes(source, predictor), *scale_notes(source.images, predictor),
-                 *mask_notes, *notes]
+        notes = list(dict.fromkeys([*source.notes, *orientation_notes(source, predictor),
+                                    *scale_notes(source.images, predictor), *mask_notes, *notes]))
         write_csv(tmp / "predictions.csv", records)
         write_csv(tmp / "skipped.csv", source.skipped, fieldnames=("path", "reason"))
         write_csv(tmp / "ignored.csv", source.ignored, fieldnames=("path", "reason"))

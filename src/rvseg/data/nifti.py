@@ -39,6 +39,11 @@ MM_PER_UNIT = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 0.001}
 INTENT_LABEL = 1002
 
 
+#: Said once however many files it applies to (the ACDC set has 300 such files).
+QFORM_NOTE = ("NIfTI files whose sform's voxel sizes differ from their header's (as the ACDC files' do) are placed "
+              "by their qform, which agrees with them (as ITK reads them)")
+
+
 @dataclass
 class NiftiVolume:
     """One NIfTI image as read.
@@ -162,10 +167,18 @@ def read_nifti(path: str | Path) -> NiftiVolume:
     if not np.all(np.isfinite(affine)) or np.linalg.norm(normal) == 0:
         raise DataError("has an affine without an image plane (parallel, zero or non-finite axes)", path)
     notes = [f"{path}: {message}" for message in dict.fromkeys(messages)]
-    axis_lengths = np.linalg.norm(affine[:3, :3], axis=0)[: len(zooms[:3])]  # a 2D header has two sizes
-    if not np.allclose(axis_lengths, zooms[:3], rtol=0.01):
-        # Only an sform can disagree (a qform is built from pixdim): areas would use one scale, slice
-        # positions the other.
+    if not _scales_agree(affine, zooms):
+        # Only an sform can disagree (a qform is built from pixdim). The ACDC files have an sform of unit
+        # scales beside a qform of 1.3 x 1.3 x 10 mm voxels: slices placed by that sform would be 1 mm
+        # apart and volumes 10 times too small. ITK (so nnU-Net) reads such files by their qform.
+        qform, qform_code = image.get_qform(coded=True)
+        if qform_code and _scales_agree(qform[:3] * scale, zooms):
+            affine = np.array(qform, dtype=np.float64)
+            affine[:3] *= scale
+            notes.append(QFORM_NOTE)
+    if not _scales_agree(affine, zooms):
+        # Neither agrees: areas use one scale, slice positions the other.
+        axis_lengths = np.linalg.norm(affine[:3, :3], axis=0)[: len(zooms[:3])]  # a 2D header has two sizes
         notes.append(f"{path}: the header's voxel sizes ({' x '.join(f'{size:g}' for size in zooms[:3])} mm) differ "
                      f"from the affine's ({' x '.join(f'{size:.4g}' for size in axis_lengths)} mm); pixel areas use "
                      "the voxel sizes, slice positions the affine")
@@ -177,6 +190,12 @@ def read_nifti(path: str | Path) -> NiftiVolume:
         data[~finite] = data[finite].min()
         notes.append(f"{path}: {count} non-finite voxel(s) set to the lowest finite value")
     return NiftiVolume(path=path, data=data, zooms=zooms, affine=affine, image=image, notes=notes)
+
+
+def _scales_agree(affine: np.ndarray, zooms: tuple[float, ...]) -> bool:
+    """Whether the affine's axis lengths are the header's voxel sizes (within 1 %)."""
+    axis_lengths = np.linalg.norm(affine[:3, :3], axis=0)[: len(zooms[:3])]  # a 2D header has two sizes
+    return bool(np.allclose(axis_lengths, zooms[:3], rtol=0.01))
 
 
 def slice_locations(affine: np.ndarray, count: int) -> list[float]:

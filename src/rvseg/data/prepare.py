@@ -125,7 +125,7 @@ def summarize_report(report: ReadReport, masks: np.ndarray, present: np.ndarray,
         "unmatched": {"images": report.unmatched_images, "contours": report.unmatched_contours},
         "unfillable": report.unfillable,
         "skipped": report.skipped,
-        "notes": report.notes,
+        "notes": list(dict.fromkeys(report.notes)),  # a note of many files once
     }
 
 
