@@ -5,7 +5,10 @@ prepared set sees new volumes as it saw its training slices): a volume's voxel a
 (i, j, k[, t]), k across the slices and t over the cardiac cycle. Slice ``z`` at frame ``t`` is
 ``data[:, :, z, t]`` as stored, not rotated for display: rows run along i, columns along j, so its
 pixel spacing is ``(zooms[0], zooms[1])``. Where a slice lies is its plane's position along the plane
-normal in mm, from the affine (:func:`slice_locations`), not the slice thickness ``zooms[2]``.
+normal in mm, from the affine (:func:`slice_locations`), not the slice thickness ``zooms[2]``. The
+affine is nibabel's (the sform where it is coded), except where the sform's voxel sizes disagree with
+the header's and a coded qform agrees: then the qform, as ITK reads it (the ACDC files' sform has unit
+scales, which would put their slices 1 mm apart).
 
 **Units.** Voxel sizes and the affine are in mm; a header in metres or micrometres is converted.
 Non-finite voxels (NaN outside a resampled field of view, say) are set to the volume's lowest finite
