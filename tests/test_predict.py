@@ -1010,6 +1010,25 @@ def test_an_acdc_cine_takes_its_phases_from_the_info_cfg_beside_it(checkpoint, p
     assert summary["volumes"]["patient101_4d"]["es_rule"] == "given"
 
 
+def test_an_acdc_frame_file_alone_takes_its_phase_from_the_info_cfg_beside_it(checkpoint, phantom, tmp_path):
+    """An ES frame given alone is reported as an ESV, not as the 'ED volume' of a phase-less stack."""
+    cine, spacing = phantom_cine(phantom)
+    folder = write_acdc_patient(tmp_path, cine, spacing, {1: 0, 3: 2}, "ED: 1\nES: 3\n")
+    summary = predict([checkpoint], folder / "patient101_frame03.nii.gz", tmp_path / "es")
+    rows = read_csv(tmp_path / "es" / "predictions.csv")
+    assert {(int(row["frame"]), row["phase"]) for row in rows} == {(3, "ES")}
+    (volumes,) = summary["volumes"].values()
+    assert volumes["ed_volume_ml"] is None and volumes["es_volume_ml"] > 0
+    (folder / "Info.cfg").write_text("ED: 1\nES: 1\n")  # unusable: the phase is unknown, with a note
+    summary = predict([checkpoint], folder / "patient101_frame03.nii.gz", tmp_path / "bad")
+    assert {row["phase"] for row in read_csv(tmp_path / "bad" / "predictions.csv")} == {"ED"}  # the stack's only
+    assert any(note.startswith(f"{folder / 'Info.cfg'}: ") and note.endswith(
+        "the phase of patient101_frame03.nii.gz is unknown") for note in summary["notes"])
+    (folder / "Info.cfg").unlink()  # a frame file copied out of its folder: no note
+    summary = predict([checkpoint], folder / "patient101_frame03.nii.gz", tmp_path / "alone")
+    assert not any("Info.cfg" in note for note in summary["notes"])
+
+
 def test_non_finite_voxels_are_replaced_with_a_note(checkpoint, phantom, tmp_path):
     cine, spacing = phantom_cine(phantom)
     cine[0, 0] = np.nan

@@ -277,8 +277,9 @@ def read_files(files: Sequence[Path], stack: str, root: Path | None = None, kind
     for name, volume in source.nifti.items():
         stack_name = stack_of.get(name) or unique_name(name, taken)
         phases, phase_notes = acdc_phases_of_cine(volume)
-        source.images += nifti_inputs(volume, name, stack=stack_name, phases=phases)
-        source.notes += volume.notes + phase_notes
+        frame, phase, frame_notes = acdc_frame_phase(volume)
+        source.images += nifti_inputs(volume, name, stack=stack_name, phases=phases, frame=frame, phase=phase)
+        source.notes += volume.notes + phase_notes + frame_notes
     source.images += images
     make_ids_unique(source.images)
     return source
@@ -461,6 +462,23 @@ def acdc_phases_of_cine(volume: NiftiVolume) -> tuple[dict[int, str], list[str]]
                      f"{', '.join(sorted(set(phases.values())))}; the phases of {volume.path.name} are inferred")
         return {}, notes
     return phases, notes
+
+
+def acdc_frame_phase(volume: NiftiVolume) -> tuple[int | None, str, list[str]]:
+    """For an ACDC frame file (``patientNNN_frameFF.nii.gz``, 3D) beside its patient's ``Info.cfg``: (FF,
+    ED / ES / "" from the Info.cfg, notes on an Info.cfg that could not be used); (None, "", []) for other
+    volumes, and no note where there is no Info.cfg (a frame file copied out of its folder)."""
+    match = acdc.FRAME_FILE.match(volume.path.name)
+    info = volume.path.parent / "Info.cfg"
+    if volume.data.ndim != 3 or not match or match["gt"]:
+        return None, "", []
+    frame = int(match["frame"])
+    if not info.is_file():
+        return frame, "", []
+    report = ReadReport("acdc", acdc.LABELS)
+    phases = acdc.read_phases(info, report, skip_bad=True)
+    notes = [f"{item['path']}: {item['reason']}; the phase of {volume.path.name} is unknown" for item in report.skipped]
+    return frame, phases.get(frame, ""), notes
 
 
 def nifti_inputs(volume: NiftiVolume, name: str, stack: str, *, prefix: str | None = None,
