@@ -1008,6 +1008,14 @@ def test_an_acdc_cine_takes_its_phases_from_the_info_cfg_beside_it(checkpoint, p
     rows = read_csv(tmp_path / "pred" / "predictions.csv")
     assert {int(row["frame"]): row["phase"] for row in rows} == {1: "", 2: "ED", 3: "", 4: "ES"}
     assert summary["volumes"]["patient101_4d"]["es_rule"] == "given"
+    # A folder of the cine and its Info.cfg alone: the Info.cfg is read for the phases, not skipped as a bad image.
+    only = tmp_path / "only" / "patient101"
+    only.mkdir(parents=True)
+    for name in ("patient101_4d.nii.gz", "Info.cfg"):
+        shutil.copy(folder / name, only / name)
+    summary = predict([checkpoint], only, tmp_path / "pred-only")
+    assert summary["skipped"] == [] and [item["path"] for item in summary["ignored"]] == [str(only / "Info.cfg")]
+    assert {row["phase"] for row in read_csv(tmp_path / "pred-only" / "predictions.csv")} == {"", "ED", "ES"}
 
 
 def test_an_acdc_frame_file_alone_takes_its_phase_from_the_info_cfg_beside_it(checkpoint, phantom, tmp_path):

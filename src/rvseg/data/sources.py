@@ -309,7 +309,8 @@ def stack_names(stacks: Sequence[Sequence[DicomImage]], default: str) -> list[st
 def companion_reason(path: Path, nifti_stems: set[tuple[Path, str]]) -> str | None:
     """Why a file that is no image to segment is left alone: a label (:func:`label_file_reason`), a
     table (a manifest, Sunnybrook's ``link.csv``), or a sidecar (``.json``, ``.bval``, ``.bvec``, as
-    dcm2niix writes) of a NIfTI image beside it; None for others."""
+    dcm2niix writes) of a NIfTI image beside it, or the ``Info.cfg`` of ACDC NIfTI images beside it (their
+    phases are read from it); None for others."""
     reason = label_file_reason(path)
     if reason:
         return reason
@@ -317,6 +318,10 @@ def companion_reason(path: Path, nifti_stems: set[tuple[Path, str]]) -> str | No
         return "a table (a data set's manifest or link file), not an image"
     if path.suffix.lower() in SIDECAR_SUFFIXES and (path.parent, path.stem) in nifti_stems:
         return f"the sidecar of the NIfTI image {path.stem}"
+    if path.name == "Info.cfg" and any(folder == path.parent and (ACDC_CINE_NAME.match(stem) or
+                                                                   acdc.FRAME_FILE.match(f"{stem}.nii"))
+                                       for folder, stem in nifti_stems):
+        return "the ACDC patient information beside its NIfTI images (their phases are read from it)"
     return None
 
 
