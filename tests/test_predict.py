@@ -1056,7 +1056,7 @@ def test_nifti_masks_of_several_labels(tmp_path):
     masks = NiftiMasks({"cine": volume}, n_labels=2)
     masks.add(image, np.stack([diagonal, everything]))
     masks.add(loose, np.ones((2, 6, 5), dtype=bool))  # not from a volume: not placed
-    assert masks.write(tmp_path, ["endo", "epi"]) == (["cine-endo.nii.gz", "cine-epi.nii.gz"], [])
+    assert masks.write(tmp_path, ["endo", "epi"]) == ["cine-endo.nii.gz", "cine-epi.nii.gz"]
     endo = np.asarray(nib.load(tmp_path / "cine-endo.nii.gz").dataobj)
     epi = np.asarray(nib.load(tmp_path / "cine-epi.nii.gz").dataobj)
     assert endo.sum() == 5 and endo[:, :, 1, 2].sum() == 5 and epi.sum() == 30 and epi[:, :, 1, 2].all()
@@ -1064,13 +1064,25 @@ def test_nifti_masks_of_several_labels(tmp_path):
     acdc_masks = NiftiMasks({"cine": volume}, n_labels=3)
     lv = np.zeros((6, 5), dtype=bool)
     lv[4:, 3:] = True
-    acdc_masks.add(image, np.stack([diagonal, ~diagonal & ~lv, lv]))  # rv, myo, lv; lv overlaps rv at (4, 4)
-    names, notes = acdc_masks.write(tmp_path, ["rv", "myo", "lv"])
-    assert names == ["cine.nii.gz"] and notes == ["cine.nii.gz: 1 voxel(s) predicted as two labels keep the "
-                                                  "later one of rv, myo, lv"]
+    acdc_masks.add(image, np.stack([diagonal & ~lv, ~diagonal & ~lv, lv]))  # rv, myo, lv
+    assert acdc_masks.write(tmp_path, ["rv", "myo", "lv"]) == ["cine.nii.gz"]
     values = np.asarray(nib.load(tmp_path / "cine.nii.gz").dataobj)[:, :, 1, 2]
     expected = np.where(lv, 3, np.where(diagonal, 1, 2))
     np.testing.assert_array_equal(values, expected)
+
+
+def test_acdc_labels_never_overlap_so_label_maps_areas_and_volumes_agree():
+    """A pixel predicted as RV and LV keeps the more probable; nested labels (endo, epi) keep both."""
+    scores = np.zeros((3, 6, 6), dtype=np.float32)
+    scores[0, 1:4, 1:4] = 0.9  # rv
+    scores[2, 2:5, 2:5] = 0.7  # lv, overlapping rv on 2:4 x 2:4
+    scores[2, 3, 3] = 0.95  # where lv is more probable
+    (masks,) = postprocess_scores([scores], "none", exclusive=True)
+    assert masks.sum(axis=0).max() == 1
+    assert masks[0, 2, 2] and not masks[2, 2, 2] and masks[2, 3, 3] and not masks[0, 3, 3]
+    assert masks[0].sum() == 9 - 1 and masks[2].sum() == 9 - 3
+    (nested,) = postprocess_scores([scores[:2]], "none")  # exclusive off: overlap kept
+    assert (nested == (scores[:2] > 0.5)).all()
 
 
 def read_nifti_fixture(folder: Path, shape: tuple[int, ...]):

@@ -84,6 +84,7 @@ import numpy as np
 
 from rvseg import __version__
 from rvseg.checks import as_path, as_paths, check_choice, check_exists, finite_or_none
+from rvseg.data import acdc
 from rvseg.data.dataset import PreparedDataset, load_dataset
 from rvseg.errors import ConfigError, DataError
 from rvseg.inference import Predictor, prepared_inputs
@@ -187,7 +188,8 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
     scores = [score for _, _, fold_scores in parts for score in fold_scores]
     # The folds' patients are disjoint, so post-processing them pooled joins no two folds' stacks.
     stacks, positions = stack_keys(data, indices)
-    predictions = postprocess_scores(scores, postprocess, stacks, positions)
+    predictions = postprocess_scores(scores, postprocess, stacks, positions,
+                                     exclusive=acdc.exclusive_labels(predictor.labels))
     rows = case_rows(data, indices, predictions, predictor.labels, channels)
     summary = label_summaries(rows, predictor.labels)
     if cv:

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rvseg.checks import as_paths, check_choice, is_whole_number
+from rvseg.data import acdc
 from rvseg.data.dataset import decision_threshold
 from rvseg.data.outlines import fill_outlines
 from rvseg.data.prepare import normalise_image, resize_sample
@@ -216,7 +217,7 @@ class Predictor:
                               f"of shape {images.shape}: pass [image]")
         inputs = [self.preprocess(image) for image in images]
         return postprocess_scores(list(self.score_maps(inputs, [image.shape for image in images])),
-                                  "largest" if postprocess else "none")
+                                  "largest" if postprocess else "none", exclusive=acdc.exclusive_labels(self.labels))
 
 
 def check_same_preprocessing(files: Sequence[Path], infos: Sequence[dict]) -> None:

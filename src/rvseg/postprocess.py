@@ -23,6 +23,10 @@ RVSC contours are one closed polygon per structure, so every rule but ``none`` l
   in one stack) fall back to ``largest``. Positions along a stack are in one unit for the whole stack
   (:func:`stack_positions`).
 
+With ``exclusive`` (labels that cannot overlap, as ACDC's RV cavity, LV myocardium and LV cavity), a
+pixel in the masks of several labels then keeps the most probable of them, so that masks, label maps,
+areas and volumes describe the same pixels. (RVSC's and Sunnybrook's endo- and epicardium nest.)
+
 Why ``stack``: towards the apex the RV shrinks to a few dozen pixels and the errors of a model are
 bright fat or the LV cavity taken for it, often a larger region than the true one, so ``largest``
 keeps the wrong region. Its neighbour towards the base tells the two apart. On 15 CPU models of the
@@ -49,7 +53,7 @@ EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 def postprocess_scores(scores: Sequence[np.ndarray], rule: str = "largest",
                        stacks: Sequence[Hashable | None] | None = None,
-                       positions: Sequence[float | None] | None = None) -> list[np.ndarray]:
+                       positions: Sequence[float | None] | None = None, exclusive: bool = False) -> list[np.ndarray]:
     """Masks of score maps under one post-processing rule (module docstring).
 
     Args:
@@ -58,10 +62,28 @@ def postprocess_scores(scores: Sequence[np.ndarray], rule: str = "largest",
         stacks: for ``stack``, each image's stack at one instant (e.g. ``(patient, "ED")``), or None
             where unknown; images with the same key are processed together.
         positions: for ``stack``, each image's position along its stack (mm or slice number), or None.
+        exclusive: the labels cannot overlap: a pixel of several keeps the most probable (module docstring).
 
     Returns:
         bool (L, H_i, W_i) masks, one per image, in the order of ``scores``.
     """
+    masks = _rule_masks(scores, rule, stacks, positions)
+    if exclusive:
+        masks = [most_probable_label(mask, np.asarray(score)) for mask, score in zip(masks, scores, strict=True)]
+    return masks
+
+
+def most_probable_label(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """bool (L, H, W) ``masks`` where each pixel in several masks stays only in that of its highest score."""
+    contested = masks.sum(axis=0) > 1
+    if not contested.any():
+        return masks
+    best = np.argmax(np.where(masks, scores, -np.inf), axis=0)
+    return masks & (~contested | (np.arange(len(masks))[:, None, None] == best))
+
+
+def _rule_masks(scores: Sequence[np.ndarray], rule: str, stacks: Sequence[Hashable | None] | None,
+                positions: Sequence[float | None] | None) -> list[np.ndarray]:
     check_rule(rule)
     masks = [np.asarray(score) > 0.5 for score in scores]
     if rule == "none":

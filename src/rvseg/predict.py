@@ -124,10 +124,10 @@ def predict(checkpoints: str | Path | Sequence[str | Path], src: str | Path, out
     with atomic_folder(out) as tmp:
         nifti_masks = NiftiMasks(source.nifti, len(predictor.labels))
         records = segment_and_write(predictor, source.images, tmp, postprocess, nifti_masks)
-        mask_files, mask_notes = nifti_masks.write(tmp / "masks", predictor.labels)
+        mask_files = nifti_masks.write(tmp / "masks", predictor.labels)
         volumes, notes = write_volumes(tmp / "volumes.csv", source.images, records, predictor.labels)
         notes = list(dict.fromkeys([*source.notes, *orientation_notes(source, predictor),
-                                    *scale_notes(source.images, predictor), *mask_notes, *notes]))
+                                    *scale_notes(source.images, predictor), *notes]))
         write_csv(tmp / "predictions.csv", records)
         write_csv(tmp / "skipped.csv", source.skipped, fieldnames=("path", "reason"))
         write_csv(tmp / "ignored.csv", source.ignored, fieldnames=("path", "reason"))
@@ -171,7 +171,8 @@ def segment_and_write(predictor: Predictor, images: Sequence[InputImage], folder
         inputs = [predictor.to_model_input(values) if image.prepared else predictor.preprocess(values)
                   for image, values in zip(chunk, pixels, strict=True)]
         scores = list(predictor.score_maps(inputs, [image.shape for image in chunk]))
-        masks = postprocess_scores(scores, postprocess, [instants[i] for i in unit], [positions[i] for i in unit])
+        masks = postprocess_scores(scores, postprocess, [instants[i] for i in unit], [positions[i] for i in unit],
+                                   exclusive=acdc.exclusive_labels(predictor.labels))
         for i, values, image_masks in zip(unit, pixels, masks, strict=True):
             records[i] = write_image_outputs(folder, images[i], values, image_masks, predictor.labels)
             if nifti_masks is not None:
@@ -200,32 +201,26 @@ class NiftiMasks:
 
     def write(self, folder: Path, labels: Sequence[str]) -> tuple[list[str], list[str]]:
         """Save each volume's masks in ``folder``: ``<volume>.nii.gz``, 0 / 1, for one label; for labels
-        that are all ACDC's, one label map ``<volume>.nii.gz`` in ACDC's values (rv 1, myo 2, lv 3; where
-        two masks overlap, the later label of ``labels`` wins, with a note); else one 0 / 1 file
-        ``<volume>-<label>.nii.gz`` per label.
+        that are all ACDC's, one label map ``<volume>.nii.gz`` in ACDC's values (rv 1, myo 2, lv 3; their
+        masks do not overlap: :func:`~rvseg.postprocess.postprocess_scores` with ``exclusive``); else one
+        0 / 1 file ``<volume>-<label>.nii.gz`` per label.
 
         Returns:
-            (the file names, notes).
+            the file names.
         """
-        names, notes = [], []
-        label_map = len(labels) > 1 and set(labels) <= set(acdc.LABEL_VALUES)
+        names = []
         for name, array in self.arrays.items():
-            if label_map:
+            if acdc.exclusive_labels(labels):
                 values = np.zeros(array.shape[1:], dtype=np.uint8)
-                overlap = 0
                 for label, mask in zip(labels, array.astype(bool), strict=True):
-                    overlap += np.count_nonzero(values[mask])
                     values[mask] = acdc.LABEL_VALUES[label]
                 names.append(f"{name}.nii.gz")
                 save_like(self.volumes[name], values, folder / names[-1])
-                if overlap:
-                    notes.append(f"{names[-1]}: {overlap} voxel(s) predicted as two labels keep the later one "
-                                 f"of {', '.join(labels)}")
                 continue
             for label, mask in zip(labels, array, strict=True):
                 names.append(f"{name}.nii.gz" if len(labels) == 1 else f"{name}-{label}.nii.gz")
                 save_like(self.volumes[name], mask, folder / names[-1])
-        return names, notes
+        return names
 
 
 def stack_instants(images: Sequence[InputImage]) -> tuple[list, list]:

@@ -38,6 +38,13 @@ from rvseg.errors import DataError
 LABELS = ("rv", "myo", "lv")
 #: Label value of each label name in the ground-truth volumes.
 LABEL_VALUES = {"rv": 1, "myo": 2, "lv": 3}
+
+
+def exclusive_labels(labels) -> bool:
+    """Whether ``labels`` are several of ACDC's, which cannot overlap (one structure per voxel)."""
+    return len(labels) > 1 and set(labels) <= set(LABEL_VALUES)
+
+
 PATIENT_FOLDER = re.compile(r"patient\d+")
 #: How far below ``root`` patient folders are looked for (the download's ``database/training/``).
 PATIENT_SEARCH_DEPTH = 3
