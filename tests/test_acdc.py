@@ -141,6 +141,16 @@ def test_acdc_headers_with_a_unit_sform_are_placed_by_their_qform_with_one_note(
     assert summary["notes"].count(QFORM_NOTE) == 1
 
 
+def test_a_ground_truth_placed_elsewhere_than_its_image_is_noted(acdc):
+    gt = acdc / "patient001" / "patient001_frame01_gt.nii.gz"
+    nib.save(nib.Nifti1Image(labels(), np.diag([*ZOOMS, 1.0]) + np.array([[0, 0, 0, 0], [0, 0, 0, 0],
+                                                                          [0, 0, 0, 30.0], [0, 0, 0, 0]])), gt)
+    report = read_acdc(acdc)
+    assert f"{gt}: its affine differs from its image patient001_frame01.nii.gz's (the voxels are matched by " \
+           "index; in a viewer the two would not overlay)" in report.notes
+    assert not any("affine differs" in note and "frame12" in note for note in report.notes)
+
+
 def test_slice_with_empty_ground_truth_is_still_a_sample(acdc):
     sample = {s.id: s for s in read_acdc(acdc).samples}["patient002-frame01-slice03"]
     assert set(sample.masks) == {"rv", "myo", "lv"}

@@ -192,11 +192,15 @@ def read_frame(
     loaded = load_volume(gt_path, report, skip_bad)
     if loaded is None:
         return []
-    labels = loaded[0]
+    labels, gt_affine = loaded[0], loaded[2]
     if labels.shape != image.shape:
         shapes = f"{labels.shape} but its image {image_path.name} has {image.shape}"
         report.bad_file(gt_path, f"has shape {shapes}", skip_bad)
         return []
+    if not np.allclose(gt_affine, affine, rtol=1e-3, atol=0.1):
+        # The voxel grids are what is matched; a viewer would show this ground truth elsewhere.
+        report.notes.append(f"{gt_path}: its affine differs from its image {image_path.name}'s (the voxels are "
+                            "matched by index; in a viewer the two would not overlay)")
     unexpected = np.setdiff1d(np.unique(labels), [0, *LABEL_VALUES.values()])
     if unexpected.size:
         shown = ", ".join(f"{value:g}" for value in unexpected[:5])
