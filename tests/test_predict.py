@@ -378,13 +378,13 @@ def test_volumes_of_an_acdc_style_rv_label(tmp_path):
             images.append(InputImage(id=f"p1-{phase}-{z}", source="", pixels=np.zeros((2, 2)), shape=(2, 2),
                                      stack="p1", spacing_mm=(1.0, 1.0), slice_location=10.0 * z, phase=phase))
             records.append({"phase": phase, "area_mm2_rv": area})
-    (volumes,), notes = write_volumes(tmp_path / "volumes.csv", images, records, ["rv", "myo", "lv"])
-    assert notes == []
+    (volumes,), notes, phases = write_volumes(tmp_path / "volumes.csv", images, records, ["rv", "myo", "lv"])
+    assert notes == [] and phases == [record["phase"] for record in records]
     assert volumes["ed_volume_ml"] == pytest.approx(3300.0 * 10 / 1000)
     assert volumes["es_volume_ml"] == pytest.approx(1500.0 * 10 / 1000)
     assert volumes["ef_percent"] == pytest.approx(100 * (33 - 15) / 33)
     assert write_volumes(tmp_path / "none.csv", images, records, ["myo"]) == (
-        [], ["no volumes: the model segments none of endo, rv (the ventricular cavity)"])
+        [], ["no volumes: the model segments none of endo, rv (the ventricular cavity)"], phases)
 
 
 def test_predict_on_a_prepared_data_set(checkpoint, prepared, phantom, tmp_path):

@@ -125,7 +125,9 @@ def predict(checkpoints: str | Path | Sequence[str | Path], src: str | Path, out
         nifti_masks = NiftiMasks(source.nifti, len(predictor.labels))
         records = segment_and_write(predictor, source.images, tmp, postprocess, nifti_masks)
         mask_files = nifti_masks.write(tmp / "masks", predictor.labels)
-        volumes, notes = write_volumes(tmp / "volumes.csv", source.images, records, predictor.labels)
+        volumes, notes, phases = write_volumes(tmp / "volumes.csv", source.images, records, predictor.labels)
+        for record, phase in zip(records, phases, strict=True):
+            record["phase"] = phase
         notes = list(dict.fromkeys([*source.notes, *orientation_notes(source, predictor),
                                     *scale_notes(source.images, predictor), *notes]))
         write_csv(tmp / "predictions.csv", records)
@@ -302,27 +304,28 @@ def write_image_outputs(folder: Path, image: InputImage, pixels: np.ndarray, mas
     return record
 
 
-def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
-                  labels: Sequence[str]) -> tuple[list[dict], list[str]]:
-    """Areas, phases and volumes (module docstring) to ``volumes.csv``; fills in the records' phases.
+def write_volumes(path: Path, images: Sequence[InputImage], records: Sequence[dict],
+                  labels: Sequence[str]) -> tuple[list[dict], list[str], list[str]]:
+    """Areas, phases and volumes (module docstring) to ``volumes.csv``.
 
     Returns:
-        (one :meth:`~rvseg.volumes.StackVolumes.to_dict` per stack with a volume, notes).
+        (one :meth:`~rvseg.volumes.StackVolumes.to_dict` per stack with a volume, notes, each image's
+        phase: the one the volumes assigned (:func:`~rvseg.volumes.assign_phases`), else its record's).
     """
+    given_phases = [record["phase"] for record in records]
     label = cavity_label(labels)
     if label is None:
-        return [], [no_cavity_note()]
+        return [], [no_cavity_note()], given_phases
     with_spacing = [(image, record) for image, record in zip(images, records, strict=True) if image.spacing_mm]
     if not with_spacing:
-        return [], ["no areas in mm^2 or volumes: the images have no pixel spacing"]
+        return [], ["no areas in mm^2 or volumes: the images have no pixel spacing"], given_phases
     areas = [SliceArea(stack=image.stack, id=image.id, slice_location=slice_position(image),
                        area_mm2=record[f"area_mm2_{label}"], trigger_time=image.trigger_time,
                        frame=image.frame, phase=image.phase, thickness_mm=image.thickness_mm)
              for image, record in with_spacing if slice_position(image) is not None]
     areas, rules = assign_phases(areas)
     phase_of = {(area.stack, area.id): area.phase for area in areas}
-    for image, record in with_spacing:
-        record["phase"] = phase_of.get((image.stack, image.id), record["phase"])
+    phases = [phase_of.get((image.stack, image.id), phase) for image, phase in zip(images, given_phases, strict=True)]
     # A prepared set holds only the contoured frames: as rvseg evaluate does, an ED slice at the end of
     # the stack without an ES image counts as empty at ES (the RVSC experts leave the base out at ES).
     given = [area for area in areas if rules[area.stack] == "given"]
@@ -343,10 +346,11 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
         notes.append("images without a slice location have areas but enter no volume")
     rows = [{"level": "image", "stack": image.stack, "id": image.id, "slice_location": image.slice_location,
              "position_mm": slice_position(image), "trigger_time": image.trigger_time, "frame": image.frame,
-             "phase": record["phase"], "area_mm2": record[f"area_mm2_{label}"]} for image, record in with_spacing]
+             "phase": phase_of.get((image.stack, image.id), record["phase"]), "area_mm2": record[f"area_mm2_{label}"]}
+            for image, record in with_spacing]
     for item in volumes:
-        phases = (("ED", item.ed_volume_ml, item.ed_slices), ("ES", item.es_volume_ml, item.es_slices))
-        for phase, volume, slices in phases:
+        per_phase = (("ED", item.ed_volume_ml, item.ed_slices), ("ES", item.es_volume_ml, item.es_slices))
+        for phase, volume, slices in per_phase:
             if volume is not None:
                 rows.append({"level": "phase", "stack": item.stack, "phase": phase, "slices": slices,
                              "slice_spacing_mm": item.slice_spacing_mm, "volume_ml": volume})
@@ -355,7 +359,7 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: list[dict],
                      "es_volume_ml": item.es_volume_ml, "stroke_volume_ml": item.stroke_volume_ml,
                      "ef_percent": item.ef_percent, "es_rule": item.es_rule})
     write_csv(path, rows, fieldnames=VOLUME_FIELDS)
-    return [item.to_dict() for item in volumes], notes
+    return [item.to_dict() for item in volumes], notes, phases
 
 
 def orientation_notes(source: Source, predictor: Predictor) -> list[str]:
