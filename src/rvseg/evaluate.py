@@ -648,7 +648,7 @@ def example_panel(data: PreparedDataset, index: int, predicted: np.ndarray, labe
     references = {label: data.masks[index, channel, :height, :width] > 0
                   for label, channel in zip(labels, channels, strict=True) if data.present[index, channel]}
     hd = row["hd"]
-    hd_text = "HD -" if hd is None or (isinstance(hd, float) and math.isnan(hd)) else f"HD {hd:.1f} {row['unit']}"
+    hd_text = "HD -" if finite_or_none(hd) is None else f"HD {hd:.1f} {row['unit']}"
     return ExamplePanel(image=data.images[index, 0, :height, :width],
                         predictions={label: predicted[k] for k, label in enumerate(labels)},
                         references=references,

@@ -43,7 +43,7 @@ import numpy as np
 from scipy import ndimage
 
 from rvseg.checks import check_choice, finite_or_none
-from rvseg.data.contours import largest_component
+from rvseg.data.contours import largest_component, largest_region
 
 RULES = ("stack", "largest", "none")
 #: How far (pixels) the kept region of one slice is grown to find its continuation on the next.
@@ -177,9 +177,7 @@ def _continuation(regions: np.ndarray, guide: np.ndarray, tolerance: int) -> np.
     overlap = np.bincount(regions[grown], minlength=regions.max() + 1)
     overlap[0] = 0
     if overlap.max() == 0:
-        sizes = np.bincount(regions.ravel())
-        sizes[0] = 0
-        return regions == int(np.argmax(sizes))
+        return largest_region(regions)
     return regions == int(np.argmax(overlap))
 
 

@@ -133,12 +133,16 @@ def polygon_to_mask(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected foreground region of a bool (H, W) mask (empty stays empty)."""
-    labels = label(mask, connectivity=2)
-    if labels.max() == 0:
-        return np.zeros_like(mask, dtype=bool)
-    counts = np.bincount(labels.ravel())
+    return largest_region(label(mask, connectivity=2))
+
+
+def largest_region(regions: np.ndarray) -> np.ndarray:
+    """bool mask of the largest region of an int label image (0 = background; none: all False)."""
+    if regions.max() == 0:
+        return np.zeros(regions.shape, dtype=bool)
+    counts = np.bincount(regions.ravel())
     counts[0] = 0
-    return labels == int(np.argmax(counts))
+    return regions == int(np.argmax(counts))
 
 
 def mask_to_contour(mask: np.ndarray) -> np.ndarray | None:

@@ -46,12 +46,18 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 
-def detect_format(root: str | Path) -> str:
-    """Name of the layout ``root`` is in; DataError listing what was looked for if none."""
+def check_data_folder(root: str | Path) -> Path:
+    """``root`` as a Path; DataError when it is missing or not a folder."""
     root = Path(root)
     check_exists(root)
     if not root.is_dir():
         raise DataError("expected a folder holding a data set", root)
+    return root
+
+
+def detect_format(root: str | Path) -> str:
+    """Name of the layout ``root`` is in; DataError listing what was looked for if none."""
+    root = check_data_folder(root)
     for layout in LAYOUTS.values():
         if layout.looks_like(root):
             return layout.name
@@ -67,14 +73,10 @@ def read_dataset(root: str | Path, format: str = "auto", **options) -> ReadRepor
         format: a key of :data:`LAYOUTS`, or ``"auto"``.
         options: reader options (``skip_bad``, ``labels``...); each reader receives those it takes.
     """
-    root = Path(root)
-    name = detect_format(root) if format == "auto" else format
-    if name not in LAYOUTS:
-        raise ConfigError(f"unknown format {name!r}; choose one of auto, {', '.join(LAYOUTS)}")
-    check_exists(root)
-    if not root.is_dir():
-        raise DataError("expected a folder holding a data set", root)
-    reader = LAYOUTS[name].read
+    if format != "auto" and format not in LAYOUTS:
+        raise ConfigError(f"unknown format {format!r}; choose one of auto, {', '.join(LAYOUTS)}")
+    root = check_data_folder(root)
+    reader = LAYOUTS[detect_format(root) if format == "auto" else format].read
     accepted = inspect.signature(reader).parameters
     report = reader(root, **{k: v for k, v in options.items() if k in accepted and v is not None})
     note_copied_annotations(report)
