@@ -155,7 +155,9 @@ def test_damaged_records_are_named_in_one_line_not_a_traceback(grid_sweep, tmp_p
     for path, text, problem in ((sweep / "sweep.json", '{"spec": ', "cannot read this JSON file"),
                                 (sweep / "sweep.json", '{"study": "s"}', "this sweep record holds no SPEC"),
                                 (run / "config.yaml", "epochs: [1\n", "cannot read this run's config"),
-                                (run / "summary.json", "[1]", "this JSON file holds no object")):
+                                (run / "summary.json", "[1]", "this JSON file holds no object"),
+                                (run / "metrics.csv", "epoch,loss,lr\n1,0.5,0.1\n2,0.4", "holds a row that is not"),
+                                (run / "metrics.csv", "epoch,loss\n1,abc\n", "holds a row that is not numbers")):
         kept = path.read_text()
         path.write_text(text)
         folder = sweep if path.parent == sweep else run

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from rvseg.errors import DataError
 from rvseg.io import new_figure, save_figure, write_csv
 
 
@@ -33,12 +34,19 @@ def numeric_row(row: dict) -> dict:
 
 
 def read_metrics(folder: Path) -> list[dict]:
-    """The ``metrics.csv`` rows of a run folder as numbers (:func:`numeric_row`); [] if there is none yet."""
+    """The ``metrics.csv`` rows of a run folder as numbers (:func:`numeric_row`); [] if there is none yet.
+
+    Raises:
+        DataError: a row that is not numbers (a damaged file).
+    """
+    path = folder / "metrics.csv"
     try:
-        with open(folder / "metrics.csv", newline="") as handle:
+        with open(path, newline="") as handle:
             return [numeric_row(row) for row in csv.DictReader(handle)]
     except FileNotFoundError:
         return []
+    except (TypeError, ValueError) as exc:  # a cut or edited row: a missing cell is None, a word no number
+        raise DataError(f"holds a row that is not numbers ({exc})", path) from None
 
 
 def draw_progress(rows: list[dict], path: Path) -> None:
