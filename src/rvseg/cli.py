@@ -133,8 +133,9 @@ def cmd_train(args) -> int:
 # ---------------------------------------------------------------- evaluation and prediction
 
 
-def interval_text(interval: list[float] | None) -> str:
-    return f" (95% interval over patients {number(interval[0])}-{number(interval[1])})" if interval else ""
+#: The volume quantities printed, as (summary key, name, unit).
+VOLUME_QUANTITIES = (("ed_volume_ml", "EDV", "mL"), ("es_volume_ml", "ESV", "mL"), ("stroke_volume_ml", "SV", "mL"),
+                     ("ef_percent", "EF", "%"))
 
 
 def cmd_evaluate(args) -> int:
@@ -145,10 +146,15 @@ def cmd_evaluate(args) -> int:
                        save_scores=args.save_scores, cv=args.cv, **postprocess_option(args))
     if args.json:
         print_json(summary)
-        return 0
-    split = f"{len(summary['folds'])}-fold cross-validation" if "folds" in summary else f"{args.split} split"
+    else:
+        print_evaluation_summary(summary, args.split, args.out)
+    return 0
+
+
+def print_evaluation_summary(summary: dict, split: str, out) -> None:
+    split = f"{len(summary['folds'])}-fold cross-validation" if "folds" in summary else f"{split} split"
     print(f"evaluated {summary['n_samples']} samples of {len(summary['patients'])} patient(s) "
-          f"({split}, post-processing {summary['settings']['postprocess']}) -> {args.out}")
+          f"({split}, post-processing {summary['settings']['postprocess']}) -> {out}")
     for label, stats in summary["labels"].items():
         for group, cells in stats["table"].items():
             hd_rows = f" over {cells['hd_n']} of them" if cells["hd_n"] < cells["n"] else ""
@@ -177,14 +183,18 @@ def cmd_evaluate(args) -> int:
     volumes = summary["volumes"]
     if volumes["patients"]:
         print(f"  {volumes['chamber']} volumes from {volumes['label']}, predicted - reference over patients:")
-        for key, name, unit in (("ed_volume_ml", "EDV", "mL"), ("es_volume_ml", "ESV", "mL"),
-                                ("ef_percent", "EF", "points")):
-            cells = volumes["agreement"][key]
-            print(f"    {name} bias {number(cells['bias'], 1)} {unit} (sd {number(cells['sd'], 1)}, MAE "
-                  f"{number(cells['mae'], 1)}, r {number(cells['r'], 2)}, n {cells['n']})")
+        for key, name, unit in VOLUME_QUANTITIES:
+            if key in volumes["agreement"]:
+                cells = volumes["agreement"][key]
+                unit = "points" if unit == "%" else unit  # an EF difference is in percentage points
+                print(f"    {name} bias {number(cells['bias'], 1)} {unit} (sd {number(cells['sd'], 1)}, MAE "
+                      f"{number(cells['mae'], 1)}, r {number(cells['r'], 2)}, n {cells['n']})")
     for note in volumes["notes"]:
         print(f"  volumes: {note}")
-    return 0
+
+
+def interval_text(interval: list[float] | None) -> str:
+    return f" (95% interval over patients {number(interval[0])}-{number(interval[1])})" if interval else ""
 
 
 def number(value, digits: int = 3) -> str:
@@ -202,19 +212,21 @@ def cmd_predict(args) -> int:
     if args.json:
         print_json(summary)
     else:
-        print(f"segmented {summary['n_images']} image(s), skipped {summary['n_skipped']} -> {args.out}")
-        if summary["n_ignored"]:
-            print(f"  left {summary['n_ignored']} file(s) alone (ignored.csv says why)")
-        for stack, volumes in summary["volumes"].items():
-            # The stroke volume goes with the EF (same slices at ED and ES); "no EF" says why both are missing.
-            parts = [f"{name} {volumes[key]:.1f} {unit}" if volumes[key] is not None else f"no {name}"
-                     for key, name, unit in (("ed_volume_ml", "EDV", "mL"), ("es_volume_ml", "ESV", "mL"),
-                                             ("stroke_volume_ml", "SV", "mL"), ("ef_percent", "EF", "%"))
-                     if key != "stroke_volume_ml" or volumes[key] is not None]
-            print(f"  {stack}: {summary['chamber']} {', '.join(parts)}")
-        for note in summary["notes"]:
-            print(f"  note: {note}")
+        print_prediction_summary(summary, args.out)
     return 1 if summary["skipped"] else 0
+
+
+def print_prediction_summary(summary: dict, out) -> None:
+    print(f"segmented {summary['n_images']} image(s), skipped {summary['n_skipped']} -> {out}")
+    if summary["n_ignored"]:
+        print(f"  left {summary['n_ignored']} file(s) alone (ignored.csv says why)")
+    for stack, volumes in summary["volumes"].items():
+        # The stroke volume goes with the EF (same slices at ED and ES); "no EF" says why both are missing.
+        parts = [f"{name} {number(volumes[key], 1)} {unit}" if volumes[key] is not None else f"no {name}"
+                 for key, name, unit in VOLUME_QUANTITIES if key != "stroke_volume_ml" or volumes[key] is not None]
+        print(f"  {stack}: {summary['chamber']} {', '.join(parts)}")
+    for note in summary["notes"]:
+        print(f"  note: {note}")
 
 
 def cmd_demo(args) -> int:
