@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib.util
 import itertools
 import json
 import math
@@ -83,6 +82,7 @@ from rvseg.sweeps.spec import (
     run_name,
     variant_name,
 )
+from rvseg.sweeps.storage import masked, open_storage, open_study, storage_url, study_identity
 from rvseg.train.progress import read_metrics
 
 #: Seconds between a trial's heartbeats in the storage.
@@ -235,106 +235,6 @@ def choose_study_name(spec: SweepSpec, out: Path, url: str, requested: str | Non
                     and summary.user_attrs.get("rvseg_spec") == identity):
                 return summary.study_name
     return f"{spec.name}-{spec.fingerprint()}"
-
-
-# ---------------------------------------------------------------- storage and study
-
-
-def storage_url(storage: str | None, out: Path) -> str:
-    """The storage URL: the default SQLite file in ``out``, or ``storage`` with a journal path made absolute."""
-    if storage is None:
-        return f"sqlite:///{out / 'study.db'}"
-    if storage.startswith("journal:"):
-        return "journal:" + str(Path(storage.removeprefix("journal:")).expanduser().resolve())
-    return storage
-
-
-def masked(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for messages)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, at, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url`` (see :class:`SweepOptions`)."""
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    scheme = url.partition(":")[0].split("+")[0]
-    if scheme not in ("sqlite", "postgresql", "mysql"):
-        raise ConfigError(f"--storage must be journal:PATH or a sqlite://, postgresql:// or mysql:// URL, "
-                          f"not {masked(url)!r}")
-    # SQLite: wait for a busy database instead of failing, so several processes can share the file.
-    engine = {"connect_args": {"timeout": 120}} if scheme == "sqlite" else {"pool_pre_ping": True}
-    url = with_available_driver(url)
-    last = None
-    for attempt in range(5):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
-        except ImportError as exc:
-            raise ConfigError(f"cannot open study storage {masked(url)}: {exc} (for PostgreSQL: "
-                              f"pip install 'rvseg[postgres]')") from None
-        except Exception as exc:  # SQLAlchemy errors: unreachable server, or a table created concurrently
-            last = exc
-            time.sleep(0.5 * (attempt + 1))
-    raise ConfigError(f"cannot open study storage {masked(url)} ({last.__class__.__name__}: {str(last)[:300]})")
-
-
-def with_available_driver(url: str) -> str:
-    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 defaults to psycopg 3,
-    2.0 to psycopg2 (the ``postgres`` extra); an explicit ``postgresql+driver://`` is kept."""
-    if not url.startswith("postgresql://"):
-        return url
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
-
-
-def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    if spec.sampler == "grid":
-        # A fixed seed: every process must shuffle the grid alike, since trials store only a grid index.
-        return optuna.samplers.GridSampler({axis.name: axis.values for axis in spec.space}, seed=0)
-    return optuna.samplers.TPESampler(seed=None)
-
-
-def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
-    if spec.pruner is None:
-        return optuna.pruners.NopPruner()
-    options = {k: v for k, v in spec.pruner.items() if k != "name"}
-    pruner = {"median": optuna.pruners.MedianPruner, "threshold": optuna.pruners.ThresholdPruner}[spec.pruner["name"]]
-    try:
-        return pruner(**options)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"pruner {spec.pruner['name']}: {exc}") from None
-
-
-def open_study(spec: SweepSpec, url: str, study_name: str) -> optuna.Study:
-    """Create or load the study; refuse one that was created for a different SPEC."""
-    # Each run's outcome is printed by the worker; Optuna's own log would repeat failures with tracebacks.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = open_storage(url)
-    study = optuna.create_study(storage=storage, study_name=study_name, direction=spec.direction,
-                                sampler=make_sampler(spec), pruner=make_pruner(spec), load_if_exists=True)
-    identity = study_identity(spec)
-    recorded = study.user_attrs.get("rvseg_spec")
-    if recorded is None:
-        study.set_user_attr("rvseg_spec", identity)
-    elif recorded != identity:
-        raise ConfigError(f"study {study_name!r} in {masked(url)} belongs to a different sweep spec; "
-                          f"use another --study name")
-    return study
-
-
-def study_identity(spec: SweepSpec) -> dict:
-    """The SPEC without its paths, so machines that mount the data elsewhere share one study."""
-    return {k: v for k, v in spec.identity().items() if k not in ("dataset", "test")}
 
 
 # ---------------------------------------------------------------- the state of the study
@@ -661,7 +561,7 @@ class Worker:
                 if run_status(folder) == "complete" and not self.options.keep_last:
                     (folder / "last.pt").unlink(missing_ok=True)
                 resumed = f" after resuming at epoch {resumed_from}" if resumed_from else ""
-                self.log(f"{name}: {run_status(folder)}{resumed}{describe(read_run(folder))}")
+                self.log(f"{name}: {run_status(folder)}{resumed}{outcome_suffix(read_run(folder))}")
             if self.spec.test and run_status(folder) == "complete" and not (folder / "test" / "summary.json").is_file():
                 self.evaluate_test(folder)
         return read_run(folder)
@@ -737,7 +637,8 @@ def objective_value(record: dict, objective: str) -> float:
     return float(record.get(objective, math.nan))
 
 
-def describe(record: dict) -> str:
+def outcome_suffix(record: dict) -> str:
+    """What a run came to, as a suffix of its log line: the error of a failed run, else its best Dice."""
     if record["status"] == "failed":
         return f": {record['error']}"
     return (f"; best val Dice {record['best_val_dice']:.4f} (epoch {record['best_epoch']}), "
@@ -839,7 +740,7 @@ def format_summary(summary: dict) -> str:
     lines = [f"sweep {summary['study']}: {summary['runs']} run(s): {counts}", f"  results: {summary['results']}"]
     best = summary["best"]
     if best is not None:
-        lines.append(f"  best run: {best['run']}" + describe(best))
+        lines.append(f"  best run: {best['run']}" + outcome_suffix(best))
     return "\n".join(lines)
 
 
