@@ -170,6 +170,21 @@ def test_an_sform_of_unit_scales_beside_an_agreeing_qform_gives_way_to_the_qform
     assert volume.notes == [QFORM_NOTE]
 
 
+@pytest.mark.parametrize("sform, where", [
+    (np.diag([1.5, 1.5, 10.0, 1.0]), [0.0, 10.0, 20.0]),  # slices 10 mm apart, pixdim holding the 8 mm thickness
+    (np.diag([1.0, 1.0, 1.0, 1.0]) @ np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1.0]]),
+     [0.0, 1.0, 2.0]),  # unit scales, but another orientation than the qform's: not ACDC's defect
+])
+def test_other_sforms_that_disagree_with_pixdim_are_kept_with_a_note(tmp_path, sform, where):
+    image = nib.Nifti1Image(np.ones((4, 5, 3), dtype=np.int16), None)
+    image.set_qform(np.diag([1.5, 1.5, 8.0, 1.0]), code=1)
+    image.set_sform(sform, code=1)
+    nib.save(image, tmp_path / "kept.nii.gz")
+    volume = read_nifti(tmp_path / "kept.nii.gz")
+    assert np.abs(np.diff(slice_locations(volume.affine, 3))) == pytest.approx(np.diff(where))
+    assert QFORM_NOTE not in volume.notes and "differ from the affine's" in volume.notes[0]
+
+
 def test_complex_values_and_an_affine_without_a_plane_are_refused(tmp_path):
     with pytest.raises(DataError, match="complex"):
         read_nifti(save(tmp_path / "c.nii.gz", np.ones((4, 5, 2), dtype=np.complex64)))

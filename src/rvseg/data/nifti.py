@@ -6,9 +6,9 @@ prepared set sees new volumes as it saw its training slices): a volume's voxel a
 ``data[:, :, z, t]`` as stored, not rotated for display: rows run along i, columns along j, so its
 pixel spacing is ``(zooms[0], zooms[1])``. Where a slice lies is its plane's position along the plane
 normal in mm, from the affine (:func:`slice_locations`), not the slice thickness ``zooms[2]``. The
-affine is nibabel's (the sform where it is coded), except where the sform's voxel sizes disagree with
-the header's and a coded qform agrees: then the qform, as ITK reads it (the ACDC files' sform has unit
-scales, which would put their slices 1 mm apart).
+affine is nibabel's (the sform where it is coded), except where the sform is a coded qform's with unit
+axis lengths (the ACDC files' defect, which would put their slices 1 mm apart): then the qform, as ITK
+reads it. Other disagreements of sform and voxel sizes keep the sform, with a note.
 
 **Units.** Voxel sizes and the affine are in mm; a header in metres or micrometres is converted.
 Non-finite voxels (NaN outside a resampled field of view, say) are set to the volume's lowest finite
@@ -43,8 +43,8 @@ INTENT_LABEL = 1002
 
 
 #: Said once however many files it applies to (the ACDC set has 300 such files).
-QFORM_NOTE = ("NIfTI files whose sform's voxel sizes differ from their header's (as the ACDC files' do) are placed "
-              "by their qform, which agrees with them (as ITK reads them)")
+QFORM_NOTE = ("NIfTI files whose sform has unit voxel sizes beside a qform of the header's (as the ACDC files do) "
+              "are placed by their qform, as ITK reads them")
 
 
 @dataclass
@@ -172,13 +172,17 @@ def read_nifti(path: str | Path) -> NiftiVolume:
     notes = [f"{path}: {message}" for message in dict.fromkeys(messages)]
     if not _scales_agree(affine, zooms):
         # Only an sform can disagree (a qform is built from pixdim). The ACDC files have an sform of unit
-        # scales beside a qform of 1.3 x 1.3 x 10 mm voxels: slices placed by that sform would be 1 mm
-        # apart and volumes 10 times too small. ITK (so nnU-Net) reads such files by their qform.
-        qform, qform_code = image.get_qform(coded=True)
-        if qform_code and _scales_agree(qform[:3] * scale, zooms):
-            affine = np.array(qform, dtype=np.float64)
-            affine[:3] *= scale
-            notes.append(QFORM_NOTE)
+        # scales beside a qform of 1.3 x 1.3 x 10 mm voxels and the same directions: slices placed by that
+        # sform would be 1 mm apart and volumes 10 times too small. ITK (so nnU-Net) reads such files by
+        # their qform. Any other disagreement keeps the sform, which may rightly say where the slices are
+        # (10 mm apart where pixdim holds an 8 mm slice thickness).
+        qform, qform_code = image.get_qform(coded=True)  # (None, 0) without a qform
+        if qform_code:
+            qform = np.array(qform, dtype=np.float64)
+            qform[:3] *= scale
+            if _unit_scales_beside(affine, qform, scale):
+                affine = qform
+                notes.append(QFORM_NOTE)
     if not _scales_agree(affine, zooms):
         # Neither agrees: areas use one scale, slice positions the other.
         axis_lengths = np.linalg.norm(affine[:3, :3], axis=0)[: len(zooms[:3])]  # a 2D header has two sizes
@@ -193,6 +197,16 @@ def read_nifti(path: str | Path) -> NiftiVolume:
         data[~finite] = data[finite].min()
         notes.append(f"{path}: {count} non-finite voxel(s) set to the lowest finite value")
     return NiftiVolume(path=path, data=data, zooms=zooms, affine=affine, image=image, notes=notes)
+
+
+def _unit_scales_beside(sform: np.ndarray, qform: np.ndarray, unit: float) -> bool:
+    """Whether ``sform`` (in mm) is ``qform``'s directions with every axis length set to one header unit
+    (``unit`` mm) or to 1 mm: the ACDC files' defect."""
+    sform_lengths = np.linalg.norm(sform[:3, :3], axis=0)
+    qform_lengths = np.linalg.norm(qform[:3, :3], axis=0)
+    unit_lengths = any(np.allclose(sform_lengths, length, rtol=0.01) for length in (unit, 1.0))
+    return bool(unit_lengths and np.all(qform_lengths > 0)
+                and np.allclose(sform[:3, :3] / sform_lengths, qform[:3, :3] / qform_lengths, atol=1e-3))
 
 
 def _scales_agree(affine: np.ndarray, zooms: tuple[float, ...]) -> bool:
