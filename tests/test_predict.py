@@ -1027,6 +1027,19 @@ def test_an_acdc_frame_file_alone_takes_its_phase_from_the_info_cfg_beside_it(ch
     assert {(int(row["frame"]), row["phase"]) for row in rows} == {(3, "ES")}
     (volumes,) = summary["volumes"].values()
     assert volumes["ed_volume_ml"] is None and volumes["es_volume_ml"] > 0
+    (folder / "Info.cfg").write_text("ED: 1\nES: 5\n")  # frame 3 is neither: said so
+    summary = predict([checkpoint], folder / "patient101_frame03.nii.gz", tmp_path / "mid")
+    assert f"{folder / 'Info.cfg'}: gives ED as frame 1, ES as frame 5, so patient101_frame03.nii.gz is a frame " \
+           "between them: its volume is not an EDV or ESV" in summary["notes"]
+    flat = tmp_path / "flat"  # another patient's Info.cfg beside the frame: not this patient's phases
+    flat.mkdir()
+    shutil.copy(folder / "patient101_frame03.nii.gz", flat / "patient101_frame03.nii.gz")
+    (flat / "Info.cfg").write_text("ED: 1\nES: 3\n")
+    summary = predict([checkpoint], flat, tmp_path / "flat-pred")
+    assert {row["phase"] for row in read_csv(tmp_path / "flat-pred" / "predictions.csv")} == {"ED"}
+    assert summary["skipped"] == [] and summary["ignored"] == [{
+        "path": str(flat / "Info.cfg"),
+        "reason": "an ACDC patient information file, not used: the NIfTI images beside it are not its patient's"}]
     (folder / "Info.cfg").write_text("ED: 1\nES: 1\n")  # unusable: the phase is unknown, with a note
     summary = predict([checkpoint], folder / "patient101_frame03.nii.gz", tmp_path / "bad")
     assert {row["phase"] for row in read_csv(tmp_path / "bad" / "predictions.csv")} == {"ED"}  # the stack's only

@@ -318,10 +318,11 @@ def companion_reason(path: Path, nifti_stems: set[tuple[Path, str]]) -> str | No
         return "a table (a data set's manifest or link file), not an image"
     if path.suffix.lower() in SIDECAR_SUFFIXES and (path.parent, path.stem) in nifti_stems:
         return f"the sidecar of the NIfTI image {path.stem}"
-    if path.name == "Info.cfg" and any(folder == path.parent and (ACDC_CINE_NAME.match(stem) or
-                                                                   acdc.FRAME_FILE.match(f"{stem}.nii"))
-                                       for folder, stem in nifti_stems):
-        return "the ACDC patient information beside its NIfTI images (their phases are read from it)"
+    if path.name == "Info.cfg" and any(folder == path.parent for folder, _ in nifti_stems):
+        if any(folder == path.parent and stem.startswith(f"{folder.name}_") and
+               (ACDC_CINE_NAME.match(stem) or acdc.FRAME_FILE.match(f"{stem}.nii")) for folder, stem in nifti_stems):
+            return "the ACDC patient information beside its NIfTI images (their phases are read from it)"
+        return "an ACDC patient information file, not used: the NIfTI images beside it are not its patient's"
     return None
 
 
@@ -453,7 +454,8 @@ def acdc_ignored_reason(path: Path) -> str:
 def acdc_phases_of_cine(volume: NiftiVolume) -> tuple[dict[int, str], list[str]]:
     """For an ACDC cine (``patientNNN_4d.nii.gz``) beside its ``Info.cfg``: (frame number -> ED / ES,
     notes on what could not be used); ({}, []) for other volumes."""
-    if volume.data.ndim != 4 or not ACDC_CINE_NAME.search(nifti_stem(volume.path)):
+    stem = nifti_stem(volume.path)
+    if volume.data.ndim != 4 or not ACDC_CINE_NAME.search(stem) or stem != f"{volume.path.parent.name}_4d":
         return {}, []
     report = ReadReport("acdc", acdc.LABELS)
     phases = acdc.read_phases(volume.path.parent / "Info.cfg", report, skip_bad=True)
@@ -478,11 +480,16 @@ def acdc_frame_phase(volume: NiftiVolume) -> tuple[int | None, str, list[str]]:
     if volume.data.ndim != 3 or not match or match["gt"]:
         return None, "", []
     frame = int(match["frame"])
-    if not info.is_file():
+    # Only the patient's own Info.cfg: a folder of several patients' frames holds at most one of theirs.
+    if not info.is_file() or volume.path.parent.name != match["patient"]:
         return frame, "", []
     report = ReadReport("acdc", acdc.LABELS)
     phases = acdc.read_phases(info, report, skip_bad=True)
     notes = [f"{item['path']}: {item['reason']}; the phase of {volume.path.name} is unknown" for item in report.skipped]
+    if phases and frame not in phases:
+        named = ", ".join(f"{phase} as frame {number}" for number, phase in sorted(phases.items()))
+        notes.append(f"{info}: gives {named}, so {volume.path.name} is a frame between them: its volume is not "
+                     "an EDV or ESV")
     return frame, phases.get(frame, ""), notes
 
 
