@@ -157,9 +157,11 @@ def test_damaged_records_are_named_in_one_line_not_a_traceback(grid_sweep, tmp_p
                                 (run / "config.yaml", "epochs: [1\n", "cannot read this run's config"),
                                 (run / "summary.json", "[1]", "this JSON file holds no object"),
                                 (run / "metrics.csv", "epoch,loss,lr\n1,0.5,0.1\n2,0.4", "holds a row that is not"),
-                                (run / "metrics.csv", "epoch,loss\n1,abc\n", "holds a row that is not numbers")):
+                                (run / "metrics.csv", "epoch,loss\n1,abc\n", "holds a row that is not numbers"),
+                                (run / "metrics.csv", "epoch,loss\n,0.5\n", "holds a row without its epoch"),
+                                (run / "config.yaml", b"\xff\xfe", "cannot read this run's config")):
         kept = path.read_text()
-        path.write_text(text)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
         folder = sweep if path.parent == sweep else run
         capsys.readouterr()
         assert main(["report", str(folder), "--out", str(tmp_path / "report.html")]) == 2, path

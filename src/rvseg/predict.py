@@ -201,7 +201,7 @@ class NiftiMasks:
         if image.volume:
             self.arrays[image.volume][(slice(None),) * 3 + image.volume_index] = masks
 
-    def write(self, folder: Path, labels: Sequence[str]) -> tuple[list[str], list[str]]:
+    def write(self, folder: Path, labels: Sequence[str]) -> list[str]:
         """Save each volume's masks in ``folder``: ``<volume>.nii.gz``, 0 / 1, for one label; for labels
         that are all ACDC's, one label map ``<volume>.nii.gz`` in ACDC's values (rv 1, myo 2, lv 3; their
         masks do not overlap: :func:`~rvseg.postprocess.postprocess_scores` with ``exclusive``); else one

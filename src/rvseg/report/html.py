@@ -248,7 +248,7 @@ def read_run_config(path: Path) -> dict:
         return {}
     try:
         config = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8 text
         raise DataError(f"cannot read this run's config ({exc})", path) from None
     if not isinstance(config, dict):
         raise DataError("this run's config holds no mapping of option: value (damaged?)", path)

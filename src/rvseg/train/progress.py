@@ -42,11 +42,14 @@ def read_metrics(folder: Path) -> list[dict]:
     path = folder / "metrics.csv"
     try:
         with open(path, newline="") as handle:
-            return [numeric_row(row) for row in csv.DictReader(handle)]
+            rows = [numeric_row(row) for row in csv.DictReader(handle)]
     except FileNotFoundError:
         return []
     except (TypeError, ValueError) as exc:  # a cut or edited row: a missing cell is None, a word no number
         raise DataError(f"holds a row that is not numbers ({exc})", path) from None
+    if any("epoch" not in row for row in rows):
+        raise DataError("holds a row without its epoch", path)
+    return rows
 
 
 def draw_progress(rows: list[dict], path: Path) -> None:
