@@ -1098,6 +1098,23 @@ def test_acdc_labels_never_overlap_so_label_maps_areas_and_volumes_agree():
     assert (nested == (scores[:2] > 0.5)).all()
 
 
+def test_exclusive_labels_under_a_region_rule_keep_one_region_each_and_the_myocardial_ring():
+    """The region rule fills the myocardium's ring into a disk over the LV cavity; the contest gives the
+    cavity back, and each label is one region again (RV cut in two by a more probable myocardium keeps
+    its larger part)."""
+    scores = np.zeros((3, 20, 20), dtype=np.float32)
+    scores[1, 4:16, 4:16] = 0.8  # myo ring, 2 px thick
+    scores[1, 6:14, 6:14] = 0.0
+    scores[2, 6:14, 6:14] = 0.9  # lv inside it
+    scores[0, 0:3, 2:19] = 0.7  # rv strip above, crossed by a more probable myo bridge at columns 9-10
+    scores[1, 0:4, 9:11] = 0.95
+    (masks,) = postprocess_scores([scores], "largest", exclusive=True)
+    assert masks.sum(axis=0).max() == 1
+    assert masks[1].sum() == 12 * 12 - 8 * 8 + 4 * 2  # the ring (its hole is the LV's) and the bridge
+    assert masks[2].sum() == 64
+    assert masks[0].sum() == 3 * 8 and masks[0][:, 11:].any() and not masks[0][:, :9].any()  # the larger part
+
+
 def read_nifti_fixture(folder: Path, shape: tuple[int, ...]):
     from rvseg.data.nifti import read_nifti
 

@@ -1,7 +1,8 @@
 """Post-processing: predicted score maps to masks of one region per structure.
 
 RVSC contours are one closed polygon per structure, so every rule but ``none`` leaves each label one
-8-connected region per image, holes filled: masks, written contours and areas then agree. The rules
+8-connected region per image, holes filled (but see ``exclusive`` below): masks, written contours and
+areas then agree. The rules
 (:data:`RULES`) differ in *which* region is kept:
 
 - ``none``: the thresholded masks (``score > 0.5``) as they are.
@@ -25,7 +26,10 @@ RVSC contours are one closed polygon per structure, so every rule but ``none`` l
 
 With ``exclusive`` (labels that cannot overlap, as ACDC's RV cavity, LV myocardium and LV cavity), a
 pixel in the masks of several labels then keeps the most probable of them, so that masks, label maps,
-areas and volumes describe the same pixels. (RVSC's and Sunnybrook's endo- and epicardium nest.)
+areas and volumes describe the same pixels; under a rule other than ``none`` each label then keeps its
+largest region again, without filling holes: the holes are other labels' (the myocardium is a ring
+around the LV cavity, which the rule's hole filling had joined to it). (RVSC's and Sunnybrook's endo-
+and epicardium nest, so they are not exclusive.)
 
 Why ``stack``: towards the apex the RV shrinks to a few dozen pixels and the errors of a model are
 bright fat or the LV cavity taken for it, often a larger region than the true one, so ``largest``
@@ -70,6 +74,8 @@ def postprocess_scores(scores: Sequence[np.ndarray], rule: str = "largest",
     masks = _rule_masks(scores, rule, stacks, positions)
     if exclusive:
         masks = [most_probable_label(mask, np.asarray(score)) for mask, score in zip(masks, scores, strict=True)]
+        if rule != "none":
+            masks = [np.stack([largest_component(label_mask) for label_mask in mask]) for mask in masks]
     return masks
 
 
