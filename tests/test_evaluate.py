@@ -243,9 +243,10 @@ def test_the_stack_rule_gets_each_patient_and_phase_as_a_stack(run, rvsc, monkey
     number (the shared RVSC set has no slice locations), and ``--postprocess largest`` passes its rule on."""
     calls = []
 
-    def spy(scores, rule, stacks, positions):
+    def spy(scores, rule, stacks, positions, exclusive):
         calls.append((rule, stacks, positions))
-        return postprocess_scores(scores, rule, stacks, positions)
+        assert not exclusive  # endo alone (and endo with epi) may overlap
+        return postprocess_scores(scores, rule, stacks, positions, exclusive=exclusive)
 
     monkeypatch.setattr(evaluate_module, "postprocess_scores", spy)
     data = load_dataset(rvsc)

@@ -1029,8 +1029,8 @@ def test_an_acdc_frame_file_alone_takes_its_phase_from_the_info_cfg_beside_it(ch
     assert volumes["ed_volume_ml"] is None and volumes["es_volume_ml"] > 0
     (folder / "Info.cfg").write_text("ED: 1\nES: 5\n")  # frame 3 is neither: said so
     summary = predict([checkpoint], folder / "patient101_frame03.nii.gz", tmp_path / "mid")
-    assert f"{folder / 'Info.cfg'}: gives ED as frame 1, ES as frame 5, so patient101_frame03.nii.gz is a frame " \
-           "between them: its volume is not an EDV or ESV" in summary["notes"]
+    assert f"{folder / 'Info.cfg'}: gives ED as frame 1, ES as frame 5, not frame 3: the volume of " \
+           "patient101_frame03.nii.gz is neither an EDV nor an ESV" in summary["notes"]
     flat = tmp_path / "flat"  # another patient's Info.cfg beside the frame: not this patient's phases
     flat.mkdir()
     shutil.copy(folder / "patient101_frame03.nii.gz", flat / "patient101_frame03.nii.gz")

@@ -473,8 +473,9 @@ def acdc_phases_of_cine(volume: NiftiVolume) -> tuple[dict[int, str], list[str]]
 
 def acdc_frame_phase(volume: NiftiVolume) -> tuple[int | None, str, list[str]]:
     """For an ACDC frame file (``patientNNN_frameFF.nii.gz``, 3D) beside its patient's ``Info.cfg``: (FF,
-    ED / ES / "" from the Info.cfg, notes on an Info.cfg that could not be used); (None, "", []) for other
-    volumes, and no note where there is no Info.cfg (a frame file copied out of its folder)."""
+    ED / ES / "" from the Info.cfg, notes on an Info.cfg that could not be used or names FF neither ED nor
+    ES); (None, "", []) for other volumes, and no note where there is no Info.cfg of the patient (a frame
+    file copied out of its folder)."""
     match = acdc.FRAME_FILE.match(volume.path.name)
     info = volume.path.parent / "Info.cfg"
     if volume.data.ndim != 3 or not match or match["gt"]:
@@ -488,8 +489,8 @@ def acdc_frame_phase(volume: NiftiVolume) -> tuple[int | None, str, list[str]]:
     notes = [f"{item['path']}: {item['reason']}; the phase of {volume.path.name} is unknown" for item in report.skipped]
     if phases and frame not in phases:
         named = ", ".join(f"{phase} as frame {number}" for number, phase in sorted(phases.items()))
-        notes.append(f"{info}: gives {named}, so {volume.path.name} is a frame between them: its volume is not "
-                     "an EDV or ESV")
+        notes.append(f"{info}: gives {named}, not frame {frame}: the volume of {volume.path.name} is neither an "
+                     "EDV nor an ESV")
     return frame, phases.get(frame, ""), notes
 
 
