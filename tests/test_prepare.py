@@ -12,9 +12,10 @@ import pytest
 from helpers import crop_dicom, make_patient_copy
 
 from rvseg.cli import main
-from rvseg.data.dataset import encode_targets, load_dataset
+from rvseg.data.dataset import load_dataset
 from rvseg.data.phantom import write_phantom
 from rvseg.data.splits import split_patients, training_share
+from rvseg.data.targets import encode_targets
 from rvseg.errors import ConfigError
 
 

@@ -17,8 +17,9 @@ import yaml
 from helpers import synthetic_report
 
 from rvseg.cli import main, parse_arguments
-from rvseg.data.dataset import decision_threshold, encode_targets, load_dataset
+from rvseg.data.dataset import load_dataset
 from rvseg.data.prepare import PrepareOptions, write_prepared
+from rvseg.data.targets import decision_threshold, encode_targets
 from rvseg.errors import ConfigError, DataError
 from rvseg.losses import build_loss
 from rvseg.models import build_model

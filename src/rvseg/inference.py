@@ -12,7 +12,7 @@ data set was made with (``prepare`` in the checkpoint's data info). For one raw 
    flipped back and the four are averaged. Flips form a group, so the averaged output is exactly
    flip-equivariant: segmenting a flipped image gives the flipped segmentation.
 3. **Scores**: each model's probabilities are first turned into a *filled score*, a map in [0, 1]
-   whose foreground is ``score > 0.5`` (:func:`filled_scores`: the probability itself for filled
+   whose foreground is ``score > 0.5`` (:func:`~rvseg.data.targets.filled_scores`: the probability itself for filled
    targets, ``2 p - 1`` for the grey targets whose decision threshold is 0.75, and the hole-filled
    outline for outline targets). The ensemble then combines them:
 
@@ -47,9 +47,8 @@ from torch import nn
 
 from rvseg.checks import as_paths, check_choice, is_whole_number
 from rvseg.data import acdc
-from rvseg.data.dataset import decision_threshold
-from rvseg.data.outlines import fill_outlines
 from rvseg.data.prepare import normalise_image, resize_sample
+from rvseg.data.targets import filled_scores
 from rvseg.errors import ConfigError, DataError
 from rvseg.postprocess import postprocess_scores
 from rvseg.train.checkpoint import find_checkpoint, model_from_checkpoint
@@ -253,30 +252,6 @@ def combine(probabilities: np.ndarray, ensemble: str, mask_style: str,
         return to_original_geometry(filled_scores(probabilities.mean(axis=0), mask_style), shape)
     votes = np.stack([to_original_geometry(filled_scores(p, mask_style), shape) > 0.5 for p in probabilities])
     return votes.mean(axis=0, dtype=np.float32)
-
-
-def filled_scores(probabilities: np.ndarray, mask_style: str) -> np.ndarray:
-    """Map probabilities of a target style to scores in [0, 1] whose foreground is ``> 0.5``.
-
-    Args:
-        probabilities: float (..., h, w) sigmoid outputs.
-        mask_style: ``filled`` (returned as they are), ``grey`` (``2 p - 1``: 0.5 is background, 1
-            foreground, so the decision threshold 0.75 becomes 0.5) or ``outline`` (the outline
-            ``p > 0.5`` hole-filled into a region, :func:`~rvseg.data.outlines.fill_outlines`;
-            scores 0 or 1).
-
-    Returns:
-        float32 array of the input's shape.
-    """
-    probabilities = np.asarray(probabilities, dtype=np.float32)
-    if mask_style == "filled":
-        return probabilities
-    if mask_style == "grey":
-        scale = 0.5 / (decision_threshold("grey") - 0.5)
-        return np.clip(0.5 + (probabilities - decision_threshold("grey")) * scale, 0.0, 1.0).astype(np.float32)
-    if mask_style == "outline":
-        return fill_outlines(probabilities > 0.5).astype(np.float32)
-    raise ConfigError(f"unknown mask style {mask_style!r}")
 
 
 def to_original_geometry(scores: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -13,7 +13,8 @@ When samples of different sizes are stacked (no ``--size``), each is padded at t
 to the largest size; ``height``/``width`` in ``samples.csv`` give the real extent.
 
 Targets are always stored filled; the study's other target encodings (``outline``, ``grey``) are
-derived from them by :func:`encode_targets`, so metrics are always computed on filled masks.
+derived from them by :func:`rvseg.data.targets.encode_targets`, so metrics are always computed on filled
+masks.
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ from rvseg.checks import as_path, check_exists
 from rvseg.errors import DataError
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
-MASK_STYLES = ("filled", "outline", "grey")
 ARRAY_FILES = ("images.npy", "masks.npy", "present.npy")
 #: What every consumer of a prepared data set reads from ``dataset.json`` and ``samples.csv``.
 META_KEYS = ("labels", "options", "content_hash", "summary")
@@ -171,37 +171,3 @@ def _inconsistency(meta, images: np.ndarray, masks: np.ndarray, present: np.ndar
     return ""
 
 
-def decision_threshold(mask_style: str) -> float:
-    """Probability above which a pixel is called foreground: 0.75 on the grey (0.5 / 1) encoding of
-    :func:`encode_targets`, halfway between its background and its region; 0.5 otherwise."""
-    return 0.75 if mask_style == "grey" else 0.5
-
-
-def encode_targets(masks: torch.Tensor, style: str) -> torch.Tensor:
-    """Encode filled masks as the study's target styles.
-
-    Args:
-        masks: float (B, L, H, W), filled 0/1.
-        style: ``filled`` (0/1), ``outline`` (1 on the region's 4-connected inner boundary, else 0)
-            or ``grey`` (region 1 on a 0.5 background, the study's "filled on grey").
-
-    Returns:
-        float (B, L, H, W) targets in [0, 1].
-    """
-    if style == "filled":
-        return masks
-    if style == "grey":
-        return 0.5 + 0.5 * masks
-    if style == "outline":
-        import torch
-        import torch.nn.functional as F
-
-        # A foreground pixel is on the outline when any 4-neighbour is background:
-        # erosion by a plus-shaped kernel is a min-pool over the cross.
-        padded = F.pad(masks, (1, 1, 1, 1), value=0.0)
-        eroded = torch.minimum(
-            torch.minimum(padded[..., 1:-1, :-2], padded[..., 1:-1, 2:]),
-            torch.minimum(padded[..., :-2, 1:-1], padded[..., 2:, 1:-1]),
-        )
-        return masks * (1.0 - torch.minimum(eroded, masks))
-    raise DataError(f"unknown mask style {style!r}; choose one of {', '.join(MASK_STYLES)}")

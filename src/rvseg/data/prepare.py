@@ -16,9 +16,10 @@ from skimage.transform import resize
 
 from rvseg import __version__
 from rvseg.checks import as_path, check_choice, check_type, is_real_number
-from rvseg.data.dataset import ARRAY_FILES, MASK_STYLES
+from rvseg.data.dataset import ARRAY_FILES
 from rvseg.data.formats import read_dataset
 from rvseg.data.sample import PHASES, ReadReport, Sample
+from rvseg.data.targets import MASK_STYLES
 from rvseg.errors import ConfigError, DataError
 from rvseg.io import atomic_folder, check_output_folder, checksum, csv_cell, write_csv, write_json
 

@@ -25,9 +25,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rvseg import __version__
 from rvseg.checks import as_path, check_type, pick
-from rvseg.data.dataset import PreparedDataset, decision_threshold, encode_targets, load_dataset
+from rvseg.data.dataset import PreparedDataset, load_dataset
 from rvseg.data.outlines import fill_outlines
 from rvseg.data.splits import split_patients, training_share
+from rvseg.data.targets import decision_threshold, encode_targets, target_style
 from rvseg.errors import ConfigError, RvsegError
 from rvseg.io import write_json
 from rvseg.losses import build_loss, deep_supervision_loss
@@ -375,7 +376,7 @@ def validate(model: nn.Module, val: SplitData, loss_fn, runtime: Runtime, batch_
         logits = logits.float()
         loss_sum += loss_fn(logits, targets) * len(images)
         predicted = torch.sigmoid(logits) > threshold
-        if val.style == "outline":
+        if target_style(val.style).outline:
             # Score the regions the outlines enclose, as rvseg evaluate does: a one-pixel-wide outline
             # shifted by one pixel overlaps its target hardly at all while the regions nearly coincide.
             predicted = torch.from_numpy(fill_outlines(predicted.cpu().numpy())).to(runtime.device)
