@@ -46,10 +46,15 @@ def test_workflow_through_the_api_on_a_phantom(tmp_path):
     assert (summary["n_samples"], summary["n_patients"]) == (2 * 2 * 2, 2)  # ED and ES on every slice
     dataset = rv.load_dataset(tmp_path / "data")
     assert dataset.images.shape[1:] == (1, 64, 56)
+    assert rv.dataset_summary(tmp_path / "data") == rv.dataset_summary(dataset)  # a folder or the set itself
+    rv.draw_montage(str(tmp_path / "data"), tmp_path / "montage.png", n=4)
+    assert (tmp_path / "montage.png").stat().st_size > 0
 
     config = rv.TrainConfig(epochs=1, width=4, depth=2, batch_size=4, val_patients=["P02"], device="cpu")
+    written = repr(config)
     trained = rv.train(tmp_path / "data", tmp_path / "run", config, verbose=False)
     assert trained["epochs"] == 1 and trained["val_patients"] == ["P02"]
+    assert repr(config) == written  # what the run resolves is in its config.yaml, not in the caller's object
 
     scored = rv.evaluate(tmp_path / "run", tmp_path / "data", split="val", out=tmp_path / "eval")
     assert scored["labels"]["endo"]["overall"]["metrics"]["dice"]["n"] == 4  # P02: 2 slices x ED, ES

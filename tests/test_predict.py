@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from collections import Counter
 from dataclasses import replace
@@ -229,6 +230,21 @@ def test_masks_are_mapped_back_aligned_with_the_image(shape):
             near = ndimage.binary_dilation(regions == k, iterations=3)
             offset = np.argwhere(mask[0] & near).mean(axis=0) - np.argwhere(regions == k).mean(axis=0)
             assert np.abs(offset).max() < 0.4, offset
+
+
+def test_predictor_predict_takes_the_rules_by_name_and_refuses_images_that_are_not_2d():
+    image, _ = discs_image((100, 90))  # three discs: three regions, of which "largest" keeps one
+    predictor = known_predictor()
+    raw, by_name, largest = (predictor.predict([image], postprocess=rule)[0][0] for rule in (False, "none", True))
+    assert ndimage.label(raw)[1] == 3 and (by_name == raw).all() and ndimage.label(largest)[1] == 1
+    assert (predictor.predict([image], postprocess="largest")[0][0] == largest).all()
+    with pytest.raises(ConfigError, match="postprocess"):
+        predictor.predict([image], postprocess="lagest")
+    channel_first = "images[1] must be a 2-D (H, W) array of intensities, not float32 of shape (1, 100, 90)"
+    for bad, shown in ((image[None], channel_first), (np.stack([image] * 3, axis=-1), "(100, 90, 3)"),
+                       (np.array(["a", "b"]), "<U1 of shape (2,)")):
+        with pytest.raises(ConfigError, match=re.escape(shown)):
+            predictor.predict([image, bad])
 
 
 def test_mean_and_vote_combine_as_documented():

@@ -95,10 +95,14 @@ def write_spec(path: Path, dataset: Path, **changes) -> Path:
 
 
 def sweep_in_process(spec, out: Path, **options) -> dict:
-    """``run_sweep`` here (no ``rvseg sweep`` process to start); trainers still run as subprocesses."""
+    """``run_sweep`` here (no ``rvseg sweep`` process to start); trainers still run as subprocesses. Optuna's
+    log level is the caller's again afterwards (a notebook's own studies keep their log)."""
+    before = optuna.logging.get_verbosity()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")
-        return run_sweep(spec, out, SweepOptions(verbose=False, **options))
+        summary = run_sweep(spec, out, SweepOptions(verbose=False, **options))
+    assert optuna.logging.get_verbosity() == before
+    return summary
 
 
 def tiny_overrides(**changes):

@@ -818,6 +818,10 @@ def test_a_checkpoint_from_before_an_option_existed_resumes(tiny_dataset, tmp_pa
     ({"val_patients": "P03"}, "option val_patients must be a list of names"),
     ({"epochs": "2"}, "option epochs must be a whole number, not '2'"),
     ({"lr": "1e-3"}, "option lr must be a number"),
+    ({"loss": "dice_bce"}, "unknown loss 'dice_bce'; choose one of dice, "),
+    ({"optimizer": "adamx"}, "unknown optimizer 'adamx'"),
+    ({"scheduler": "onecycle"}, "unknown scheduler 'onecycle'"),
+    ({"arch": "resnet"}, "unknown model 'resnet'"),
 ])
 def test_a_config_built_in_python_with_wrong_types_is_one_clear_error(options, message):
     with pytest.raises(ConfigError, match=message):

@@ -37,13 +37,14 @@ from rvseg.sweep import SweepOptions, resolve_spec, run_sweep
 from rvseg.sweeps.spec import Overrides
 from rvseg.train.config import TrainConfig, load_config
 from rvseg.train.loop import train
+from rvseg.train.optim import OPTIMIZERS, SCHEDULERS
 
 __all__ = [
     # data: a synthetic study, any layout read into a prepared set or checked in memory, a prepared set loaded
     "write_phantom", "prepare", "PrepareOptions", "load_study", "load_dataset", "PreparedDataset",
     "dataset_summary", "draw_montage",
-    # the registries of models and losses, and their builders
-    "MODELS", "build_model", "LOSSES", "build_loss",
+    # the registries (name -> builder) of models, losses, optimizers and learning-rate schedules
+    "MODELS", "build_model", "LOSSES", "build_loss", "OPTIMIZERS", "SCHEDULERS",
     # training, evaluation, prediction
     "TrainConfig", "load_config", "train", "segmentation_metrics", "evaluate", "Predictor", "predict",
     # studies: a sweep from a SPEC file or preset, and its report

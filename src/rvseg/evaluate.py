@@ -130,7 +130,7 @@ EMPTY_RULE = ("both masks empty: Dice, Jaccard, sensitivity, precision 1 and HD 
 
 def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path, split: str = "val",
              out: str | Path | None = None, *, ensemble: str = "mean", tta: bool = False, postprocess: str = "stack",
-             batch_size: int = 16, device: str = "cpu", force: bool = False, save_scores: bool = False,
+             batch_size: int = 16, device: str = "auto", force: bool = False, save_scores: bool = False,
              cv: bool = False) -> dict:
     """Evaluate a checkpoint, or an ensemble of several, on a prepared data set (module docstring).
 
@@ -143,7 +143,7 @@ def evaluate(checkpoints: str | Path | Sequence[str | Path], dataset: str | Path
         tta: flip test-time augmentation.
         postprocess: ``stack``, ``largest`` or ``none`` (:mod:`rvseg.postprocess`; as ``rvseg predict``).
         batch_size: images per forward pass.
-        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (the default: CUDA where there is one).
         force: replace an existing non-empty ``out``.
         save_scores: also write ``out/scores.npz``, the score maps before post-processing (module
             docstring); needs ``out``.

@@ -50,7 +50,7 @@ from rvseg.data import acdc
 from rvseg.data.prepare import normalise_image, resize_sample
 from rvseg.data.targets import filled_scores
 from rvseg.errors import ConfigError, DataError
-from rvseg.postprocess import postprocess_scores
+from rvseg.postprocess import check_rule, postprocess_scores
 from rvseg.train.checkpoint import find_checkpoint, model_from_checkpoint
 from rvseg.train.runtime import resolve_device
 
@@ -100,7 +100,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoints(cls, paths: str | Path | Sequence[str | Path], *, ensemble: str = "mean",
-                         tta: bool = False, batch_size: int = 16, device: str = "cpu") -> Predictor:
+                         tta: bool = False, batch_size: int = 16, device: str = "auto") -> Predictor:
         """Load a checkpoint file or run folder (``best.pt``, else ``last.pt``), or several (an ensemble).
 
         Raises:
@@ -200,23 +200,36 @@ class Predictor:
                     maps[i] = combine(probabilities[:, j], self.ensemble, self.mask_style, shapes[i])
             yield from (maps[i] for i in chunk)
 
-    def predict(self, images: Sequence[np.ndarray], postprocess: bool = True) -> list[np.ndarray]:
+    def predict(self, images: Sequence[np.ndarray], postprocess: bool | str = True) -> list[np.ndarray]:
         """Masks of raw images at their own resolution.
 
         Args:
-            images: raw float (H_i, W_i) images (intensities as read, not normalised).
-            postprocess: keep each label's largest region, holes filled (module docstring, step 5); the
-                images are taken one by one (``rvseg predict`` and ``rvseg evaluate`` also know their stacks).
+            images: raw float (H_i, W_i) images (intensities as read, not normalised): a list, or one
+                (N, H, W) array.
+            postprocess: a rule of :mod:`rvseg.postprocess` (``largest``, ``none``; ``stack`` needs the
+                images' stacks, which ``rvseg predict`` and ``rvseg evaluate`` know, and here falls back to
+                ``largest``), or True (``largest``: each label's largest region, holes filled; module
+                docstring, step 5) or False (``none``).
 
         Returns:
             bool (L, H_i, W_i) masks, one per image, channels in the order of ``labels``.
+
+        Raises:
+            ConfigError: an image that is not 2D, or an unknown rule.
         """
         if isinstance(images, np.ndarray) and images.ndim == 2:
             raise ConfigError(f"images must be a list of (H, W) images (or one (N, H, W) array), not one image "
                               f"of shape {images.shape}: pass [image]")
+        rule = ("largest" if postprocess else "none") if isinstance(postprocess, bool) else postprocess
+        check_rule(rule)
+        images = [np.asarray(image) for image in images]
+        for k, image in enumerate(images):
+            if image.ndim != 2 or not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
+                raise ConfigError(f"images[{k}] must be a 2-D (H, W) array of intensities, not "
+                                  f"{image.dtype} of shape {image.shape}")
         inputs = [self.preprocess(image) for image in images]
-        return postprocess_scores(list(self.score_maps(inputs, [image.shape for image in images])),
-                                  "largest" if postprocess else "none", exclusive=acdc.exclusive_labels(self.labels))
+        return postprocess_scores(list(self.score_maps(inputs, [image.shape for image in images])), rule,
+                                  exclusive=acdc.exclusive_labels(self.labels))
 
 
 def check_same_preprocessing(files: Sequence[Path], infos: Sequence[dict]) -> None:

@@ -85,7 +85,7 @@ VOLUME_FIELDS = ("level", "stack", "id", "slice_location", "position_mm", "trigg
 
 def predict(checkpoints: str | Path | Sequence[str | Path], src: str | Path, out: str | Path, *,
             ensemble: str = "mean", tta: bool = False, postprocess: str = "stack", batch_size: int = 16,
-            device: str = "cpu", force: bool = False) -> dict:
+            device: str = "auto", force: bool = False) -> dict:
     """Segment every image of ``src`` and write the output folder (module docstring).
 
     Args:
@@ -97,7 +97,7 @@ def predict(checkpoints: str | Path | Sequence[str | Path], src: str | Path, out
         tta: flip test-time augmentation.
         postprocess: ``stack``, ``largest`` or ``none`` (:mod:`rvseg.postprocess`; module docstring).
         batch_size: images per forward pass.
-        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (the default: CUDA where there is one).
         force: replace an existing non-empty ``out``.
 
     Returns:

@@ -82,7 +82,7 @@ from rvseg.sweeps.spec import (
     run_name,
     variant_name,
 )
-from rvseg.sweeps.storage import masked, open_storage, open_study, storage_url, study_identity
+from rvseg.sweeps.storage import masked, open_storage, open_study, quiet_optuna, storage_url, study_identity
 from rvseg.train.progress import read_metrics
 
 #: Seconds between a trial's heartbeats in the storage.
@@ -697,22 +697,23 @@ def run_sweep(spec: SweepSpec, out: str | Path, options: SweepOptions | None = N
     study_name = choose_study_name(spec, out, url, options.study_name)
     check_spec_unchanged(spec, out)
     check_study_continues(out, url, study_name)
-    study = open_study(spec, url, study_name)  # checks the sampler and pruner options too
-    record_spec(spec, out, study_name)  # only once all is known to be right: a bad SPEC leaves no trace
-    if options.retry_failed:
-        for failed in (out / "runs").glob("*/failed.json"):
-            failed.unlink()
-    try:
-        with sigterm_as_interrupt():
-            recover(study, spec, options.grace_s, retry_failed=options.retry_failed)
-            prepare_variants(spec, out, options.workers, options.verbose)
-            if options.verbose:
-                print(f"sweep {study_name}: {describe_size(spec)}; storage {masked(url)}; "
-                      f"{options.workers} worker(s)", flush=True)
-            run_workers(spec, out, study, url, options)
-    finally:
-        records = write_results_csv(spec, out)  # also after an interrupt: what has finished so far
-    export_trials(study, out / "trials.json")
+    with quiet_optuna():
+        study = open_study(spec, url, study_name)  # checks the sampler and pruner options too
+        record_spec(spec, out, study_name)  # only once all is known to be right: a bad SPEC leaves no trace
+        if options.retry_failed:
+            for failed in (out / "runs").glob("*/failed.json"):
+                failed.unlink()
+        try:
+            with sigterm_as_interrupt():
+                recover(study, spec, options.grace_s, retry_failed=options.retry_failed)
+                prepare_variants(spec, out, options.workers, options.verbose)
+                if options.verbose:
+                    print(f"sweep {study_name}: {describe_size(spec)}; storage {masked(url)}; "
+                          f"{options.workers} worker(s)", flush=True)
+                run_workers(spec, out, study, url, options)
+        finally:
+            records = write_results_csv(spec, out)  # also after an interrupt: what has finished so far
+        export_trials(study, out / "trials.json")
     return summarize(spec, out, study_name, url, records)
 
 
@@ -825,7 +826,7 @@ def worker_main(argv: list[str]) -> int:
     spec = parse_spec(json.loads(args.spec))
     options = SweepOptions(**json.loads(args.options))
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), quiet_optuna():
             study = open_study(spec, os.environ[STORAGE_ENV], args.study)
             Worker(spec, out, study, options, prefix=f"[worker {args.index}] ", child_env=json.loads(args.env)).run()
     except RvsegError as exc:

@@ -139,7 +139,8 @@ def load_dataset(root: str | Path) -> PreparedDataset:
     meta_path = root / "dataset.json"
     check_exists(root)
     if not is_prepared(root):
-        raise DataError("not a prepared data set (no dataset.json); run `rvseg prepare` first", root)
+        raise DataError("not a prepared data set (no dataset.json); run `rvseg prepare` (rvseg.api.prepare) first",
+                        root)
     try:
         meta = json.loads(meta_path.read_text())
         images = np.load(root / "images.npy")

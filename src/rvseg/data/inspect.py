@@ -30,8 +30,16 @@ def load_study(src: str | Path, options: PrepareOptions | None = None) -> Prepar
     return dataclasses.replace(dataset, root=Path(src))
 
 
-def dataset_summary(dataset: PreparedDataset) -> dict:
-    """The prepare-time summary, with label statistics recomputed from the arrays on disk."""
+def as_dataset(dataset: PreparedDataset | str | Path) -> PreparedDataset:
+    """A prepared data set given as itself or as its folder."""
+    return dataset if isinstance(dataset, PreparedDataset) else load_dataset(dataset)
+
+
+def dataset_summary(dataset: PreparedDataset | str | Path) -> dict:
+    """The prepare-time summary of a prepared data set (or its folder), with label statistics recomputed
+    from the arrays on disk: the keys of :func:`~rvseg.data.prepare.prepare`'s summary, and ``labels``
+    (per label: ``count``, ``mean_foreground_fraction``...), ``shape`` and ``content_hash``."""
+    dataset = as_dataset(dataset)
     summary = dict(dataset.meta["summary"])
     extents = np.array([[int(r["height"]), int(r["width"])] for r in dataset.rows])
     summary["labels"] = label_statistics(dataset.labels, dataset.masks, dataset.present, extents)
@@ -40,8 +48,10 @@ def dataset_summary(dataset: PreparedDataset) -> dict:
     return summary
 
 
-def draw_montage(dataset: PreparedDataset, path: str | Path, n: int = 16, columns: int = 4) -> None:
-    """Draw ``n`` samples spread evenly over the set, each with every label's contour overlaid."""
+def draw_montage(dataset: PreparedDataset | str | Path, path: str | Path, n: int = 16, columns: int = 4) -> None:
+    """Draw ``n`` samples spread evenly over a prepared data set (or its folder) to the image ``path``, each
+    with every label's contour overlaid."""
+    dataset = as_dataset(dataset)
     if n < 1:
         raise ConfigError(f"--n must be at least 1, not {n}")
     from matplotlib.lines import Line2D

@@ -86,15 +86,17 @@ def study_from_trials(export: dict):
     """An in-memory Optuna study holding the completed trials of a ``trials.json`` export."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction=export["direction"])
-    for trial in export["trials"]:
-        if trial["state"] != "COMPLETE" or trial["value"] is None:
-            continue
-        distributions = {name: optuna.distributions.json_to_distribution(text)
-                         for name, text in trial["distributions"].items()}
-        study.add_trial(optuna.trial.create_trial(params=trial["params"], distributions=distributions,
-                                                  value=trial["value"]))
+    from rvseg.sweeps.storage import quiet_optuna
+
+    with quiet_optuna(optuna.logging.WARNING):
+        study = optuna.create_study(direction=export["direction"])
+        for trial in export["trials"]:
+            if trial["state"] != "COMPLETE" or trial["value"] is None:
+                continue
+            distributions = {name: optuna.distributions.json_to_distribution(text)
+                             for name, text in trial["distributions"].items()}
+            study.add_trial(optuna.trial.create_trial(params=trial["params"], distributions=distributions,
+                                                      value=trial["value"]))
     return study
 
 

@@ -4,8 +4,10 @@ study itself, refused when it was created for another SPEC."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -91,8 +93,6 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
 
 def open_study(spec: SweepSpec, url: str, study_name: str) -> optuna.Study:
     """Create or load the study; refuse one that was created for a different SPEC."""
-    # Each run's outcome is printed by the worker; Optuna's own log would repeat failures with tracebacks.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(url)
     study = optuna.create_study(storage=storage, study_name=study_name, direction=spec.direction,
                                 sampler=make_sampler(spec), pruner=make_pruner(spec), load_if_exists=True)
@@ -104,6 +104,20 @@ def open_study(spec: SweepSpec, url: str, study_name: str) -> optuna.Study:
         raise ConfigError(f"study {study_name!r} in {masked(url)} belongs to a different sweep spec; "
                           f"use another --study name")
     return study
+
+
+@contextlib.contextmanager
+def quiet_optuna(level: int = optuna.logging.ERROR) -> Iterator[None]:
+    """Optuna's log at ``level`` inside the block, then as it was (a notebook's own studies keep theirs).
+
+    A sweep's workers print each run's outcome; Optuna's own log would repeat failures with tracebacks.
+    """
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def study_identity(spec: SweepSpec) -> dict:

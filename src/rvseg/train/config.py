@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from rvseg.checks import is_real_number, is_whole_number
+from rvseg.checks import is_real_number, is_whole_number, pick
 from rvseg.errors import ConfigError
 
 #: Default share of the image below which a slice's target counts as small (``--oversample-small``).
@@ -98,9 +98,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` for an option out of range (the split, model and loss options
-        are checked where they are used)."""
+        """Raise :class:`ConfigError` for an option out of range or an unknown loss, optimizer, schedule
+        or model name (the split, the loss's parameters and the model's size are checked where they are
+        used: :func:`rvseg.train.loop.check_options`)."""
         check_types(self)
+        self.check_names()
         for name in ("epochs", "batch_size", "step_size", "sgdr_t0", "depth", "width"):
             check_option(name, getattr(self, name), "at least 1", lambda v: v >= 1)
         for name in ("lr", "gamma", "oversample_small"):
@@ -120,6 +122,16 @@ class TrainConfig:
         check_graph_or_compile(self.cuda_graph, self.compile)
         if self.pause_after is not None:
             check_option("pause_after", self.pause_after, "at least 1", lambda v: v >= 1)
+
+    def check_names(self) -> None:
+        """The loss, optimizer, schedule and model exist (their registries import torch: imported here)."""
+        from rvseg.losses import LOSSES
+        from rvseg.models import MODELS
+        from rvseg.train.optim import OPTIMIZERS, SCHEDULERS
+
+        for registry, name, what in ((LOSSES, self.loss, "loss"), (OPTIMIZERS, self.optimizer, "optimizer"),
+                                     (SCHEDULERS, self.scheduler, "scheduler"), (MODELS, self.arch, "model")):
+            pick(registry, name, what)
 
     def check_augmentation(self) -> None:
         """The ranges :class:`rvseg.train.augment.AugmentConfig` needs, named as the options are."""

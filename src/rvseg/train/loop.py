@@ -11,6 +11,7 @@ checkpoints hold and why a resumed run continues exactly.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import signal
@@ -24,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from rvseg import __version__
-from rvseg.checks import as_path, check_type, pick
+from rvseg.checks import as_path, check_type
 from rvseg.data.dataset import PreparedDataset, load_dataset
 from rvseg.data.outlines import fill_outlines
 from rvseg.data.splits import split_patients, training_share
@@ -39,8 +40,6 @@ from rvseg.train.average import WeightAverage
 from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig, field_default, user_fields
 from rvseg.train.optim import (
-    OPTIMIZERS,
-    SCHEDULERS,
     build_optimizer,
     build_scheduler,
     replan_schedule,
@@ -145,8 +144,6 @@ def check_options(config: TrainConfig) -> None:
     if config.switch_tau != "auto":
         resolve_tau(config, None)  # a number, or the message
     config_loss(config, switch_tau=0.5)
-    pick(OPTIMIZERS, config.optimizer, "optimizer")
-    pick(SCHEDULERS, config.scheduler, "scheduler")
     check_device_name(config.device)  # names only: a sweep's report may be read on a machine without the GPU
     check_precision_name(config.precision)
     with torch.device("meta"):  # the architecture's checks and size, without memory
@@ -405,6 +402,7 @@ def train(dataset: str | Path, out: str | Path, config: TrainConfig, *, resume: 
         TrainingDiverged: the loss became NaN or infinite.
     """
     check_type(config, TrainConfig, "config", " (e.g. TrainConfig(epochs=50))")
+    config = copy.deepcopy(config)  # the run records what it resolves in its own copy, not in the caller's
     dataset, out = as_path(dataset, "dataset"), as_path(out, "out")
     check_options(config)
     runtime = setup_runtime(config.device, config.precision)
@@ -489,7 +487,8 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     elif resume and runtime.is_main and verbose:
         print(f"no checkpoint in {out}: starting from scratch")
     elif not resume and any((out / name).exists() for name in RUN_FILES):
-        raise ConfigError("run folder already holds a run; use --resume to continue it or choose another --out", out)
+        raise ConfigError("run folder already holds a run; use --resume (resume=True in Python) to continue it, or "
+                          "choose another --out", out)
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         # A pause belongs to this session: `rvseg train --config RUN/config.yaml` must run the whole run.
