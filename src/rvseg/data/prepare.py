@@ -205,8 +205,23 @@ def sample_rows(samples: list[Sample], labels, masks, present, extents, spacings
 def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = None, force: bool = False) -> dict:
     """Read ``src`` (any supported layout) and write a prepared data set to ``out``.
 
+    Args:
+        src: the study folder (its layout detected unless ``options.format`` names one).
+        out: the folder to write (created; it must not exist or be empty, unless ``force``).
+        options: how samples are normalised, resized and encoded (:class:`PrepareOptions`).
+        force: replace a non-empty ``out``.
+
     Returns:
-        the summary (also stored in ``dataset.json`` under ``summary``).
+        the summary (also stored in ``dataset.json`` under ``summary``): ``format``, ``n_samples``,
+        ``n_patients``, ``labels`` (per label ``count`` and ``mean_foreground_fraction``), ``phases``
+        (ED / ES / unknown counts), ``unmatched`` (``images`` without contours, ``contours`` without
+        images), ``unfillable`` (contours that give no region), ``skipped`` (``{"path", "reason"}`` of
+        bad files, with ``skip_bad``) and ``notes``.
+
+    Raises:
+        DataError: ``src`` is missing, in no known layout, holds a bad file (without ``skip_bad``) or no
+            annotated sample; ``out`` is not empty.
+        ConfigError: an invalid option.
     """
     options = options or PrepareOptions()
     check_type(options, PrepareOptions, "options", " (e.g. PrepareOptions(size=(128, 128)))")
