@@ -494,8 +494,8 @@ def test_the_fold_mean_interval_draws_patients_whole():
         return [{"patient": patient, "dice": value} for value in dice]
 
     # Every patient alike: no spread, whatever is drawn.
-    same = rows("A", 0.8, 0.8) + rows("B", 0.8) + rows("C", 0.8, 0.8, 0.8)
-    assert fold_mean_interval(same, [["A", "B"], ["C"]]) == pytest.approx([0.8, 0.8])
+    same = rows("A", 0.8, 0.8) + rows("B", 0.8) + rows("C", 0.8, 0.8, 0.8) + rows("D", 0.8)
+    assert fold_mean_interval(same, [["A", "B"], ["C", "D"]]) == pytest.approx([0.8, 0.8])
     # Around the mean of the folds' image-weighted means, wider the more the patients differ.
     folds = [["A", "B", "C"], ["D", "E"]]
     close = rows("A", 0.8, 0.8, 0.8) + rows("B", 0.82) + rows("C", 0.78) + rows("D", 0.9) + rows("E", 0.88)
@@ -509,9 +509,15 @@ def test_the_fold_mean_interval_draws_patients_whole():
     # where both patients' means are 0.8 (drawing images alone would give an interval around 0.8).
     within = fold_mean_interval(rows("A", 0.9, 0.7) + rows("B", 0.8, 0.8), [["A", "B"]])
     assert within == pytest.approx([0.8, 0.8])
-    # NaN Dice rows are skipped; a fold without rows gives no interval.
-    assert fold_mean_interval(rows("A", float("nan"), 0.5), [["A"]]) == pytest.approx([0.5, 0.5])
-    assert fold_mean_interval(rows("A", 0.5), [["A"], ["B"]]) is None
+    # NaN Dice rows are skipped; a fold of fewer than two patients with rows gives no interval (a
+    # leave-one-patient-out CV has no spread over patients within its folds).
+    assert fold_mean_interval(rows("A", float("nan"), 0.5) + rows("B", 0.5), [["A", "B"]]) == pytest.approx([0.5, 0.5])
+    assert fold_mean_interval(rows("A", 0.5) + rows("B", 0.6) + rows("C", 0.7), [["A", "B"], ["C"]]) is None
+    assert fold_mean_interval(rows("A", 0.5) + rows("B", float("nan")), [["A", "B"]]) is None
+    # Dice lies in [0, 1], so does the interval: two folds of a perfect and a poor patient each.
+    low, high = fold_mean_interval(rows("A", 1.0) + rows("B", 0.3) + rows("C", 1.0) + rows("D", 0.95),
+                                   [["A", "B"], ["C", "D"]])
+    assert 0.0 <= low < high == 1.0
 
 
 def test_the_fold_mean_interval_covers_the_true_mean_of_simulated_cross_validations():

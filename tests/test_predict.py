@@ -238,6 +238,7 @@ def test_predictor_predict_takes_the_rules_by_name_and_refuses_images_that_are_n
     raw, by_name, largest = (predictor.predict([image], postprocess=rule)[0][0] for rule in (False, "none", True))
     assert ndimage.label(raw)[1] == 3 and (by_name == raw).all() and ndimage.label(largest)[1] == 1
     assert (predictor.predict([image], postprocess="largest")[0][0] == largest).all()
+    assert (predictor.predict([image], postprocess=np.bool_(True))[0][0] == largest).all()  # from a NumPy array
     with pytest.raises(ConfigError, match="postprocess"):
         predictor.predict([image], postprocess="lagest")
     channel_first = "images[1] must be a 2-D (H, W) array of intensities, not float32 of shape (1, 100, 90)"
@@ -1064,6 +1065,21 @@ def test_an_acdc_frame_file_alone_takes_its_phase_from_the_info_cfg_beside_it(ch
     (folder / "Info.cfg").unlink()  # a frame file copied out of its folder: no note
     summary = predict([checkpoint], folder / "patient101_frame03.nii.gz", tmp_path / "alone")
     assert not any("Info.cfg" in note for note in summary["notes"])
+
+
+def test_acdc_phases_are_read_when_the_patient_folder_is_given_as_a_relative_path(checkpoint, phantom, tmp_path,
+                                                                                  monkeypatch):
+    """``cd patient101 && rvseg predict RUN .``: the folder's name is its absolute path's, not ".'s"."""
+    cine, spacing = phantom_cine(phantom)
+    folder = write_acdc_patient(tmp_path, cine, spacing, {1: 0}, "ED: 2\nES: 4\n")
+    (folder / "patient101_frame01.nii.gz").unlink()
+    (folder / "patient101_frame01_gt.nii.gz").unlink()  # the cine and its Info.cfg alone
+    monkeypatch.chdir(folder)
+    summary = predict([checkpoint], ".", tmp_path / "pred")
+    assert summary["skipped"] == [] and summary["ignored"][0]["reason"].startswith("the ACDC patient information")
+    assert {row["phase"] for row in read_csv(tmp_path / "pred" / "predictions.csv")} == {"", "ED", "ES"}
+    predict([checkpoint], "patient101_4d.nii.gz", tmp_path / "cine")
+    assert {row["phase"] for row in read_csv(tmp_path / "cine" / "predictions.csv")} == {"", "ED", "ES"}
 
 
 def test_non_finite_voxels_are_replaced_with_a_note(checkpoint, phantom, tmp_path):

@@ -14,6 +14,7 @@ from helpers import crop_dicom, make_patient_copy
 from rvseg.cli import main
 from rvseg.data.dataset import load_dataset
 from rvseg.data.phantom import write_phantom
+from rvseg.data.prepare import PrepareOptions
 from rvseg.data.splits import split_patients, training_share
 from rvseg.data.targets import encode_targets
 from rvseg.errors import ConfigError
@@ -200,6 +201,11 @@ def test_mask_styles_encode_targets():
     grey = encode_targets(masks, "grey")
     assert set(grey.unique().tolist()) == {0.5, 1.0}
     assert torch.equal(encode_targets(masks, "filled"), masks)
+
+
+def test_a_mask_style_that_is_no_name_is_one_clear_error():
+    with pytest.raises(ConfigError, match=r"--mask-style must be one of filled, outline, grey, not \['grey'\]"):
+        PrepareOptions(mask_style=["grey"]).validate()
 
 
 def test_mask_style_is_recorded(shared_data, tmp_path, capsys):

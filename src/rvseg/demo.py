@@ -78,14 +78,14 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     trained = train(out / "dataset", run, config, resume=resumable(run, config))
 
     step("evaluating on the validation patient")
-    evaluation = evaluate(run, out / "dataset", split="val", out=out / "evaluation", force=True)
+    evaluation = evaluate(run, out / "dataset", split="val", out=out / "evaluation", force=True, device="cpu")
     endo = evaluation["labels"]["endo"]["overall"]["metrics"]
     step(f"  val endo Dice {endo['dice']['mean']:.3f}, HD {endo['hd']['mean']:.2f} mm, "
          f"HD95 {endo['hd95']['mean']:.2f} mm")
 
     patient_folder = out / "phantom" / f"patient{scale.patients:02d}"
     step(f"segmenting the whole cine of {patient_folder.name} ({scale.slices * scale.frames} DICOM frames)")
-    predicted = predict([run], patient_folder, out / "prediction", force=True)
+    predicted = predict([run], patient_folder, out / "prediction", force=True, device="cpu")
     truth = [t for t in load_phantom_summary(out / "phantom").truth if t.patient == val_patient]
     errors = volume_errors(predicted["volumes"], [{"patient": t.patient, "ed_volume_ml": t.ed_volume_ml,
                                                    "es_volume_ml": t.es_volume_ml, "ef_percent": t.ef_percent}

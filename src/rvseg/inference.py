@@ -220,7 +220,7 @@ class Predictor:
         if isinstance(images, np.ndarray) and images.ndim == 2:
             raise ConfigError(f"images must be a list of (H, W) images (or one (N, H, W) array), not one image "
                               f"of shape {images.shape}: pass [image]")
-        rule = ("largest" if postprocess else "none") if isinstance(postprocess, bool) else postprocess
+        rule = ("largest" if postprocess else "none") if isinstance(postprocess, (bool, np.bool_)) else postprocess
         check_rule(rule)
         images = [np.asarray(image) for image in images]
         for k, image in enumerate(images):

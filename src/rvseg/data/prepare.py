@@ -56,7 +56,7 @@ class PrepareOptions:
     def validate(self) -> None:
         if self.channels not in (1, 3):
             raise ConfigError(f"--channels must be 1 or 3, not {self.channels}")
-        check_choice(self.mask_style, MASK_STYLES, "--mask-style")
+        check_choice(self.mask_style, tuple(MASK_STYLES), "--mask-style")
         check_choice(self.normalize, NORMALISATIONS, "--normalize")
         if self.size is not None:
             if not (np.ndim(self.size) == 1 and len(self.size) == 2 and all(

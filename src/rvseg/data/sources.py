@@ -319,7 +319,8 @@ def companion_reason(path: Path, nifti_stems: set[tuple[Path, str]]) -> str | No
     if path.suffix.lower() in SIDECAR_SUFFIXES and (path.parent, path.stem) in nifti_stems:
         return f"the sidecar of the NIfTI image {path.stem}"
     if path.name == "Info.cfg" and any(folder == path.parent for folder, _ in nifti_stems):
-        if any(folder == path.parent and stem.startswith(f"{folder.name}_") and
+        # The folder's own name, also where it was given as "." or a relative path.
+        if any(folder == path.parent and stem.startswith(f"{folder.absolute().name}_") and
                (ACDC_CINE_NAME.match(stem) or acdc.FRAME_FILE.match(f"{stem}.nii")) for folder, stem in nifti_stems):
             return "the ACDC patient information beside its NIfTI images (their phases are read from it)"
         return "an ACDC patient information file, not used: the NIfTI images beside it are not its patient's"
@@ -455,7 +456,7 @@ def acdc_phases_of_cine(volume: NiftiVolume) -> tuple[dict[int, str], list[str]]
     """For an ACDC cine (``patientNNN_4d.nii.gz``) beside its ``Info.cfg``: (frame number -> ED / ES,
     notes on what could not be used); ({}, []) for other volumes."""
     stem = nifti_stem(volume.path)
-    if volume.data.ndim != 4 or not ACDC_CINE_NAME.search(stem) or stem != f"{volume.path.parent.name}_4d":
+    if volume.data.ndim != 4 or not ACDC_CINE_NAME.search(stem) or stem != f"{volume.path.absolute().parent.name}_4d":
         return {}, []
     report = ReadReport("acdc", acdc.LABELS)
     phases = acdc.read_phases(volume.path.parent / "Info.cfg", report, skip_bad=True)
@@ -482,7 +483,7 @@ def acdc_frame_phase(volume: NiftiVolume) -> tuple[int | None, str, list[str]]:
         return None, "", []
     frame = int(match["frame"])
     # Only the patient's own Info.cfg: a folder of several patients' frames holds at most one of theirs.
-    if not info.is_file() or volume.path.parent.name != match["patient"]:
+    if not info.is_file() or volume.path.absolute().parent.name != match["patient"]:
         return frame, "", []
     report = ReadReport("acdc", acdc.LABELS)
     phases = acdc.read_phases(info, report, skip_bad=True)
