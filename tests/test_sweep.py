@@ -607,7 +607,11 @@ def test_journal_storage_is_accepted(tmp_path, prepared):
 
 
 def test_options_only_the_trainer_knows_are_checked_before_anything_is_written(tmp_path, prepared):
-    for base in ({"optimizer": "nosuch"}, {"device": "gpu"}, {"depth": 12}, {"dropout": 1.5}):
+    # A name the config knows is refused as the base's own option; the rest when each point is built.
+    with pytest.raises(ConfigError, match="^unknown optimizer 'nosuch'; choose one of adam, adamw, sgd"):
+        parse_spec({"dataset": str(prepared), "space": {"loss": ["dice", "focal"]},
+                    "base": {"epochs": 1, "width": 4, "device": "cpu", "optimizer": "nosuch"}})
+    for base in ({"device": "gpu"}, {"depth": 12}, {"dropout": 1.5}):
         with pytest.raises(ConfigError, match="space point"):
             parse_spec({"dataset": str(prepared), "space": {"loss": ["dice", "focal"]},
                         "base": {"epochs": 1, "width": 4, "device": "cpu", **base}})
