@@ -24,15 +24,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rvseg.checks import as_path, check_exists
 from rvseg.errors import DataError
-
-if TYPE_CHECKING:
-    pass
 
 ARRAY_FILES = ("images.npy", "masks.npy", "present.npy")
 #: What every consumer of a prepared data set reads from ``dataset.json`` and ``samples.csv``.
@@ -112,7 +108,6 @@ class PreparedDataset:
         if not row.get("spacing_mm"):
             return None
         return float(row["spacing_mm"]), float(row["spacing_col_mm"])
-
 
     def scale(self, indices: Sequence[int]) -> dict:
         """How large the anatomy of the samples ``indices`` is in pixels of their prepared images:
