@@ -346,8 +346,8 @@ def write_volumes(path: Path, images: Sequence[InputImage], records: Sequence[di
         notes.append("images without a slice location have areas but enter no volume")
     rows = [{"level": "image", "stack": image.stack, "id": image.id, "slice_location": image.slice_location,
              "position_mm": slice_position(image), "trigger_time": image.trigger_time, "frame": image.frame,
-             "phase": phase_of.get((image.stack, image.id), record["phase"]), "area_mm2": record[f"area_mm2_{label}"]}
-            for image, record in with_spacing]
+             "phase": phase, "area_mm2": record[f"area_mm2_{label}"]}
+            for image, record, phase in zip(images, records, phases, strict=True) if image.spacing_mm]
     for item in volumes:
         per_phase = (("ED", item.ed_volume_ml, item.ed_slices), ("ES", item.es_volume_ml, item.es_slices))
         for phase, volume, slices in per_phase:
