@@ -185,7 +185,7 @@ def read_nifti(path: str | Path) -> NiftiVolume:
                 notes.append(QFORM_NOTE)
     if not _scales_agree(affine, zooms):
         # Neither agrees: areas use one scale, slice positions the other.
-        axis_lengths = np.linalg.norm(affine[:3, :3], axis=0)[: len(zooms[:3])]  # a 2D header has two sizes
+        axis_lengths = _axis_lengths(affine, zooms)
         notes.append(f"{path}: the header's voxel sizes ({' x '.join(f'{size:g}' for size in zooms[:3])} mm) differ "
                      f"from the affine's ({' x '.join(f'{size:.4g}' for size in axis_lengths)} mm); pixel areas use "
                      "the voxel sizes, slice positions the affine")
@@ -209,10 +209,14 @@ def _unit_scales_beside(sform: np.ndarray, qform: np.ndarray, unit: float) -> bo
                 and np.allclose(sform[:3, :3] / sform_lengths, qform[:3, :3] / qform_lengths, atol=1e-3))
 
 
+def _axis_lengths(affine: np.ndarray, zooms: tuple[float, ...]) -> np.ndarray:
+    """The affine's length per voxel along each axis the header sizes (a 2D header has two)."""
+    return np.linalg.norm(affine[:3, :3], axis=0)[: len(zooms[:3])]
+
+
 def _scales_agree(affine: np.ndarray, zooms: tuple[float, ...]) -> bool:
     """Whether the affine's axis lengths are the header's voxel sizes (within 1 %)."""
-    axis_lengths = np.linalg.norm(affine[:3, :3], axis=0)[: len(zooms[:3])]  # a 2D header has two sizes
-    return bool(np.allclose(axis_lengths, zooms[:3], rtol=0.01))
+    return bool(np.allclose(_axis_lengths(affine, zooms), zooms[:3], rtol=0.01))
 
 
 def slice_locations(affine: np.ndarray, count: int) -> list[float]:
