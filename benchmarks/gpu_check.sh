@@ -36,7 +36,9 @@
 # `rvseg evaluate` (Dice, HD, HD95 per image and patient): with the default stack post-processing,
 # with the per-image largest region, and stack with flip TTA (there, because checkpoints are larger
 # than what a call brings back; a seed S > 0 with stack only), and with several seeds their ensemble
-# (mean probability) with stack, in seed 0's run folder as eval-ensemble-stack. The stack evaluations of
+# (mean probability) with stack, in seed 0's run folder as eval-ensemble-stack; a run of a config with
+# `snapshots: true` also as the ensembles of its last two and three SGDR cycle ends (eval-snapshots2-stack,
+# eval-snapshots3-stack; the smoke test trains those runs 3 epochs with --sgdr-t0 1). The stack evaluations of
 # seed 0 and of the ensembles also save their score maps (--save-scores), so thresholds and
 # post-processing can be studied on the CPU afterwards (benchmarks/compare_postprocessing.py D EVAL...).
 #
@@ -155,6 +157,7 @@ if [[ $MODE == smoke ]]; then
     PEER=(--device cpu --width 4 --steps 2 --repeats 1 --warmup 1 --workers 2 --samples 32 --size 32 32)
     DEVICE=(--device cpu)
     TRAIN=(--device cpu --width 4 --depth 2 --epochs 1)
+    ACCURACY_TRAIN=(--epochs 3 --sgdr-t0 1)  # two SGDR cycle ends (1, 3): what an --snapshots run's scoring needs
     PREPARE_SIZE=(--size 32 28)
     SWEEP_SCALE=(--device cpu --epochs 1 --width 4 --depth 2 --repeats 1)
     SWEEP_CUTS=(losses "--only loss=dice,switching-0.75" lr-grid "--only lr=0.001 --only fraction=1.0,0.4")
@@ -166,6 +169,7 @@ else
     PEER=(--device cuda --steps 30 --repeats 3 --warmup 5 --workers 8 --samples 512 --size 256 208)
     DEVICE=(--device cuda)
     TRAIN=(--device cuda)
+    ACCURACY_TRAIN=()
     PREPARE_SIZE=()
     SWEEP_SCALE=(--device cuda)
     EVALUATED_AT_ONCE=4
@@ -419,10 +423,15 @@ done
 # The default post-processing (stack), the per-image rule it replaced (largest), and the default with flip TTA;
 # the raw Dice is the runs' own validation Dice (metrics.csv).
 EVALUATIONS=(stack largest stack-tta)
+# A run trained with --snapshots (the config's `snapshots: true`) is also scored as the ensemble of its last
+# two and of its last three SGDR cycle ends (snapshot-EEEE.pt), with stack: weights no validation chose.
+SNAPSHOT_ENSEMBLES=(2 3)
 # Kept back from phase B for scoring the accuracy runs afterwards: EVALUATED_AT_ONCE runs' evaluations side by
-# side take about 20 s (each about 10 s alone; the GPU idles while they compute metrics on the CPU), then
-# the ensembles' together.
-RESERVE=$(( 30 + 20 * ((${#ACCURACY_RUNS[@]} + EVALUATED_AT_ONCE - 1) / EVALUATED_AT_ONCE) + 20 * (${#ENSEMBLES[@]} > 0) ))
+# side take about 20 s (each about 10 s alone; the GPU idles while they compute metrics on the CPU), 30 s with
+# the snapshot ensembles, then the ensembles' together.
+BATCH_S=20
+(( ${#ACCURACY[@]} )) && grep -qx 'snapshots: true' "${ACCURACY[@]}" && BATCH_S=30
+RESERVE=$(( 30 + BATCH_S * ((${#ACCURACY_RUNS[@]} + EVALUATED_AT_ONCE - 1) / EVALUATED_AT_ONCE) + 20 * (${#ENSEMBLES[@]} > 0) ))
 if have_rvsc; then
     for entry in "${ACCURACY_RUNS[@]}"; do
         IFS='|' read -r name config extra <<< "$entry"
@@ -433,7 +442,8 @@ if have_rvsc; then
             continue
         fi
         start_background "accuracy-$name" $(( $(left) - RESERVE )) "${RVSEG[@]}" train "$WORK/rvsc" \
-            --config "$config" --out "$KEEP/accuracy/$name" --resume --quiet "${TRAIN[@]}" "${GRAPH[@]}" "${extra[@]}"
+            --config "$config" --out "$KEEP/accuracy/$name" --resume --quiet "${TRAIN[@]}" "${ACCURACY_TRAIN[@]}" \
+            "${GRAPH[@]}" "${extra[@]}"
     done
 fi
 # The sweeps read a prepared copy inside the keep folder, which travels with it. keep.tar.gz leaves the
@@ -482,6 +492,14 @@ for entry in "${ACCURACY_RUNS[@]}"; do
         esac
         start_background "evaluate-$name-$variant" "$(evaluation_limit)" "${RVSEG[@]}" evaluate "$run" "$WORK/rvsc" --split val \
             --out "$run/eval-$variant" "${DEVICE[@]}" "${flags[@]}"
+    done
+    for count in "${SNAPSHOT_ENSEMBLES[@]}"; do
+        [[ $name == *-seed[0-9]* ]] && break
+        mapfile -t snapshots < <(find "$run" -maxdepth 1 -name 'snapshot-*.pt' | sort | tail -n "$count")
+        out=$run/eval-snapshots$count-stack
+        (( ${#snapshots[@]} == count )) && [[ ! -f $out/summary.json ]] || continue
+        start_background "evaluate-$name-snapshots$count" "$(evaluation_limit)" "${RVSEG[@]}" evaluate "${snapshots[@]}" \
+            "$WORK/rvsc" --split val --out "$out" "${DEVICE[@]}"
     done
     (( ++evaluated % EVALUATED_AT_ONCE )) || finish_background
 done

@@ -455,6 +455,14 @@ def test_cross_validation_pools_the_folds_each_scored_on_its_own_patients(fold_r
     assert fold_dice[0] != pytest.approx(fold_dice[1])  # so that the pooled mean and the fold mean differ meaningfully
 
 
+def test_checkpoint_files_of_one_run_are_one_folds_ensemble(fold_runs, rvsc):
+    """As an --snapshots run's cycle ends are evaluated: ``RUN/snapshot-0350.pt RUN/snapshot-0750.pt``."""
+    run = fold_runs["p15-seed0"]
+    summary = evaluate([run / "best.pt", fold_runs["p13"], run / "last.pt"], rvsc, cv=True, device="cpu")
+    assert [fold["checkpoints"] for fold in summary["folds"]] == [[str(run / "best.pt"), str(run / "last.pt")],
+                                                                  [str(fold_runs["p13"] / "best.pt")]]
+
+
 def test_cross_validation_refusals(fold_runs, rvsc, tmp_path, capsys):
     with pytest.raises(ConfigError, match="at least two folds.*P15, P16"):
         evaluate([fold_runs["p15-seed0"], fold_runs["p15-seed1"]], rvsc, cv=True)

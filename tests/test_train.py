@@ -408,7 +408,7 @@ def test_yaml_config_and_flags(tmp_path):
 @pytest.mark.parametrize("name, difference", [
     ("rvsc-endo", {}), ("rvsc-epi", {"target": ["epi"]}), ("rvsc-joint", {"target": ["endo", "epi"]}),
     ("rvsc-endo-ds", {"deep_supervision": 2}),
-    ("rvsc-joint-lambda25", {"target": ["endo", "epi"], "switch_lambda": 0.25}),
+    ("rvsc-joint-lambda25", {"target": ["endo", "epi"], "switch_lambda": 0.25, "snapshots": True}),
 ])
 def test_the_committed_recipes_load_and_differ_only_as_named(name, difference):
     config = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
@@ -453,6 +453,45 @@ def test_an_sgdr_run_that_stops_inside_a_cycle_is_noted():
     assert "--epochs 50 or 150 would end" in note
     assert sgdr_mid_cycle_note(TrainConfig(scheduler="sgdr", epochs=350)) is None  # the configs/ recipes
     assert sgdr_mid_cycle_note(TrainConfig(scheduler="cosine", epochs=37)) is None
+
+
+def test_sgdr_cycles_end_after_t0_3t0_7t0():
+    from rvseg.train.optim import is_sgdr_cycle_end, sgdr_cycle_ends
+
+    assert sgdr_cycle_ends(50, 750) == [50, 150, 350, 750]
+    assert sgdr_cycle_ends(50, 400) == [50, 150, 350, 750]  # up to the first end at or after the run's
+    assert [epoch for epoch in range(1, 16) if is_sgdr_cycle_end(1, epoch)] == [1, 3, 7, 15]
+
+
+def test_snapshots_keep_the_weights_of_each_sgdr_cycles_end_and_survive_a_pause(tiny_dataset, tmp_path):
+    options = dict(scheduler="sgdr", sgdr_t0=1, epochs=4, ema=0.8, snapshots=True)  # cycles end after 1, 3, 7
+    run(tiny_dataset, tmp_path / "run", **options, pause_after=2)
+    summary = train(tiny_dataset, tmp_path / "run", TrainConfig(**{**TINY, **options}), resume=True, verbose=False)
+    assert summary["snapshots"] == ["snapshot-0001.pt", "snapshot-0003.pt"]
+    rows = metrics(tmp_path / "run")
+    lrs = [float(row["lr"]) for row in rows]
+    assert lrs[0] == lrs[1] and lrs[2] < lrs[1] and lrs[3] == lrs[0]  # epoch 3 is cycle 2's low, 4 restarts
+    for epoch in (1, 3):
+        state = load_checkpoint(tmp_path / "run" / f"snapshot-{epoch:04d}.pt")
+        assert state["epoch"] == epoch and state["data"]["val_patients"] == ["S04"]
+        assert state["dice"][0] == pytest.approx(float(rows[epoch - 1]["val_dice_endo"]), abs=1e-6)
+    # A snapshot is the validated (averaged) weights, and loads as any checkpoint does.
+    model, config, _ = model_from_checkpoint(tmp_path / "run" / "snapshot-0003.pt")
+    assert config["snapshots"] is True and config["ema"] == 0.8
+    data = load_dataset(tiny_dataset)
+    _, val_idx, _, _ = loop.choose_indices(data, TrainConfig(**TINY))
+    val = loop.split_tensors(data, val_idx, TrainConfig(**TINY), torch.device("cpu"))
+    _, dice = loop.validate(model, val, build_loss("dice"), Runtime(torch.device("cpu"), "fp32"), 8, 0.5)
+    assert dice[0] == pytest.approx(float(rows[2]["val_dice_endo"]), abs=2e-6)
+
+
+def test_snapshots_need_sgdr_and_may_be_switched_on_when_resuming(tiny_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="--snapshots needs --scheduler sgdr"):
+        TrainConfig(snapshots=True, scheduler="cosine").validate()
+    run(tiny_dataset, tmp_path / "run", scheduler="sgdr", sgdr_t0=1, epochs=3, pause_after=1)
+    assert main(["train", str(tiny_dataset), "--out", str(tmp_path / "run"), "--resume", "--snapshots", "--quiet"]) == 0
+    # Switched on after epoch 1: the cycle that ended there left no snapshot.
+    assert sorted(path.name for path in (tmp_path / "run").glob("snapshot-*")) == ["snapshot-0003.pt"]
 
 
 def test_a_usage_error_is_one_line_pointing_at_the_help(capsys):

@@ -67,6 +67,7 @@ class TrainConfig:
     gamma: float = 0.1
     sgdr_t0: int = 50
     min_lr: float = 1e-6
+    snapshots: bool = False
     ema: float = 0.0
     epochs: int = 100
     batch_size: int = 16
@@ -117,6 +118,9 @@ class TrainConfig:
         check_option("deep_supervision", self.deep_supervision, f"in [0, {self.depth}) (below --depth)",
                      lambda v: 0 <= v < self.depth)
         check_option("ema", self.ema, "in [0, 1) (0 = off)", lambda v: 0 <= v < 1)
+        if self.snapshots and self.scheduler != "sgdr":
+            raise ConfigError(f"--snapshots needs --scheduler sgdr (not {self.scheduler}): a snapshot is saved where "
+                              f"each SGDR cycle ends")
         if self.augment:  # unused ranges of a run without augmentation (an older config.yaml) stay as they are
             self.check_augmentation()
         check_graph_or_compile(self.cuda_graph, self.compile)
@@ -196,6 +200,8 @@ HELP = {
     "scheduler": "none | cosine | step | sgdr",
     "sgdr_t0": "epochs of the first SGDR cycle; each next one is twice as long, so a run ends at a cycle's low "
                "point when --epochs is t0, 3 t0, 7 t0, ...",
+    "snapshots": "sgdr: also save the weights at the end of each cycle (the learning rate's low point) as "
+                 "snapshot-EEEE.pt; evaluate or predict several of them as one model (a snapshot ensemble)",
     "ema": "validate and save an exponential moving average of the weights with this decay per step "
            "(e.g. 0.99; 0 = off)",
     "augment": "batched on-device flips, rotation, scaling, intensity jitter",

@@ -42,6 +42,7 @@ from rvseg.train.config import TrainConfig, field_default, user_fields
 from rvseg.train.optim import (
     build_optimizer,
     build_scheduler,
+    is_sgdr_cycle_end,
     replan_schedule,
     sgdr_mid_cycle_note,
 )
@@ -62,9 +63,9 @@ from rvseg.train.step import check_cuda_graph, make_train_step
 CHECKPOINT_OVERHEAD = 0.1
 #: progress.png is redrawn at most this often (seconds), and at the end.
 PLOT_INTERVAL_S = 30.0
-#: Options a resumed run may change: how long it trains, and where and how it computes. Any other
-#: change would make the continuation a different run than the one in ``last.pt``.
-RESUME_MAY_CHANGE = ("epochs", "pause_after", "device", "precision", "compile")
+#: Options a resumed run may change: how long it trains, where and how it computes, and whether it keeps
+#: snapshots. Any other change would make the continuation a different run than the one in ``last.pt``.
+RESUME_MAY_CHANGE = ("epochs", "pause_after", "device", "precision", "compile", "snapshots")
 
 
 #: Files that mark a folder as holding a run: training into it without ``--resume`` is refused.
@@ -291,6 +292,11 @@ def finite_weights(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
+def snapshot_name(epoch: int) -> str:
+    """The file of the weights an ``--snapshots`` run saves at the end of the SGDR cycle ending at ``epoch``."""
+    return f"snapshot-{epoch:04d}.pt"
+
+
 def check_resumable(state: dict, config: TrainConfig, data_info: dict, runtime: Runtime, path: Path) -> None:
     """Refuse to continue ``last.pt`` with other options, data or number of processes: that would
     silently be another run (or fail to load), never the exact continuation ``--resume`` promises."""
@@ -392,9 +398,11 @@ def train(dataset: str | Path, out: str | Path, config: TrainConfig, *, resume: 
         the run summary (also ``out/summary.json``): ``best_epoch``, ``best_val_dice`` (label -> Dice),
         ``final`` (the last ``metrics.csv`` row as numbers), ``epochs``, ``seconds``,
         ``train_images_per_second``, ``n_train``/``n_val`` slices, ``train_patients``/``val_patients``,
-        ``device``, ``precision``, ``world_size`` and ``resolved_tau``; ``{"paused_at_epoch": N}`` for a
-        run stopped by ``config.pause_after``. ``out`` then holds ``best.pt`` (what evaluate and predict
-        load), ``last.pt``, ``config.yaml``, ``metrics.csv`` and ``progress.png``.
+        ``device``, ``precision``, ``world_size``, ``resolved_tau`` and ``snapshots`` (file names);
+        ``{"paused_at_epoch": N}`` for a run stopped by ``config.pause_after``. ``out`` then holds
+        ``best.pt`` (what evaluate and predict load), ``last.pt``, ``config.yaml``, ``metrics.csv``,
+        ``progress.png`` and, with ``config.snapshots``, ``snapshot-EEEE.pt`` for each SGDR cycle's end
+        (the weights validated at that epoch, loadable as ``best.pt`` is).
 
     Raises:
         ConfigError: an invalid option, or ``out`` holding a run that ``resume`` does not continue.
@@ -612,6 +620,10 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
                     best_weights = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
             if runtime.is_main:
                 metrics.append(row)
+                if config.snapshots and is_sgdr_cycle_end(config.sgdr_t0, epoch):
+                    save_checkpoint(out / snapshot_name(epoch), {
+                        "model": evaluated.state_dict(), "config": config.to_dict(), "data": data_info,
+                        "epoch": epoch, "dice": val_dice})
             final = epoch == config.epochs or epoch == config.pause_after
             if runtime.is_main and (final or time.perf_counter() - last_plot_at > PLOT_INTERVAL_S):
                 draw_progress(metrics.rows, out / "progress.png")
@@ -640,6 +652,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
         "n_train": len(train_set), "n_val": len(val_set), "train_patients": train_patients,
         "val_patients": val_patients, "device": str(runtime.device), "precision": runtime.precision,
         "world_size": runtime.world_size, "resolved_tau": config.resolved_tau,
+        "snapshots": sorted(path.name for path in out.glob("snapshot-*.pt")) if config.snapshots else [],
     }
     if runtime.is_main:
         write_json(out / "summary.json", summary)

@@ -49,15 +49,29 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> LR
     return pick(SCHEDULERS, config.scheduler, "scheduler")(optimizer, config)
 
 
+def sgdr_cycle_ends(t0: int, epochs: int) -> list[int]:
+    """The epochs after which the ``sgdr`` cycles (t0, 2 t0, 4 t0, ... long) end, up to the first end at
+    or after ``epochs``: t0, 3 t0, 7 t0, ... The learning rate is at ``min_lr`` in each of them."""
+    ends = [t0]
+    while ends[-1] < epochs:
+        ends.append(2 * ends[-1] + t0)
+    return ends
+
+
+def is_sgdr_cycle_end(t0: int, epoch: int) -> bool:
+    """Whether ``epoch`` (counted from 1) is the last of an ``sgdr`` cycle."""
+    return sgdr_cycle_ends(t0, epoch)[-1] == epoch
+
+
 def sgdr_mid_cycle_note(config) -> str | None:
-    """A note when an ``sgdr`` run's last epoch falls inside a cycle (its cycles end after t0, 3 t0,
-    7 t0, ... epochs): it then ends at a learning rate above ``min_lr``, or just after a restart."""
+    """A note when an ``sgdr`` run's last epoch falls inside a cycle: it then ends at a learning rate
+    above ``min_lr``, or just after a restart."""
     if config.scheduler != "sgdr":
         return None
-    ends = [config.sgdr_t0 * (2**k - 1) for k in range(1, 64) if config.sgdr_t0 * (2**(k - 1) - 1) < config.epochs]
+    ends = sgdr_cycle_ends(config.sgdr_t0, config.epochs)
     if config.epochs in ends:
         return None
-    choices = sorted({end for end in ends if end < config.epochs}.union({ends[-1]}))[-2:]
+    choices = ends[-2:]
     return (f"note: --scheduler sgdr with --sgdr-t0 {config.sgdr_t0}: cycles end after {', '.join(map(str, ends))} "
             f"epochs, so {config.epochs} epochs stop inside a cycle, above --min-lr (--epochs "
             f"{' or '.join(map(str, choices))} would end at a cycle's low point)")
