@@ -37,8 +37,9 @@
 # with the per-image largest region, and stack with flip TTA (there, because checkpoints are larger
 # than what a call brings back; a seed S > 0 with stack only), and with several seeds their ensemble
 # (mean probability) with stack, in seed 0's run folder as eval-ensemble-stack; a run of a config with
-# `snapshots: true` also as the ensembles of its last two and three SGDR cycle ends (eval-snapshots2-stack,
-# eval-snapshots3-stack; the smoke test trains those runs 3 epochs with --sgdr-t0 1). The stack evaluations of
+# `snapshots: true` also at each of its last two SGDR cycle ends alone and together (eval-snapshot-0350-stack,
+# eval-snapshot-0750-stack, eval-snapshots-0350-0750-stack; a run its time limit cut off, at those it reached; the
+# smoke test trains those runs 3 epochs with --sgdr-t0 1, so that they have two). The stack evaluations of
 # seed 0 and of the ensembles also save their score maps (--save-scores), so thresholds and
 # post-processing can be studied on the CPU afterwards (benchmarks/compare_postprocessing.py D EVAL...).
 #
@@ -274,6 +275,13 @@ step_ok() { grep -q "\"name\": \"$1\", \"status\": \"ok\"" "$WORK/steps.jsonl"; 
 
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 evaluation_limit() { local limit; limit=$(left); echo $(( limit < 60 ? limit : 60 )); }  # one evaluation: 60 s at most
+evaluate_checkpoints() {  # evaluate_checkpoints NAME RUN VARIANT CHECKPOINT...: scored with stack into RUN/eval-VARIANT
+    local name=$1 run=$2 variant=$3
+    shift 3
+    [[ -f $run/eval-$variant/summary.json ]] && return
+    start_background "evaluate-$name-$variant" "$(evaluation_limit)" "${RVSEG[@]}" evaluate "$@" "$WORK/rvsc" \
+        --split val --out "$run/eval-$variant" "${DEVICE[@]}"
+}
 finished_run() { [[ -f $1/summary.json && -f $1/best.pt ]]; }  # finished_run RUN: trained to the end, best.pt here
 
 BACKGROUND=()
@@ -423,14 +431,14 @@ done
 # The default post-processing (stack), the per-image rule it replaced (largest), and the default with flip TTA;
 # the raw Dice is the runs' own validation Dice (metrics.csv).
 EVALUATIONS=(stack largest stack-tta)
-# A run trained with --snapshots (the config's `snapshots: true`) is also scored as the ensemble of its last
-# two and of its last three SGDR cycle ends (snapshot-EEEE.pt), with stack: weights no validation chose.
-SNAPSHOT_ENSEMBLES=(2 3)
+# A run trained with --snapshots (the config's `snapshots: true`) is also scored, with stack, at each of its last
+# two SGDR cycle ends alone (with --accuracy-epochs 750, snapshot-0350.pt is where a 350-epoch run of the recipe
+# ends; snapshot-0750.pt the last epoch, chosen by no validation) and as their ensemble (a snapshot ensemble).
 # Kept back from phase B for scoring the accuracy runs afterwards: EVALUATED_AT_ONCE runs' evaluations side by
-# side take about 20 s (each about 10 s alone; the GPU idles while they compute metrics on the CPU), 30 s with
-# the snapshot ensembles, then the ensembles' together.
+# side take about 20 s (each about 10 s alone; the GPU idles while they compute metrics on the CPU), 35 s with
+# the snapshot evaluations, then the ensembles' together.
 BATCH_S=20
-(( ${#ACCURACY[@]} )) && grep -qx 'snapshots: true' "${ACCURACY[@]}" && BATCH_S=30
+(( ${#ACCURACY[@]} )) && grep -qx 'snapshots: true' "${ACCURACY[@]}" && BATCH_S=35
 RESERVE=$(( 30 + BATCH_S * ((${#ACCURACY_RUNS[@]} + EVALUATED_AT_ONCE - 1) / EVALUATED_AT_ONCE) + 20 * (${#ENSEMBLES[@]} > 0) ))
 if have_rvsc; then
     for entry in "${ACCURACY_RUNS[@]}"; do
@@ -477,12 +485,13 @@ evaluated=0
 for entry in "${ACCURACY_RUNS[@]}"; do
     name=${entry%%|*}
     run=$KEEP/accuracy/$name
-    finished_run "$run" && have_rvsc || continue
-    variants=("${EVALUATIONS[@]}")
+    have_rvsc || continue
+    variants=()
+    finished_run "$run" && variants=("${EVALUATIONS[@]}")
     scores=(--save-scores)
     # The seed-to-seed spread needs no more; the scores that come back are seed 0's and the ensembles'
     # (about 4 MB per fold each, and a call brings back 64 MiB at most).
-    [[ $name == *-seed[0-9]* ]] && { variants=(stack); scores=(); }
+    [[ $name == *-seed[0-9]* ]] && { variants=("${variants[@]:0:1}"); scores=(); }
     for variant in "${variants[@]}"; do
         [[ -f $run/eval-$variant/summary.json ]] && continue
         case $variant in
@@ -493,14 +502,18 @@ for entry in "${ACCURACY_RUNS[@]}"; do
         start_background "evaluate-$name-$variant" "$(evaluation_limit)" "${RVSEG[@]}" evaluate "$run" "$WORK/rvsc" --split val \
             --out "$run/eval-$variant" "${DEVICE[@]}" "${flags[@]}"
     done
-    for count in "${SNAPSHOT_ENSEMBLES[@]}"; do
-        [[ $name == *-seed[0-9]* ]] && break
-        mapfile -t snapshots < <(find "$run" -maxdepth 1 -name 'snapshot-*.pt' | sort | tail -n "$count")
-        out=$run/eval-snapshots$count-stack
-        (( ${#snapshots[@]} == count )) && [[ ! -f $out/summary.json ]] || continue
-        start_background "evaluate-$name-snapshots$count" "$(evaluation_limit)" "${RVSEG[@]}" evaluate "${snapshots[@]}" \
-            "$WORK/rvsc" --split val --out "$out" "${DEVICE[@]}"
+    # Its last two SGDR cycle ends alone and together (a snapshot ensemble), also where the run's time limit cut
+    # it off: the cycle ends it reached are finished models.
+    snapshots=()
+    [[ $name == *-seed[0-9]* ]] || mapfile -t snapshots < <(find "$run" -maxdepth 1 -name 'snapshot-*.pt' 2> /dev/null \
+        | sort | tail -n 2)
+    epochs=("${snapshots[@]##*/snapshot-}")
+    epochs=("${epochs[@]%.pt}")
+    for k in "${!snapshots[@]}"; do
+        evaluate_checkpoints "$name" "$run" "snapshot-${epochs[k]}-stack" "${snapshots[k]}"
     done
+    (( ${#snapshots[@]} == 2 )) && evaluate_checkpoints "$name" "$run" "snapshots-${epochs[0]}-${epochs[1]}-stack" \
+        "${snapshots[@]}"
     (( ++evaluated % EVALUATED_AT_ONCE )) || finish_background
 done
 for entry in "${ENSEMBLES[@]}"; do

@@ -131,23 +131,28 @@ FOLD_TRAINING_FIGURES = {("best_val_dice",): "best_val_dice", ("final_val_dice",
 
 
 def cross_validation(training: dict) -> dict:
-    """Mean over the finished folds of each ``accuracy-<config>-fold<k>`` run.
+    """Mean over the folds of each ``accuracy-<config>-fold<k>`` run.
 
-    ``variant -> label -> metric -> mean`` for the ``rvseg evaluate`` results, and under ``training`` the
-    runs' own best and final val Dice per label (with ``--ema``, also the trained weights').
+    ``variant -> label -> metric -> mean`` for the ``rvseg evaluate`` results (over the folds that have that
+    evaluation, counted in ``folds_per_variant``: a run cut off by its time limit is scored at the SGDR cycle
+    ends it reached), and under ``training`` the finished runs' own best and final val Dice per label (with
+    ``--ema``, also the trained weights'); ``folds`` counts the finished runs.
     """
     groups: dict[str, list[dict]] = {}
     for name, run in training.items():
-        if name.startswith("accuracy-") and "-fold" in name and run.get("complete"):
+        if name.startswith("accuracy-") and "-fold" in name:
             groups.setdefault(name.rsplit("-fold", 1)[0], []).append(run)
     means = {}
-    for name, runs in groups.items():
-        means[name] = {"folds": len(runs)}
-        evaluations = [run.get("evaluations", {}) for run in runs]
-        for variant in evaluations[0]:
-            for label in evaluations[0][variant]:
+    for name, every_run in groups.items():
+        runs = [run for run in every_run if run.get("complete")]
+        means[name] = {"folds": len(runs), "folds_per_variant": {}}
+        evaluations = [run.get("evaluations", {}) for run in every_run]
+        for variant in sorted({variant for evaluation in evaluations for variant in evaluation}):
+            scored = [evaluation[variant] for evaluation in evaluations if variant in evaluation]
+            means[name]["folds_per_variant"][variant] = len(scored)
+            for label in scored[0]:
                 for metric in EVALUATION_FIGURES:
-                    values = [v for v in (nested(f, variant, label, metric) for f in evaluations) if v is not None]
+                    values = [v for v in (nested(f, label, metric) for f in scored) if v is not None]
                     if values:
                         means[name].setdefault(variant, {}).setdefault(label, {})[metric] = statistics.mean(values)
         for (key, *inner), figure in FOLD_TRAINING_FIGURES.items():
@@ -160,6 +165,8 @@ def cross_validation(training: dict) -> dict:
             if per_label:
                 means[name].setdefault("training", {})[figure] = {
                     label: statistics.mean(values) for label, values in per_label.items()}
+        if not runs and not means[name]["folds_per_variant"]:
+            del means[name]
     return means
 
 

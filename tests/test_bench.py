@@ -262,7 +262,7 @@ def test_gpu_summary_reads_the_trained_weights_of_an_ema_run(tmp_path):
     folds = {f"accuracy-x-fold{k}": {"complete": k < 2, "trained_weights": {"endo": {"final": 0.7 + k / 5,
                                                                                      "best": 0.8 + k / 5}}}
              for k in range(3)}  # fold 2 unfinished: left out
-    assert summary.cross_validation(folds) == {"accuracy-x": {"folds": 2, "training": {
+    assert summary.cross_validation(folds) == {"accuracy-x": {"folds": 2, "folds_per_variant": {}, "training": {
         "trained_best_val_dice": {"endo": pytest.approx(0.9)}, "trained_final_val_dice": {"endo": pytest.approx(0.8)}}}}
 
 
@@ -292,6 +292,12 @@ def test_gpu_summary_computes_the_targets(tmp_path):
         (run / "eval-stack" / "summary.json").write_text(json.dumps({"labels": {"endo": {"overall": {"metrics": {
             "dice": {"mean": dice}, "hd": {"mean": 6.0 + fold}, "hd95": {"mean": 4.0}}},
             "by_slice_level": {"apex": {"metrics": {"dice": {"mean": dice - 0.2}}}}}}}))
+    # Cut off by its time limit after its first SGDR cycle: its snapshot's evaluation still counts.
+    cut_off = keep / "accuracy" / "rvsc-endo-fold2"
+    write_run(cut_off, [0.5], [2.0], None)
+    (cut_off / "eval-snapshot-0001-stack").mkdir()
+    (cut_off / "eval-snapshot-0001-stack" / "summary.json").write_text(json.dumps({"labels": {"endo": {
+        "overall": {"metrics": {"dice": {"mean": 0.5}, "hd": {"mean": 9.0}, "hd95": {"mean": 7.0}}}}}}))
     (keep / "sweeps" / "losses").mkdir(parents=True)
     (keep / "sweeps" / "losses" / "results.csv").write_text("run,status,loss\na,complete,dice\nb,interrupted,focal\n")
     out = tmp_path / "results.json"
@@ -307,10 +313,12 @@ def test_gpu_summary_computes_the_targets(tmp_path):
     assert targets["time_to_dice_0.80"] == {"train-default": {"epoch": 2, "seconds": 8.0}, "train-switching": None,
                                             "accuracy-rvsc-endo": {"epoch": 1, "seconds": 2.0},
                                             "accuracy-rvsc-endo-fold0": {"epoch": 1, "seconds": 2.0},
-                                            "accuracy-rvsc-endo-fold1": {"epoch": 1, "seconds": 2.0}}
+                                            "accuracy-rvsc-endo-fold1": {"epoch": 1, "seconds": 2.0},
+                                            "accuracy-rvsc-endo-fold2": None}
     assert targets["cross_validation"] == {"accuracy-rvsc-endo": {
-        "folds": 2, "stack": {"endo": {"dice": pytest.approx(0.88), "hd": 6.5, "hd95": 4.0,
-                                     "dice_apex": pytest.approx(0.68)}},
+        "folds": 2, "folds_per_variant": {"snapshot-0001-stack": 1, "stack": 2},
+        "snapshot-0001-stack": {"endo": {"dice": 0.5, "hd": 9.0, "hd95": 7.0}},
+        "stack": {"endo": {"dice": pytest.approx(0.88), "hd": 6.5, "hd95": 4.0, "dice_apex": pytest.approx(0.68)}},
         "training": {"best_val_dice": {"endo": pytest.approx(0.875)},
                      "final_val_dice": {"endo": pytest.approx(0.88)}}}}
     assert targets["rvsc_loop_over_raw"] == {"bench-rvsc": {"value": 0.7, "goal": 0.9, "met": False},
