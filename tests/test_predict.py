@@ -248,6 +248,27 @@ def test_predictor_predict_takes_the_rules_by_name_and_refuses_images_that_are_n
             predictor.predict([image, bad])
 
 
+def test_predictor_predict_chooses_regions_through_the_stacks_it_is_given():
+    # Two slices with one disc at the left, then an apical slice whose left disc is small beside a larger
+    # stray one: "largest" keeps the stray disc there, "stack" the disc that continues the stack.
+    rows, cols = np.mgrid[:60, :80]
+    def disc(row, col, radius):
+        return (rows - row) ** 2 + (cols - col) ** 2 <= radius**2
+    left, stray = disc(30, 20, 12), disc(30, 62, 8)
+    small_left = disc(30, 20, 6)
+    images = [np.where(mask, 1000.0, 100.0).astype(np.float32) for mask in (left, left, small_left | stray)]
+    predictor = known_predictor()
+    largest = predictor.predict(images, postprocess="largest")[2][0]
+    assert largest[30, 62] and not largest[30, 20]
+    stacked = predictor.predict(images, postprocess="stack", stacks=["ED"] * 3)
+    assert stacked[2][0][30, 20] and not stacked[2][0][30, 62]
+    # Without stacks, or as stacks of one image each, "stack" is "largest".
+    for stacks in (None, ["a", "b", "c"]):
+        assert (predictor.predict(images, postprocess="stack", stacks=stacks)[2][0] == largest).all()
+    with pytest.raises(ConfigError, match="stacks must give one value per image: 2 for 3 images"):
+        predictor.predict(images, postprocess="stack", stacks=["ED", "ED"])
+
+
 def test_mean_and_vote_combine_as_documented():
     # Three models at four pixels: [0.9, 0.4, 0.4] -> mean 0.567 (foreground), one vote of three (background);
     # [0.6, 0.6, 0.0] -> mean 0.4, two votes; [0.2, 0.2, 0.2] -> neither; [0.8, 0.9, 0.7] -> both.

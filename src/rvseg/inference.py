@@ -30,13 +30,14 @@ data set was made with (``prepare`` in the checkpoint's data info). For one raw 
 5. **Post-processing** (:mod:`rvseg.postprocess`): each label keeps one 8-connected region with its
    holes filled, the region a single closed contour describes (RVSC contours are one closed polygon
    per structure), so predicted masks, written contours and areas agree with each other.
-   :meth:`Predictor.predict` keeps each image's largest region; ``rvseg predict`` and ``rvseg
-   evaluate`` by default choose the region through the slices of each stack (``stack``).
+   :meth:`Predictor.predict` keeps each image's largest region unless it is told the images' stacks;
+   ``rvseg predict`` and ``rvseg evaluate`` by default choose the region through the slices of each
+   stack (``stack``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,22 +201,29 @@ class Predictor:
                     maps[i] = combine(probabilities[:, j], self.ensemble, self.mask_style, shapes[i])
             yield from (maps[i] for i in chunk)
 
-    def predict(self, images: Sequence[np.ndarray], postprocess: bool | str = True) -> list[np.ndarray]:
+    def predict(self, images: Sequence[np.ndarray], postprocess: bool | str = True, *,
+                stacks: Sequence[Hashable | None] | None = None,
+                positions: Sequence[float | None] | None = None) -> list[np.ndarray]:
         """Masks of raw images at their own resolution.
 
         Args:
             images: raw float (H_i, W_i) images (intensities as read, not normalised): a list, or one
                 (N, H, W) array.
-            postprocess: a rule of :mod:`rvseg.postprocess` (``largest``, ``none``; ``stack`` needs the
-                images' stacks, which ``rvseg predict`` and ``rvseg evaluate`` know, and here falls back to
-                ``largest``), or True (``largest``: each label's largest region, holes filled; module
-                docstring, step 5) or False (``none``).
+            postprocess: a rule of :mod:`rvseg.postprocess` (``largest``, ``none``, ``stack``), or True
+                (``largest``: each label's largest region, holes filled; module docstring, step 5) or False
+                (``none``). ``stack`` chooses each label's region through the images of one stack, which
+                ``stacks`` names; an image without a stack gets ``largest``.
+            stacks: for ``stack``, each image's stack at one instant (e.g. ``("P17", "ED")``), or None
+                where it has none: images with the same key are one instant's slices.
+            positions: each image's position along its stack (mm or slice number); by default the order
+                in which a stack's images are given (base to apex, or apex to base).
 
         Returns:
             bool (L, H_i, W_i) masks, one per image, channels in the order of ``labels``.
 
         Raises:
-            ConfigError: an image that is not 2D, or an unknown rule.
+            ConfigError: an image that is not 2D, an unknown rule, or ``stacks``/``positions`` of another
+                length than ``images``.
         """
         if isinstance(images, np.ndarray) and images.ndim == 2:
             raise ConfigError(f"images must be a list of (H, W) images (or one (N, H, W) array), not one image "
@@ -227,9 +235,14 @@ class Predictor:
             if image.ndim != 2 or not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
                 raise ConfigError(f"images[{k}] must be a 2-D (H, W) array of intensities, not "
                                   f"{image.dtype} of shape {image.shape}")
+        for name, values in (("stacks", stacks), ("positions", positions)):
+            if values is not None and len(values) != len(images):
+                raise ConfigError(f"{name} must give one value per image: {len(values)} for {len(images)} images")
+        if stacks is not None and positions is None:
+            positions = list(range(len(images)))  # within a stack, the order the images came in
         inputs = [self.preprocess(image) for image in images]
         return postprocess_scores(list(self.score_maps(inputs, [image.shape for image in images])), rule,
-                                  exclusive=acdc.exclusive_labels(self.labels))
+                                  stacks=stacks, positions=positions, exclusive=acdc.exclusive_labels(self.labels))
 
 
 def check_same_preprocessing(files: Sequence[Path], infos: Sequence[dict]) -> None:
