@@ -58,7 +58,7 @@
 # wheels/rvsc-train-png, which `download_wheels.sh --data` fills). rvseg runs from src/ of this
 # checkout (PYTHONPATH), so nothing needs installing.
 #
-# --smoke: the same steps on the CPU at tiny sizes and 1 epoch (CUDA-only steps skipped), to test
+# --smoke: the same steps on the CPU at tiny sizes and 1 epoch (the accuracy runs 3; CUDA-only steps skipped), to test
 # this script without a GPU.
 set -uo pipefail
 
@@ -275,7 +275,9 @@ step_ok() { grep -q "\"name\": \"$1\", \"status\": \"ok\"" "$WORK/steps.jsonl"; 
 
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 evaluation_limit() { local limit; limit=$(left); echo $(( limit < 60 ? limit : 60 )); }  # one evaluation: 60 s at most
-evaluate_checkpoints() {  # evaluate_checkpoints NAME RUN VARIANT CHECKPOINT...: scored with stack into RUN/eval-VARIANT
+# evaluate_checkpoints NAME RUN VARIANT [FLAG...] CHECKPOINT...: `rvseg evaluate` on the validation patients into
+# RUN/eval-VARIANT (stack post-processing unless a flag says otherwise), unless scored there before.
+evaluate_checkpoints() {
     local name=$1 run=$2 variant=$3
     shift 3
     [[ -f $run/eval-$variant/summary.json ]] && return
@@ -402,7 +404,7 @@ fi
 log "== phase B: --cuda-graph $(cat "$KEEP/graph-mode")"
 ACCURACY_RUNS=()  # NAME|CONFIG|EXTRA FLAGS: one P13-P16 run per config, or one run per fold with --cv
 LENGTH=()
-# The smoke test keeps its 1 epoch (TRAIN) but names the runs as a full call would.
+# The smoke test keeps its 3 epochs (ACCURACY_TRAIN) but names the runs as a full call would.
 [[ -n $ACCURACY_EPOCHS && $MODE == full ]] && LENGTH=(--epochs "$ACCURACY_EPOCHS")
 ENSEMBLES=()  # SEED-0 RUN NAME|THE OTHER SEEDS' RUN NAMES: one per config (and fold) with --accuracy-seeds > 1
 for config in "${ACCURACY[@]}"; do
@@ -435,10 +437,10 @@ EVALUATIONS=(stack largest stack-tta)
 # two SGDR cycle ends alone (with --accuracy-epochs 750, snapshot-0350.pt is where a 350-epoch run of the recipe
 # ends; snapshot-0750.pt the last epoch, chosen by no validation) and as their ensemble (a snapshot ensemble).
 # Kept back from phase B for scoring the accuracy runs afterwards: EVALUATED_AT_ONCE runs' evaluations side by
-# side take about 20 s (each about 10 s alone; the GPU idles while they compute metrics on the CPU), 35 s with
-# the snapshot evaluations, then the ensembles' together.
+# side take about 20 s (each about 10 s alone; the GPU idles while they compute metrics on the CPU), about 40 s
+# with the snapshot evaluations (twice the processes on the machine's 16 cores), then the ensembles' together.
 BATCH_S=20
-(( ${#ACCURACY[@]} )) && grep -qx 'snapshots: true' "${ACCURACY[@]}" && BATCH_S=35
+(( ${#ACCURACY[@]} )) && grep -qE '^snapshots:[[:space:]]*(true|True|yes)([[:space:]#]|$)' "${ACCURACY[@]}" && BATCH_S=40
 RESERVE=$(( 30 + BATCH_S * ((${#ACCURACY_RUNS[@]} + EVALUATED_AT_ONCE - 1) / EVALUATED_AT_ONCE) + 20 * (${#ENSEMBLES[@]} > 0) ))
 if have_rvsc; then
     for entry in "${ACCURACY_RUNS[@]}"; do
@@ -449,6 +451,9 @@ if have_rvsc; then
             log "== accuracy-$name: finished earlier, reused"
             continue
         fi
+        # A run that starts again from scratch (its last.pt did not come back with a --restore) is another training:
+        # the scores of the one before (a cut-off run's snapshots) must not stand for it.
+        [[ -f $KEEP/accuracy/$name/last.pt ]] || rm -rf "$KEEP/accuracy/$name"/eval-*
         start_background "accuracy-$name" $(( $(left) - RESERVE )) "${RVSEG[@]}" train "$WORK/rvsc" \
             --config "$config" --out "$KEEP/accuracy/$name" --resume --quiet "${TRAIN[@]}" "${ACCURACY_TRAIN[@]}" \
             "${GRAPH[@]}" "${extra[@]}"
@@ -493,14 +498,12 @@ for entry in "${ACCURACY_RUNS[@]}"; do
     # (about 4 MB per fold each, and a call brings back 64 MiB at most).
     [[ $name == *-seed[0-9]* ]] && { variants=("${variants[@]:0:1}"); scores=(); }
     for variant in "${variants[@]}"; do
-        [[ -f $run/eval-$variant/summary.json ]] && continue
         case $variant in
             stack) flags=("${scores[@]}") ;;
             largest) flags=(--postprocess largest) ;;
             stack-tta) flags=(--tta) ;;
         esac
-        start_background "evaluate-$name-$variant" "$(evaluation_limit)" "${RVSEG[@]}" evaluate "$run" "$WORK/rvsc" --split val \
-            --out "$run/eval-$variant" "${DEVICE[@]}" "${flags[@]}"
+        evaluate_checkpoints "$name" "$run" "$variant" "${flags[@]}" "$run"
     done
     # Its last two SGDR cycle ends alone and together (a snapshot ensemble), also where the run's time limit cut
     # it off: the cycle ends it reached are finished models.

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -492,6 +493,11 @@ def test_snapshots_need_sgdr_and_may_be_switched_on_when_resuming(tiny_dataset, 
     assert main(["train", str(tiny_dataset), "--out", str(tmp_path / "run"), "--resume", "--snapshots", "--quiet"]) == 0
     # Switched on after epoch 1: the cycle that ended there left no snapshot.
     assert sorted(path.name for path in (tmp_path / "run").glob("snapshot-*")) == ["snapshot-0003.pt"]
+    # The summary lists the run's own cycle ends, whatever the last session's flag: not a file beyond its end.
+    (tmp_path / "run" / "snapshot-0007.pt").write_bytes(b"")
+    config = load_config(tmp_path / "run" / "config.yaml")
+    assert loop.kept_snapshots(tmp_path / "run", replace(config, snapshots=False)) == ["snapshot-0003.pt"]
+    assert yaml.safe_load((tmp_path / "run" / "summary.json").read_text())["snapshots"] == ["snapshot-0003.pt"]
 
 
 def test_a_usage_error_is_one_line_pointing_at_the_help(capsys):

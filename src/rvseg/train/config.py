@@ -200,7 +200,7 @@ HELP = {
     "scheduler": "none | cosine | step | sgdr",
     "sgdr_t0": "epochs of the first SGDR cycle; each next one is twice as long, so a run ends at a cycle's low "
                "point when --epochs is t0, 3 t0, 7 t0, ...",
-    "snapshots": "sgdr: also save the weights at the end of each cycle (the learning rate's low point) as "
+    "snapshots": "sgdr: also save the weights at the end of each cycle (its lowest learning rate) as "
                  "snapshot-EEEE.pt; evaluate or predict several of them as one model (a snapshot ensemble)",
     "ema": "validate and save an exponential moving average of the weights with this decay per step "
            "(e.g. 0.99; 0 = off)",

@@ -44,6 +44,7 @@ from rvseg.train.optim import (
     build_scheduler,
     is_sgdr_cycle_end,
     replan_schedule,
+    sgdr_cycle_ends,
     sgdr_mid_cycle_note,
 )
 from rvseg.train.progress import MetricsLog, ProgressLine, draw_progress, numeric_row
@@ -297,6 +298,16 @@ def snapshot_name(epoch: int) -> str:
     return f"snapshot-{epoch:04d}.pt"
 
 
+def kept_snapshots(out: Path, config: TrainConfig) -> list[str]:
+    """The snapshot files of the run in ``out``: those of its SGDR cycle ends within its epochs (a session
+    with ``--snapshots`` off leaves earlier ones; a longer session cut off and resumed shorter may leave
+    one beyond the run's end, which is not this run's)."""
+    if config.scheduler != "sgdr":
+        return []
+    ends = sgdr_cycle_ends(config.sgdr_t0, config.epochs)
+    return [snapshot_name(end) for end in ends if end <= config.epochs and (out / snapshot_name(end)).is_file()]
+
+
 def check_resumable(state: dict, config: TrainConfig, data_info: dict, runtime: Runtime, path: Path) -> None:
     """Refuse to continue ``last.pt`` with other options, data or number of processes: that would
     silently be another run (or fail to load), never the exact continuation ``--resume`` promises."""
@@ -512,10 +523,14 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
     # that resuming a finished run (which adds only its set-up) never reports less time than the run took.
     saved_seconds = None
 
+    def save_model(name: str, weights: dict, epoch_: int, dice: list[float]) -> None:
+        """A checkpoint of validated weights alone (best.pt, snapshot-EEEE.pt): what evaluate and predict load."""
+        save_checkpoint(out / name, {"model": weights, "config": config.to_dict(), "data": data_info,
+                                     "epoch": epoch_, "dice": dice})
+
     def save_best() -> None:
         nonlocal best_weights
-        save_checkpoint(out / "best.pt", {"model": best_weights, "config": config.to_dict(), "data": data_info,
-                                          "epoch": best["epoch"], "dice": best["dice"]})
+        save_model("best.pt", best_weights, best["epoch"], best["dice"])
         best_weights = None
 
     def checkpoint(epoch_: int, step_: int, order_, loss_sum_: float) -> None:
@@ -621,9 +636,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
             if runtime.is_main:
                 metrics.append(row)
                 if config.snapshots and is_sgdr_cycle_end(config.sgdr_t0, epoch):
-                    save_checkpoint(out / snapshot_name(epoch), {
-                        "model": evaluated.state_dict(), "config": config.to_dict(), "data": data_info,
-                        "epoch": epoch, "dice": val_dice})
+                    save_model(snapshot_name(epoch), evaluated.state_dict(), epoch, val_dice)
             final = epoch == config.epochs or epoch == config.pause_after
             if runtime.is_main and (final or time.perf_counter() - last_plot_at > PLOT_INTERVAL_S):
                 draw_progress(metrics.rows, out / "progress.png")
@@ -652,7 +665,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
         "n_train": len(train_set), "n_val": len(val_set), "train_patients": train_patients,
         "val_patients": val_patients, "device": str(runtime.device), "precision": runtime.precision,
         "world_size": runtime.world_size, "resolved_tau": config.resolved_tau,
-        "snapshots": sorted(path.name for path in out.glob("snapshot-*.pt")) if config.snapshots else [],
+        "snapshots": kept_snapshots(out, config),
     }
     if runtime.is_main:
         write_json(out / "summary.json", summary)

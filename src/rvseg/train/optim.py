@@ -51,7 +51,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> LR
 
 def sgdr_cycle_ends(t0: int, epochs: int) -> list[int]:
     """The epochs after which the ``sgdr`` cycles (t0, 2 t0, 4 t0, ... long) end, up to the first end at
-    or after ``epochs``: t0, 3 t0, 7 t0, ... The learning rate is at ``min_lr`` in each of them."""
+    or after ``epochs``: t0, 3 t0, 7 t0, ... Each is its cycle's lowest learning rate, ``min_lr`` plus
+    (1 - cos(pi / T)) / 2 of the way to ``lr`` for a cycle of T epochs (2e-6 for lr 1e-3, t0 50)."""
     ends = [t0]
     while ends[-1] < epochs:
         ends.append(2 * ends[-1] + t0)
