@@ -349,7 +349,8 @@ else
 fi
 
 # ---- phase A: the GPU to itself
-# The CUDA-only tests run on every call, --sweeps-only too: about 30 s, and nowhere else can they run.
+# The CUDA-only tests run on every call, --sweeps-only too: about 30 s, and nowhere else can they run (--skip
+# gpu-tests leaves them out of a call whose time the accuracy runs need).
 if [[ $MODE == smoke ]]; then
     skip gpu-tests "smoke: the CUDA-only tests skip without CUDA"
 else
