@@ -500,6 +500,41 @@ def test_snapshots_need_sgdr_and_may_be_switched_on_when_resuming(tiny_dataset, 
     assert yaml.safe_load((tmp_path / "run" / "summary.json").read_text())["snapshots"] == ["snapshot-0003.pt"]
 
 
+def test_folds_alone_train_every_fold_into_fold_folders_and_resume_as_one(tiny_dataset, tmp_path, capsys):
+    from rvseg.evaluate import evaluate
+    from rvseg.inference import Predictor
+    from rvseg.train.folds import train_folds
+
+    cv = tmp_path / "cv"
+    command = ["train", str(tiny_dataset), "--out", str(cv), "--folds", "2", "--width", "4", "--depth", "2",
+               "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--quiet"]
+    assert main(command) == 0
+    runs = [cv / "fold_0", cv / "fold_1"]
+    configs = [load_config(run / "config.yaml") for run in runs]
+    assert [(c.fold, c.folds) for c in configs] == [(0, 2), (1, 2)]
+    validated = [set(c.resolved_val_patients) for c in configs]
+    assert validated[0].isdisjoint(validated[1]) and validated[0] | validated[1] == {f"S0{k}" for k in range(5)}
+    summary = yaml.safe_load((cv / "folds.json").read_text())
+    assert [fold["run"] for fold in summary["folds"]] == ["fold_0", "fold_1"]
+    best = [fold["best_val_dice"]["endo"] for fold in summary["folds"]]
+    assert summary["mean_best_val_dice"]["endo"] == pytest.approx(sum(best) / 2)
+    # Again into the same folder: refused before anything trains; --resume continues every fold, longer here.
+    capsys.readouterr()
+    assert main(command) == 2 and "fold_0: fold folder already holds a run" in capsys.readouterr().err
+    assert main(["train", str(tiny_dataset), "--out", str(cv), "--resume", "--epochs", "2", "--quiet"]) == 0
+    assert [len(metrics(run)) for run in runs] == [2, 2]
+    # The folder stands for its folds: a cross-validation to evaluate, an ensemble to predict with.
+    scored = evaluate(cv, tiny_dataset, cv=True, device="cpu")
+    assert [fold["checkpoints"] for fold in scored["folds"]] == [[str(run / "best.pt")] for run in runs]
+    assert Predictor.from_checkpoints(cv, device="cpu").checkpoints == [run / "best.pt" for run in runs]
+    with pytest.raises(ConfigError, match="use --cv if they are the folds"):
+        evaluate(cv, tiny_dataset, device="cpu")
+    with pytest.raises(ConfigError, match="every fold needs --folds N without --fold"):
+        train_folds(tiny_dataset, cv, TrainConfig(**TINY))
+    with pytest.raises(ConfigError, match="--folds without --fold trains every fold"):
+        train(tiny_dataset, tmp_path / "one", TrainConfig(**{**TINY, "val_patients": [], "folds": 2}))
+
+
 def test_a_usage_error_is_one_line_pointing_at_the_help(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "data", "--out", "run", "--epochs"])

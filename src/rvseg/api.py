@@ -36,6 +36,7 @@ from rvseg.report.html import write_report
 from rvseg.sweep import SweepOptions, resolve_spec, run_sweep
 from rvseg.sweeps.spec import Overrides
 from rvseg.train.config import TrainConfig, load_config
+from rvseg.train.folds import train_folds
 from rvseg.train.loop import train
 from rvseg.train.optim import OPTIMIZERS, SCHEDULERS
 
@@ -46,7 +47,7 @@ __all__ = [
     # the registries (name -> builder) of models, losses, optimizers and learning-rate schedules
     "MODELS", "build_model", "LOSSES", "build_loss", "OPTIMIZERS", "SCHEDULERS",
     # training, evaluation, prediction
-    "TrainConfig", "load_config", "train", "segmentation_metrics", "evaluate", "Predictor", "predict",
+    "TrainConfig", "load_config", "train", "train_folds", "segmentation_metrics", "evaluate", "Predictor", "predict",
     # studies: a sweep from a SPEC file or preset, and its report
     "resolve_spec", "Overrides", "SweepOptions", "run_sweep", "write_report",
     "RvsegError", "DataError", "ConfigError",

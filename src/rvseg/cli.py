@@ -7,6 +7,7 @@ Every user-facing problem arrives as an :class:`~rvseg.errors.RvsegError` and le
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -121,12 +122,21 @@ def cmd_inspect(args) -> int:
 
 def cmd_train(args) -> int:
     from rvseg.train.config import load_config, overrides_from_args
+    from rvseg.train.folds import fold_folder, train_folds
     from rvseg.train.loop import train
 
-    saved = Path(args.out) / "config.yaml"
-    base = args.config or (saved if args.resume and saved.is_file() else None)
-    config = load_config(base, overrides_from_args(args))
-    train(args.dataset, args.out, config, resume=args.resume, verbose=not args.quiet)
+    out, overrides = Path(args.out), overrides_from_args(args)
+    saved = out / "config.yaml"  # a resumed run starts from its saved options
+    first_fold = fold_folder(out, 0) / "config.yaml"
+    if args.resume and not args.config and not saved.is_file() and first_fold.is_file() and args.fold is None:
+        # A resumed cross-validation: every fold, with the options its first fold saved.
+        config = dataclasses.replace(load_config(first_fold, overrides), fold=None)
+    else:
+        config = load_config(args.config or (saved if args.resume and saved.is_file() else None), overrides)
+    if config.folds and config.fold is None:
+        train_folds(args.dataset, args.out, config, resume=args.resume, verbose=not args.quiet)
+    else:
+        train(args.dataset, args.out, config, resume=args.resume, verbose=not args.quiet)
     return 0
 
 

@@ -372,7 +372,8 @@ def split_indices(data: PreparedDataset, infos: Sequence[dict], split: str) -> t
         val = validated[0]
         if any(other != val for other in validated[1:]):
             raise ConfigError("the checkpoints were validated on different patients, so they have no common "
-                              "val split; use --split test (patients none of them saw) or all")
+                              "val split; use --cv if they are the folds of a cross-validation, or --split test "
+                              "(patients none of them saw) or all")
         patients = sorted(set(data.patients) & val)
         if not patients:
             listed = ", ".join(sorted(val)) or "none"

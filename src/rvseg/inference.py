@@ -52,7 +52,7 @@ from rvseg.data.prepare import normalise_image, resize_sample
 from rvseg.data.targets import filled_scores
 from rvseg.errors import ConfigError, DataError
 from rvseg.postprocess import check_rule, postprocess_scores
-from rvseg.train.checkpoint import find_checkpoint, model_from_checkpoint
+from rvseg.train.checkpoint import find_checkpoints, model_from_checkpoint
 from rvseg.train.runtime import resolve_device
 
 ENSEMBLES = ("mean", "vote")
@@ -102,13 +102,14 @@ class Predictor:
     @classmethod
     def from_checkpoints(cls, paths: str | Path | Sequence[str | Path], *, ensemble: str = "mean",
                          tta: bool = False, batch_size: int = 16, device: str = "auto") -> Predictor:
-        """Load a checkpoint file or run folder (``best.pt``, else ``last.pt``), or several (an ensemble).
+        """Load a checkpoint file or run folder (``best.pt``, else ``last.pt``), or several (an ensemble);
+        a cross-validation folder of ``rvseg train --folds N`` stands for its folds' runs.
 
         Raises:
             DataError: a checkpoint cannot be loaded or does not record its data preparation.
             ConfigError: the checkpoints disagree on labels, target style or preprocessing.
         """
-        files = [find_checkpoint(path) for path in as_paths(paths, "checkpoints")]
+        files = [file for path in as_paths(paths, "checkpoints") for file in find_checkpoints(path)]
         models, infos = [], []
         for file in files:
             model, _, data = model_from_checkpoint(file)

@@ -40,8 +40,11 @@ def split_patients(
     if len(patients) < 2:
         raise ConfigError(f"a patient-wise split needs at least 2 patients, the data set has {len(patients)}")
     if folds is not None or fold is not None:
-        if folds is None or fold is None:
-            raise ConfigError("--fold and --folds go together")
+        if folds is None:
+            raise ConfigError("--fold needs --folds (the number of folds)")
+        if fold is None:
+            raise ConfigError("--folds without --fold trains every fold: `rvseg train --folds N`, or "
+                              "rvseg.api.train_folds in Python; train() trains one fold")
         if not 2 <= folds <= len(patients):
             raise ConfigError(f"--folds must be between 2 and the number of patients ({len(patients)}), not {folds}")
         if not 0 <= fold < folds:

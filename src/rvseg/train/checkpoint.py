@@ -68,6 +68,20 @@ def find_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def find_checkpoints(path: str | Path) -> list[Path]:
+    """:func:`find_checkpoint` of a file or run folder, or of each fold of a cross-validation folder
+    (``fold_0``, ``fold_1``, ...: :mod:`rvseg.train.folds`)."""
+    from rvseg.train.folds import fold_runs
+
+    path = Path(path)
+    if path.is_dir() and not any((path / name).is_file() for name in ("best.pt", "last.pt")):
+        runs = fold_runs(path)
+        if runs:
+            return [find_checkpoint(run) for run in runs]
+        raise DataError("run folder holds no best.pt or last.pt, nor fold_K run folders of a cross-validation", path)
+    return [find_checkpoint(path)]
+
+
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict, dict]:
     """Rebuild the model stored in a checkpoint (or run folder).
 

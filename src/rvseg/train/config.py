@@ -167,7 +167,7 @@ HELP = {
     "target": "label(s) to segment, comma-separated (one output channel each)",
     "val_patients": "validation patients, comma-separated (e.g. P13,P14,P15,P16)",
     "fold": "cross-validation fold index (with --folds)",
-    "folds": "number of patient-wise folds",
+    "folds": "number of patient-wise folds; without --fold, every fold is trained, into OUT/fold_0 ... OUT/fold_N-1",
     "split_seed": "seed of the patient split",
     "val_fraction": "share of patients held out when no list or fold is given",
     "fraction": "seeded share of the training slices to train on (the study: 1.0/0.8/0.7/0.4)",

@@ -1,0 +1,89 @@
+"""Every fold of a patient-wise cross-validation in one call, in nnU-Net's layout.
+
+``rvseg train DATA --out CV --folds N`` (no ``--fold``) trains folds 0 .. N-1 one after the other into
+``CV/fold_0`` ... ``CV/fold_{N-1}``, each an ordinary run folder (its ``config.yaml`` names its fold), and
+writes ``CV/folds.json``: per fold its validation patients, best epoch and best and final val Dice, and
+their means over the folds. ``rvseg evaluate CV DATA --cv`` then scores the cross-validation and
+``rvseg predict CV SCANS`` segments with the ensemble of the fold models, as nnU-Net does; both find
+the folds in the folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from pathlib import Path
+
+from rvseg.checks import as_path, check_type
+from rvseg.errors import ConfigError
+from rvseg.io import write_json
+from rvseg.train.config import TrainConfig
+
+#: The summary of a cross-validation folder (not ``summary.json``, which marks a single run).
+FOLDS_FILE = "folds.json"
+
+
+def fold_folder(out: Path, fold: int) -> Path:
+    return out / f"fold_{fold}"
+
+
+def train_folds(dataset: str | Path, out: str | Path, config: TrainConfig, *, resume: bool = False,
+                verbose: bool = True) -> dict:
+    """Train every fold of ``config.folds`` (``config.fold`` unset) into ``out/fold_K``.
+
+    Returns:
+        the cross-validation's summary (also ``out/folds.json``): ``folds`` (per fold ``fold``, ``run``,
+        ``val_patients``, ``best_epoch``, ``best_val_dice`` and ``final_val_dice`` per label), and
+        ``mean_best_val_dice`` and ``mean_final_val_dice`` per label over the folds.
+
+    Raises:
+        ConfigError: no ``config.folds``, a ``config.fold`` given, or (without ``resume``) a fold folder
+            that already holds a run: checked before any fold trains.
+        and what :func:`rvseg.train.loop.train` raises for a fold.
+    """
+    from rvseg.train.loop import RUN_FILES, train
+
+    check_type(config, TrainConfig, "config", " (e.g. TrainConfig(folds=4))")
+    out = as_path(out, "out")
+    if not config.folds or config.fold is not None:
+        raise ConfigError("training every fold needs --folds N without --fold")
+    if not resume:
+        taken = [fold_folder(out, k) for k in range(config.folds)
+                 if any((fold_folder(out, k) / name).exists() for name in RUN_FILES)]
+        if taken:
+            raise ConfigError("fold folder already holds a run; use --resume to continue the folds, or choose "
+                              "another --out", taken[0])
+    folds = []
+    for fold in range(config.folds):
+        if verbose:
+            print(f"== fold {fold} of {config.folds}: {fold_folder(out, fold)}")
+        summary = train(dataset, fold_folder(out, fold), dataclasses.replace(config, fold=fold), resume=resume,
+                        verbose=verbose)
+        final = summary["final"]
+        folds.append({"fold": fold, "run": fold_folder(out, fold).name, "val_patients": summary["val_patients"],
+                      "best_epoch": summary["best_epoch"], "best_val_dice": summary["best_val_dice"],
+                      "final_val_dice": {label: final.get(f"val_dice_{label}") for label in config.target}})
+    result = {"folds": folds, **{f"mean_{key}": mean_per_label(folds, key, config.target)
+                                 for key in ("best_val_dice", "final_val_dice")}}
+    write_json(out / FOLDS_FILE, result)
+    if verbose:
+        means = ", ".join(f"{label} {dice:.4f}" for label, dice in result["mean_best_val_dice"].items())
+        print(f"{config.folds} folds trained; mean best val Dice {means}; score them with "
+              f"rvseg evaluate {out} DATA --cv")
+    return result
+
+
+def mean_per_label(folds: list[dict], key: str, labels: list[str]) -> dict[str, float | None]:
+    """The mean over the folds of ``fold[key][label]`` (None where a fold has no value)."""
+    means = {}
+    for label in labels:
+        values = [fold[key].get(label) for fold in folds]
+        means[label] = statistics.mean(values) if values and None not in values else None
+    return means
+
+
+def fold_runs(folder: Path) -> list[Path]:
+    """The fold run folders of a cross-validation folder (``fold_0``, ``fold_1``, ... in fold order), or
+    [] when ``folder`` is none."""
+    runs = [path for path in folder.glob("fold_*") if path.is_dir() and path.name[len("fold_"):].isdigit()]
+    return sorted(runs, key=lambda path: int(path.name[len("fold_"):]))
