@@ -6,6 +6,8 @@
     rv.train("data/rvsc", "runs/a", rv.TrainConfig(loss="dice-bce", epochs=50,
                                                    val_patients=["P13", "P14", "P15", "P16"]))
     summary = rv.evaluate("runs/a", "data/rvsc", split="val", out="eval/a")
+    rv.train_folds("data/rvsc", "runs/cv", rv.TrainConfig(folds=4))      # runs/cv/fold_0 ... fold_3
+    cv = rv.evaluate("runs/cv", "data/rvsc", cv=True)
     rv.predict("runs/a", "../shared/data/rvsc-native/patient09", "pred/")
 
 These are the functions the command line runs (``rvseg prepare`` calls :func:`prepare`, and so
