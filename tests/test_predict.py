@@ -267,6 +267,17 @@ def test_predictor_predict_chooses_regions_through_the_stacks_it_is_given():
         assert (predictor.predict(images, postprocess="stack", stacks=stacks)[2][0] == largest).all()
     with pytest.raises(ConfigError, match="stacks must give one value per image: 2 for 3 images"):
         predictor.predict(images, postprocess="stack", stacks=["ED", "ED"])
+    # Any iterable gives the keys, and the positions may run the other way; a wrong value is named.
+    reversed_positions = predictor.predict(images, postprocess="stack", stacks=(key for key in ["ED"] * 3),
+                                           positions=[3.0, 2, np.float32(1)])
+    assert (reversed_positions[2][0] == stacked[2][0]).all()
+    for stacks, positions, message in ((["ED", ["x"], "ED"], None, r"stacks\[1\] must be a hashable key"),
+                                       ("EDE", None, "stacks must be a list with one value per image, not str"),
+                                       (["ED"] * 3, 3.0, "positions must be a list with one value per image"),
+                                       (["ED"] * 3, [1, "base", 3], r"positions\[1\] must be a finite number"),
+                                       (["ED"] * 3, [1, float("nan"), 3], r"positions\[1\] must be a finite")):
+        with pytest.raises(ConfigError, match=message):
+            predictor.predict(images, postprocess="stack", stacks=stacks, positions=positions)
 
 
 def test_mean_and_vote_combine_as_documented():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -533,6 +534,43 @@ def test_folds_alone_train_every_fold_into_fold_folders_and_resume_as_one(tiny_d
         train_folds(tiny_dataset, cv, TrainConfig(**TINY))
     with pytest.raises(ConfigError, match="--folds without --fold trains every fold"):
         train(tiny_dataset, tmp_path / "one", TrainConfig(**{**TINY, "val_patients": [], "folds": 2}))
+
+
+def test_folds_pause_resume_and_refuse_what_is_no_cross_validation(tiny_dataset, tmp_path, monkeypatch):
+    from rvseg.inference import Predictor
+    from rvseg.train.folds import fold_runs, train_folds
+
+    cv, options = tmp_path / "cv", {**TINY, "val_patients": [], "folds": 2, "epochs": 2}
+    paused = train_folds(tiny_dataset, cv, TrainConfig(**options, pause_after=1), verbose=False)
+    assert paused == {"paused_at_fold": 0, "paused_at_epoch": 1} and not (cv / "folds.json").exists()
+    # A cross-validation still training is no ensemble yet: it is named, not used.
+    with pytest.raises(DataError, match=r"cross-validation is not finished \(fold_1 missing\)"):
+        Predictor.from_checkpoints(cv, device="cpu")
+    # Resumed with the pause again: fold 0 ends, fold 1 pauses at its first epoch.
+    resume = ["train", str(tiny_dataset), "--out", str(cv), "--resume", "--quiet"]
+    assert main([*resume, "--pause-after", "1"]) == 0
+    assert [len(metrics(run)) for run in fold_runs(cv)] == [2, 1] and not (cv / "folds.json").exists()
+    with pytest.raises(DataError, match=r"not finished \(fold_1 not trained to its end\)"):
+        Predictor.from_checkpoints(cv, device="cpu")
+    # fold_0's folder lost: resumed with the options fold_1 saved, every fold.
+    shutil.rmtree(cv / "fold_0")
+    assert main(resume) == 0
+    assert [run.name for run in fold_runs(cv)] == ["fold_0", "fold_1"] and (cv / "folds.json").is_file()
+    assert [len(metrics(run)) for run in fold_runs(cv)] == [2, 2]
+    # Only fold_K names with a plain number are folds.
+    for name in ("fold_01", "fold_x", "fold_"):
+        (cv / name).mkdir()
+    assert [run.name for run in fold_runs(cv)] == ["fold_0", "fold_1"]
+    # What is no place, or no way, to train every fold is refused before anything trains.
+    run(tiny_dataset, tmp_path / "single", epochs=1)
+    with pytest.raises(ConfigError, match="folder holds a single run, not the folds"):
+        train_folds(tiny_dataset, tmp_path / "single", TrainConfig(**options))
+    with pytest.raises(ConfigError, match="folds must be"):
+        train_folds(tiny_dataset, tmp_path / "bad", TrainConfig(**{**options, "folds": "two"}))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="under torchrun, train one fold per launch"):
+        train_folds(tiny_dataset, tmp_path / "ddp", TrainConfig(**options))
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "ddp").exists()
 
 
 def test_a_usage_error_is_one_line_pointing_at_the_help(capsys):

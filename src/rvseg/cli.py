@@ -122,15 +122,15 @@ def cmd_inspect(args) -> int:
 
 def cmd_train(args) -> int:
     from rvseg.train.config import load_config, overrides_from_args
-    from rvseg.train.folds import fold_folder, train_folds
+    from rvseg.train.folds import fold_runs, train_folds
     from rvseg.train.loop import train
 
     out, overrides = Path(args.out), overrides_from_args(args)
     saved = out / "config.yaml"  # a resumed run starts from its saved options
-    first_fold = fold_folder(out, 0) / "config.yaml"
-    if args.resume and not args.config and not saved.is_file() and first_fold.is_file() and args.fold is None:
-        # A resumed cross-validation: every fold, with the options its first fold saved.
-        config = dataclasses.replace(load_config(first_fold, overrides), fold=None)
+    fold_configs = [run / "config.yaml" for run in fold_runs(out) if (run / "config.yaml").is_file()]
+    if args.resume and not args.config and not saved.is_file() and fold_configs and args.fold is None:
+        # A resumed cross-validation: every fold, with the options its first trained fold saved.
+        config = dataclasses.replace(load_config(fold_configs[0], overrides), fold=None)
     else:
         config = load_config(args.config or (saved if args.resume and saved.is_file() else None), overrides)
     if config.folds and config.fold is None:

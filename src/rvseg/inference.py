@@ -37,7 +37,7 @@ data set was made with (``prepare`` in the checkpoint's data info). For one raw 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rvseg.checks import as_paths, check_choice, is_whole_number
+from rvseg.checks import as_paths, check_choice, finite_or_none, is_whole_number
 from rvseg.data import acdc
 from rvseg.data.prepare import normalise_image, resize_sample
 from rvseg.data.targets import filled_scores
@@ -236,14 +236,42 @@ class Predictor:
             if image.ndim != 2 or not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
                 raise ConfigError(f"images[{k}] must be a 2-D (H, W) array of intensities, not "
                                   f"{image.dtype} of shape {image.shape}")
-        for name, values in (("stacks", stacks), ("positions", positions)):
-            if values is not None and len(values) != len(images):
-                raise ConfigError(f"{name} must give one value per image: {len(values)} for {len(images)} images")
+        stacks = per_image(stacks, "stacks", len(images), stack_key)
+        positions = per_image(positions, "positions", len(images), position_value)
         if stacks is not None and positions is None:
             positions = list(range(len(images)))  # within a stack, the order the images came in
         inputs = [self.preprocess(image) for image in images]
         return postprocess_scores(list(self.score_maps(inputs, [image.shape for image in images])), rule,
                                   stacks=stacks, positions=positions, exclusive=acdc.exclusive_labels(self.labels))
+
+
+def per_image(values: object, name: str, n_images: int, check: Callable[[object, str], object]) -> list | None:
+    """``values`` (any iterable but text or a mapping) as a list of one checked value per image, or None."""
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise ConfigError(f"{name} must be a list with one value per image, not {type(values).__name__} "
+                          f"{values!r:.80}")
+    values = list(values)
+    if len(values) != n_images:
+        raise ConfigError(f"{name} must give one value per image: {len(values)} for {n_images} images")
+    return [check(value, f"{name}[{k}]") for k, value in enumerate(values)]
+
+
+def stack_key(value: object, name: str) -> Hashable | None:
+    try:
+        hash(value)
+    except TypeError:
+        raise ConfigError(f"{name} must be a hashable key such as a tuple or text, not {type(value).__name__} "
+                          f"{value!r:.80}") from None
+    return value
+
+
+def position_value(value: object, name: str) -> float | None:
+    position = finite_or_none(value)
+    if value is not None and (position is None or isinstance(value, (str, bool))):
+        raise ConfigError(f"{name} must be a finite number or None, not {type(value).__name__} {value!r:.80}")
+    return position
 
 
 def check_same_preprocessing(files: Sequence[Path], infos: Sequence[dict]) -> None:

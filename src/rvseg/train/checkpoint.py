@@ -57,11 +57,15 @@ def load_checkpoint(path: str | Path) -> dict:
         raise DataError(f"not a loadable rvseg checkpoint ({describe(exc)})", path) from None
 
 
+#: A run folder's checkpoints, in the order one is chosen to stand for the run.
+RUN_CHECKPOINTS = ("best.pt", "last.pt")
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or ``best.pt`` (else ``last.pt``) inside a run folder."""
     path = Path(path)
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
+        for name in RUN_CHECKPOINTS:
             if (path / name).is_file():
                 return path / name
         raise DataError("run folder holds no best.pt or last.pt", path)
@@ -69,16 +73,16 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def find_checkpoints(path: str | Path) -> list[Path]:
-    """:func:`find_checkpoint` of a file or run folder, or of each fold of a cross-validation folder
-    (``fold_0``, ``fold_1``, ...: :mod:`rvseg.train.folds`)."""
-    from rvseg.train.folds import fold_runs
+    """:func:`find_checkpoint` of a file or run folder, or of each fold of a finished cross-validation
+    folder (``fold_0``, ``fold_1``, ...: :func:`rvseg.train.folds.finished_fold_runs`)."""
+    from rvseg.train.folds import finished_fold_runs, fold_runs
 
     path = Path(path)
-    if path.is_dir() and not any((path / name).is_file() for name in ("best.pt", "last.pt")):
-        runs = fold_runs(path)
-        if runs:
-            return [find_checkpoint(run) for run in runs]
-        raise DataError("run folder holds no best.pt or last.pt, nor fold_K run folders of a cross-validation", path)
+    if path.is_dir() and not any((path / name).is_file() for name in RUN_CHECKPOINTS):
+        if not fold_runs(path):
+            raise DataError("run folder holds no best.pt or last.pt, nor fold_K run folders of a cross-validation",
+                            path)
+        return [find_checkpoint(run) for run in finished_fold_runs(path)]
     return [find_checkpoint(path)]
 
 

@@ -11,16 +11,19 @@ the folds in the folder.
 from __future__ import annotations
 
 import dataclasses
+import re
 import statistics
 from pathlib import Path
 
 from rvseg.checks import as_path, check_type
-from rvseg.errors import ConfigError
+from rvseg.errors import ConfigError, DataError
 from rvseg.io import write_json
-from rvseg.train.config import TrainConfig
+from rvseg.train.config import TrainConfig, load_config
+from rvseg.train.runtime import launched_world_size
 
 #: The summary of a cross-validation folder (not ``summary.json``, which marks a single run).
 FOLDS_FILE = "folds.json"
+FOLD_NAME = re.compile(r"fold_(0|[1-9][0-9]*)")
 
 
 def fold_folder(out: Path, fold: int) -> Path:
@@ -34,19 +37,30 @@ def train_folds(dataset: str | Path, out: str | Path, config: TrainConfig, *, re
     Returns:
         the cross-validation's summary (also ``out/folds.json``): ``folds`` (per fold ``fold``, ``run``,
         ``val_patients``, ``best_epoch``, ``best_val_dice`` and ``final_val_dice`` per label), and
-        ``mean_best_val_dice`` and ``mean_final_val_dice`` per label over the folds.
+        ``mean_best_val_dice`` and ``mean_final_val_dice`` per label over the folds. A fold paused by
+        ``config.pause_after`` stops the folds there: ``{"paused_at_fold": K, "paused_at_epoch": N}``
+        (no ``folds.json`` yet; ``resume`` continues).
 
     Raises:
-        ConfigError: no ``config.folds``, a ``config.fold`` given, or (without ``resume``) a fold folder
-            that already holds a run: checked before any fold trains.
+        ConfigError: an invalid option, no ``config.folds``, a ``config.fold`` given, a launch by torchrun
+            (every rank would have to step through the folds in lockstep: train one fold per launch),
+            ``out`` holding a single run, or (without ``resume``) a fold folder that already holds a run:
+            checked before any fold trains.
         and what :func:`rvseg.train.loop.train` raises for a fold.
     """
-    from rvseg.train.loop import RUN_FILES, train
+    from rvseg.train.loop import RUN_FILES, check_options, train
 
     check_type(config, TrainConfig, "config", " (e.g. TrainConfig(folds=4))")
     out = as_path(out, "out")
+    check_options(config)
     if not config.folds or config.fold is not None:
         raise ConfigError("training every fold needs --folds N without --fold")
+    if launched_world_size() > 1:
+        raise ConfigError("under torchrun, train one fold per launch (--folds N --fold K --out CV/fold_K); "
+                          "--folds without --fold trains every fold only in a single process")
+    if any((out / name).exists() for name in RUN_FILES):
+        raise ConfigError("folder holds a single run, not the folds of a cross-validation; choose another --out",
+                          out)
     if not resume:
         taken = [fold_folder(out, k) for k in range(config.folds)
                  if any((fold_folder(out, k) / name).exists() for name in RUN_FILES)]
@@ -59,6 +73,8 @@ def train_folds(dataset: str | Path, out: str | Path, config: TrainConfig, *, re
             print(f"== fold {fold} of {config.folds}: {fold_folder(out, fold)}")
         summary = train(dataset, fold_folder(out, fold), dataclasses.replace(config, fold=fold), resume=resume,
                         verbose=verbose)
+        if "paused_at_epoch" in summary:
+            return {"paused_at_fold": fold, **summary}
         final = summary["final"]
         folds.append({"fold": fold, "run": fold_folder(out, fold).name, "val_patients": summary["val_patients"],
                       "best_epoch": summary["best_epoch"], "best_val_dice": summary["best_val_dice"],
@@ -85,5 +101,29 @@ def mean_per_label(folds: list[dict], key: str, labels: list[str]) -> dict[str, 
 def fold_runs(folder: Path) -> list[Path]:
     """The fold run folders of a cross-validation folder (``fold_0``, ``fold_1``, ... in fold order), or
     [] when ``folder`` is none."""
-    runs = [path for path in folder.glob("fold_*") if path.is_dir() and path.name[len("fold_"):].isdigit()]
+    runs = [path for path in folder.glob("fold_*") if path.is_dir() and FOLD_NAME.fullmatch(path.name)]
     return sorted(runs, key=lambda path: int(path.name[len("fold_"):]))
+
+
+def finished_fold_runs(folder: Path) -> list[Path]:
+    """:func:`fold_runs`, checked to be every fold of the cross-validation, each trained to its end: a
+    folder whose folds are still training (or were paused) would otherwise stand for a weaker ensemble
+    without a word.
+
+    Raises:
+        DataError: no fold runs, a fold missing (the count the folds' ``config.yaml`` gives), or a fold
+            without its ``summary.json``.
+    """
+    runs = fold_runs(folder)
+    if not runs:
+        raise DataError("folder holds no fold_K run folders of a cross-validation", folder)
+    saved = runs[0] / "config.yaml"
+    count = (load_config(saved).folds if saved.is_file() else None) or len(runs)
+    names = {run.name for run in runs}
+    missing = [f"fold_{k}" for k in range(count) if f"fold_{k}" not in names]
+    unfinished = [run.name for run in runs if not (run / "summary.json").is_file()]
+    if missing or unfinished:
+        problem = f"{', '.join(missing)} missing" if missing else f"{', '.join(unfinished)} not trained to its end"
+        raise DataError(f"cross-validation is not finished ({problem}); continue it with rvseg train DATA --out "
+                        f"{folder} --resume, or name the fold run folders to use", folder)
+    return runs

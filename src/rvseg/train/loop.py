@@ -37,7 +37,7 @@ from rvseg.metrics import dice_per_image
 from rvseg.models import count_parameters, model_from_config
 from rvseg.train.augment import AugmentConfig, augment_batch, to_device_generator
 from rvseg.train.average import WeightAverage
-from rvseg.train.checkpoint import load_checkpoint, save_checkpoint
+from rvseg.train.checkpoint import RUN_CHECKPOINTS, load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig, field_default, user_fields
 from rvseg.train.optim import (
     build_optimizer,
@@ -566,7 +566,7 @@ def run(dataset: Path, out: Path, config: TrainConfig, runtime: Runtime, *, resu
         # The best weights not yet written are still good: keep them too.
         if runtime.is_main and best_weights is not None:
             save_best()
-        kept = [name for name in ("best.pt", "last.pt") if (out / name).is_file()]
+        kept = [name for name in RUN_CHECKPOINTS if (out / name).is_file()]
         outcome = f"{' and '.join(kept)} (from before) kept" if kept else "no checkpoint was written"
         return TrainingDiverged(f"the {what} loss became {value} in epoch {epoch + 1}; {outcome} (try a lower --lr)",
                                 out)

@@ -101,9 +101,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def launched_world_size() -> int:
+    """The number of processes torchrun launched (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """Resolve the device and precision, joining the process group when launched by torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     resolved = resolve_device(device, local_rank)
