@@ -275,7 +275,9 @@ def test_predictor_predict_chooses_regions_through_the_stacks_it_is_given():
                                        ("EDE", None, "stacks must be a list with one value per image, not str"),
                                        (["ED"] * 3, 3.0, "positions must be a list with one value per image"),
                                        (["ED"] * 3, [1, "base", 3], r"positions\[1\] must be a finite number"),
-                                       (["ED"] * 3, [1, float("nan"), 3], r"positions\[1\] must be a finite")):
+                                       (["ED"] * 3, [1, float("nan"), 3], r"positions\[1\] must be a finite"),
+                                       (["ED"] * 3, [1, b"2", 3], r"positions\[1\] must be a finite"),
+                                       (["ED"] * 3, [1, 10**400, 3], r"positions\[1\] must be a finite")):
         with pytest.raises(ConfigError, match=message):
             predictor.predict(images, postprocess="stack", stacks=stacks, positions=positions)
 

@@ -611,7 +611,7 @@ def test_options_only_the_trainer_knows_are_checked_before_anything_is_written(t
     with pytest.raises(ConfigError, match="^unknown optimizer 'nosuch'; choose one of adam, adamw, sgd"):
         parse_spec({"dataset": str(prepared), "space": {"loss": ["dice", "focal"]},
                     "base": {"epochs": 1, "width": 4, "device": "cpu", "optimizer": "nosuch"}})
-    for base in ({"device": "gpu"}, {"depth": 12}, {"dropout": 1.5}):
+    for base in ({"device": "gpu"}, {"depth": 12}, {"dropout": 1.5}, {"folds": 4}):
         with pytest.raises(ConfigError, match="space point"):
             parse_spec({"dataset": str(prepared), "space": {"loss": ["dice", "focal"]},
                         "base": {"epochs": 1, "width": 4, "device": "cpu", **base}})

@@ -550,23 +550,49 @@ def test_folds_pause_resume_and_refuse_what_is_no_cross_validation(tiny_dataset,
     resume = ["train", str(tiny_dataset), "--out", str(cv), "--resume", "--quiet"]
     assert main([*resume, "--pause-after", "1"]) == 0
     assert [len(metrics(run)) for run in fold_runs(cv)] == [2, 1] and not (cv / "folds.json").exists()
-    with pytest.raises(DataError, match=r"not finished \(fold_1 not trained to its end\)"):
+    with pytest.raises(DataError, match=r"not finished \(fold_1 not trained to its last epoch\)"):
         Predictor.from_checkpoints(cv, device="cpu")
     # fold_0's folder lost: resumed with the options fold_1 saved, every fold.
     shutil.rmtree(cv / "fold_0")
     assert main(resume) == 0
     assert [run.name for run in fold_runs(cv)] == ["fold_0", "fold_1"] and (cv / "folds.json").is_file()
     assert [len(metrics(run)) for run in fold_runs(cv)] == [2, 2]
-    # Only fold_K names with a plain number are folds.
+    # Lengthened and paused: the folds' old summaries no longer stand for them.
+    assert main([*resume, "--epochs", "4", "--pause-after", "3"]) == 0
+    assert not (cv / "folds.json").exists() and (cv / "fold_0" / "summary.json").exists()
+    with pytest.raises(DataError, match=r"not finished \(fold_0 not trained to its last epoch\)"):
+        Predictor.from_checkpoints(cv, device="cpu")
+    assert main([*resume, "--epochs", "4"]) == 0
+    assert [len(metrics(run)) for run in fold_runs(cv)] == [4, 4]
+    assert len(Predictor.from_checkpoints(cv, device="cpu").checkpoints) == 2
+    # A finished fold is taken as it is, even without its last.pt (as a sweep keeps it); other options are
+    # refused before any fold trains.
+    (cv / "fold_0" / "last.pt").unlink()
+    longer = TrainConfig(**{**options, "epochs": 4})
+    assert train_folds(tiny_dataset, cv, longer, resume=True, verbose=False)["folds"][0]["best_epoch"] >= 1
+    with pytest.raises(ConfigError, match=r"fold_0 was trained with other options: --width \(4 -> 8\)"):
+        train_folds(tiny_dataset, cv, replace(longer, width=8), resume=True, verbose=False)
+    # Only fold_K names with a plain number are folds; a fold beyond the count, or of another count, is named.
     for name in ("fold_01", "fold_x", "fold_"):
         (cv / name).mkdir()
     assert [run.name for run in fold_runs(cv)] == ["fold_0", "fold_1"]
-    # What is no place, or no way, to train every fold is refused before anything trains.
+    shutil.copytree(cv / "fold_1", cv / "fold_2")
+    with pytest.raises(DataError, match="fold_2 lies beyond the cross-validation's 2 folds"):
+        Predictor.from_checkpoints(cv, device="cpu")
+    saved = cv / "fold_2" / "config.yaml"
+    saved.write_text(saved.read_text().replace("folds: 2", "folds: 3"))
+    with pytest.raises(DataError, match="trained as different cross-validations"):
+        Predictor.from_checkpoints(cv, device="cpu")
+    # A single run is not trained into a cross-validation's folder, nor every fold into a single run's.
+    with pytest.raises(ConfigError, match="folder holds the folds of a cross-validation"):
+        train(tiny_dataset, cv, TrainConfig(**{**options, "fold": 0}))
     run(tiny_dataset, tmp_path / "single", epochs=1)
     with pytest.raises(ConfigError, match="folder holds a single run, not the folds"):
         train_folds(tiny_dataset, tmp_path / "single", TrainConfig(**options))
-    with pytest.raises(ConfigError, match="folds must be"):
-        train_folds(tiny_dataset, tmp_path / "bad", TrainConfig(**{**options, "folds": "two"}))
+    # Invalid options before anything trains.
+    for folds, message in (("two", "folds must be"), (1, "--folds must be at least 2, not 1")):
+        with pytest.raises(ConfigError, match=message):
+            train_folds(tiny_dataset, tmp_path / "bad", TrainConfig(**{**options, "folds": folds}))
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="under torchrun, train one fold per launch"):
         train_folds(tiny_dataset, tmp_path / "ddp", TrainConfig(**options))

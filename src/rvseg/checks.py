@@ -39,7 +39,7 @@ def finite_or_none(value: object) -> float | None:
     """``value`` (a number, or text as a CSV cell holds it) as a finite float; None if it is not one."""
     try:
         number = float(value if value is not None else "")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return number if math.isfinite(number) else None
 

@@ -129,7 +129,7 @@ def cmd_train(args) -> int:
     saved = out / "config.yaml"  # a resumed run starts from its saved options
     fold_configs = [run / "config.yaml" for run in fold_runs(out) if (run / "config.yaml").is_file()]
     if args.resume and not args.config and not saved.is_file() and fold_configs and args.fold is None:
-        # A resumed cross-validation: every fold, with the options its first trained fold saved.
+        # A resumed cross-validation: every fold, with the options the first fold folder saved.
         config = dataclasses.replace(load_config(fold_configs[0], overrides), fold=None)
     else:
         config = load_config(args.config or (saved if args.resume and saved.is_file() else None), overrides)

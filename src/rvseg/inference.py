@@ -106,7 +106,8 @@ class Predictor:
         a cross-validation folder of ``rvseg train --folds N`` stands for its folds' runs.
 
         Raises:
-            DataError: a checkpoint cannot be loaded or does not record its data preparation.
+            DataError: a checkpoint cannot be loaded or does not record its data preparation, or a
+                cross-validation folder whose folds are not all trained to their end.
             ConfigError: the checkpoints disagree on labels, target style or preprocessing.
         """
         files = [file for path in as_paths(paths, "checkpoints") for file in find_checkpoints(path)]
@@ -223,8 +224,9 @@ class Predictor:
             bool (L, H_i, W_i) masks, one per image, channels in the order of ``labels``.
 
         Raises:
-            ConfigError: an image that is not 2D, an unknown rule, or ``stacks``/``positions`` of another
-                length than ``images``.
+            ConfigError: an image that is not 2D, an unknown rule, ``stacks``/``positions`` that are no
+                list of one value per image, a stack key that is not hashable, or a position that is not a
+                finite number (or None).
         """
         if isinstance(images, np.ndarray) and images.ndim == 2:
             raise ConfigError(f"images must be a list of (H, W) images (or one (N, H, W) array), not one image "
@@ -269,7 +271,7 @@ def stack_key(value: object, name: str) -> Hashable | None:
 
 def position_value(value: object, name: str) -> float | None:
     position = finite_or_none(value)
-    if value is not None and (position is None or isinstance(value, (str, bool))):
+    if value is not None and (position is None or isinstance(value, (str, bytes, bool, np.bool_))):
         raise ConfigError(f"{name} must be a finite number or None, not {type(value).__name__} {value!r:.80}")
     return position
 

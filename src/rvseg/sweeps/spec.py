@@ -433,7 +433,10 @@ def check_points(spec: SweepSpec) -> None:
 
     for params in points:
         try:
-            check_options(spec.train_config(params, spec.seeds[0]))
+            config = spec.train_config(params, spec.seeds[0])
+            check_options(config)
+            if config.folds and config.fold is None:
+                raise ConfigError("a sweep trains one run per point: --folds needs --fold here")
         except ConfigError as exc:
             raise ConfigError(f"space point {params}: {exc.message}") from None
         _, prepare = spec.settings(params)

@@ -75,13 +75,10 @@ def find_checkpoint(path: str | Path) -> Path:
 def find_checkpoints(path: str | Path) -> list[Path]:
     """:func:`find_checkpoint` of a file or run folder, or of each fold of a finished cross-validation
     folder (``fold_0``, ``fold_1``, ...: :func:`rvseg.train.folds.finished_fold_runs`)."""
-    from rvseg.train.folds import finished_fold_runs, fold_runs
+    from rvseg.train.folds import finished_fold_runs
 
     path = Path(path)
     if path.is_dir() and not any((path / name).is_file() for name in RUN_CHECKPOINTS):
-        if not fold_runs(path):
-            raise DataError("run folder holds no best.pt or last.pt, nor fold_K run folders of a cross-validation",
-                            path)
         return [find_checkpoint(run) for run in finished_fold_runs(path)]
     return [find_checkpoint(path)]
 

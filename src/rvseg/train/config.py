@@ -126,6 +126,10 @@ class TrainConfig:
         check_graph_or_compile(self.cuda_graph, self.compile)
         if self.pause_after is not None:
             check_option("pause_after", self.pause_after, "at least 1", lambda v: v >= 1)
+        if self.folds is not None:
+            check_option("folds", self.folds, "at least 2", lambda v: v >= 2)
+        if self.fold is not None:
+            check_option("fold", self.fold, "at least 0", lambda v: v >= 0)
 
     def check_names(self) -> None:
         """The loss, optimizer, schedule and model exist (their registries import torch: imported here)."""
@@ -330,18 +334,23 @@ def user_fields() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(TrainConfig) if f.name not in RESOLVED_FIELDS]
 
 
+def read_config_file(path: Path) -> dict:
+    """A config file's options as written (``snake_case`` keys), not yet parsed or checked."""
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config ({exc})", path) from None
+    if not isinstance(loaded, dict):
+        raise ConfigError("a config file must hold a mapping of option: value", path)
+    return {str(k).replace("-", "_"): v for k, v in loaded.items()}
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
     """Build a config from an optional YAML file and explicit overrides (later wins)."""
     values: dict = {}
     if path is not None:
         path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config ({exc})", path) from None
-        if not isinstance(loaded, dict):
-            raise ConfigError("a config file must hold a mapping of option: value", path)
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+        values.update(read_config_file(path))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(known))

@@ -15,10 +15,10 @@ import re
 import statistics
 from pathlib import Path
 
-from rvseg.checks import as_path, check_type
+from rvseg.checks import as_path, check_type, is_whole_number
 from rvseg.errors import ConfigError, DataError
-from rvseg.io import write_json
-from rvseg.train.config import TrainConfig, load_config
+from rvseg.io import read_json, write_json
+from rvseg.train.config import TrainConfig, read_config_file
 from rvseg.train.runtime import launched_world_size
 
 #: The summary of a cross-validation folder (not ``summary.json``, which marks a single run).
@@ -61,7 +61,9 @@ def train_folds(dataset: str | Path, out: str | Path, config: TrainConfig, *, re
     if any((out / name).exists() for name in RUN_FILES):
         raise ConfigError("folder holds a single run, not the folds of a cross-validation; choose another --out",
                           out)
-    if not resume:
+    if resume:
+        check_same_folds(out, config)
+    else:
         taken = [fold_folder(out, k) for k in range(config.folds)
                  if any((fold_folder(out, k) / name).exists() for name in RUN_FILES)]
         if taken:
@@ -69,14 +71,19 @@ def train_folds(dataset: str | Path, out: str | Path, config: TrainConfig, *, re
                               "another --out", taken[0])
     folds = []
     for fold in range(config.folds):
-        if verbose:
-            print(f"== fold {fold} of {config.folds}: {fold_folder(out, fold)}")
-        summary = train(dataset, fold_folder(out, fold), dataclasses.replace(config, fold=fold), resume=resume,
-                        verbose=verbose)
+        run = fold_folder(out, fold)
+        # A fold trained to its end is taken as it is: its last.pt may be gone, or it may have been trained
+        # under torchrun, and neither can be resumed.
+        summary = finished_summary(run) if resume else None
+        if summary is None or summary["epochs"] < config.epochs:
+            (out / FOLDS_FILE).unlink(missing_ok=True)  # it summarises the folds as they were
+            if verbose:
+                print(f"== fold {fold} of {config.folds}: {run}")
+            summary = train(dataset, run, dataclasses.replace(config, fold=fold), resume=resume, verbose=verbose)
         if "paused_at_epoch" in summary:
             return {"paused_at_fold": fold, **summary}
         final = summary["final"]
-        folds.append({"fold": fold, "run": fold_folder(out, fold).name, "val_patients": summary["val_patients"],
+        folds.append({"fold": fold, "run": run.name, "val_patients": summary["val_patients"],
                       "best_epoch": summary["best_epoch"], "best_val_dice": summary["best_val_dice"],
                       "final_val_dice": {label: final.get(f"val_dice_{label}") for label in config.target}})
     result = {"folds": folds, **{f"mean_{key}": mean_per_label(folds, key, config.target)
@@ -87,6 +94,28 @@ def train_folds(dataset: str | Path, out: str | Path, config: TrainConfig, *, re
         print(f"{config.folds} folds trained; mean best val Dice {means}; score them with "
               f"rvseg evaluate {out} DATA --cv")
     return result
+
+
+def check_same_folds(out: Path, config: TrainConfig) -> None:
+    """Refuse to resume a cross-validation whose trained folds saved other options than ``config``
+    (those a resumed run may change aside), before any fold trains: the folds must be one experiment."""
+    from rvseg.train.loop import changed_options
+
+    for run in fold_runs(out):
+        if (run / "config.yaml").is_file():
+            changed = changed_options(read_config_file(run / "config.yaml"), config, ignore=("fold",))
+            if changed:
+                raise ConfigError(f"cannot resume the cross-validation: {run.name} was trained with other options: "
+                                  f"{'; '.join(changed)}", run / "config.yaml")
+
+
+def finished_summary(run: Path) -> dict | None:
+    """The ``summary.json`` of a run trained to the end its ``config.yaml`` sets, else None (none yet, or
+    one left from before a resume lengthened the run)."""
+    summary = read_json(run / "summary.json")
+    if summary is None or not (run / "config.yaml").is_file():
+        return None
+    return summary if summary.get("epochs") == read_config_file(run / "config.yaml").get("epochs") else None
 
 
 def mean_per_label(folds: list[dict], key: str, labels: list[str]) -> dict[str, float | None]:
@@ -106,24 +135,38 @@ def fold_runs(folder: Path) -> list[Path]:
 
 
 def finished_fold_runs(folder: Path) -> list[Path]:
-    """:func:`fold_runs`, checked to be every fold of the cross-validation, each trained to its end: a
+    """:func:`fold_runs`, checked to be every fold of one cross-validation, each trained to its end: a
     folder whose folds are still training (or were paused) would otherwise stand for a weaker ensemble
     without a word.
 
     Raises:
-        DataError: no fold runs, a fold missing (the count the folds' ``config.yaml`` gives), or a fold
-            without its ``summary.json``.
+        DataError: no fold runs, folds whose ``config.yaml`` disagree on (or give no valid) number of
+            folds, a fold missing or beyond that number, or a fold not trained to its end.
+        ConfigError: a fold's ``config.yaml`` that cannot be read.
     """
     runs = fold_runs(folder)
     if not runs:
-        raise DataError("folder holds no fold_K run folders of a cross-validation", folder)
-    saved = runs[0] / "config.yaml"
-    count = (load_config(saved).folds if saved.is_file() else None) or len(runs)
-    names = {run.name for run in runs}
-    missing = [f"fold_{k}" for k in range(count) if f"fold_{k}" not in names]
-    unfinished = [run.name for run in runs if not (run / "summary.json").is_file()]
+        raise DataError("run folder holds no best.pt or last.pt, nor fold_K run folders of a cross-validation",
+                        folder)
+    counts = {run.name: read_config_file(run / "config.yaml").get("folds") for run in runs
+              if (run / "config.yaml").is_file()}
+    for name, count in counts.items():
+        if not is_whole_number(count) or count < 2:
+            raise DataError(f"{name}/config.yaml gives no number of folds (folds: {count!r}), so it is no fold of a "
+                            f"cross-validation", folder)
+    if len(set(counts.values())) > 1:
+        raise DataError(f"the fold runs were trained as different cross-validations (folds: "
+                        f"{', '.join(f'{name} {count}' for name, count in counts.items())})", folder)
+    count = next(iter(counts.values()), len(runs))
+    names = [run.name for run in runs]
+    beyond = [name for name in names if int(name[len("fold_"):]) >= count]
+    missing = [fold_folder(folder, k).name for k in range(count) if fold_folder(folder, k).name not in names]
+    unfinished = [run.name for run in runs if finished_summary(run) is None]
+    if beyond:
+        raise DataError(f"{', '.join(beyond)} lies beyond the cross-validation's {count} folds", folder)
     if missing or unfinished:
-        problem = f"{', '.join(missing)} missing" if missing else f"{', '.join(unfinished)} not trained to its end"
+        problem = (f"{', '.join(missing)} missing" if missing else
+                   f"{', '.join(unfinished)} not trained to {'its' if len(unfinished) == 1 else 'their'} last epoch")
         raise DataError(f"cross-validation is not finished ({problem}); continue it with rvseg train DATA --out "
                         f"{folder} --resume, or name the fold run folders to use", folder)
     return runs

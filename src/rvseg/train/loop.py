@@ -39,6 +39,7 @@ from rvseg.train.augment import AugmentConfig, augment_batch, to_device_generato
 from rvseg.train.average import WeightAverage
 from rvseg.train.checkpoint import RUN_CHECKPOINTS, load_checkpoint, save_checkpoint
 from rvseg.train.config import TrainConfig, field_default, user_fields
+from rvseg.train.folds import fold_runs
 from rvseg.train.optim import (
     build_optimizer,
     build_scheduler,
@@ -312,10 +313,7 @@ def check_resumable(state: dict, config: TrainConfig, data_info: dict, runtime: 
     """Refuse to continue ``last.pt`` with other options, data or number of processes: that would
     silently be another run (or fail to load), never the exact continuation ``--resume`` promises."""
     saved = state["config"]
-    # An option added since last.pt was written counts as its default there (that is how the run trained).
-    fixed = {f.name: field_default(f) for f in user_fields() if f.name not in RESUME_MAY_CHANGE}
-    changed = [f"--{name.replace('_', '-')} ({saved.get(name, default)!r} -> {getattr(config, name)!r})"
-               for name, default in fixed.items() if not same_option(saved.get(name, default), getattr(config, name))]
+    changed = changed_options(saved, config)
     if state["data"]["content_hash"] != data_info["content_hash"]:
         changed.append("the data set (its content hash; an rvseg before 2026-11-27 also hashed the folder the "
                        "sources were prepared from)")
@@ -335,6 +333,15 @@ def check_resumable(state: dict, config: TrainConfig, data_info: dict, runtime: 
     if changed:
         raise ConfigError(f"cannot resume the run in last.pt, which differs in: {'; '.join(changed)}. Resume with "
                           f"the same settings, or train into another --out", path)
+
+
+def changed_options(saved: dict, config: TrainConfig, *, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The options (``--name (saved -> now)``) in which ``config`` differs from a run's saved options,
+    except those a resumed run may change and ``ignore``."""
+    # An option added since the run was saved counts as its default there (that is how the run trained).
+    fixed = {f.name: field_default(f) for f in user_fields() if f.name not in (*RESUME_MAY_CHANGE, *ignore)}
+    return [f"--{name.replace('_', '-')} ({saved.get(name, default)!r} -> {getattr(config, name)!r})"
+            for name, default in fixed.items() if not same_option(saved.get(name, default), getattr(config, name))]
 
 
 def slices_fingerprint(data: PreparedDataset, indices: np.ndarray) -> str:
@@ -424,6 +431,9 @@ def train(dataset: str | Path, out: str | Path, config: TrainConfig, *, resume: 
     config = copy.deepcopy(config)  # the run records what it resolves in its own copy, not in the caller's
     dataset, out = as_path(dataset, "dataset"), as_path(out, "out")
     check_options(config)
+    if fold_runs(out):  # else evaluate and predict would take the folder for this one run
+        raise ConfigError("folder holds the folds of a cross-validation (fold_K); train a fold into CV/fold_K, or "
+                          "choose another --out", out)
     runtime = setup_runtime(config.device, config.precision)
     try:
         if config.cuda_graph:

@@ -103,7 +103,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def launched_world_size() -> int:
     """The number of processes torchrun launched (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    value = os.environ.get("WORLD_SIZE", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"the environment variable WORLD_SIZE must be a number of processes, not {value!r}")
+    return int(value)
 
 
 def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
